@@ -1,0 +1,1 @@
+"""LMM-VQA pipeline."""

@@ -1,0 +1,56 @@
+"""`lmmvqa` command line: one subcommand per stage, each implemented by one module of the package.
+
+Each module named in COMMANDS defines `configure_parser(parser)` and `main(args) -> int`.
+Modules are imported lazily so `lmmvqa --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-data": ("pipeline.demo_data", "generate the synthetic demo dataset (videos + generic label CSV)"),
+    "manifest": ("pipeline.manifest", "label file + video folder -> manifest table (+ missing table)"),
+    "probe": ("pipeline.probe", "probe the videos of a manifest (duration, fps, size, codec, ...)"),
+    "extract": ("pipeline.extract", "decode a shard of videos once; CLIP + SlowFast features into a Zarr store"),
+    "prompts": ("pipeline.prompts", "build Q&A prompt shards (JSONL) for a dataset"),
+    "tokenizer": ("pipeline.tokenizer", "train the tiny preset's tokenizer on prompt shards"),
+    "train": ("pipeline.train", "train the projector (+ LoRA / LLM) from cached features and prompts"),
+    "evaluate": ("pipeline.evaluate", "predict scores for a test set from cached features, with metrics"),
+    "report": ("pipeline.report", "write the HTML report of experiments"),
+    "score": ("pipeline.score", "score video files with a trained model (decode -> features -> model)"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmmvqa", description="LMM-VQA video quality assessment pipeline")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            importlib.import_module(module).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in COMMANDS else "")
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.main(args) or 0)
+    except UserError as exc:
+        print(f"lmmvqa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Where every artifact lives, relative to the workflow's working directory.
+
+The Snakemake rules and the CLI commands both take paths from here, so a rule's declared inputs and
+what its command reads cannot drift apart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path("results")
+CACHE = Path("cache")
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{int(shard):05d}"
+
+
+def manifest(dataset: str) -> Path:
+    return RESULTS / "manifest" / f"{dataset}.csv"
+
+
+def missing(dataset: str) -> Path:
+    return RESULTS / "manifest" / f"{dataset}.missing.csv"
+
+
+def probe(dataset: str, shard: int) -> Path:
+    return RESULTS / "probe" / dataset / f"{shard_name(shard)}.csv"
+
+
+def probe_failures(dataset: str, shard: int) -> Path:
+    return RESULTS / "probe" / dataset / f"{shard_name(shard)}.failures.csv"
+
+
+def store(dataset: str, settings_hash: str, shard: int) -> Path:
+    return CACHE / "features" / dataset / settings_hash / f"{shard_name(shard)}.zarr"
+
+
+def prompts_dir(dataset: str) -> Path:
+    return RESULTS / "prompts" / dataset
+
+
+def prompt_part(dataset: str, part: str) -> Path:
+    """One JSONL shard of Q&A samples: part = 'fold<k>' (k-fold datasets) or an official split name."""
+    return prompts_dir(dataset) / f"{part}.jsonl"
+
+
+def tokenizer_dir() -> Path:
+    return RESULTS / "tokenizer"
+
+
+def model_dir(experiment: str) -> Path:
+    return RESULTS / "models" / experiment
+
+
+def checkpoint_dir(experiment: str) -> Path:
+    return CACHE / "checkpoints" / experiment
+
+
+def predictions(experiment: str, dataset: str) -> Path:
+    return RESULTS / "eval" / experiment / dataset / "predictions.csv"
+
+
+def metrics(experiment: str, dataset: str) -> Path:
+    return RESULTS / "eval" / experiment / dataset / "metrics.json"
+
+
+def experiment_table(experiment: str) -> Path:
+    return RESULTS / "eval" / experiment / "table.csv"
+
+
+def report() -> Path:
+    return RESULTS / "report" / "index.html"

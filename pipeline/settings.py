@@ -1,0 +1,50 @@
+"""Settings derived from the config: resolved model specs, the feature-settings hash, artifact paths.
+
+The feature-settings hash names the feature stores, so changing a model or the sampling makes new
+stores (and reruns extraction) while everything else about a dataset stays cached.
+"""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from .config import deep_merge, stable_hash
+
+PRESETS_PATH = Path(__file__).with_name("presets.yaml")
+FEATURE_FORMAT_VERSION = 1
+
+
+@lru_cache(maxsize=1)
+def presets() -> dict:
+    return yaml.safe_load(PRESETS_PATH.read_text())
+
+
+def model_spec(cfg: dict, role: str) -> dict:
+    """{'source': hub id / path / None, 'config': {...}, 'dtype': ...} for role in vision|motion|llm."""
+    preset = copy.deepcopy(presets()[cfg["models"]["preset"]][role])
+    override = cfg["models"].get(role) or {}
+    if override.get("source"):
+        preset["source"] = override["source"]
+    preset["config"] = deep_merge(preset.get("config") or {}, override.get("config") or {})
+    preset["dtype"] = override.get("dtype")
+    return preset
+
+
+def feature_settings(cfg: dict) -> dict:
+    """Everything that changes the numbers in a feature store."""
+    f = cfg["features"]
+    return {
+        "format": FEATURE_FORMAT_VERSION,
+        "sampling": {k: cfg["sampling"][k] for k in ("keyframe_fps", "max_keyframes", "chunk_frames", "slow_stride", "max_seconds")},
+        "vision": model_spec(cfg, "vision"),
+        "motion": model_spec(cfg, "motion"),
+        "spatial_dtype": f["spatial_dtype"],
+        "motion_dtype": f["motion_dtype"],
+    }
+
+
+def feature_settings_hash(cfg: dict) -> str:
+    return stable_hash(feature_settings(cfg))
