@@ -1,0 +1,63 @@
+"""Shared test fixtures: small generated videos and the read-only shared data folder."""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+LABELS_DIR = SHARED / "datasets" / "labels"
+REAL_CLIPS = SHARED / "datasets" / "real-clips"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_video(path, n_frames=30, size=(96, 64), fps=25, codec="libx264", seed=0, pix_fmt="yuv420p",
+                options=None) -> Path:
+    """A small moving-gradient video with PyAV (size = (width, height))."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    base = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if options:
+            stream.options = dict(options)
+        for i in range(n_frames):
+            img = np.roll(base, shift=2 * i, axis=1)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture
+def make_video(tmp_path):
+    def _make(name="v.mp4", **kw):
+        return write_video(tmp_path / name, **kw)
+
+    return _make
+
+
+@pytest.fixture
+def shared_labels():
+    if not LABELS_DIR.is_dir():
+        pytest.skip(f"shared label files not found at {LABELS_DIR} (the ../shared folder is absent)")
+    return LABELS_DIR
+
+
+@pytest.fixture
+def real_clips():
+    if not REAL_CLIPS.is_dir():
+        pytest.skip(f"real clips not found at {REAL_CLIPS} (the ../shared folder is absent)")
+    return REAL_CLIPS
