@@ -1,0 +1,440 @@
+"""`lmmvqa report`: one self-contained HTML page of every experiment of a config.
+
+The page holds the experiment tables (generated from the metrics.json files, numbers only from
+there), for each (experiment, test dataset) a prediction-vs-MOS scatter with the fitted logistic
+curve and the level confusion matrix, the training loss curve of each experiment, the invalid-answer
+counts, and the provenance of the run (config, model ids, code versions, feature stores).
+
+Plots are PNGs embedded as base64 (no external assets, no scripts), and also written as files into
+`<report folder>/plots/` (`<experiment>--<dataset>--scatter.png`, `...--confusion.png`,
+`<experiment>--loss.png`) for Snakemake's `report()`. The experiment table of each experiment is
+also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pipeline.paths).
+
+Inputs are found through pipeline.paths relative to the working directory; a missing metrics file
+or training log is shown as missing on the page rather than failing the report.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import math
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from jinja2 import Environment
+
+from . import paths
+from .answers import LEVELS
+from .config import load_config
+from .experiments import parse_selector
+from .metrics import METHODS, experiment_table, fit_logistic, logistic, write_table
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="workflow config (YAML)")
+    p.add_argument("--out", default=str(paths.report()), help="HTML file to write (default %(default)s)")
+    p.add_argument("--experiment", action="append", default=None,
+                   help="only this experiment (repeatable; default: every experiment of the config)")
+
+
+def main(args) -> int:
+    cfg = load_config(args.config)
+    out = build_report(cfg, args.out, experiments=args.experiment, config_path=args.config)
+    print(f"report written: {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ inputs
+
+def experiment_test_datasets(cfg: dict, experiment: str) -> list[str]:
+    """Test datasets of an experiment, in the order of its selectors, each once."""
+    seen: list[str] = []
+    for sel in cfg["experiments"][experiment]["test"]:
+        d = parse_selector(sel)[0]
+        if d not in seen:
+            seen.append(d)
+    return seen
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path, dtype={"id": str, "text": str}, keep_default_na=True)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        if res.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).parent)
+        return res.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _store_info(cfg: dict, dataset: str) -> dict:
+    from .settings import feature_settings_hash
+
+    settings = feature_settings_hash(cfg)
+    folder = paths.CACHE / "features" / dataset / settings
+    stores = []
+    for store in sorted(folder.glob("shard-*.zarr")) if folder.is_dir() else []:
+        meta = _read_json(store / "zarr.json") or {}
+        attrs = meta.get("attributes") or {}
+        stores.append({"path": str(store), "videos": len(attrs.get("ids") or []),
+                       "code_version": attrs.get("code_version"), "complete": attrs.get("complete")})
+    return {"dataset": dataset, "settings_hash": settings, "folder": str(folder), "stores": stores}
+
+
+# ------------------------------------------------------------------ plots
+
+def _figure(w=5.0, h=4.0):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def _png(fig, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return base64.b64encode(data).decode("ascii")
+
+
+def scatter_plot(pred: pd.DataFrame, metrics: dict | None, title: str):
+    """Prediction vs MOS for both scoring methods, with the fitted 4-parameter logistic."""
+    fig = _figure(7.4, 3.5)
+    axes = fig.subplots(1, 2)
+    mos = pd.to_numeric(pred["mos"], errors="coerce").to_numpy(float)
+    for ax, method, col in zip(axes, METHODS, ("score", "prob_score")):
+        x = pd.to_numeric(pred[col], errors="coerce").to_numpy(float) if col in pred else np.full(len(mos), np.nan)
+        ok = np.isfinite(x) & np.isfinite(mos)
+        if method == "text" and "invalid" in pred:
+            ok &= ~pred["invalid"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+        ax.scatter(x[ok], mos[ok], s=14, alpha=0.7, color="#1f77b4", edgecolors="none", label="videos")
+        params = fit_logistic(x[ok], mos[ok]) if ok.sum() else None
+        if params is not None:
+            grid = np.linspace(np.nanmin(x[ok]), np.nanmax(x[ok]), 200)
+            ax.plot(grid, logistic(grid, *params), color="#d62728", lw=2, label="4-parameter logistic fit")
+        m = ((metrics or {}).get("methods") or {}).get(method) or {}
+        label = "generated text score" if method == "text" else "probability score"
+        stats_txt = ", ".join(f"{k.upper()} {m[k]:.3f}" for k in ("srcc", "plcc") if m.get(k) is not None) or "n/a"
+        n_bad = int((~ok).sum())
+        ax.set_title(f"{label}\n{stats_txt} (n={int(ok.sum())}" + (f", {n_bad} invalid/missing)" if n_bad else ")"),
+                     fontsize=10)
+        ax.set_xlabel(f"predicted ({col})")
+        ax.set_ylabel("MOS (0-100)")
+        ax.grid(alpha=0.3)
+        if ok.sum():
+            ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def confusion_plot(level: dict, title: str):
+    labels = level.get("labels") or list(LEVELS)
+    cm = np.asarray(level.get("confusion") or np.zeros((len(labels), len(labels))), dtype=float)
+    fig = _figure(3.8, 3.5)
+    ax = fig.subplots()
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(cm.max(), 1))
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted level")
+    ax.set_ylabel("true level")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    acc = level.get("accuracy")
+    ax.set_title(f"{title}\naccuracy {acc:.3f}" if acc is not None else f"{title}\naccuracy n/a", fontsize=10)
+    return fig
+
+
+def loss_plot(log: pd.DataFrame, title: str):
+    fig = _figure(7, 3.6)
+    ax = fig.subplots()
+    step = pd.to_numeric(log["step"], errors="coerce")
+    loss = pd.to_numeric(log["loss"], errors="coerce")
+    ax.plot(step, loss, color="#1f77b4", lw=1, alpha=0.5, label="loss")
+    if len(loss) >= 10:
+        ax.plot(step, loss.rolling(max(len(loss) // 20, 2), min_periods=1).mean(), color="#1f77b4", lw=2,
+                label="loss (moving mean)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    if (loss > 0).all() and loss.max() / max(loss.min(), 1e-12) > 20:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if "lr" in log:
+        ax2 = ax.twinx()
+        ax2.plot(step, pd.to_numeric(log["lr"], errors="coerce"), color="#ff7f0e", lw=1, label="learning rate")
+        ax2.set_ylabel("learning rate", color="#ff7f0e")
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------------ page
+
+def _cell(value, digits=3) -> dict:
+    """A table cell: display text plus the exact value (data-value) it came from."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return {"text": "n/a", "value": ""}
+    if isinstance(value, bool):
+        return {"text": str(value), "value": str(value)}
+    if isinstance(value, int):
+        return {"text": str(value), "value": str(value)}
+    if isinstance(value, float):
+        return {"text": f"{value:.{digits}f}", "value": repr(value)}
+    return {"text": str(value), "value": str(value)}
+
+
+def metrics_rows(metrics_list: list[dict]) -> list[dict]:
+    """Rows of the HTML experiment table, straight from the metrics JSON."""
+    rows = []
+    for m in metrics_list:
+        level = m.get("level") or {}
+        methods = []
+        for method in METHODS:
+            mm = (m.get("methods") or {}).get(method) or {}
+            cells = [("n", _cell(mm.get("n")))]
+            for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse"):
+                cells.append((key, _cell(mm.get(key), 2 if key == "rmse" else 3)))
+            cis = {k: mm.get(k) for k in ("srcc_ci", "plcc_ci")}
+            methods.append({"name": method, "cells": cells, "cis": cis, "note": mm.get("note")})
+        rows.append({"dataset": m.get("dataset"), "n": _cell(m.get("n")), "invalid": _cell(m.get("invalid")),
+                     "level_accuracy": _cell(level.get("accuracy")), "level_invalid": _cell(level.get("invalid")),
+                     "methods": methods})
+    return rows
+
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>LMM-VQA report</title>
+<style>
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto; max-width: 1200px;
+       color: #222; line-height: 1.4; padding: 0 16px; }
+h1 { margin-bottom: 0; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
+.sub { color: #666; margin-top: 4px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; text-align: center; } td.name { text-align: left; font-weight: 600; }
+td.bad { background: #fde2e2; color: #a00; font-weight: 700; } td.ok { background: #e6f4e6; }
+.ci { color: #777; font-size: 11px; display: block; }
+.note { color: #8a5a00; font-size: 12px; }
+.plots img { max-width: 100%; border: 1px solid #eee; margin: 4px 0; }
+.row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: 8px; font-size: 12px; overflow-x: auto;
+      max-height: 420px; }
+.missing { color: #a00; }
+details { margin: 6px 0; }
+</style></head>
+<body>
+<h1>LMM-VQA evaluation report</h1>
+<p class="sub">generated {{ generated }} &middot; code {{ provenance.git or "version unknown" }}
+&middot; preset <b>{{ provenance.preset }}</b></p>
+<p>Scoring methods: <b>text</b> = the number parsed from the generated answer (invalid answers are
+left out of its metrics and counted in the <i>invalid</i> column); <b>prob</b> = the score from the
+answer token probabilities (defined for every video). PLCC and RMSE are after the monotonic
+4-parameter logistic fit of predictions to MOS; PLCC raw is without it. Brackets: 95% bootstrap
+intervals.</p>
+
+{% for exp in experiments %}
+<h2 id="exp-{{ exp.name }}">Experiment <code>{{ exp.name }}</code></h2>
+<p>train: <code>{{ exp.train | join(", ") }}</code> &middot; test: <code>{{ exp.test | join(", ") }}</code>
+{% if exp.table_csv %}&middot; table: <code>{{ exp.table_csv }}</code>{% endif %}</p>
+{% if exp.missing %}<p class="missing">missing metrics: {{ exp.missing | join(", ") }}</p>{% endif %}
+{% if exp.rows %}
+<table class="metrics" data-experiment="{{ exp.name }}">
+<thead>
+<tr><th rowspan="2">test dataset</th><th rowspan="2">videos</th><th rowspan="2">invalid<br>answers</th>
+{% for method in exp.rows[0].methods %}<th colspan="6">{{ method.name }}</th>{% endfor %}
+<th rowspan="2">level<br>accuracy</th><th rowspan="2">invalid level<br>answers</th></tr>
+<tr>{% for method in exp.rows[0].methods %}<th>n</th><th>SRCC</th><th>KRCC</th><th>PLCC</th><th>PLCC raw</th><th>RMSE</th>{% endfor %}</tr>
+</thead><tbody>
+{% for row in exp.rows %}
+<tr data-dataset="{{ row.dataset }}">
+<td class="name">{{ row.dataset }}</td>
+<td data-key="n" data-value="{{ row.n.value }}">{{ row.n.text }}</td>
+<td data-key="invalid" data-value="{{ row.invalid.value }}" class="{{ 'bad' if row.invalid.value not in ('', '0') else 'ok' }}">{{ row.invalid.text }}</td>
+{% for method in row.methods %}{% for key, cell in method.cells %}
+<td data-key="{{ method.name }}.{{ key }}" data-value="{{ cell.value }}">{{ cell.text }}
+{%- if key in ("srcc", "plcc") and method.cis[key ~ "_ci"] %}<span class="ci" data-key="{{ method.name }}.{{ key }}_ci" data-value="{{ method.cis[key ~ '_ci'] | join(',') }}">[{{ "%.3f" | format(method.cis[key ~ "_ci"][0]) }}, {{ "%.3f" | format(method.cis[key ~ "_ci"][1]) }}]</span>{% endif %}</td>
+{% endfor %}{% endfor %}
+<td data-key="level.accuracy" data-value="{{ row.level_accuracy.value }}">{{ row.level_accuracy.text }}</td>
+<td data-key="level.invalid" data-value="{{ row.level_invalid.value }}" class="{{ 'bad' if row.level_invalid.value not in ('', '0') else 'ok' }}">{{ row.level_invalid.text }}</td>
+</tr>
+{% endfor %}
+</tbody></table>
+{% for row in exp.rows %}{% for method in row.methods %}{% if method.note %}
+<div class="note">{{ row.dataset }} / {{ method.name }}: {{ method.note }}</div>
+{% endif %}{% endfor %}{% endfor %}
+{% endif %}
+
+<h3>Training loss</h3>
+{% if exp.loss %}<div class="plots"><img alt="training loss of {{ exp.name }}" src="data:image/png;base64,{{ exp.loss }}"></div>
+{% else %}<p class="missing">no training log ({{ exp.train_log }})</p>{% endif %}
+
+{% for d in exp.datasets %}
+<h3>{{ exp.name }} &rarr; {{ d.name }}</h3>
+{% if d.invalid_examples %}
+<details open><summary>{{ d.invalid_count }} invalid score answer(s) of {{ d.n }}; first examples</summary>
+<table><tr><th>id</th><th>generated text</th></tr>
+{% for ex in d.invalid_examples %}<tr><td class="name">{{ ex.id }}</td><td style="text-align:left"><code>{{ ex.text }}</code></td></tr>{% endfor %}
+</table></details>
+{% endif %}
+<div class="row plots">
+{% if d.scatter %}<img alt="prediction vs MOS, {{ d.name }}" src="data:image/png;base64,{{ d.scatter }}">{% else %}<p class="missing">no predictions ({{ d.predictions }})</p>{% endif %}
+{% if d.confusion %}<img alt="level confusion matrix, {{ d.name }}" src="data:image/png;base64,{{ d.confusion }}">{% endif %}
+</div>
+{% endfor %}
+{% endfor %}
+
+<h2>Provenance</h2>
+<table>
+<tr><td class="name">config file</td><td style="text-align:left"><code>{{ provenance.config_path }}</code></td></tr>
+<tr><td class="name">git commit</td><td style="text-align:left"><code>{{ provenance.git or "n/a" }}</code></td></tr>
+<tr><td class="name">code versions (per stage)</td><td style="text-align:left"><code>{% for k, v in provenance.code_versions.items() %}{{ k }}={{ v }} {% endfor %}</code></td></tr>
+</table>
+<h3>Models</h3>
+{% for m in provenance.models %}
+<details {% if loop.first %}open{% endif %}><summary>{{ m.experiment }}: <code>{{ m.dir }}</code>
+{% if not m.config %}<span class="missing">(no lmmvqa.json)</span>{% endif %}</summary>
+<table>{% for role, spec in m.sources.items() %}<tr><td class="name">{{ role }}</td><td style="text-align:left"><code>{{ spec }}</code></td></tr>{% endfor %}</table>
+{% if m.config %}<pre>{{ m.config }}</pre>{% endif %}
+</details>
+{% endfor %}
+<h3>Feature stores</h3>
+<table><tr><th>dataset</th><th>settings hash</th><th>stores</th><th>videos</th><th>extract code</th></tr>
+{% for f in provenance.features %}
+<tr><td class="name">{{ f.dataset }}</td><td><code>{{ f.settings_hash }}</code></td>
+<td style="text-align:left">{% if f.stores %}{% for s in f.stores %}<code>{{ s.path }}</code><br>{% endfor %}{% else %}<span class="missing">none under {{ f.folder }}</span>{% endif %}</td>
+<td>{{ f.stores | sum(attribute="videos") }}</td>
+<td><code>{{ f.stores | map(attribute="code_version") | unique | join(", ") }}</code></td></tr>
+{% endfor %}
+</table>
+<h3>Resolved config</h3>
+<details><summary>YAML</summary><pre>{{ provenance.config_yaml }}</pre></details>
+</body></html>
+"""
+
+
+def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
+    """Model ids / sources per role: from the model folder's lmmvqa.json, else from the config."""
+    from .settings import model_spec
+
+    out = {}
+    for role in ("vision", "motion", "llm"):
+        spec = None
+        if isinstance(model_cfg, dict):
+            spec = model_cfg.get(role) or model_cfg.get(f"{role}_spec")
+        if spec is None:
+            spec = model_spec(cfg, role)
+            spec = {"source": spec.get("source"), "from": "config"}
+        if isinstance(spec, dict):
+            src = spec.get("source")
+            spec = (src if src else f"random init ({cfg['models']['preset']} preset)") + \
+                (" [config]" if spec.get("from") == "config" else "")
+        out[role] = str(spec)
+    return out
+
+
+def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
+                 config_path: str | None = None) -> Path:
+    from .versions import STAGE_SOURCES, code_version
+
+    out = Path(out)
+    plots_dir = out.parent / "plots"
+    names = experiments or list(cfg["experiments"])
+    exps, models, feature_datasets = [], [], []
+    for name in names:
+        if name not in cfg["experiments"]:
+            from .errors import UserError
+
+            raise UserError(f"unknown experiment '{name}' (config has: {', '.join(cfg['experiments'])})")
+        exp_cfg = cfg["experiments"][name]
+        metrics_list, missing, datasets = [], [], []
+        for dataset in experiment_test_datasets(cfg, name):
+            if dataset not in feature_datasets:
+                feature_datasets.append(dataset)
+            metrics = _read_json(paths.metrics(name, dataset))
+            if metrics is None:
+                missing.append(str(paths.metrics(name, dataset)))
+            else:
+                metrics.setdefault("experiment", name)
+                metrics.setdefault("dataset", dataset)
+                metrics_list.append(metrics)
+            pred = _read_csv(paths.predictions(name, dataset))
+            entry = {"name": dataset, "predictions": str(paths.predictions(name, dataset)), "scatter": None,
+                     "confusion": None, "invalid_examples": [], "invalid_count": 0,
+                     "n": (metrics or {}).get("n")}
+            stem = f"{name}--{dataset}"
+            if pred is not None and len(pred):
+                entry["scatter"] = _png(scatter_plot(pred, metrics, f"{name} \u2192 {dataset}: prediction vs MOS"),
+                                        plots_dir / f"{stem}--scatter.png")
+                if "invalid" in pred:
+                    bad = pred[pred["invalid"].astype(str).str.lower().isin(["true", "1"])]
+                    entry["invalid_count"] = int(len(bad))
+                    entry["invalid_examples"] = [{"id": r["id"], "text": "" if pd.isna(r.get("text")) else str(r["text"])[:200]}
+                                                 for _, r in bad.head(5).iterrows()]
+            if metrics and metrics.get("level"):
+                entry["confusion"] = _png(confusion_plot(metrics["level"], f"{name} \u2192 {dataset}: level"),
+                                          plots_dir / f"{stem}--confusion.png")
+            datasets.append(entry)
+        table = experiment_table(metrics_list)
+        table_csv = None
+        if not table.empty:
+            table_csv, _ = write_table(table, paths.experiment_table(name))
+        log_path = paths.model_dir(name) / "train_log.csv"
+        log = _read_csv(log_path)
+        loss = None
+        if log is not None and len(log) and {"step", "loss"} <= set(log.columns):
+            loss = _png(loss_plot(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
+        exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
+                     "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
+                     "table_csv": table_csv})
+        model_cfg = _read_json(paths.model_dir(name) / "lmmvqa.json")
+        models.append({"experiment": name, "dir": str(paths.model_dir(name)),
+                       "config": json.dumps(model_cfg, indent=2, sort_keys=True) if model_cfg else None,
+                       "sources": _model_sources(model_cfg, cfg)})
+    provenance = {
+        "config_path": str(config_path) if config_path else "(in memory)",
+        "config_yaml": yaml.safe_dump(cfg, sort_keys=True),
+        "git": _git_commit(),
+        "preset": cfg["models"]["preset"],
+        "code_versions": {stage: code_version(stage) for stage in STAGE_SOURCES},
+        "models": models,
+        "features": [_store_info(cfg, d) for d in feature_datasets],
+    }
+    html = Environment(autoescape=True).from_string(TEMPLATE).render(
+        experiments=exps, provenance=provenance,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+__all__ = ["build_report", "configure_parser", "main", "metrics_rows", "scatter_plot", "confusion_plot",
+           "loss_plot", "experiment_test_datasets"]
