@@ -29,7 +29,7 @@ def _with_defaults(validator_class):
         if isinstance(instance, dict):
             for name, sub in properties.items():
                 if "$ref" in sub:
-                    sub = validator._validator_for_ref(sub["$ref"]) if False else _resolve(sub["$ref"])
+                    sub = _resolve(sub["$ref"])
                 if "default" in sub and name not in instance:
                     instance[name] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, sch)

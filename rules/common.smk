@@ -1,0 +1,156 @@
+# Helpers and config validation shared by every rule file.
+import json
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from pipeline import config as pipeline_config
+from pipeline import experiments as pipeline_experiments
+from pipeline import manifest as pipeline_manifest
+from pipeline import paths
+from pipeline.settings import feature_settings, feature_settings_hash, model_spec
+from pipeline.versions import code_version
+
+min_version("9.0")
+
+
+validate(config, "../pipeline/config.schema.yaml", set_default=True)
+config = pipeline_config.validate(config, "config")
+
+SETTINGS = feature_settings_hash(config)
+PRESET = config["models"]["preset"]
+ON_GPU = config["device"].startswith("cuda")
+ENV = "../environment.yml"
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    shard=r"\d{5}",
+    settings=r"[0-9a-f]{10}",
+
+
+def dataset_cfg(dataset):
+    return config["datasets"][dataset]
+
+
+def generated_datasets():
+    return [d for d, c in config["datasets"].items() if c.get("generate")]
+
+
+def label_files(dataset):
+    ds = dataset_cfg(dataset)
+    return [ds["labels"], *ds["extra_labels"]]
+
+
+def videos_dir(dataset):
+    return dataset_cfg(dataset)["videos"] or ""
+
+
+def gpu_count(stage):
+    """GPUs a job asks for: one for the model stages when the config runs on CUDA."""
+    return 1 if ON_GPU and stage in ("extract", "train", "evaluate") else 0
+
+
+def split_scheme(dataset):
+    ds = dataset_cfg(dataset)
+    return "official" if ds["format"] == "lsvq" and ds["split"]["scheme"] != "kfold" else ds["split"]["scheme"]
+
+
+def manifest_df(dataset):
+    """The dataset's manifest, once the manifest checkpoint has run (input functions re-evaluate then)."""
+    path = checkpoints.manifest.get(dataset=dataset).output.manifest
+    return pipeline_manifest.read_manifest(path)
+
+
+def shards(dataset):
+    return sorted(int(s) for s in manifest_df(dataset)["shard"].unique())
+
+
+def shard_digest(wildcards):
+    return pipeline_manifest.shard_digest(manifest_df(wildcards.dataset), int(wildcards.shard))
+
+
+def dataset_digest(wildcards):
+    df = manifest_df(wildcards.dataset)
+    cols = [c for c in ("id", "mos", "level", "split", "fold") if c in df.columns]
+    return pipeline_config.stable_hash(df[cols].astype(str).values.tolist(), 16)
+
+
+def store_paths(dataset):
+    return [str(paths.store(dataset, SETTINGS, s)) for s in shards(dataset)]
+
+
+def probe_paths(dataset):
+    return [str(paths.probe(dataset, s)) for s in shards(dataset)]
+
+
+def experiment_datasets(experiment, role):
+    exp = config["experiments"][experiment]
+    return sorted({pipeline_experiments.parse_selector(s)[0] for s in exp[role]})
+
+
+def training_inputs(wildcards):
+    datasets = experiment_datasets(wildcards.experiment, "train")
+    inputs = {
+        "prompts": [str(paths.prompts_dir(d)) for d in datasets],
+        "stores": [p for d in datasets for p in store_paths(d)],
+    }
+    if PRESET == "tiny":
+        inputs["tokenizer"] = str(paths.tokenizer_dir())
+    return inputs
+
+
+def evaluation_inputs(wildcards):
+    return {
+        "model": str(paths.model_dir(wildcards.experiment)),
+        "prompts": str(paths.prompts_dir(wildcards.dataset)),
+        "stores": store_paths(wildcards.dataset),
+    }
+
+
+def experiment_tests():
+    """(experiment, dataset) pairs that get predictions and metrics."""
+    return [(e, d) for e in config["experiments"] for d in experiment_datasets(e, "test")]
+
+
+def all_targets():
+    targets = []
+    for dataset in config["datasets"]:
+        targets.append(str(paths.manifest(dataset)))
+    if config["experiments"]:
+        targets.append(str(paths.report()))
+    return targets
+
+
+def all_probes_and_stores(wildcards):
+    return [p for d in config["datasets"] for p in probe_paths(d) + store_paths(d)]
+
+
+def _write_resolved_config():
+    """The validated config with every default, as the `lmmvqa` commands read it.
+
+    Written only when its content changes, so its mtime never triggers reruns; rules carry the
+    settings they depend on in `params:` instead.
+    """
+    import yaml
+
+    path = Path("results/config.resolved.yaml")
+    text = yaml.safe_dump(config, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+RESOLVED_CONFIG = _write_resolved_config()
+
+
+def template_bank_digest():
+    """Hash of the prompt template bank in use, so editing it reruns prompts -> training -> evaluation."""
+    import hashlib
+
+    bank = config["prompts"]["templates"] or str(Path(pipeline_config.__file__).parent / "data" / "templates.yaml")
+    return hashlib.sha256(Path(bank).read_bytes()).hexdigest()[:12] if Path(bank).exists() else "missing"

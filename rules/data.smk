@@ -1,0 +1,80 @@
+# Demo data generation, manifests and probe tables.
+
+for _dataset in generated_datasets():
+
+    rule:
+        name:
+            f"demo_data_{_dataset}"
+        output:
+            labels=dataset_cfg(_dataset)["labels"],
+            videos=directory(dataset_cfg(_dataset)["videos"]),
+        log:
+            f"results/logs/demo_data/{_dataset}.log",
+        benchmark:
+            f"results/benchmarks/demo_data/{_dataset}.tsv"
+        params:
+            code=code_version("demo_data"),
+            out=lambda w, output: str(Path(output.labels).parent),
+            n=dataset_cfg(_dataset)["generate"]["n_videos"],
+            seed=dataset_cfg(_dataset)["generate"]["seed"],
+        threads: 2
+        resources:
+            mem_mb=2000,
+        conda:
+            ENV
+        shell:
+            "lmmvqa demo-data --out {params.out} --n-videos {params.n} --seed {params.seed} "
+            "--workers {threads} > {log} 2>&1"
+
+
+checkpoint manifest:
+    input:
+        labels=lambda w: label_files(w.dataset),
+        videos=lambda w: videos_dir(w.dataset) or [],
+    output:
+        manifest="results/manifest/{dataset}.csv",
+        missing="results/manifest/{dataset}.missing.csv",
+    log:
+        "results/logs/manifest/{dataset}.log",
+    params:
+        code=code_version("manifest"),
+        fmt=lambda w: dataset_cfg(w.dataset)["format"],
+        videos=lambda w: f"--videos {videos_dir(w.dataset)}" if videos_dir(w.dataset) else "",
+        split=lambda w: split_scheme(w.dataset),
+        k=lambda w: dataset_cfg(w.dataset)["split"]["k"],
+        seed=lambda w: dataset_cfg(w.dataset)["split"]["seed"],
+        mos_scale=lambda w: (
+            f"--mos-scale {dataset_cfg(w.dataset)['mos_scale']}"
+            if dataset_cfg(w.dataset)["mos_scale"]
+            else ""
+        ),
+        shard_size=config["features"]["shard_size"],
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa manifest --format {params.fmt} --labels {input.labels} {params.videos} "
+        "--out {output.manifest} --shard-size {params.shard_size} --k {params.k} --seed {params.seed} "
+        "--split-scheme {params.split} {params.mos_scale} > {log} 2>&1"
+
+
+rule probe:
+    input:
+        manifest=ancient("results/manifest/{dataset}.csv"),
+    output:
+        table="results/probe/{dataset}/shard-{shard}.csv",
+        failures="results/probe/{dataset}/shard-{shard}.failures.csv",
+    log:
+        "results/logs/probe/{dataset}/{shard}.log",
+    params:
+        code=code_version("probe"),
+        digest=shard_digest,
+        videos=lambda w: videos_dir(w.dataset),
+    resources:
+        mem_mb=1000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa probe --manifest {input.manifest} --videos {params.videos} --shard {wildcards.shard} "
+        "--out {output.table} > {log} 2>&1"

@@ -1,0 +1,32 @@
+# The HTML report of all experiments (also reachable through `snakemake --report`).
+
+
+rule report:
+    input:
+        metrics=[str(paths.metrics(e, d)) for e, d in experiment_tests()],
+        models=[str(paths.model_dir(e)) for e in config["experiments"]],
+        features="results/features.done",
+    output:
+        html=report(
+            "results/report/index.html",
+            caption="../docs/report.rst",
+            category="Report",
+        ),
+        plots=report(
+            directory("results/report/plots"),
+            patterns=["{name}.png"],
+            caption="../docs/report.rst",
+            category="Plots",
+        ),
+        tables=[str(paths.experiment_table(e)) for e in config["experiments"]],
+    log:
+        "results/logs/report.log",
+    params:
+        code=code_version("report"),
+        config=RESOLVED_CONFIG,
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa report --config {params.config} --out {output.html} > {log} 2>&1"

@@ -1,0 +1,84 @@
+"""Config validation: defaults filled from the schema, unknown keys and wrong types named."""
+import copy
+
+import pytest
+import yaml
+
+from pipeline.config import load_config, stable_hash, validate
+from pipeline.errors import UserError
+from pipeline.settings import feature_settings_hash, model_spec
+
+from conftest import REPO
+
+
+def default_cfg():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_default_config_fills_defaults():
+    cfg = load_config(REPO / "config.yaml")
+    assert cfg["sampling"]["keyframe_fps"] == 1.0
+    assert cfg["training"]["lora"]["enabled"] is False
+    assert cfg["models"]["vision"]["source"] is None
+    assert cfg["datasets"]["demo"]["split"] == {"scheme": "kfold", "k": 5, "seed": 0}
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"sampling": {"keyframe_fsp": 1}}, "keyframe_fsp"),
+        ({"sampling": {"keyframe_fps": "fast"}}, "sampling.keyframe_fps"),
+        ({"trainig": {}}, "trainig"),
+        ({"models": {"preset": "huge"}}, "models.preset"),
+        ({"device": "gpu"}, "device"),
+        ({"features": {"shard_size": 0}}, "features.shard_size"),
+    ],
+)
+def test_bad_keys_are_named(patch, needle):
+    cfg = default_cfg()
+    for section, value in patch.items():
+        if isinstance(value, dict) and isinstance(cfg.get(section), dict):
+            cfg[section].update(value)
+        else:
+            cfg[section] = value
+    with pytest.raises(UserError) as err:
+        validate(cfg, "my.yaml")
+    assert needle in str(err.value) and "my.yaml" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_dataset_format_typo_is_named():
+    cfg = default_cfg()
+    cfg["datasets"]["demo"]["format"] = "konvid1k"
+    with pytest.raises(UserError, match=r"datasets\.demo\.format"):
+        validate(cfg)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_feature_hash_changes_only_with_feature_settings():
+    base = load_config(REPO / "config.yaml")
+    h = feature_settings_hash(base)
+    other = copy.deepcopy(base)
+    other["training"]["lr"] = 0.5
+    assert feature_settings_hash(other) == h
+    other["sampling"]["keyframe_fps"] = 2.0
+    assert feature_settings_hash(other) != h
+
+
+def test_model_spec_merges_overrides():
+    cfg = load_config(REPO / "config.yaml")
+    cfg["models"]["vision"]["config"] = {"num_hidden_layers": 3}
+    spec = model_spec(cfg, "vision")
+    assert spec["source"] is None and spec["config"]["num_hidden_layers"] == 3
+    assert spec["config"]["hidden_size"] == 128
+    cfg["models"]["preset"] = "paper"
+    cfg["models"]["vision"]["source"] = "/models/clip"
+    assert model_spec(cfg, "vision")["source"] == "/models/clip"
+
+
+def test_stable_hash_ignores_key_order():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
