@@ -1,0 +1,177 @@
+"""Manifest table: levels, folds, shards (stable under additions), missing table, CLI, atomic writes."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cli import main as cli
+from pipeline.errors import UserError
+from pipeline.manifest import (MANIFEST_COLUMNS, MISSING_COLUMNS, build_manifest, fingerprint, fold_of,
+                               missing_path, read_manifest, shard_digest, shard_ids, write_manifest)
+
+
+def _labels(path, names, mos=None):
+    mos = mos if mos is not None else [10 + 80 * i / max(1, len(names) - 1) for i in range(len(names))]
+    pd.DataFrame({"name": names, "mos": mos, "extra": "x"}).to_csv(path, index=False)
+    return path
+
+
+def _videos(folder, names, size=200):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        p = folder / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bytes([i % 256]) * (size + i))
+    return folder
+
+
+def test_real_lsvq_manifest_without_videos(shared_labels):
+    files = [shared_labels / "LSVQ_whole_test.csv", shared_labels / "LSVQ_whole_test_1080p.csv"]
+    m, missing = build_manifest("lsvq", files, None, shard_size=256)
+    assert list(m.columns) == MANIFEST_COLUMNS and len(missing) == 0
+    assert len(m) == 10781 and (m["split"] == "test").sum() == 7220 and (m["split"] == "test_1080p").sum() == 3561
+    assert (m["fold"] == -1).all() and m["mos"].between(0, 100).all()
+    assert m["shard"].tolist() == (np.arange(len(m)) // 256).tolist()
+    assert m["size_bytes"].isna().all() and (m["fingerprint"] == "").all()
+    # level thresholds: the 33rd / 66th percentiles of the whole dataset
+    p33, p66 = np.percentile(m["mos"], [33, 66])
+    assert (m.loc[m["mos"] <= p33, "level"] == "poor").all()
+    assert (m.loc[(m["mos"] > p33) & (m["mos"] <= p66), "level"] == "fair").all()
+    assert (m.loc[m["mos"] > p66, "level"] == "good").all()
+    assert abs((m["level"] == "good").mean() - 0.34) < 0.01
+
+
+def test_real_konvid_kfold(shared_labels):
+    m, _ = build_manifest("konvid", [shared_labels / "KoNViD_1k_mos.csv"], None, k=5, seed=0)
+    assert len(m) == 1200 and set(m["split"]) == {"kfold"} and set(m["fold"]) == {0, 1, 2, 3, 4}
+    assert m["fold"].value_counts().min() > 200  # the id hash spreads videos evenly enough
+    assert m["mos"].max() <= 100 and m["mos"].min() >= 20
+    assert m["fold"].tolist() == [fold_of(i, 5, 0) for i in m["id"]]
+    other = build_manifest("konvid", [shared_labels / "KoNViD_1k_mos.csv"], None, k=5, seed=1)[0]
+    assert (other["fold"] != m["fold"]).mean() > 0.5  # the seed matters
+
+
+def test_shards_and_folds_stable_under_appended_rows(tmp_path):
+    names = [f"v{i:03d}.mp4" for i in range(23)]
+    small = build_manifest("generic", _labels(tmp_path / "a.csv", names[:10]), None, shard_size=4)[0]
+    big = build_manifest("generic", _labels(tmp_path / "b.csv", names), None, shard_size=4)[0]
+    merged = small.merge(big, on="id", suffixes=("_s", "_b"))
+    assert len(merged) == 10
+    assert (merged["shard_s"] == merged["shard_b"]).all() and (merged["fold_s"] == merged["fold_b"]).all()
+    assert sorted(big["shard"].unique()) == [0, 1, 2, 3, 4, 5]
+    # folds depend on the id only: reversing the row order keeps every video's fold
+    rev = build_manifest("generic", _labels(tmp_path / "c.csv", names[::-1]), None, shard_size=4)[0]
+    assert dict(zip(rev["id"], rev["fold"])) == dict(zip(big["id"], big["fold"]))
+    # digests of untouched shards do not change when rows are appended
+    assert shard_digest(small, 0) == shard_digest(big, 0) and shard_digest(small, 1) == shard_digest(big, 1)
+    assert shard_digest(small, 2) != shard_digest(big, 2)
+
+
+def test_missing_table_and_fingerprints(tmp_path):
+    names = ["a.mp4", "sub/b.mp4", "c.mp4", "d", "e.mp4"]
+    labels = _labels(tmp_path / "labels.csv", names)
+    videos = _videos(tmp_path / "videos", ["a.mp4", "sub/b.mp4", "d.mkv", "e.mp4", "extra.webm", "notes.txt"])
+    (videos / "c.mp4").mkdir()  # a folder where a file should be
+    m, missing = build_manifest("generic", labels, videos, shard_size=2)
+    assert m["id"].tolist() == ["a", "sub/b", "d", "e"]
+    assert m["path"].tolist() == ["a.mp4", "sub/b.mp4", "d.mkv", "e.mp4"]  # `d` (no extension) found as d.mkv
+    assert m["shard"].tolist() == [0, 0, 1, 2]  # missing `c` keeps its slot: e stays in shard 2
+    assert m["row"].tolist() == [1, 2, 4, 5]
+    assert list(missing.columns) == MISSING_COLUMNS
+    assert missing.to_dict("records") == [
+        {"id": "c", "path": "c.mp4", "row": 3, "reason": "not a regular file"},
+        {"id": "extra", "path": "extra.webm", "row": None, "reason": "no label"},
+    ]
+    size, fp = fingerprint(videos / "a.mp4")
+    data = (videos / "a.mp4").read_bytes()
+    assert m.loc[0, "size_bytes"] == size == len(data)
+    assert fp == hashlib.sha1(f"{len(data)}:".encode() + data).hexdigest() == m.loc[0, "fingerprint"]
+    (videos / "c.mp4").rmdir()
+    m2, missing2 = build_manifest("generic", labels, videos, shard_size=2)
+    assert missing2["reason"].tolist() == ["file not found", "no label"]
+
+
+def test_fingerprint_head_and_tail(tmp_path):
+    f = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes())
+    f.write_bytes(bytes(data))
+    base = fingerprint(f)
+    data[150_000] ^= 1  # a change in the middle is (by design) not seen
+    f.write_bytes(bytes(data))
+    assert fingerprint(f) == base
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    assert fingerprint(f)[1] != base[1]
+
+
+def test_videos_folder_missing_and_bad_options(tmp_path):
+    labels = _labels(tmp_path / "l.csv", ["a.mp4"])
+    with pytest.raises(UserError, match="videos folder not found: .*nope"):
+        build_manifest("generic", labels, tmp_path / "nope")
+    with pytest.raises(UserError, match="split scheme"):
+        build_manifest("generic", labels, None, split_scheme="random")
+    with pytest.raises(UserError, match="shard size"):
+        build_manifest("generic", labels, None, shard_size=0)
+
+
+def test_official_split_for_other_formats(tmp_path):
+    train = _labels(tmp_path / "mine_train.csv", ["a.mp4", "b.mp4"])
+    test = _labels(tmp_path / "mine_test.csv", ["c.mp4"])
+    m, _ = build_manifest("generic", [train, test], None, split_scheme="official")
+    assert m["split"].tolist() == ["train", "train", "test"] and (m["fold"] == -1).all()
+
+
+def test_folder_format(tmp_path):
+    videos = _videos(tmp_path / "clips", ["x.mp4", "y/z.webm"])
+    m, missing = build_manifest("folder", [videos], None)
+    assert m["id"].tolist() == ["x", "y/z"] and m["mos"].isna().all() and (m["level"] == "").all()
+    assert (m["split"] == "all").all() and (m["fold"] == -1).all() and m["size_bytes"].notna().all()
+    assert len(missing) == 0
+
+
+def test_write_and_read_roundtrip(tmp_path):
+    labels = _labels(tmp_path / "l.csv", ["0001.mp4", "0002.mp4", "x/0003.mp4"])
+    m, missing = build_manifest("generic", labels, None, shard_size=2)
+    out = tmp_path / "results" / "manifest" / "demo.csv"
+    write_manifest(m, missing, out)
+    assert missing_path(out) == tmp_path / "results" / "manifest" / "demo.missing.csv"
+    assert missing_path(out).read_text() == "id,path,row,reason\n"
+    back = read_manifest(out)
+    assert back["id"].tolist() == ["0001", "0002", "x/0003"]  # ids stay strings (leading zeros kept)
+    assert back["row"].dtype == np.int64 and back["mos"].dtype == np.float64 and back["size_bytes"].isna().all()
+    assert shard_ids(out) == [0, 1]
+    assert shard_digest(back, 1) == shard_digest(m, 1)
+    assert not list(out.parent.glob(".*tmp*"))
+    with pytest.raises(UserError, match="manifest not found"):
+        read_manifest(tmp_path / "none.csv")
+
+
+def test_cli_prints_counts(tmp_path, capsys):
+    labels = _labels(tmp_path / "labels.csv", ["a.mp4", "b.mp4", "c.mp4"])
+    videos = _videos(tmp_path / "videos", ["a.mp4", "b.mp4", "stray.mp4"])
+    out = tmp_path / "m" / "demo.csv"
+    assert cli(["manifest", "--format", "generic", "--labels", str(labels), "--videos", str(videos),
+                "--out", str(out), "--shard-size", "2", "--k", "3", "--seed", "7"]) == 0
+    text = capsys.readouterr().out
+    assert "2 rows" in text and "2 missing" in text and "1 files without a label" in text
+    m = read_manifest(out)
+    assert m["fold"].tolist() == [fold_of("a", 3, 7), fold_of("b", 3, 7)]
+    assert pd.read_csv(tmp_path / "m" / "demo.missing.csv")["reason"].tolist() == ["file not found", "no label"]
+
+
+def test_cli_error_leaves_no_manifest(tmp_path, capsys):
+    good = _labels(tmp_path / "labels.csv", ["a.mp4", "b.mp4"])
+    out = tmp_path / "demo.csv"
+    assert cli(["manifest", "--format", "generic", "--labels", str(good), "--out", str(out)]) == 0
+    assert out.exists() and missing_path(out).exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,mos\na.mp4,50\nb.mp4,oops\n")
+    assert cli(["manifest", "--format", "generic", "--labels", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "row 2" in err and "'oops'" in err
+    assert not out.exists() and not missing_path(out).exists()
+    assert cli(["manifest", "--format", "nope", "--labels", str(good), "--out", str(out)]) == 2
+    assert "unknown label format 'nope'" in capsys.readouterr().err
