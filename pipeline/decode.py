@@ -1,0 +1,355 @@
+"""Decode a video once into CLIP key frames and one-second SlowFast chunks.
+
+`sample_video(path, ...) -> DecodedVideo` is the single entry point. It opens ONE reader per video
+and reads only the frames it needs, in small groups of frame indices (sorted), so memory stays
+bounded by the output (capped by `max_keyframes` / `max_seconds`) whatever the video's length or
+resolution: frames are resized inside the decoder (decord `width`/`height`, PyAV `reformat`) and a
+full-resolution frame never leaves the decoder (PyAV: one at a time).
+
+Sampling (all by presentation timestamp, so variable-frame-rate video is sampled correctly)
+------------------------------------------------------------------------------------------
+* Times are relative to the first frame; the duration D is the end of the last frame.
+* Key frames: one per `1/keyframe_fps` seconds, at the MIDDLE of each period, for every period whose
+  middle lies inside the video: t_k = (k + 0.5) / keyframe_fps for t_k < D (an 8.1 s or 7.8 s video
+  gives 8 key frames at 1 fps). A video shorter than half a period gives one key frame at D / 2.
+* Motion chunks: one per second s whose middle s + 0.5 lies inside the video (at least one). The
+  chunk holds `chunk_frames` frames at the times s + (j + 0.5) * w / chunk_frames, j < chunk_frames,
+  over the window w = min(1, D - s): uniform resampling whatever the video's fps (frames repeat when
+  the fps is lower than chunk_frames, and for a video shorter than a second the window is the whole
+  video).
+* More periods than `max_keyframes` (seconds than `max_seconds`): that many, spread uniformly over
+  the whole video (rounded linspace over the period indices), not the first ones.
+* The frame shown at time t is the last frame whose timestamp is <= t.
+* Resize: every frame is resized directly (no crop, aspect ratio not kept) to `key_size` x
+  `key_size` for the key frames and `chunk_size` x `chunk_size` for the chunks, with the decoder's
+  scaler (swscale, bicubic) at max(key_size, chunk_size) (decord: rounded up to a multiple of 32,
+  see `_decord_size`); the other size(s) are then made from it with an antialiased bilinear resize.
+* Rotation metadata (display matrix) is applied: decord applies it itself; for PyAV this module
+  rotates the frames (`np.rot90` by `frame.rotation`), so both backends match ffmpeg's auto-rotation.
+
+Backends: `decord` (primary; `decord.VideoReader` directly, retried with `num_threads=1`, which VP9
+needs in some builds) and `pyav` (fallback, also selectable). `sample_video` tries `backend` and then
+`fallback`; the backend that decoded the video is recorded in `meta["backend"]`. Failures raise
+`DecodeError` with every backend's message.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("decord", "pyav")
+GROUP_FRAMES = 64  # frames requested from the decoder at once (bounds memory)
+
+
+class DecodeError(RuntimeError):
+    """The video could not be decoded by any backend (message names each backend's error)."""
+
+
+@dataclass
+class DecodedVideo:
+    keyframes: np.ndarray  # uint8 [n_kf, key_size, key_size, 3]
+    chunks: np.ndarray  # uint8 [n_sec, chunk_frames, chunk_size, chunk_size, 3]
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling plan (pure functions)
+# ---------------------------------------------------------------------------------------------
+def _spread(n: int, cap: int) -> np.ndarray:
+    if n <= cap:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, cap)).astype(int))
+
+
+def keyframe_times(duration: float, keyframe_fps: float = 1.0, max_keyframes: int = 16) -> np.ndarray:
+    period = 1.0 / keyframe_fps
+    n = max(0, math.ceil(duration / period - 0.5 - 1e-9))
+    if n == 0:
+        return np.array([duration / 2.0])
+    return (_spread(n, max_keyframes) + 0.5) * period
+
+
+def chunk_times(duration: float, chunk_frames: int = 32, max_seconds: int = 16) -> np.ndarray:
+    """[n_sec, chunk_frames] sample times (seconds) of the motion chunks."""
+    n = max(1, math.ceil(duration - 0.5 - 1e-9))
+    seconds = _spread(n, max_seconds).astype(float)
+    window = np.clip(duration - seconds, 1e-6, 1.0)
+    j = (np.arange(chunk_frames) + 0.5) / chunk_frames
+    return seconds[:, None] + j[None, :] * window[:, None]
+
+
+def frame_at(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the frame displayed at each time (last frame with timestamp <= t)."""
+    idx = np.searchsorted(pts, np.asarray(times) + 1e-9, side="right") - 1
+    return np.clip(idx, 0, len(pts) - 1)
+
+
+def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, h, w, 3] -> uint8 [n, size, size, 3] (antialiased bilinear)."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+class _Collector:
+    """Requests (frame index -> output slots) sorted by frame index, filled group by group."""
+
+    def __init__(self, kf_idx, ch_idx, key_size, chunk_size):
+        n_kf, (n_sec, c) = len(kf_idx), ch_idx.shape
+        self.key_size, self.chunk_size = key_size, chunk_size
+        self.keyframes = np.zeros((n_kf, key_size, key_size, 3), np.uint8)
+        self.chunks = np.zeros((n_sec, c, chunk_size, chunk_size, 3), np.uint8)
+        self.kf_idx, self.ch_idx = np.asarray(kf_idx), np.asarray(ch_idx)
+        self.needed = np.unique(np.concatenate([self.kf_idx.ravel(), self.ch_idx.ravel()]))
+
+    def groups(self, max_frames: int = GROUP_FRAMES):
+        for i in range(0, len(self.needed), max_frames):
+            yield self.needed[i : i + max_frames]
+
+    def fill(self, indices: np.ndarray, frames: np.ndarray) -> None:
+        """frames: uint8 [len(indices), s, s, 3] at the decode size s (>= key_size, chunk_size)."""
+        pos = {int(f): i for i, f in enumerate(indices)}
+        kf_sel = [(k, pos[int(f)]) for k, f in enumerate(self.kf_idx) if int(f) in pos]
+        if kf_sel:
+            src = _resize_square(frames[[p for _, p in kf_sel]], self.key_size)
+            self.keyframes[[k for k, _ in kf_sel]] = src
+        sec, j = np.nonzero(np.isin(self.ch_idx, indices))
+        if len(sec):
+            rows = np.array([pos[int(self.ch_idx[s, jj])] for s, jj in zip(sec, j)])
+            uniq, inv = np.unique(rows, return_inverse=True)
+            small = _resize_square(frames[uniq], self.chunk_size)
+            self.chunks[sec, j] = small[inv]
+
+
+# ---------------------------------------------------------------------------------------------
+# Container metadata (PyAV; one frame decoded for rotation / pixel format)
+# ---------------------------------------------------------------------------------------------
+def video_info(path: str | Path) -> dict:
+    """codec, pix_fmt, coded width/height, rotation, displayed width/height, container duration/fps.
+
+    Raises DecodeError when the file is not a readable video."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            cc = stream.codec_context
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1e6
+            else:
+                duration = None
+            rotation = 0
+            for frame in container.decode(stream):
+                rotation = int(round(frame.rotation or 0)) % 360
+                break
+            else:
+                raise DecodeError("no decodable video frame")
+            width, height = cc.width, cc.height
+            return {
+                "codec": cc.name, "pix_fmt": cc.pix_fmt or (frame.format.name if frame else None),
+                "coded_width": width, "coded_height": height, "rotation": rotation,
+                "width": height if rotation in (90, 270) else width,
+                "height": width if rotation in (90, 270) else height,
+                "container_duration": duration, "container_fps": float(rate) if rate else None,
+                "container_frames": int(stream.frames or 0),
+            }
+    except DecodeError:
+        raise
+    except Exception as exc:  # av.error.* (InvalidDataError, ...), OSError
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: each returns (keyframes, chunks, meta) for a sampling plan
+# ---------------------------------------------------------------------------------------------
+def _plan(pts, duration, p):
+    kf_t = keyframe_times(duration, p["keyframe_fps"], p["max_keyframes"])
+    ch_t = chunk_times(duration, p["chunk_frames"], p["max_seconds"])
+    return frame_at(pts, kf_t), frame_at(pts, ch_t), kf_t
+
+
+def _decord_size(size: int) -> int:
+    """decord 0.6 fails ("The size must exactly match") for some output widths (16, 24, 48, 72, ...);
+    multiples of 32 work (measured), so decode at the next multiple of 32 and resize from there."""
+    return int(math.ceil(size / 32) * 32)
+
+
+def _decode_decord(path, p, threads):
+    import decord
+
+    size = _decord_size(max(p["key_size"], p["chunk_size"]))
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=size, height=size, num_threads=threads)
+    n = len(vr)
+    if n == 0:
+        raise DecodeError("no frames")
+    ts = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64)
+    pts = ts[:, 0] - ts[0, 0]
+    duration = float(ts[-1, 1] - ts[0, 0])
+    if not duration > 0:
+        fps = float(vr.get_avg_fps() or 25.0)
+        pts, duration = np.arange(n) / fps, n / fps
+    kf_idx, ch_idx, _ = _plan(pts, duration, p)
+    col = _Collector(kf_idx, ch_idx, p["key_size"], p["chunk_size"])
+    for group in col.groups():
+        frames = vr.get_batch(group.tolist()).asnumpy()
+        col.fill(group, frames)
+    del vr
+    return col, {"duration": duration, "n_frames": n, "vfr": _is_vfr(pts)}
+
+
+def _is_vfr(pts: np.ndarray) -> bool:
+    if len(pts) < 3:
+        return False
+    d = np.diff(pts)
+    return bool(np.max(d) - np.min(d) > 0.25 * np.median(d) + 1e-4)
+
+
+def _pyav_duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1e6
+    return None
+
+
+def _decode_pyav(path, p, threads):
+    """Sequential decode; holds back one frame (undecoded to RGB) and converts only the frames used."""
+    import av
+
+    size = max(p["key_size"], p["chunk_size"])
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise DecodeError("no video stream")
+        stream = container.streams.video[0]
+        expected = _pyav_duration(container, stream)
+        if not expected or expected <= 0:  # demux only (no decoding) to find the last timestamp
+            end = 0.0
+            for pkt in container.demux(stream):
+                if pkt.pts is not None and pkt.time_base is not None:
+                    end = max(end, float((pkt.pts + (pkt.duration or 0)) * pkt.time_base))
+            container.seek(0)
+            expected = end
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = int(threads)
+        fps_guess = float(stream.average_rate or stream.guessed_rate or 25)
+        # sample times come from the container's duration; frames are matched to them as they arrive
+        kf_t = keyframe_times(expected, p["keyframe_fps"], p["max_keyframes"])
+        ch_t = chunk_times(expected, p["chunk_frames"], p["max_seconds"])
+        keyframes = np.zeros((len(kf_t), p["key_size"], p["key_size"], 3), np.uint8)
+        chunks = np.zeros((*ch_t.shape, p["chunk_size"], p["chunk_size"], 3), np.uint8)
+        targets = np.concatenate([kf_t, ch_t.ravel()])
+        order = np.argsort(targets, kind="stable")
+        state = {"pending": 0, "cache": (None, None)}  # next target in time order; last converted frame
+
+        def convert(frame, fi):
+            if state["cache"][0] != fi:
+                img = frame.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC").to_ndarray()
+                k = int(round((frame.rotation or 0) / 90.0)) % 4
+                img = np.ascontiguousarray(np.rot90(img, k)) if k else img
+                state["cache"] = (fi, {size: img})
+            sizes = state["cache"][1]
+            return sizes
+
+        def assign(upto_time, frame, fi):
+            while state["pending"] < len(order) and targets[order[state["pending"]]] < upto_time - 1e-9:
+                t = int(order[state["pending"]])
+                sizes = convert(frame, fi)
+                if t < len(kf_t):
+                    if p["key_size"] not in sizes:
+                        sizes[p["key_size"]] = _resize_square(sizes[size][None], p["key_size"])[0]
+                    keyframes[t] = sizes[p["key_size"]]
+                else:
+                    if p["chunk_size"] not in sizes:
+                        sizes[p["chunk_size"]] = _resize_square(sizes[size][None], p["chunk_size"])[0]
+                    chunks.reshape(-1, *chunks.shape[2:])[t - len(kf_t)] = sizes[p["chunk_size"]]
+                state["pending"] += 1
+
+        prev, prev_i, last_t, i = None, -1, 0.0, -1
+        for i, frame in enumerate(container.decode(stream)):
+            t = float(frame.time) - start if frame.time is not None else i / fps_guess
+            if prev is not None:
+                assign(t, prev, prev_i)
+            prev, prev_i, last_t = frame, i, t
+        if prev is None:
+            raise DecodeError("no decodable video frame")
+        frame_dur = 1.0 / fps_guess
+        if expected > 1.0 and last_t + frame_dur < 0.9 * expected - 0.25:
+            raise DecodeError(f"truncated: decoded {last_t + frame_dur:.2f} s of {expected:.2f} s")
+        assign(math.inf, prev, prev_i)
+    duration = min(expected, last_t + frame_dur) if expected else last_t + frame_dur
+    return _Filled(keyframes, chunks), {"duration": float(duration), "n_frames": i + 1, "vfr": None}
+
+
+@dataclass
+class _Filled:
+    keyframes: np.ndarray
+    chunks: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+def sample_video(
+    path: str | Path,
+    keyframe_fps: float = 1.0,
+    max_keyframes: int = 16,
+    chunk_frames: int = 32,
+    max_seconds: int = 16,
+    key_size: int = 224,
+    chunk_size: int = 224,
+    backend: str = "decord",
+    fallback: str | None = "pyav",
+    threads: int = 0,
+) -> DecodedVideo:
+    """Key frames + per-second chunks of one video, decoded once (see the module docstring)."""
+    path = Path(path)
+    t0 = time.perf_counter()
+    if not path.is_file():
+        raise DecodeError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    info = video_info(path)
+    p = dict(keyframe_fps=keyframe_fps, max_keyframes=max_keyframes, chunk_frames=chunk_frames,
+             max_seconds=max_seconds, key_size=key_size, chunk_size=chunk_size)
+    attempts = []
+    for name in [backend] + ([fallback] if fallback and fallback != backend else []):
+        if name not in BACKENDS:
+            raise ValueError(f"unknown decode backend {name!r} (one of {BACKENDS})")
+        tries = [threads, 1] if name == "decord" and threads != 1 else [threads]
+        for nt in tries:
+            try:
+                if name == "decord":
+                    col, extra = _decode_decord(path, p, nt)
+                else:
+                    col, extra = _decode_pyav(path, p, nt)
+            except Exception as exc:  # decord.DECORDError, av errors, DecodeError
+                attempts.append(f"{name}(threads={nt}): {type(exc).__name__}: {str(exc).strip()[:300]}")
+                continue
+            meta = {
+                "duration": round(extra["duration"], 6),
+                "fps": round(extra["n_frames"] / extra["duration"], 6) if extra["duration"] > 0 else None,
+                "n_frames": int(extra["n_frames"]),
+                "width": info["width"], "height": info["height"], "rotation": info["rotation"],
+                "codec": info["codec"], "pix_fmt": info["pix_fmt"], "vfr": extra["vfr"],
+                "backend": name, "decoder_threads": nt,
+                "n_keyframes": len(col.keyframes), "n_seconds": len(col.chunks),
+                "decode_s": round(time.perf_counter() - t0, 4),
+            }
+            if attempts:
+                meta["decode_retries"] = attempts
+            return DecodedVideo(col.keyframes, col.chunks, meta)
+    raise DecodeError("; ".join(attempts))

@@ -1,0 +1,230 @@
+"""The two frozen encoders: a CLIP vision tower (key frames) and a SlowFast trunk (one-second chunks).
+
+Both presets go through the same functions; only the spec differs (`settings.model_spec`):
+
+* `source: null` -> the preset's `config` is built at random init from a fixed seed (`tiny`), so the
+  features are identical across runs and machines (CPU, fp32);
+* otherwise `source` is a hub id or a local folder/file with pretrained weights (`paper`).
+
+Vision: transformers `CLIPVisionModel`. Random init: `CLIPVisionConfig(**config)`; pretrained:
+`CLIPVisionModel.from_pretrained(source)` (a full CLIP checkpoint such as openai/clip-vit-large-patch14
+or a folder written by `save_pretrained`). Output per key frame = `last_hidden_state`, all tokens
+(CLS + patches): [tokens, width]. Input: uint8 RGB frames already resized to `image_size` (decode.py),
+scaled to [0, 1] and normalised with CLIP's mean / std.
+
+Motion: pytorchvideo `create_slowfast` trunk = every block before the pooling + head, then a global
+average pool of each pathway: [slow_dim + fast_dim] per chunk (R50: 2048 + 256 = 2304). Random init:
+`create_slowfast` with the spec config (keys: `model_depth` (18/50/101), `stem_dim_out` (slow
+pathway stem width; the fast one is stem_dim_out / ratio), `slowfast_channel_reduction_ratio`,
+`input_size` (the chunk frame size, used by decode), plus any other scalar create_slowfast keyword).
+Pretrained: `source` = `slowfast_r50` (the architecture with create_slowfast's defaults, weights from
+the torch hub cache / the pytorchvideo URL) or a local checkpoint file (`torch.load(weights_only=True)`,
+either pytorchvideo's `{"model_state": state_dict}` or a plain state dict; keys may carry a `net.`
+prefix as written by `SlowFastTrunk.state_dict()`). Input: uint8 chunks [T, H, W, 3], normalised with
+mean 0.45 / std 0.225; fast pathway = all T frames, slow pathway = every `slow_stride`-th frame.
+The fusion convolutions stride time by `slow_stride`, so chunk_frames must be a multiple of it.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+SEED = 1234
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+KINETICS_MEAN = 0.45
+KINETICS_STD = 0.225
+SLOWFAST_R50_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth"
+SLOWFAST_ARCHS = {"slowfast_r50": {"model_depth": 50}, "slowfast_r101": {"model_depth": 101}}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Spec dtype, else fp32 on CPU (this CPU has no bf16 units) and fp16 on CUDA."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype:
+        return getattr(torch, dtype)
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _seeded(seed: int):
+    """Fork the global RNG, so building a model at random init neither reads nor changes it."""
+    ctx = torch.random.fork_rng(devices=[])
+    ctx.__enter__()
+    torch.manual_seed(seed)
+    return ctx
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision: CLIP
+# ---------------------------------------------------------------------------------------------
+def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
+    """-> (CLIPVisionModel in eval mode on device/dtype, info {source, config, tokens, width, image_size})."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype or spec.get("dtype"), device)
+    source = spec.get("source")
+    overrides = dict(spec.get("config") or {})
+    if source:
+        model = CLIPVisionModel.from_pretrained(str(source), **overrides)
+    else:
+        ctx = _seeded(seed)
+        try:
+            model = CLIPVisionModel(CLIPVisionConfig(**overrides))
+        finally:
+            ctx.__exit__(None, None, None)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    c = model.config
+    info = {
+        "source": source, "config": overrides if not source else {**overrides, "model_type": c.model_type},
+        "tokens": (c.image_size // c.patch_size) ** 2 + 1, "width": c.hidden_size,
+        "image_size": c.image_size, "patch_size": c.patch_size, "layers": c.num_hidden_layers,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return model, info
+
+
+@torch.inference_mode()
+def encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: int = 16) -> np.ndarray:
+    """uint8 [n, S, S, 3] (S = the model's image_size) -> float32 [n, tokens, width] last hidden state."""
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
+    size = model.config.image_size
+    frames = np.asarray(frames_uint8)
+    if frames.ndim != 4 or frames.shape[1:] != (size, size, 3):
+        raise ValueError(f"key frames must be uint8 [n, {size}, {size}, 3], got {frames.shape}")
+    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(frames), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device, non_blocking=True)
+        x = (x.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
+        h = model(pixel_values=x.to(param.dtype)).last_hidden_state
+        out.append(h.float().cpu().numpy())
+    if not out:
+        c = model.config
+        return np.zeros((0, (size // c.patch_size) ** 2 + 1, c.hidden_size), np.float32)
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion: SlowFast trunk
+# ---------------------------------------------------------------------------------------------
+class SlowFastTrunk(nn.Module):
+    """A pytorchvideo SlowFast `Net` without its pooling + head; forward -> pooled [B, slow+fast]."""
+
+    def __init__(self, net: nn.Module, slow_stride: int, slow_dim: int, fast_dim: int, input_size: int):
+        super().__init__()
+        self.net = net
+        self.slow_stride = slow_stride
+        self.slow_dim, self.fast_dim, self.input_size = slow_dim, fast_dim, input_size
+        self.n_trunk = len(net.blocks) - 2  # drop PoolConcatPathway + head
+
+    def forward(self, fast: torch.Tensor) -> torch.Tensor:
+        """fast: normalised [B, 3, T, H, W]; slow = every slow_stride-th frame."""
+        x = [fast[:, :, :: self.slow_stride].contiguous(), fast]
+        for block in self.net.blocks[: self.n_trunk]:
+            x = block(x)
+        return torch.cat([x[0].mean(dim=(2, 3, 4)), x[1].mean(dim=(2, 3, 4))], dim=1)
+
+
+def _motion_kwargs(config: dict, slow_stride: int) -> tuple[dict, int, int, int]:
+    cfg = copy.deepcopy(config)
+    input_size = int(cfg.pop("input_size", 224))
+    ratio = cfg.get("slowfast_channel_reduction_ratio", 8)
+    ratio = int(ratio[0] if isinstance(ratio, (list, tuple)) else ratio)
+    stem = int(cfg.pop("stem_dim_out", 64))
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    kwargs.setdefault("model_depth", 50)
+    kwargs["slowfast_channel_reduction_ratio"] = (ratio,)
+    kwargs["stem_dim_outs"] = (stem, max(1, stem // ratio))
+    kwargs["slowfast_fusion_conv_stride"] = (slow_stride, 1, 1)
+    kwargs.setdefault("slowfast_fusion_conv_kernel_size", (7, 1, 1))
+    slow_dim = stem * 32  # 4 stages: stem*4, *8, *16, *32
+    return kwargs, input_size, slow_dim, slow_dim // ratio
+
+
+def _read_state_dict(path: Path) -> dict:
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model_state" in state:
+        state = state["model_state"]
+    elif isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict")
+    return {k[4:] if k.startswith("net.") else k: v for k, v in state.items()}
+
+
+def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed: int = SEED):
+    """-> (SlowFastTrunk in eval mode, info {source, config, dim, slow_dim, fast_dim, input_size})."""
+    import warnings
+
+    with warnings.catch_warnings():  # pytorchvideo imports use torch.jit.script (deprecated)
+        warnings.simplefilter("ignore", FutureWarning)
+        from pytorchvideo.models.slowfast import create_slowfast
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype or spec.get("dtype"), device)
+    source = spec.get("source")
+    config = dict(spec.get("config") or {})
+    arch = dict(SLOWFAST_ARCHS.get(str(source), {})) if source else {}
+    kwargs, input_size, slow_dim, fast_dim = _motion_kwargs({**arch, **config}, slow_stride)
+    ctx = _seeded(seed)
+    try:
+        net = create_slowfast(**kwargs)
+    finally:
+        ctx.__exit__(None, None, None)
+    if source:
+        if str(source) in SLOWFAST_ARCHS:
+            if source != "slowfast_r50":
+                raise ValueError(f"no known checkpoint for {source}: give a local checkpoint path as source")
+            state = torch.hub.load_state_dict_from_url(SLOWFAST_R50_URL, map_location="cpu", weights_only=True)
+            state = state.get("model_state", state)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"SlowFast checkpoint not found: {path} (a file saved with torch.save)")
+            state = _read_state_dict(path)
+        net.load_state_dict(state, strict=True)
+    model = SlowFastTrunk(net, slow_stride, slow_dim, fast_dim, input_size)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    info = {
+        "source": source, "config": config, "dim": slow_dim + fast_dim, "slow_dim": slow_dim,
+        "fast_dim": fast_dim, "input_size": input_size, "slow_stride": slow_stride,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return model, info
+
+
+@torch.inference_mode()
+def encode_chunks(model: SlowFastTrunk, chunks_uint8: np.ndarray, slow_stride: int | None = None, device=None,
+                  batch_size: int = 4) -> np.ndarray:
+    """uint8 [n, T, S, S, 3] -> float32 [n, slow_dim + fast_dim]."""
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
+    if slow_stride is not None and slow_stride != model.slow_stride:
+        raise ValueError(f"the model was built for slow_stride={model.slow_stride}, not {slow_stride}")
+    chunks = np.asarray(chunks_uint8)
+    if chunks.ndim != 5 or chunks.shape[-1] != 3:
+        raise ValueError(f"chunks must be uint8 [n, T, H, W, 3], got {chunks.shape}")
+    if chunks.shape[1] % model.slow_stride:
+        raise ValueError(f"chunk_frames={chunks.shape[1]} is not a multiple of slow_stride={model.slow_stride}")
+    out = []
+    for i in range(0, len(chunks), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + batch_size])).to(device, non_blocking=True)
+        x = (x.permute(0, 4, 1, 2, 3).float().div_(255.0) - KINETICS_MEAN) / KINETICS_STD
+        out.append(model(x.to(param.dtype)).float().cpu().numpy())
+    if not out:
+        return np.zeros((0, model.slow_dim + model.fast_dim), np.float32)
+    return np.concatenate(out)

@@ -1,0 +1,94 @@
+"""Feature store: round trip (fp16 / fp32), CSR offsets across chunks, failures table, temp + rename."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.store import DatasetFeatures, FeatureStore, IncompleteStoreError, StoreWriter
+
+
+def _videos(seed, n=5, tokens=5, width=8, dim=12):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k, s = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        out.append((f"{seed}-{i:03d}", rng.normal(size=(k, tokens, width)).astype(np.float32),
+                    rng.normal(size=(s, dim)).astype(np.float32)))
+    return out
+
+
+@pytest.mark.parametrize("spatial_dtype,motion_dtype,compressor", [("float16", "float16", "zstd"),
+                                                                   ("float32", "float32", "blosc"),
+                                                                   ("float16", "float32", "none")])
+def test_round_trip(tmp_path, spatial_dtype, motion_dtype, compressor):
+    videos = _videos(0)
+    path = tmp_path / "shard-00000.zarr"
+    # tiny chunks (a few rows each): videos straddle chunk boundaries
+    with StoreWriter(path, token_shape=(5, 8), motion_dim=12, attrs={"vision": {"width": 8}}, spatial_dtype=spatial_dtype,
+                     motion_dtype=motion_dtype, compressor=compressor, chunk_mb=0.0005) as w:
+        for vid, sp, mo in videos:
+            w.add(vid, sp, mo, {"duration": float(len(mo))})
+        w.add_failure("bad", "bad.mp4", "decode", "DecodeError: broken\n")
+    store = FeatureStore(path)
+    assert store.ids == [v[0] for v in videos] and len(store) == 5 and store.attrs["vision"] == {"width": 8}
+    for vid, sp, mo in videos:
+        np.testing.assert_array_equal(store.spatial(vid), sp.astype(spatial_dtype))
+        np.testing.assert_array_equal(store.motion(vid), mo.astype(motion_dtype))
+        assert store.spatial(vid).dtype == np.dtype(spatial_dtype)
+        assert store.video_meta(vid)["duration"] == len(mo)
+    assert store.failures.to_dict("records") == [{"id": "bad", "path": "bad.mp4", "stage": "decode",
+                                                  "error": "DecodeError: broken"}]
+    sp, mo = store.dask_arrays()
+    assert sp.shape[0] == sum(len(v[1]) for v in videos) and mo.shape == (sum(len(v[2]) for v in videos), 12)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_dataset_features_across_shards(tmp_path):
+    paths = []
+    for shard in range(2):
+        p = tmp_path / f"shard-{shard:05d}.zarr"
+        with StoreWriter(p, token_shape=(5, 8), motion_dim=12) as w:
+            for vid, sp, mo in _videos(shard + 10, n=3):
+                w.add(vid, sp, mo)
+        paths.append(p)
+    ds = DatasetFeatures(paths)
+    assert len(ds.ids) == 6 and "11-002" in ds
+    np.testing.assert_array_equal(ds.motion("11-002"), _videos(11, n=3)[2][2].astype(np.float16))
+    assert ds.dask_spatial().shape[0] == sum(len(v[1]) for s in (10, 11) for v in _videos(s, n=3))
+    assert len(ds.failures) == 0
+
+
+def test_incomplete_store_refused_and_cleaned(tmp_path):
+    path = tmp_path / "shard-00000.zarr"
+    w = StoreWriter(path, token_shape=(5, 8), motion_dim=12)
+    for vid, sp, mo in _videos(1):
+        w.add(vid, sp, mo)
+    w._spatial._flush(final=True)  # data on disk, never committed: what a killed job leaves
+    assert not path.exists() and w.tmp.exists()
+    with pytest.raises(IncompleteStoreError):
+        FeatureStore(w.tmp)
+    with pytest.raises(IncompleteStoreError):
+        FeatureStore(path)
+    # a rerun removes the stale temporary folder and writes a complete store
+    with StoreWriter(path, token_shape=(5, 8), motion_dim=12) as w2:
+        w2.add("a", np.zeros((1, 5, 8)), np.zeros((1, 12)))
+    assert not w.tmp.exists() and FeatureStore(path).ids == ["a"]
+
+
+def test_error_inside_writer_aborts(tmp_path):
+    path = tmp_path / "shard-00000.zarr"
+    with pytest.raises(ValueError):
+        with StoreWriter(path, token_shape=(5, 8), motion_dim=12) as w:
+            w.add("a", np.zeros((1, 5, 8)), np.zeros((1, 12)))
+            w.add("b", np.zeros((1, 5, 9)), np.zeros((1, 12)))  # wrong token shape
+    assert not path.exists() and not list(tmp_path.glob("*.tmp-*"))
+    with pytest.raises(ValueError):
+        StoreWriter(tmp_path / "x.zarr", token_shape=(5, 8), motion_dim=12).add("e", np.zeros((0, 5, 8)), np.zeros((1, 12)))
+
+
+def test_empty_shard(tmp_path):
+    path = tmp_path / "shard-00000.zarr"
+    with StoreWriter(path, token_shape=(5, 8), motion_dim=12) as w:
+        w.add_failure("x", "x.mp4", "decode", "empty file")
+    store = FeatureStore(path)
+    assert len(store) == 0 and len(store.failures) == 1
