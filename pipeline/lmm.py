@@ -1,0 +1,519 @@
+"""The LMM-VQA model: spatiotemporal projector + a causal LLM answering quality questions.
+
+Visual path (per video, see ../shared/SPEC.md step 3):
+
+* key-frame tokens `spatial [K, T, Wv]` (CLIP last hidden state per key frame) and motion vectors
+  `motion [S, M]` (SlowFast per second) come from the feature store;
+* motion projector: Linear(M -> Wv) + LayerNorm, one token per second, joined to the key-frame
+  tokens; every token position is pooled over time (masked mean by default, or max; ragged K / S
+  handled by masks) -> T + 1 tokens of width Wv;
+* spatial projector: one `nn.TransformerEncoderLayer` at width Wv -> Linear(Wv -> LLM width) ->
+  LayerNorm -> the T + 1 visual embeddings;
+* they replace the single `<video>` placeholder token of the prompt in `inputs_embeds`.
+
+No dimension is hard-coded: Wv, T and M come from the feature store (attrs `vision.width`,
+`vision.tokens`, `motion.dim`, or the arrays' shapes), the LLM width from the LLM's config.
+
+Prompt formatting lives in `PromptFormatter` only: the tiny tokenizer (no chat template) uses plain
+text `"<video> {question} Answer:"` followed by the answer tokens and eos; a tokenizer with a chat
+template (paper: Llama-3-8B-Instruct) gets the user turn `"<video>\\n{question}"` through
+`apply_chat_template(..., add_generation_prompt=True)` followed by the answer and its eos.
+Batches are left-padded (answers end every row at the same position), position ids follow the
+attention mask, and the loss covers the answer tokens (+ eos) only.
+
+Inference API for scoring: `generate(videos, questions, max_new_tokens) -> list[str]` (greedy,
+batched) and `candidate_logprobs(videos, questions, candidates) -> np.ndarray [B, C]`, the
+log-probability of each candidate answer string as a continuation of the prompt (no eos appended,
+so `"63."` is the probability that the answer's integer part is 63; pass `append_eos=True` to
+score whole answers). The prompt runs once per batch; its KV cache is reused for every candidate.
+
+Model folder (docs/DESIGN.md): `lmmvqa.json`, `projector.safetensors`, `llm/` (full LLM) or
+`adapter/` (peft LoRA) or nothing (frozen pretrained LLM reloaded from its source), `tokenizer/`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .tokenizer import ANSWER_PREFIX, VIDEO_TOKEN
+
+FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ------------------------------------------------------------------ feature shapes and batches
+
+def feature_info(features) -> dict:
+    """Vision width / tokens, motion dim (+ the models' specs) of a DatasetFeatures or FeatureStore,
+    from the store attributes, else from the arrays' shapes."""
+    stores = getattr(features, "stores", [features])
+    if not stores:
+        raise ValueError("no feature store")
+    attrs = stores[0].attrs
+    vision, motion = dict(attrs.get("vision") or {}), dict(attrs.get("motion") or {})
+    tokens, width, dim = vision.get("tokens"), vision.get("width"), motion.get("dim")
+    if tokens is None or width is None or dim is None:
+        g = stores[0]._arrays()
+        _, tokens, width = g["spatial"].shape
+        dim = g["motion"].shape[1]
+    return {"vision_tokens": int(tokens), "vision_width": int(width), "motion_dim": int(dim),
+            "vision": {k: vision.get(k) for k in ("source", "config")},
+            "motion": {k: motion.get(k) for k in ("source", "config")}}
+
+
+def collate_videos(items: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """[(spatial [K, T, Wv], motion [S, M]), ...] -> padded float32 tensors with time masks."""
+    B = len(items)
+    K = max(len(s) for s, _ in items)
+    S = max(len(m) for _, m in items)
+    T, W = items[0][0].shape[1:]
+    M = items[0][1].shape[1]
+    spatial = torch.zeros(B, K, T, W)
+    motion = torch.zeros(B, S, M)
+    smask = torch.zeros(B, K, dtype=torch.bool)
+    mmask = torch.zeros(B, S, dtype=torch.bool)
+    for i, (s, m) in enumerate(items):
+        spatial[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
+        motion[i, : len(m)] = torch.from_numpy(np.asarray(m, dtype=np.float32))
+        smask[i, : len(s)] = True
+        mmask[i, : len(m)] = True
+    return {"spatial": spatial, "spatial_mask": smask, "motion": motion, "motion_mask": mmask}
+
+
+def _as_batch(videos) -> dict[str, torch.Tensor]:
+    return videos if isinstance(videos, dict) else collate_videos(list(videos))
+
+
+def pool_time(x: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """Pool x [B, N, ...] over N where mask [B, N] is True."""
+    m = mask.view(*mask.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+    if mode == "mean":
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if mode == "max":
+        return x.masked_fill(m == 0, torch.finfo(x.dtype).min).amax(1)
+    raise ValueError(f"unknown pooling '{mode}' (mean or max)")
+
+
+# ------------------------------------------------------------------ projector
+
+def _heads(width: int) -> int:
+    for h in (16, 8, 4, 2):
+        if width % h == 0 and width // h >= 32:
+            return h
+    return 1
+
+
+class Projector(nn.Module):
+    """Motion projector + time pooling + spatial projector -> [B, T + 1, llm_width]."""
+
+    def __init__(self, vision_width: int, motion_dim: int, llm_width: int, pooling: str = "mean"):
+        super().__init__()
+        self.pooling = pooling
+        self.motion_proj = nn.Sequential(nn.Linear(motion_dim, vision_width), nn.LayerNorm(vision_width))
+        self.encoder = nn.TransformerEncoderLayer(vision_width, _heads(vision_width), 4 * vision_width,
+                                                  dropout=0.0, batch_first=True)
+        self.proj = nn.Linear(vision_width, llm_width)
+        self.norm = nn.LayerNorm(llm_width)
+
+    def forward(self, spatial, spatial_mask, motion, motion_mask) -> torch.Tensor:
+        motion_tok = self.motion_proj(motion)  # [B, S, Wv]: one token per second
+        s = pool_time(spatial, spatial_mask, self.pooling)  # [B, T, Wv]
+        m = pool_time(motion_tok, motion_mask, self.pooling)  # [B, Wv]
+        tokens = torch.cat([s, m[:, None]], dim=1)  # [B, T + 1, Wv]
+        return self.norm(self.proj(self.encoder(tokens)))
+
+
+# ------------------------------------------------------------------ prompts
+
+class PromptFormatter:
+    """Token ids of prompts (+ answers) with the placeholder expanded to the visual token count.
+    Picklable (DataLoader workers tokenize in the collate function)."""
+
+    def __init__(self, tokenizer, n_visual: int):
+        self.tokenizer = tokenizer
+        self.n_visual = int(n_visual)
+        self.video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        if self.video_id is None or self.video_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {VIDEO_TOKEN} token")
+        self.style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self._cache: dict[str, list[int]] = {}
+
+    def prompt_text(self, question: str) -> str:
+        if self.style == "chat":
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": f"{VIDEO_TOKEN}\n{question}"}],
+                                                      add_generation_prompt=True, tokenize=False)
+        return f"{VIDEO_TOKEN} {question} {ANSWER_PREFIX}"
+
+    def prompt_ids(self, question: str) -> list[int]:
+        ids = self._cache.get(question)
+        if ids is None:
+            ids = self.tokenizer(self.prompt_text(question), add_special_tokens=False)["input_ids"]
+            if self.style == "plain" and self.tokenizer.bos_token_id is not None:
+                ids = [self.tokenizer.bos_token_id] + ids
+            if ids.count(self.video_id) != 1:
+                raise ValueError(f"prompt must hold exactly one {VIDEO_TOKEN}: {question!r}")
+            p = ids.index(self.video_id)
+            ids = ids[:p] + [self.video_id] * self.n_visual + ids[p + 1:]
+            if len(self._cache) < 10000:
+                self._cache[question] = ids
+        return list(ids)
+
+    def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return ids + [self.eos_id] if eos else ids
+
+    def batch(self, questions: Sequence[str], answers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded input_ids / attention_mask (+ answer_ids [B, A] padded with -100 on the left,
+        aligned with the last A positions)."""
+        prompts = [self.prompt_ids(q) for q in questions]
+        ans = [self.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
+        seqs = [p + a for p, a in zip(prompts, ans)]
+        L = max(map(len, seqs))
+        ids = torch.full((len(seqs), L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), L), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, L - len(s):] = torch.tensor(s)
+            mask[i, L - len(s):] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if answers is not None:
+            A = max(map(len, ans))
+            labels = torch.full((len(seqs), A), -100, dtype=torch.long)
+            for i, a in enumerate(ans):
+                labels[i, A - len(a):] = torch.tensor(a)
+            out["labels"] = labels
+        return out
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+# ------------------------------------------------------------------ the model
+
+class LMMVQA(nn.Module):
+    def __init__(self, llm, tokenizer, projector: Projector, config: dict):
+        super().__init__()
+        self.llm = llm
+        self.projector = projector
+        self.tokenizer = tokenizer
+        self.config = config
+        self.formatter = PromptFormatter(tokenizer, config["vision_tokens"] + 1)
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self._base_llm(), "generation_config", None), "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
+        self.eos_ids = sorted(e for e in eos if e is not None)
+
+    # ---- construction
+    @classmethod
+    def build(cls, cfg: dict, tokenizer, info: dict, seed: int | None = None) -> "LMMVQA":
+        """A new model for a config: projector at random init (seeded); the LLM at random init from
+        the preset's config (source None) or from its pretrained source."""
+        from .settings import model_spec
+
+        spec = model_spec(cfg, "llm")
+        tr = cfg["training"]
+        seed = tr["seed"] if seed is None else seed
+        lora = dict(tr["lora"])
+        train_llm = resolve_train_llm(tr, spec)
+        torch.manual_seed(seed)
+        llm = _load_llm(spec, tokenizer, dtype=_llm_dtype(spec, tr, train_llm))
+        width = _llm_width(llm)
+        torch.manual_seed(seed + 1)
+        projector = Projector(info["vision_width"], info["motion_dim"], width, tr["pooling"])
+        config = {
+            "format_version": FORMAT_VERSION,
+            "vision_width": info["vision_width"], "vision_tokens": info["vision_tokens"],
+            "motion_dim": info["motion_dim"], "pooling": tr["pooling"], "llm_width": width,
+            "placeholder_token": VIDEO_TOKEN,
+            "vision": info.get("vision"), "motion": info.get("motion"),
+            "llm": {"source": spec["source"], "config": spec["config"] if spec["source"] is None else None,
+                    "dtype": spec.get("dtype")},
+            "train_llm": train_llm, "lora": lora if lora.get("enabled") and not train_llm else None,
+            "training": {k: tr[k] for k in sorted(tr) if k != "lora"},
+        }
+        model = cls(llm, tokenizer, projector, config)
+        model.config["prompt_style"] = model.formatter.style
+        if config["lora"]:
+            from peft import LoraConfig, get_peft_model
+
+            torch.manual_seed(seed + 2)
+            model.llm = get_peft_model(llm, LoraConfig(
+                r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM"))
+        model.set_trainable()
+        return model
+
+    def set_trainable(self) -> None:
+        """Projector always; all LLM weights when train_llm; LoRA weights only with an adapter."""
+        for p in self.projector.parameters():
+            p.requires_grad_(True)
+        for name, p in self.llm.named_parameters():
+            if self.config.get("train_llm"):
+                p.requires_grad_(True)
+            elif self.config.get("lora"):
+                p.requires_grad_("lora_" in name)
+            else:
+                p.requires_grad_(False)
+
+    def param_groups(self, lr: float, llm_lr: float | None, weight_decay: float) -> list[dict]:
+        proj = [p for p in self.projector.parameters() if p.requires_grad]
+        llm = [p for p in self.llm.parameters() if p.requires_grad]
+        groups = [{"params": proj, "lr": lr, "weight_decay": weight_decay}]
+        if llm:
+            groups.append({"params": llm, "lr": llm_lr or lr, "weight_decay": weight_decay})
+        return groups
+
+    def _base_llm(self):
+        llm = self.llm
+        return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.projector.parameters()).device
+
+    # ---- forward pieces
+    def visual_embeds(self, videos: dict) -> torch.Tensor:
+        dev = self.device
+        v = {k: t.to(dev) for k, t in videos.items()}
+        return self.projector(v["spatial"], v["spatial_mask"], v["motion"], v["motion_mask"])
+
+    def input_embeds(self, videos: dict, input_ids: torch.Tensor) -> torch.Tensor:
+        emb_layer = self._base_llm().get_input_embeddings()
+        is_video = input_ids == self.formatter.video_id
+        text = emb_layer(input_ids.masked_fill(is_video, self.formatter.pad_id))
+        vis = self.visual_embeds(videos).to(text.dtype)
+        if int(is_video.sum()) != vis.shape[0] * vis.shape[1]:
+            raise ValueError("placeholder count does not match the visual tokens")
+        return text.masked_scatter(is_video[..., None], vis.reshape(-1, vis.shape[-1]))
+
+    def forward(self, videos: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens (labels [B, A] aligned with the last A positions)."""
+        dev = self.device
+        input_ids, attention_mask, labels = input_ids.to(dev), attention_mask.to(dev), labels.to(dev)
+        embeds = self.input_embeds(videos, input_ids)
+        A = labels.shape[1]
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                       use_cache=False, logits_to_keep=A + 1)
+        logits = out.logits[:, :-1].float()  # position t predicts token t + 1
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+    def loss(self, videos, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        enc = self.formatter.batch(questions, answers)
+        return self(_as_batch(videos), enc["input_ids"], enc["attention_mask"], enc["labels"])
+
+    # ---- inference
+    def _prefill(self, videos, questions):
+        enc = self.formatter.batch(questions)
+        dev = self.device
+        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+        embeds = self.input_embeds(_as_batch(videos), ids)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids(mask),
+                       use_cache=True, logits_to_keep=1)
+        return out, mask
+
+    @torch.no_grad()
+    def generate(self, videos, questions: Sequence[str], max_new_tokens: int = 8) -> list[str]:
+        """Greedy answers, batched (left padding); decoding stops at eos."""
+        was_training = self.training
+        self.eval()
+        try:
+            out, mask = self._prefill(videos, questions)
+            B = mask.shape[0]
+            dev = mask.device
+            eos = torch.tensor(self.eos_ids, device=dev)
+            done = torch.zeros(B, dtype=torch.bool, device=dev)
+            tokens = []
+            cache, logits = out.past_key_values, out.logits[:, -1]
+            pos = mask.sum(-1, keepdim=True) - 1
+            for step in range(max_new_tokens):
+                nxt = logits.float().argmax(-1)
+                nxt = torch.where(done, torch.full_like(nxt, self.formatter.pad_id), nxt)
+                tokens.append(nxt)
+                done |= torch.isin(nxt, eos)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], dim=1)
+                pos = pos + 1
+                out = self.llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                               past_key_values=cache, use_cache=True)
+                cache, logits = out.past_key_values, out.logits[:, -1]
+            gen = torch.stack(tokens, 1).tolist()
+            texts = []
+            for row in gen:
+                cut = [t for t in row]
+                for j, t in enumerate(row):
+                    if t in self.eos_ids:
+                        cut = row[:j]
+                        break
+                texts.append(self.tokenizer.decode(cut, skip_special_tokens=True).strip())
+            return texts
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def candidate_logprobs(self, videos, questions: Sequence[str], candidates: Sequence[str],
+                           append_eos: bool = False, max_pairs: int = 256) -> np.ndarray:
+        """[B, C] log P(candidate tokens | prompt) (sum over the candidate's tokens). The prompt runs
+        once; its KV cache is repeated for chunks of (video, candidate) pairs of at most max_pairs."""
+        was_training = self.training
+        self.eval()
+        try:
+            out, mask = self._prefill(videos, questions)
+            B, dev = mask.shape[0], mask.device
+            cand = [self.formatter.answer_ids(c, eos=append_eos) for c in candidates]
+            if any(len(c) == 0 for c in cand):
+                raise ValueError("empty candidate")
+            C = len(cand)
+            first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]
+            result = first[:, [c[0] for c in cand]].clone()  # [B, C]
+            Lc = max(map(len, cand))
+            if Lc == 1:
+                return result.cpu().numpy()
+            cache = out.past_key_values
+            saved = [(layer.keys, layer.values) for layer in cache.layers]
+            pos0 = mask.sum(-1) - 1  # [B] position of the last prompt token
+            # rows of (video b, candidate j), chunked
+            pairs = [(b, j) for b in range(B) for j in range(C)]
+            step = max(1, max_pairs)
+            try:
+                for s in range(0, len(pairs), step):
+                    chunk = pairs[s:s + step]
+                    bi = torch.tensor([b for b, _ in chunk], device=dev)
+                    n = len(chunk)
+                    inp = torch.full((n, Lc - 1), self.formatter.pad_id, dtype=torch.long, device=dev)
+                    cm = torch.zeros((n, Lc - 1), dtype=mask.dtype, device=dev)
+                    tgt = torch.full((n, Lc - 1), -1, dtype=torch.long, device=dev)
+                    for r, (_, j) in enumerate(chunk):
+                        c = cand[j]
+                        if len(c) > 1:
+                            inp[r, : len(c) - 1] = torch.tensor(c[:-1])
+                            cm[r, : len(c) - 1] = 1
+                            tgt[r, : len(c) - 1] = torch.tensor(c[1:])
+                    cache.reorder_cache(bi)
+                    am = torch.cat([mask[bi], cm], dim=1)
+                    pos = pos0[bi, None] + 1 + torch.arange(Lc - 1, device=dev)[None]
+                    o = self.llm(input_ids=inp, attention_mask=am, position_ids=pos, past_key_values=cache, use_cache=True)
+                    lp = torch.log_softmax(o.logits.float(), -1)
+                    tok_lp = lp.gather(-1, tgt.clamp_min(0)[..., None])[..., 0] * (tgt >= 0)
+                    add = tok_lp.sum(-1)
+                    for r, (b, j) in enumerate(chunk):
+                        result[b, j] += add[r]
+                    for layer, (k, v) in zip(cache.layers, saved):
+                        layer.keys, layer.values = k, v
+            finally:
+                for layer, (k, v) in zip(cache.layers, saved):
+                    layer.keys, layer.values = k, v
+            return result.cpu().numpy()
+        finally:
+            self.train(was_training)
+
+    # ---- persistence
+    def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write the model folder (into a temporary sibling, renamed into place)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
+        save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
+        cfg = dict(self.config)
+        if self.config.get("lora"):
+            self.llm.save_pretrained(str(tmp / "adapter"))
+            cfg["llm_weights"] = "adapter"
+        elif self.config.get("train_llm") or not self.config["llm"]["source"]:
+            self._base_llm().save_pretrained(str(tmp / "llm"))
+            cfg["llm_weights"] = "llm"
+        else:
+            cfg["llm_weights"] = "source"
+        self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if extra:
+            cfg.update(extra)
+        (tmp / "lmmvqa.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+        if path.exists():
+            # keep files other writers put there (train_log.csv, README.md, loss.png) only if asked to
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None) -> "LMMVQA":
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM
+
+        from .tokenizer import load_tokenizer
+
+        path = Path(path)
+        cfg_file = path / "lmmvqa.json"
+        if not cfg_file.exists():
+            from .errors import UserError
+
+            raise UserError(f"{path}: not a model folder (no lmmvqa.json)")
+        cfg = json.loads(cfg_file.read_text())
+        tokenizer = load_tokenizer(path / "tokenizer")
+        torch_dtype = _DTYPES.get(dtype or cfg["llm"].get("dtype") or "float32")
+        if cfg.get("llm_weights") == "llm":
+            llm = AutoModelForCausalLM.from_pretrained(str(path / "llm"), dtype=torch_dtype)
+        else:
+            llm = _load_llm(cfg["llm"], tokenizer, dtype=torch_dtype)
+            if cfg.get("llm_weights") == "adapter":
+                from peft import PeftModel
+
+                llm = PeftModel.from_pretrained(llm, str(path / "adapter"))
+        projector = Projector(cfg["vision_width"], cfg["motion_dim"], cfg["llm_width"], cfg["pooling"])
+        projector.load_state_dict(load_file(str(path / "projector.safetensors")))
+        model = cls(llm, tokenizer, projector, cfg)
+        model.set_trainable()
+        return model.to(device).eval()
+
+
+# ------------------------------------------------------------------ LLM loading
+
+def resolve_train_llm(training: dict, spec: dict) -> bool:
+    """training.train_llm; null (auto) = train the whole LLM when it is built at random init."""
+    v = training.get("train_llm")
+    return spec.get("source") is None if v is None else bool(v)
+
+
+def _llm_dtype(spec: dict, training: dict, train_llm: bool) -> torch.dtype:
+    if spec.get("dtype"):
+        return _DTYPES[spec["dtype"]]
+    if train_llm:
+        return torch.float32  # full-weight training keeps fp32 master weights; autocast does bf16
+    return _DTYPES[training.get("dtype", "float32")]
+
+
+def _llm_width(llm) -> int:
+    cfg = llm.config
+    return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
+
+
+def _load_llm(spec: dict, tokenizer, dtype=torch.float32):
+    """Random init from the preset config (source None; seed with torch.manual_seed first), or
+    `from_pretrained(source)` (hub id or local folder). Embeddings grow to the tokenizer."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if spec.get("source") is None:
+        conf = dict(spec.get("config") or {})
+        conf.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        conf.setdefault("tie_word_embeddings", False)
+        llm = AutoModelForCausalLM.from_config(LlamaConfig(**conf), dtype=dtype, attn_implementation="sdpa")
+    else:
+        llm = AutoModelForCausalLM.from_pretrained(str(spec["source"]), dtype=dtype)
+    if llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        llm.resize_token_embeddings(len(tokenizer))
+    return llm

@@ -1,0 +1,210 @@
+"""Training from synthetic feature stores: overfit, save/load, kill-and-resume, DDP, the CLI outputs.
+
+`make_workspace` (also used by tests/test_lmm.py and benchmarks) writes, under a working folder, a
+manifest, prompt shards, a tiny tokenizer and Zarr feature stores whose features carry a known
+quality signal (the MOS is a linear function of a direction added to every token).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+SMALL_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "num_key_value_heads": 2}
+
+
+def synthetic_features(rng, q: float, T: int, W: int, M: int, direction_s, direction_m, n_kf=None, n_sec=None):
+    n_kf = n_kf or int(rng.integers(2, 5))
+    n_sec = n_sec or int(rng.integers(2, 5))
+    spatial = rng.normal(size=(n_kf, T, W)) + 2.0 * (q - 0.5) * direction_s
+    motion = rng.normal(size=(n_sec, M)) + 2.0 * (q - 0.5) * direction_m
+    return spatial.astype(np.float16), motion.astype(np.float16)
+
+
+def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: int = 24, shard_size: int = 12,
+                   training: dict | None = None, llm: dict | None = None, k: int = 5, seed: int = 0,
+                   missing: int = 0, chunk_mb: float = 0.05) -> dict:
+    """Write results/manifest, results/prompts, results/tokenizer and cache/features under `root`
+    (paths are relative: run with cwd = root). Returns the validated config."""
+    from pipeline import paths
+    from pipeline.config import validate
+    from pipeline.prompts import build_prompts
+    from pipeline.settings import feature_settings_hash
+    from pipeline.store import StoreWriter
+    from pipeline.tokenizer import train_tokenizer, write_tokenizer
+    from pipeline.prompts import read_prompts
+
+    root = Path(root)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = validate({
+            "datasets": {"syn": {"format": "generic", "labels": "labels.csv", "split": {"scheme": "kfold", "k": k, "seed": 0}}},
+            "features": {"shard_size": shard_size},
+            "models": {"preset": "tiny", "llm": {"config": dict(llm if llm is not None else SMALL_LLM)}},
+            "training": dict(training or {}),
+            "experiments": {"exp": {"train": ["syn:train"], "test": ["syn:test"], "holdout_fold": 0}},
+        })
+        rng = np.random.default_rng(seed)
+        q = rng.uniform(0.02, 0.98, size=n_videos)
+        mos = 100 * q
+        p33, p66 = np.percentile(mos, [33, 66])
+        ids = [f"vid{i:03d}" for i in range(n_videos)]
+        manifest = pd.DataFrame({
+            "id": ids, "path": [f"{v}.mp4" for v in ids], "row": np.arange(1, n_videos + 1), "mos_raw": mos, "mos": mos,
+            "level": ["poor" if m <= p33 else "fair" if m <= p66 else "good" for m in mos],
+            "split": "kfold", "fold": [i % k for i in range(n_videos)], "shard": [i // shard_size for i in range(n_videos)],
+            "size_bytes": 1000, "fingerprint": "x"})
+        paths.manifest("syn").parent.mkdir(parents=True, exist_ok=True)
+        manifest.to_csv(paths.manifest("syn"), index=False)
+        build_prompts(cfg, "syn", paths.manifest("syn"), paths.prompts_dir("syn"))
+        write_tokenizer(train_tokenizer(read_prompts([paths.prompts_dir("syn")])), paths.tokenizer_dir())
+        settings = feature_settings_hash(cfg)
+        ds = rng.normal(size=(T, W)) * 0.5 + 1.0
+        dm = rng.normal(size=M)
+        for shard in sorted(manifest["shard"].unique()):
+            rows = manifest[manifest["shard"] == shard]
+            attrs = {"vision": {"source": None, "config": {}, "tokens": T, "width": W},
+                     "motion": {"source": None, "config": {}, "dim": M}}
+            with StoreWriter(paths.store("syn", settings, shard), (T, W), M, attrs=attrs, chunk_mb=chunk_mb) as w:
+                for i, vid in zip(rows.index, rows["id"]):
+                    if 1 <= i <= missing:  # fold 1: a training video
+                        w.add_failure(vid, f"{vid}.mp4", "decode", "synthetic failure")
+                        continue
+                    s, m = synthetic_features(rng, q[i], T, W, M, ds, dm)
+                    w.add(vid, s, m)
+        return cfg
+    finally:
+        os.chdir(cwd)
+
+
+def _weights(folder: Path) -> dict:
+    out = {f"projector.{k}": v for k, v in load_file(str(folder / "projector.safetensors")).items()}
+    if (folder / "llm" / "model.safetensors").exists():
+        out.update({f"llm.{k}": v for k, v in load_file(str(folder / "llm" / "model.safetensors")).items()})
+    return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    cfg = make_workspace(tmp_path, training={"batch_size": 4, "checkpoint_every": 2, "val_fraction": 0.2,
+                                             "epochs": 1, "lr": 0.003}, missing=1)
+    monkeypatch.chdir(tmp_path)
+    return cfg
+
+
+def test_split_validation_is_seeded_and_by_video():
+    from pipeline.train import split_validation
+
+    samples = [{"dataset": "d", "id": f"v{i}", "type": t} for i in range(20) for t in ("score", "level")]
+    tr1, va1 = split_validation(samples, 0.2, 0)
+    tr2, va2 = split_validation(samples, 0.2, 0)
+    assert va1 == va2 and len({s["id"] for s in va1}) == 4 and len(va1) == 8
+    assert not {s["id"] for s in tr1} & {s["id"] for s in va1}
+    assert split_validation(samples, 0.2, 1)[1] != va1
+
+
+def test_epoch_batches_cover_and_split_across_ranks():
+    from pipeline.train import epoch_batches
+
+    one = [i for b in epoch_batches(10, 3, 0, 0) for i in b]
+    assert sorted(one) == list(range(10))
+    r0 = epoch_batches(11, 2, 0, 1, rank=0, world=2)
+    r1 = epoch_batches(11, 2, 0, 1, rank=1, world=2)
+    assert len(r0) == len(r1)
+    assert set(i for b in r0 + r1 for i in b) == set(range(11))
+    assert epoch_batches(10, 3, 0, 0) != epoch_batches(10, 3, 0, 1)
+
+
+def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
+    from pipeline import paths
+    from pipeline.lmm import LMMVQA
+    from pipeline.train import train
+
+    res = train(workspace, "exp", tmp_path / "model", max_steps=3, progress=False)
+    out = tmp_path / "model"
+    for name in ("lmmvqa.json", "projector.safetensors", "llm/config.json", "tokenizer/tokenizer.json",
+                 "train_log.csv", "loss.png", "README.md"):
+        assert (out / name).exists(), name
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log.columns) == ["step", "loss", "lr", "samples_per_s"] and list(log["step"]) == [1, 2, 3]
+    meta = json.loads((out / "lmmvqa.json").read_text())
+    assert meta["vision_tokens"] == 8 and meta["vision_width"] == 32 and meta["motion_dim"] == 24
+    assert meta["llm_weights"] == "llm" and meta["train_llm"] is True  # auto: random-init LLM trains
+    assert "validation" in meta and res["validation"]["n_videos"] >= 1
+    card = (out / "README.md").read_text()
+    assert "skipped" in card and '"syn": 1' in card  # the failed video is counted
+    # checkpoints were written in cache/checkpoints/<exp>
+    assert list(paths.checkpoint_dir("exp").glob("step-*"))
+    model = LMMVQA.from_pretrained(out)
+    assert model.config["llm_weights"] == "llm"
+
+
+def test_kill_and_resume_equals_uninterrupted(workspace, tmp_path):
+    from pipeline.train import train
+
+    full = train(workspace, "exp", tmp_path / "a", max_steps=5, checkpoint_dir=tmp_path / "ck_a", progress=False)
+    part = train(workspace, "exp", tmp_path / "b", max_steps=5, checkpoint_dir=tmp_path / "ck_b",
+                 stop_after=4, progress=False)
+    assert part["stopped"] and not (tmp_path / "b").exists()
+    # the "killed" run left checkpoints at steps 2 and 4; pretend it died before step 4 was saved
+    import shutil
+
+    shutil.rmtree(tmp_path / "ck_b" / "step-0000004")
+    resumed = train(workspace, "exp", tmp_path / "b", max_steps=5, checkpoint_dir=tmp_path / "ck_b",
+                    resume=True, progress=False)
+    assert resumed["digest"] == full["digest"]
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    la = pd.read_csv(tmp_path / "a" / "train_log.csv")
+    lb = pd.read_csv(tmp_path / "b" / "train_log.csv")
+    assert list(la["step"]) == list(lb["step"]) and np.allclose(la["loss"], lb["loss"])
+
+
+def test_train_cli(workspace, tmp_path):
+    from pipeline.cli import main
+
+    (tmp_path / "cfg.yaml").write_text(json.dumps(workspace))
+    assert main(["train", "--config", "cfg.yaml", "--experiment", "exp", "--out", "results/models/exp",
+                 "--max-steps", "1", "--no-progress"]) == 0
+    assert (tmp_path / "results/models/exp/lmmvqa.json").exists()
+    assert main(["train", "--config", "cfg.yaml", "--experiment", "nope", "--out", "x", "--max-steps", "1"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_equal_weights(workspace, tmp_path):
+    (tmp_path / "cfg.yaml").write_text(json.dumps(workspace))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "pipeline.cli", "train", "--config", "cfg.yaml",
+           "--experiment", "exp", "--out", "results/models/ddp", "--max-steps", "2", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import re
+
+    found = re.findall(r"rank (\d)/2: step 2, final weights sha1 ([0-9a-f]{16})", proc.stdout + proc.stderr)
+    digests = dict(found)
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], digests
+    assert (tmp_path / "results/models/ddp/lmmvqa.json").exists()
