@@ -40,18 +40,9 @@ def prompt_parts(cfg: dict, selector: str, holdout_fold: int) -> list[str]:
 
 def official_split_names(ds: dict) -> list[str]:
     """Split names an official-split dataset has, from its label file names (LSVQ conventions)."""
-    names = []
-    for f in [ds["labels"], *ds.get("extra_labels", [])]:
-        low = str(f).lower()
-        if "1080p" in low:
-            names.append("test_1080p")
-        elif "test" in low:
-            names.append("test")
-        elif "train" in low:
-            names.append("train")
-        else:
-            names.append("all")
-    return sorted(set(names))
+    from .labels import split_from_filename
+
+    return sorted({split_from_filename(f) for f in [ds["labels"], *ds.get("extra_labels", [])]})
 
 
 def select(manifest: pd.DataFrame, cfg: dict, selector: str, holdout_fold: int) -> pd.DataFrame:
@@ -66,3 +57,19 @@ def part_of_row(row) -> str:
     if pd.notna(fold) and int(fold) >= 0:
         return f"fold{int(fold)}"
     return str(row["split"])
+
+
+def dataset_features(cfg: dict, dataset: str):
+    """(reader over the feature stores of a dataset that exist for the current feature settings, their paths)."""
+    from . import paths
+    from .manifest import read_manifest
+    from .settings import feature_settings_hash
+    from .store import DatasetFeatures
+
+    settings = feature_settings_hash(cfg)
+    manifest = read_manifest(paths.manifest(dataset))
+    stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
+    present = [p for p in stores if p.exists()]
+    if not present:
+        raise UserError(f"no feature store of '{dataset}' under {paths.store(dataset, settings, 0).parent}")
+    return DatasetFeatures(present), [str(p) for p in present]

@@ -1,0 +1,93 @@
+"""Score the test videos of one (experiment, dataset) from cached features; write predictions + metrics."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from . import paths
+from .config import load_config
+from .errors import UserError
+from .experiments import dataset_features, parse_selector, prompt_parts
+from .metrics import compute_metrics
+from .predict import predict_batch
+from .prompts import load_templates, read_prompts
+
+PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "prob_score", "level", "level_text",
+                      "p_good", "p_fair", "p_poor"]
+
+
+def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:
+    """id, mos, level_true of the dataset's videos that the experiment tests on (from its prompt shards)."""
+    if experiment not in cfg["experiments"]:
+        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
+    exp = cfg["experiments"][experiment]
+    selectors = [s for s in exp["test"] if parse_selector(s)[0] == dataset]
+    if not selectors:
+        raise UserError(f"experiment '{experiment}' does not test on dataset '{dataset}'")
+    parts = sorted({p for s in selectors for p in prompt_parts(cfg, s, exp["holdout_fold"])})
+    rows = read_prompts([paths.prompt_part(dataset, p) for p in parts])
+    videos = {r["id"]: (float(r["mos"]), r["level"]) for r in rows}
+    return pd.DataFrame([(vid, mos, lv) for vid, (mos, lv) in videos.items()], columns=["id", "mos", "level_true"])
+
+
+def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu") -> dict:
+    from tqdm import tqdm
+
+    from .lmm import LMMVQA, collate_videos
+
+    videos = test_videos(cfg, experiment, dataset)
+    features, _ = dataset_features(cfg, dataset)
+    has = videos["id"].isin(set(features.ids))
+    no_features = videos.loc[~has, "id"].tolist()
+    videos = videos[has].reset_index(drop=True)
+    model = LMMVQA.from_pretrained(paths.model_dir(experiment), device=device)
+    ev = cfg["evaluation"]
+    bank = load_templates(cfg["prompts"]["templates"])
+    rows = []
+    ids = videos["id"].tolist()
+    for start in tqdm(range(0, len(ids), ev["batch_size"]), desc=f"evaluate {experiment}/{dataset}", file=sys.stderr):
+        chunk = ids[start:start + ev["batch_size"]]
+        batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
+        rows += predict_batch(model, batch, chunk, bank=bank, seed=cfg["prompts"]["seed"],
+                              templates=ev["templates_per_video"], max_new_tokens=ev["max_new_tokens"])
+    preds = videos.merge(pd.DataFrame(rows, columns=[c for c in PREDICTION_COLUMNS if c not in ("mos", "level_true")]),
+                         on="id", how="left")[PREDICTION_COLUMNS]
+    metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)
+    metrics["templates_per_video"] = ev["templates_per_video"]
+    metrics["no_features"] = {"count": len(no_features), "ids": no_features[:50]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, preds.to_csv(index=False))
+    _atomic_write(out.with_name("metrics.json"), json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return metrics
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    parser.add_argument("--experiment", required=True, help="experiment name (config `experiments`)")
+    parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
+    parser.add_argument("--out", required=True, help="predictions CSV; metrics.json is written beside it")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config `device`)")
+
+
+def main(args) -> int:
+    cfg = load_config(args.config)
+    device = args.device or cfg["device"]
+    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device)
+    for method, m in metrics["methods"].items():
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"{args.experiment}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "
+              f"PLCC={fmt(m['plcc'])} RMSE={fmt(m['rmse'])}")
+    print(f"level accuracy: {metrics['level'].get('accuracy')}; invalid answers: {metrics['invalid']}")
+    return 0
