@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("pipeline.manifest", "label file + video folder -> manifest table (+ missing table)"),
     "probe": ("pipeline.probe", "probe the videos of a manifest (duration, fps, size, codec, ...)"),
     "extract": ("pipeline.extract", "decode a shard of videos once; CLIP + SlowFast features into a Zarr store"),
+    "feature-stats": ("pipeline.feature_stats", "dataset-level feature statistics with dask (out of core, optionally distributed)"),
     "prompts": ("pipeline.prompts", "build Q&A prompt shards (JSONL) for a dataset"),
     "tokenizer": ("pipeline.tokenizer", "train the tiny preset's tokenizer on prompt shards"),
     "train": ("pipeline.train", "train the projector (+ LoRA / LLM) from cached features and prompts"),

@@ -35,6 +35,11 @@ def store(dataset: str, settings_hash: str, shard: int) -> Path:
     return CACHE / "features" / dataset / settings_hash / f"{shard_name(shard)}.zarr"
 
 
+def stats(dataset: str) -> Path:
+    """Dataset-level feature statistics (pipeline/feature_stats.py)."""
+    return RESULTS / "stats" / f"{dataset}.json"
+
+
 def prompts_dir(dataset: str) -> Path:
     return RESULTS / "prompts" / dataset
 

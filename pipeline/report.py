@@ -100,7 +100,8 @@ def _store_info(cfg: dict, dataset: str) -> dict:
         attrs = meta.get("attributes") or {}
         stores.append({"path": str(store), "videos": len(attrs.get("ids") or []),
                        "code_version": attrs.get("code_version"), "complete": attrs.get("complete")})
-    return {"dataset": dataset, "settings_hash": settings, "folder": str(folder), "stores": stores}
+    stats = _read_json(paths.stats(dataset)) or {}
+    return {"dataset": dataset, "settings_hash": settings, "folder": str(folder), "stores": stores, "stats": stats}
 
 
 # ------------------------------------------------------------------ plots
@@ -331,6 +332,17 @@ intervals.</p>
 <td style="text-align:left">{% if f.stores %}{% for s in f.stores %}<code>{{ s.path }}</code><br>{% endfor %}{% else %}<span class="missing">none under {{ f.folder }}</span>{% endif %}</td>
 <td>{{ f.stores | sum(attribute="videos") }}</td>
 <td><code>{{ f.stores | map(attribute="code_version") | unique | join(", ") }}</code></td></tr>
+{% endfor %}
+</table>
+<h3>Feature statistics (dask, out of core)</h3>
+<table><tr><th>dataset</th><th>videos</th><th>failed</th><th>key frames</th><th>seconds</th><th>tokens x width</th>
+<th>motion dim</th><th>key-frame token norm (min / median / max)</th><th>motion norm (min / median / max)</th></tr>
+{% for f in provenance.features %}{% set st = f.stats %}
+<tr><td class="name">{{ f.dataset }}</td>{% if st %}<td>{{ st.videos }}</td><td>{{ st.failures }}</td><td>{{ st.keyframes }}</td>
+<td>{{ st.seconds }}</td><td>{{ st.tokens }} x {{ st.width }}</td><td>{{ st.motion_dim }}</td>
+<td>{{ "%.2f / %.2f / %.2f" | format(st.spatial.token_norm.min, st.spatial.token_norm.median, st.spatial.token_norm.max) if st.spatial.token_norm.min is not none else "n/a" }}</td>
+<td>{{ "%.2f / %.2f / %.2f" | format(st.motion.row_norm.min, st.motion.row_norm.median, st.motion.row_norm.max) if st.motion.row_norm.min is not none else "n/a" }}</td>
+{% else %}<td colspan="8"><span class="missing">no statistics ({{ f.folder }})</span></td>{% endif %}</tr>
 {% endfor %}
 </table>
 <h3>Resolved config</h3>

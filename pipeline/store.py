@@ -185,8 +185,26 @@ class FeatureStore:
         self.sec_offsets = np.asarray(attrs["sec_offsets"], dtype=np.int64)
         self._pid = None
         self._group = None
+        self._memory = None  # {"spatial": ndarray, "motion": ndarray} once preloaded
+
+    def nbytes(self) -> int:
+        """Uncompressed size of the feature arrays."""
+        g = self._arrays()
+        return int(g["spatial"].nbytes + g["motion"].nbytes)
+
+    def preload(self) -> None:
+        """Read both arrays into memory in one sequential pass (each chunk decompressed once).
+
+        Random per-video reads otherwise decompress a whole chunk (>= ~1 MB) for a few rows each
+        time; training reads every video every epoch, so when the stores fit in memory this is what
+        makes Zarr as fast as per-file layouts (benchmarks/bench_train_io.py).
+        """
+        g = self._arrays()
+        self._memory = {"spatial": g["spatial"][:], "motion": g["motion"][:]}
 
     def _arrays(self):
+        if self._memory is not None:
+            return self._memory
         if self._pid != os.getpid():
             self._group = zarr.open_group(str(self.path), mode="r")
             self._pid = os.getpid()
@@ -239,6 +257,17 @@ class DatasetFeatures:
     @property
     def ids(self) -> list[str]:
         return list(self.where)
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.stores)
+
+    def preload(self, max_bytes: int) -> bool:
+        """Hold every store in memory when they fit in `max_bytes` together; True when done."""
+        if self.nbytes() > max_bytes:
+            return False
+        for s in self.stores:
+            s.preload()
+        return True
 
     def __contains__(self, vid: str) -> bool:
         return vid in self.where

@@ -464,6 +464,12 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     elif rank == 0 and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an older run's checkpoints
 
+    budget = float(tr["preload_mb"]) * 1e6
+    for name, feats in data["features"].items():
+        if budget > 0 and feats.preload(int(budget)):
+            budget -= feats.nbytes()
+            if rank == 0:
+                print(f"train: features of '{name}' held in memory ({feats.nbytes() / 1e6:.0f} MB)", flush=True)
     dataset = QADataset(train_samples, data["features"])
     collate = Collator(model.formatter)
     nw = int(tr["num_workers"])

@@ -21,6 +21,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer.py",),
     "train": ("lmm.py", "train.py", "store.py"),
     "evaluate": ("lmm.py", "evaluate.py", "answers.py", "metrics.py"),
+    "feature_stats": ("feature_stats.py", "store.py"),
     "report": ("report.py", "metrics.py"),
 }
 

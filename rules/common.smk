@@ -1,5 +1,8 @@
 # Helpers and config validation shared by every rule file.
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -21,6 +24,10 @@ SETTINGS = feature_settings_hash(config)
 PRESET = config["models"]["preset"]
 ON_GPU = config["device"].startswith("cuda")
 ENV = "../environment.yml"
+# Rules run `lmmvqa`; when it is not on PATH (e.g. `.venv/bin/snakemake` run without activating the
+# venv), use the one installed beside this interpreter.
+if not shutil.which("lmmvqa") and (Path(sys.executable).parent / "lmmvqa").exists():
+    os.environ.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 wildcard_constraints:
@@ -121,10 +128,6 @@ def all_targets():
     if config["experiments"]:
         targets.append(str(paths.report()))
     return targets
-
-
-def all_probes_and_stores(wildcards):
-    return [p for d in config["datasets"] for p in probe_paths(d) + store_paths(d)]
 
 
 def _write_resolved_config():

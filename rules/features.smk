@@ -29,11 +29,23 @@ rule extract:
         "--out {output.store} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
-rule features_done:
+rule feature_stats:
     input:
-        all_probes_and_stores,
+        stores=lambda w: store_paths(w.dataset),
+        probes=lambda w: probe_paths(w.dataset),
     output:
-        touch("results/features.done"),
+        "results/stats/{dataset}.json",
     log:
-        "results/logs/features_done.log",
-    localrule: True
+        "results/logs/feature_stats/{dataset}.log",
+    params:
+        code=code_version("feature_stats"),
+        settings=SETTINGS,
+        address=config["dask"]["address"] or "",
+        config=RESOLVED_CONFIG,
+    threads: 2
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa feature-stats --config {params.config} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"

@@ -5,7 +5,7 @@ rule report:
     input:
         metrics=[str(paths.metrics(e, d)) for e, d in experiment_tests()],
         models=[str(paths.model_dir(e)) for e in config["experiments"]],
-        features="results/features.done",
+        stats=[str(paths.stats(d)) for d in config["datasets"]],
     output:
         html=report(
             "results/report/index.html",

@@ -92,3 +92,60 @@ def test_empty_shard(tmp_path):
         w.add_failure("x", "x.mp4", "decode", "empty file")
     store = FeatureStore(path)
     assert len(store) == 0 and len(store.failures) == 1
+
+
+def _two_shards(tmp_path):
+    paths = []
+    for shard in range(2):
+        p = tmp_path / f"shard-{shard:05d}.zarr"
+        with StoreWriter(p, token_shape=(5, 8), motion_dim=12, spatial_dtype="float32", motion_dtype="float32",
+                         chunk_mb=0.0005) as w:
+            for vid, sp, mo in _videos(shard + 20, n=4):
+                w.add(vid, sp * (shard + 1) + 3.0, mo - 2.0)
+            if shard == 1:
+                w.add_failure("bad", "bad.mp4", "decode", "DecodeError: x")
+        paths.append(p)
+    return paths
+
+
+def test_preload_serves_the_same_arrays(tmp_path):
+    paths = _two_shards(tmp_path)
+    lazy, held = DatasetFeatures(paths), DatasetFeatures(paths)
+    assert not held.preload(max_bytes=10)  # over budget: stays lazy
+    assert held.preload(max_bytes=held.nbytes())
+    assert held.nbytes() == sum(4 * (s.attrs["kf_offsets"][-1] * 40 + s.attrs["sec_offsets"][-1] * 12)
+                                for s in lazy.stores)
+    for vid in lazy.ids:
+        np.testing.assert_array_equal(held.spatial(vid), lazy.spatial(vid))
+        np.testing.assert_array_equal(held.motion(vid), lazy.motion(vid))
+
+
+def test_feature_stats_with_dask_equal_numpy(tmp_path):
+    from pipeline.feature_stats import dataset_stats
+
+    paths = _two_shards(tmp_path)
+    feats = DatasetFeatures(paths)
+    sp = np.concatenate([feats.spatial(v) for v in feats.ids]).astype(np.float64)
+    mo = np.concatenate([feats.motion(v) for v in feats.ids]).astype(np.float64)
+    st = dataset_stats(feats)
+    assert (st["videos"], st["failures"], st["keyframes"], st["seconds"]) == (8, 1, len(sp), len(mo))
+    np.testing.assert_allclose(st["spatial"]["channel_mean"], sp.mean(axis=(0, 1)), atol=1e-5)
+    np.testing.assert_allclose(st["spatial"]["channel_std"], sp.std(axis=(0, 1)), atol=1e-5)
+    np.testing.assert_allclose(st["motion"]["channel_mean"], mo.mean(axis=0), atol=1e-5)
+    norms = np.sqrt((mo ** 2).sum(axis=1))
+    assert st["motion"]["row_norm"]["max"] == pytest.approx(norms.max())
+    assert st["motion"]["row_norm"]["median"] == pytest.approx(np.median(norms))
+
+
+def test_feature_stats_on_a_distributed_scheduler(tmp_path):
+    from distributed import LocalCluster
+
+    from pipeline.feature_stats import dataset_stats
+
+    feats = DatasetFeatures(_two_shards(tmp_path))
+    local = dataset_stats(feats)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        remote = dataset_stats(feats, address=cluster.scheduler_address)
+    assert remote["scheduler"] == cluster.scheduler_address
+    np.testing.assert_allclose(remote["spatial"]["channel_std"], local["spatial"]["channel_std"], rtol=1e-9)
+    assert remote["motion"]["row_norm"] == local["motion"]["row_norm"]
