@@ -1,6 +1,10 @@
 # LMM-VQA workflow: videos + MOS -> features -> prompts -> model -> scores, metrics, report.
 # All logic lives in the `pipeline` package; every rule runs one `lmmvqa` command.
-configfile: "config.yaml"
+# The embedded default, used when no --configfile is given (a --configfile replaces it instead of
+# being merged into it, so a user's config never inherits the demo dataset).
+if not config:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

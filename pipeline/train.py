@@ -215,6 +215,26 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_
     return final
 
 
+def run_fingerprint(cfg: dict, experiment: str, samples: list[dict], total_steps: int, world: int) -> str:
+    """What a checkpoint must share with a run to be resumed by it: training settings, the
+    experiment, the LLM spec, the training samples, the step count, world size and training code."""
+    from .config import stable_hash
+    from .settings import model_spec
+
+    return stable_hash({
+        "training": cfg["training"], "experiment": cfg["experiments"][experiment], "llm": model_spec(cfg, "llm"),
+        "samples": [(s["dataset"], s["id"], s["type"], s["question"], s["answer"]) for s in samples],
+        "total_steps": total_steps, "world": world, "code": _code_version(),
+    }, 16)
+
+
+def checkpoint_run(ckpt_dir: Path) -> str | None:
+    try:
+        return json.loads((ckpt_dir / "run.json").read_text()).get("run")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     for d in sorted(ckpt_dir.glob("step-*"), reverse=True):
         state = d / "state.json"
@@ -452,7 +472,14 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     params = [p for p in model.parameters() if p.requires_grad]
 
     ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(experiment))
+    run_id = run_fingerprint(cfg, experiment, train_samples, total, world)
     step, log_rows = 0, []
+    if resume and ckpt_dir.exists() and checkpoint_run(ckpt_dir) != run_id:
+        if rank == 0:
+            print(f"train: --resume: the checkpoints in {ckpt_dir} belong to another run (settings, data or code "
+                  "changed); starting at step 0")
+            shutil.rmtree(ckpt_dir)
+        resume = False
     if resume:
         last = latest_checkpoint(ckpt_dir)
         if last is not None:
@@ -463,6 +490,10 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
             print(f"train: --resume: no checkpoint in {ckpt_dir}, starting at step 0")
     elif rank == 0 and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an older run's checkpoints
+
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "run.json").write_text(json.dumps({"run": run_id}) + "\n")
 
     budget = float(tr["preload_mb"]) * 1e6
     for name, feats in data["features"].items():

@@ -17,8 +17,11 @@ from pipeline.versions import code_version
 min_version("9.0")
 
 
-validate(config, "../pipeline/config.schema.yaml", set_default=True)
+# The package's validator first: it names the bad key in one line and fills every default (also
+# under optional objects that are null, where Snakemake's set_default would crash). Then the same
+# schema through Snakemake's own validate, as a check on what the rules see.
 config = pipeline_config.validate(config, "config")
+validate(config, "../pipeline/config.schema.yaml", set_default=False)
 
 SETTINGS = feature_settings_hash(config)
 PRESET = config["models"]["preset"]

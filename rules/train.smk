@@ -25,4 +25,4 @@ rule train:
         ENV
     shell:
         "lmmvqa train --config {params.config} --experiment {wildcards.experiment} --out {output} "
-        "--device {params.device} > {log} 2>&1"
+        "--device {params.device} --resume > {log} 2>&1"

@@ -178,6 +178,25 @@ def test_kill_and_resume_equals_uninterrupted(workspace, tmp_path):
     assert list(la["step"]) == list(lb["step"]) and np.allclose(la["loss"], lb["loss"])
 
 
+def test_resume_ignores_checkpoints_of_another_run(workspace, tmp_path, capsys):
+    """The workflow always passes --resume; a checkpoint left by a run with other settings must not
+    be continued (it would silently mix two trainings)."""
+    import copy
+
+    from pipeline.train import train
+
+    part = train(workspace, "exp", tmp_path / "x", max_steps=5, checkpoint_dir=tmp_path / "ck", stop_after=4,
+                 progress=False)
+    assert part["stopped"]
+    other = copy.deepcopy(workspace)
+    other["training"]["lr"] = workspace["training"]["lr"] * 2
+    fresh = train(other, "exp", tmp_path / "y", max_steps=5, checkpoint_dir=tmp_path / "ck2", progress=False)
+    resumed = train(other, "exp", tmp_path / "z", max_steps=5, checkpoint_dir=tmp_path / "ck", resume=True,
+                    progress=False)
+    assert "belong to another run" in capsys.readouterr().out
+    assert resumed["digest"] == fresh["digest"]
+
+
 def test_train_cli(workspace, tmp_path):
     from pipeline.cli import main
 

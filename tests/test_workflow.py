@@ -76,6 +76,21 @@ def test_bad_config_key_stops_with_its_name(tmp_path):
     assert "keyframe_fsp" in proc.stdout + proc.stderr
 
 
+def test_a_users_config_replaces_the_default(tmp_path):
+    """--configfile replaces config.yaml (no demo dataset inherited), and a dataset without the
+    optional `generate` section validates (Snakemake's own set_default crashed on it)."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "labels.csv").write_text("name,mos\na.mp4,50\n")
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"datasets": {"mine": {
+        "format": "generic", "labels": "labels.csv", "videos": "videos"}}}))
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(tmp_path / "mine.yaml"), "-n", "--quiet", "rules"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "manifest" in proc.stdout and "demo_data" not in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("workflow")
@@ -162,3 +177,156 @@ def test_score_command_on_real_clips(demo_run, real_clips):
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == 6
     assert all("error" not in line and 0 <= line["prob_score"] <= 100 for line in lines)
+
+
+def _store_state(work: Path, dataset: str) -> dict[str, tuple[int, str]]:
+    """shard store name -> (newest mtime_ns of its files, hash of all its bytes)."""
+    import hashlib
+
+    state = {}
+    for store in sorted((work / "cache/features" / dataset).glob("*/shard-*.zarr")):
+        files = sorted(f for f in store.rglob("*") if f.is_file())
+        digest = hashlib.sha256(b"".join(f.relative_to(store).as_posix().encode() + f.read_bytes() for f in files))
+        state[store.name] = (max(f.stat().st_mtime_ns for f in files), digest.hexdigest())
+    return state
+
+
+def test_additions_touch_only_their_shards(demo_run, tmp_path):
+    """Appending videos rewrites only the shards they land in; a new dataset only adds its own."""
+    import pandas as pd
+
+    source = pd.read_csv(demo_run / "resources/demo/labels.csv").sort_values("name")
+    src_dir = demo_run / "resources/demo/videos"
+
+    def add_videos(dataset: str, rows: pd.DataFrame) -> None:
+        folder = tmp_path / dataset / "videos"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in rows["name"]:
+            shutil.copy(src_dir / name, folder / name)
+        labels = tmp_path / dataset / "labels.csv"
+        old = pd.read_csv(labels) if labels.exists() else None
+        pd.concat([old, rows[["name", "mos"]]]).to_csv(labels, index=False)
+
+    def config(datasets):
+        cfg = {k: v for k, v in MINI.items() if k not in ("datasets", "experiments")}
+        cfg["datasets"] = {d: {"format": "generic", "labels": f"{d}/labels.csv", "videos": f"{d}/videos",
+                               "split": {"scheme": "kfold", "k": 2, "seed": 0}} for d in datasets}
+        write_config(tmp_path, cfg)
+
+    assert len(source) == 10  # the MINI demo set; shard size 4
+    add_videos("extra", source.iloc[:6])
+    config(["extra"])
+    snakemake(tmp_path, "results/stats/extra.json")
+    first = _store_state(tmp_path, "extra")
+    assert list(first) == ["shard-00000.zarr", "shard-00001.zarr"]
+
+    add_videos("extra", source.iloc[6:10])  # rows 6-7 land in shard 1, rows 8-9 open shard 2
+    snakemake(tmp_path, "results/stats/extra.json")
+    second = _store_state(tmp_path, "extra")
+    assert list(second) == [*first, "shard-00002.zarr"]
+    assert second["shard-00000.zarr"] == first["shard-00000.zarr"]
+    assert second["shard-00001.zarr"] != first["shard-00001.zarr"]
+    stats = json.loads((tmp_path / "results/stats/extra.json").read_text())
+    assert stats["videos"] == 10 and stats["failures"] == 0
+
+    add_videos("more", source.iloc[:3])
+    config(["extra", "more"])
+    snakemake(tmp_path, "results/stats/extra.json", "results/stats/more.json")
+    assert _store_state(tmp_path, "extra") == second
+    assert list(_store_state(tmp_path, "more")) == ["shard-00000.zarr"]
+
+
+def test_changing_the_prompt_bank_reruns_prompts_to_evaluation_not_features(demo_run):
+    from pipeline.prompts import BANK_PATH
+
+    work = demo_run
+    bank = yaml.safe_load(BANK_PATH.read_text())
+    bank["score"][0] = bank["score"][0].replace("What is the quality score", "What quality score has")
+    (work / "bank.yaml").write_text(yaml.safe_dump(bank))
+    cfg = json.loads(json.dumps(MINI))
+    cfg["prompts"] = {"templates": "bank.yaml"}
+    write_config(work, cfg)
+    try:
+        plan = planned_rules(work)
+        assert set(plan) == {"prompts", "tokenizer", "train", "evaluate", "report", "all"}, plan
+    finally:
+        write_config(work, MINI)
+
+
+def _small_dataset(work: Path, demo: Path, n: int) -> None:
+    import pandas as pd
+
+    rows = pd.read_csv(demo / "resources/demo/labels.csv").sort_values("name").iloc[:n]
+    (work / "small/videos").mkdir(parents=True)
+    for name in rows["name"]:
+        shutil.copy(demo / "resources/demo/videos" / name, work / "small/videos" / name)
+    rows[["name", "mos"]].to_csv(work / "small/labels.csv", index=False)
+    cfg = {k: v for k, v in MINI.items() if k not in ("datasets", "experiments")}
+    cfg["datasets"] = {"small": {"format": "generic", "labels": "small/labels.csv", "videos": "small/videos",
+                                 "split": {"scheme": "kfold", "k": 2, "seed": 0}}}
+    write_config(work, cfg)
+
+
+def test_local_cluster_profile_and_the_lock(demo_run, tmp_path):
+    """Jobs go through the cluster-generic executor (submit.sh backgrounds them); a second run on the
+    same directory while the first holds the lock is refused and does no harm."""
+    import time
+
+    _small_dataset(tmp_path, demo_run, 6)
+    (tmp_path / "profiles").symlink_to(REPO / "profiles")  # the profile's scripts are relative paths
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--workflow-profile", str(REPO / "profiles/local-cluster"),
+           "results/stats/small.json"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 120
+    while not list((tmp_path / ".snakemake/locks").glob("*")) and time.time() < deadline:
+        time.sleep(0.2)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-5000:]
+    assert second.returncode != 0 and "lock" in (second.stdout + second.stderr).lower()
+    jobs = list((tmp_path / ".snakemake/local-cluster").glob("*.rc"))
+    assert len(jobs) >= 4 and all(j.read_text().strip() == "0" for j in jobs)  # manifest, probe, extract, stats
+    stats = json.loads((tmp_path / "results/stats/small.json").read_text())
+    assert stats["videos"] == 6 and stats["stores"] == 2
+
+
+def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
+    """kill -9 of the whole run during extraction, then a plain rerun (the default profile has
+    --rerun-incomplete): manifests, prompts, feature arrays and metrics equal the uninterrupted run."""
+    import signal
+    import time
+
+    import numpy as np
+
+    from pipeline.store import DatasetFeatures
+
+    write_config(tmp_path, MINI)
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "results/logs/extract").rglob("*.log")):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (tmp_path / "results/eval/demo/demo/metrics.json").exists(), "killed too late to test anything"
+    refused = snakemake(tmp_path, check=False)  # kill -9 leaves Snakemake's lock behind
+    assert refused.returncode != 0 and "--unlock" in refused.stdout + refused.stderr
+    snakemake(tmp_path, "--unlock")
+    snakemake(tmp_path)
+    for rel in ("results/manifest/demo.csv", "results/prompts/demo/fold0.jsonl", "results/prompts/demo/fold1.jsonl"):
+        assert (tmp_path / rel).read_bytes() == (demo_run / rel).read_bytes(), rel
+    stores = lambda w: sorted((w / "cache/features/demo").glob("*/shard-*.zarr"))  # noqa: E731
+    assert [s.name for s in stores(tmp_path)] == [s.name for s in stores(demo_run)]
+    a, b = DatasetFeatures(stores(tmp_path)), DatasetFeatures(stores(demo_run))
+    assert a.ids == b.ids
+    for vid in a.ids:
+        np.testing.assert_array_equal(a.spatial(vid), b.spatial(vid))
+        np.testing.assert_array_equal(a.motion(vid), b.motion(vid))
+    m1 = json.loads((tmp_path / "results/eval/demo/demo/metrics.json").read_text())
+    m2 = json.loads((demo_run / "results/eval/demo/demo/metrics.json").read_text())
+    assert m1["methods"] == m2["methods"] and m1["level"] == m2["level"]
