@@ -19,7 +19,6 @@ Writes benchmarks/results/extract.json (and quality_probe.json).
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import platform

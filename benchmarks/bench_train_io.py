@@ -57,7 +57,6 @@ def main() -> int:
 
     from test_train import make_workspace
 
-    from pipeline.config import validate
     from pipeline.lmm import LMMVQA
     from pipeline.train import Collator, QADataset, epoch_batches, experiment_data, load_training_tokenizer
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from . import paths
+from . import atomic, paths
 from .config import load_config
 from .errors import UserError
 from .experiments import dataset_features, parse_selector, prompt_parts
@@ -62,15 +61,9 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
     metrics["no_features"] = {"count": len(no_features), "ids": no_features[:50]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, preds.to_csv(index=False))
-    _atomic_write(out.with_name("metrics.json"), json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    atomic.write_text(out, preds.to_csv(index=False))
+    atomic.write_text(out.with_name("metrics.json"), json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,6 @@ uses it for videos outside a manifest.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor

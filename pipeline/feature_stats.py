@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 
+from . import atomic
 from .errors import UserError
 
 
@@ -102,11 +101,7 @@ def main(args) -> int:
         raise UserError(f"unknown dataset '{args.dataset}' (config has: {', '.join(cfg['datasets'])})")
     features, _ = dataset_features(cfg, args.dataset)
     stats = dict(dataset=args.dataset, **dataset_stats(features, args.address or cfg["dask"]["address"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stats, indent=1) + "\n")
-    os.replace(tmp, out)
+    out = atomic.write_text(args.out, json.dumps(stats, indent=1) + "\n")
     print(f"feature-stats {args.dataset}: {stats['videos']} videos, {stats['keyframes']} key frames, "
           f"{stats['seconds']} seconds, {stats['failures']} failures -> {out}")
     return 0

@@ -33,7 +33,6 @@ Model folder (docs/DESIGN.md): `lmmvqa.json`, `projector.safetensors`, `llm/` (f
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from . import atomic
 from . import labels as L
 from .errors import UserError
 
@@ -192,24 +193,11 @@ def _safe_fingerprint(path: Path) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------------
 # Reading and writing
 # ---------------------------------------------------------------------------------------------------
-def write_csv_atomic(df: pd.DataFrame, path) -> None:
-    """Write a CSV through a temp file in the same folder + os.replace: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        df.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_manifest(manifest: pd.DataFrame, missing: pd.DataFrame, out) -> tuple[Path, Path]:
     out = Path(out)
     miss = missing_path(out)
-    write_csv_atomic(missing, miss)
-    write_csv_atomic(manifest, out)
+    atomic.write_csv(missing, miss)
+    atomic.write_csv(manifest, out)
     return out, miss
 
 

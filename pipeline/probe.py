@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import atomic
 from .errors import UserError
 
 PROBE_KEYS = ["duration", "fps", "vfr", "n_frames", "width", "height", "rotation", "codec", "pix_fmt", "has_video"]
@@ -211,17 +211,6 @@ def failures_path(out) -> Path:
     return out.with_name(f"{stem}.failures.csv")
 
 
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        df.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, metavar="FILE.csv", help="manifest CSV (lmmvqa manifest)")
     p.add_argument("--videos", required=True, metavar="DIR", help="folder the manifest's paths are relative to")
@@ -239,8 +228,8 @@ def main(args) -> int:
     table, failures = probe_shard(manifest, args.videos, args.shard)
     out = Path(args.out)
     fail = failures_path(out)
-    _write_atomic(failures, fail)
-    _write_atomic(table, out)
+    atomic.write_csv(failures, fail)
+    atomic.write_csv(table, out)
     print(f"probe: {len(table)} videos probed, {len(failures)} failure(s) -> {out}, {fail}")
     return 0
 

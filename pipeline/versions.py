@@ -20,7 +20,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "prompts": ("prompts.py", "data/templates.yaml"),
     "tokenizer": ("tokenizer.py",),
     "train": ("lmm.py", "train.py", "store.py"),
-    "evaluate": ("lmm.py", "evaluate.py", "answers.py", "metrics.py"),
+    "evaluate": ("lmm.py", "evaluate.py", "predict.py", "answers.py", "metrics.py"),
     "feature_stats": ("feature_stats.py", "store.py"),
     "report": ("report.py", "metrics.py"),
 }

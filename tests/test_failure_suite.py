@@ -39,7 +39,6 @@ def _cases(folder):
     v = folder
     good = make(v / "good.mp4")
     data = good.read_bytes()
-    moov = data.find(b"moov")
     (v / "zero.mp4").write_bytes(b"")
     (v / "trunc_tail.mp4").write_bytes(data[: len(data) // 2])  # mdat cut: frames and the index lost
     # faststart file cut right after its index: the index lists frames that are not there

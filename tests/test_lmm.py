@@ -8,7 +8,7 @@ import torch
 from pipeline.config import validate
 from pipeline.lmm import LMMVQA, PromptFormatter, collate_videos, pool_time
 from pipeline.prompts import load_templates, question_for
-from pipeline.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer, write_tokenizer
+from pipeline.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer
 
 INFO = {"vision_tokens": 6, "vision_width": 32, "motion_dim": 12}
 SMALL_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,

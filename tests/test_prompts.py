@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from pipeline.config import validate
 from pipeline.prompts import (build_prompts, build_samples, levels_from_mos, load_templates, question_for,

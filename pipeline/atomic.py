@@ -1,0 +1,29 @@
+"""Files that appear whole or not at all: write to a temporary sibling, then rename over the target.
+
+A reader (a later stage, Snakemake, a user) never sees a half-written table, even when the writer is
+killed; a killed writer leaves only a hidden `.<name>.tmp-<pid>` file behind.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_text(path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_csv(df: pd.DataFrame, path, **to_csv) -> Path:
+    """`df.to_csv(path, index=False)` with Unix line ends, atomically."""
+    return write_text(path, df.to_csv(index=False, lineterminator="\n", **to_csv))
