@@ -233,16 +233,24 @@ def shard_ids(manifest_csv) -> list[int]:
     return sorted(int(s) for s in pd.unique(df["shard"]))
 
 
-def shard_digest(manifest_df: pd.DataFrame, shard: int) -> str:
-    """Hash of (id, path, size, fingerprint) of one shard's rows, in order: a rerun trigger for the
-    per-shard rules (changes when a video of the shard is added, removed, renamed or edited)."""
-    rows = manifest_df[manifest_df["shard"].astype(int) == int(shard)]
+def _rows_digest(rows: pd.DataFrame) -> str:
     h = hashlib.sha256()
     for r in rows[["id", "path", "size_bytes", "fingerprint"]].itertuples(index=False):
         size = "" if pd.isna(r.size_bytes) else str(int(r.size_bytes))
         fp = "" if pd.isna(r.fingerprint) else str(r.fingerprint)
         h.update("\x1f".join([str(r.id), str(r.path), size, fp]).encode() + b"\x1e")
     return h.hexdigest()[:16]
+
+
+def shard_digest(manifest_df: pd.DataFrame, shard: int) -> str:
+    """Hash of (id, path, size, fingerprint) of one shard's rows, in order: a rerun trigger for the
+    per-shard rules (changes when a video of the shard is added, removed, renamed or edited)."""
+    return _rows_digest(manifest_df[manifest_df["shard"].astype(int) == int(shard)])
+
+
+def shard_digests(manifest_df: pd.DataFrame) -> dict[int, str]:
+    """{shard: shard_digest} for every shard, in one pass over the table."""
+    return {int(shard): _rows_digest(rows) for shard, rows in manifest_df.groupby("shard", sort=True)}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -67,18 +67,31 @@ def split_scheme(dataset):
     return "official" if ds["format"] == "lsvq" and ds["split"]["scheme"] != "kfold" else ds["split"]["scheme"]
 
 
+_MANIFESTS = {}
+
+
+def _manifest_entry(dataset):
+    """(manifest table, {shard: digest}) of a dataset, read once per version of the file: input
+    functions ask for it once per job, and at 40k videos re-reading it each time dominated the DAG."""
+    path = checkpoints.manifest.get(dataset=dataset).output.manifest
+    key = (path, os.stat(path).st_mtime_ns)
+    if dataset not in _MANIFESTS or _MANIFESTS[dataset][0] != key:
+        df = pipeline_manifest.read_manifest(path)
+        _MANIFESTS[dataset] = (key, df, pipeline_manifest.shard_digests(df))
+    return _MANIFESTS[dataset][1:]
+
+
 def manifest_df(dataset):
     """The dataset's manifest, once the manifest checkpoint has run (input functions re-evaluate then)."""
-    path = checkpoints.manifest.get(dataset=dataset).output.manifest
-    return pipeline_manifest.read_manifest(path)
+    return _manifest_entry(dataset)[0]
 
 
 def shards(dataset):
-    return sorted(int(s) for s in manifest_df(dataset)["shard"].unique())
+    return sorted(_manifest_entry(dataset)[1])
 
 
 def shard_digest(wildcards):
-    return pipeline_manifest.shard_digest(manifest_df(wildcards.dataset), int(wildcards.shard))
+    return _manifest_entry(wildcards.dataset)[1][int(wildcards.shard)]
 
 
 def dataset_digest(wildcards):

@@ -10,7 +10,7 @@ import pytest
 from pipeline.cli import main as cli
 from pipeline.errors import UserError
 from pipeline.manifest import (MANIFEST_COLUMNS, MISSING_COLUMNS, build_manifest, fingerprint, fold_of,
-                               missing_path, read_manifest, shard_digest, shard_ids, write_manifest)
+                               missing_path, read_manifest, shard_digest, shard_digests, shard_ids, write_manifest)
 
 
 def _labels(path, names, mos=None):
@@ -68,6 +68,7 @@ def test_shards_and_folds_stable_under_appended_rows(tmp_path):
     # digests of untouched shards do not change when rows are appended
     assert shard_digest(small, 0) == shard_digest(big, 0) and shard_digest(small, 1) == shard_digest(big, 1)
     assert shard_digest(small, 2) != shard_digest(big, 2)
+    assert shard_digests(big) == {s: shard_digest(big, s) for s in shard_ids(big)}
 
 
 def test_missing_table_and_fingerprints(tmp_path):
