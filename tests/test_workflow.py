@@ -330,3 +330,16 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
     m1 = json.loads((tmp_path / "results/eval/demo/demo/metrics.json").read_text())
     m2 = json.loads((demo_run / "results/eval/demo/demo/metrics.json").read_text())
     assert m1["methods"] == m2["methods"] and m1["level"] == m2["level"]
+
+
+def test_a_bad_label_row_stops_the_workflow_naming_file_and_row(tmp_path):
+    (tmp_path / "videos").mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / "videos" / name).write_bytes(b"placeholder")
+    (tmp_path / "labels.csv").write_text("name,mos\na.mp4,50\nb.mp4,not-a-number\nc.mp4,40\n")
+    write_config(tmp_path, {"datasets": {"bad": {"format": "generic", "labels": "labels.csv", "videos": "videos"}}})
+    proc = snakemake(tmp_path, "results/manifest/bad.csv", check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "results/logs/manifest/bad.log").read_text()
+    assert "labels.csv" in log and "row 2" in log and "not-a-number" in log, log
+    assert not (tmp_path / "results/manifest/bad.csv").exists()
