@@ -332,14 +332,32 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
     assert m1["methods"] == m2["methods"] and m1["level"] == m2["level"]
 
 
-def test_a_bad_label_row_stops_the_workflow_naming_file_and_row(tmp_path):
+BAD_LABELS = {
+    "text MOS": ("name,mos\na.mp4,50\nb.mp4,not-a-number\nc.mp4,40\n", ["row 2", "not-a-number"]),
+    "empty MOS": ("name,mos\na.mp4,50\nb.mp4,\n", ["row 2", "empty"]),
+    "missing column": ("name,score\na.mp4,50\n", ["missing label column 'mos'"]),
+    "duplicate id": ("name,mos\na.mp4,50\na.mp4,40\n", ["row 2", "duplicate id 'a'"]),
+    "empty file": ("", ["empty label file"]),
+    "path escaping the videos folder": ("name,mos\n../a.mp4,50\n", ["row 1", "escapes the videos folder"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_bad_labels_stop_the_workflow_naming_file_and_row(tmp_path, case):
+    text, expected = BAD_LABELS[case]
     (tmp_path / "videos").mkdir()
     for name in ("a.mp4", "b.mp4", "c.mp4"):
         (tmp_path / "videos" / name).write_bytes(b"placeholder")
-    (tmp_path / "labels.csv").write_text("name,mos\na.mp4,50\nb.mp4,not-a-number\nc.mp4,40\n")
+    (tmp_path / "labels.csv").write_text(text)
     write_config(tmp_path, {"datasets": {"bad": {"format": "generic", "labels": "labels.csv", "videos": "videos"}}})
     proc = snakemake(tmp_path, "results/manifest/bad.csv", check=False)
     assert proc.returncode != 0
     log = (tmp_path / "results/logs/manifest/bad.log").read_text()
-    assert "labels.csv" in log and "row 2" in log and "not-a-number" in log, log
+    assert "labels.csv" in log and all(e in log for e in expected), log
     assert not (tmp_path / "results/manifest/bad.csv").exists()
+
+
+def test_a_wrong_format_name_stops_before_any_job(tmp_path):
+    write_config(tmp_path, {"datasets": {"bad": {"format": "konvidd", "labels": "labels.csv"}}})
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0 and "konvidd" in proc.stdout + proc.stderr
