@@ -133,46 +133,6 @@ class _Collector:
 # ---------------------------------------------------------------------------------------------
 # Container metadata (PyAV; one frame decoded for rotation / pixel format)
 # ---------------------------------------------------------------------------------------------
-def video_info(path: str | Path) -> dict:
-    """codec, pix_fmt, coded width/height, rotation, displayed width/height, container duration/fps.
-
-    Raises DecodeError when the file is not a readable video."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            cc = stream.codec_context
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / 1e6
-            else:
-                duration = None
-            rotation = 0
-            for frame in container.decode(stream):
-                rotation = int(round(frame.rotation or 0)) % 360
-                break
-            else:
-                raise DecodeError("no decodable video frame")
-            width, height = cc.width, cc.height
-            return {
-                "codec": cc.name, "pix_fmt": cc.pix_fmt or (frame.format.name if frame else None),
-                "coded_width": width, "coded_height": height, "rotation": rotation,
-                "width": height if rotation in (90, 270) else width,
-                "height": width if rotation in (90, 270) else height,
-                "container_duration": duration, "container_fps": float(rate) if rate else None,
-                "container_frames": int(stream.frames or 0),
-            }
-    except DecodeError:
-        raise
-    except Exception as exc:  # av.error.* (InvalidDataError, ...), OSError
-        raise DecodeError(f"{type(exc).__name__}: {exc}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # Backends: each returns (keyframes, chunks, meta) for a sampling plan
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +263,19 @@ class _Filled:
 
 
 # ---------------------------------------------------------------------------------------------
+def _stream_info(path: Path) -> dict:
+    """Codec, pixel format, displayed size and rotation, from the probe stage's reader."""
+    from .probe import ProbeError, probe_video
+
+    try:
+        info = probe_video(path)
+    except ProbeError as exc:
+        raise DecodeError(str(exc)) from None
+    if not info["has_video"]:
+        raise DecodeError("no video stream")
+    return info
+
+
 def sample_video(
     path: str | Path,
     keyframe_fps: float = 1.0,
@@ -322,7 +295,7 @@ def sample_video(
         raise DecodeError(f"no such file: {path}")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
-    info = video_info(path)
+    info = _stream_info(path)
     p = dict(keyframe_fps=keyframe_fps, max_keyframes=max_keyframes, chunk_frames=chunk_frames,
              max_seconds=max_seconds, key_size=key_size, chunk_size=chunk_size)
     attempts = []

@@ -16,7 +16,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "demo_data": ("demo_data.py",),
     "manifest": ("labels.py", "manifest.py"),
     "probe": ("probe.py",),
-    "extract": ("decode.py", "encoders.py", "extract.py", "store.py", "presets.yaml"),
+    "extract": ("decode.py", "probe.py", "encoders.py", "extract.py", "store.py", "presets.yaml"),
     "prompts": ("prompts.py", "data/templates.yaml"),
     "tokenizer": ("tokenizer.py",),
     "train": ("lmm.py", "train.py", "store.py"),
