@@ -69,6 +69,20 @@ def levels(mos) -> np.ndarray:
     return out
 
 
+def folder_state(folder) -> str:
+    """Hash of (relative path, size, mtime) of every video file under a folder: a cheap rerun trigger
+    for the manifest (a folder's own mtime misses a video replaced in place under the same name).
+    The manifest's per-file fingerprints then decide which shards actually changed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "absent"
+    h = hashlib.sha256()
+    for rel in L.scan_videos(folder):
+        st = (folder / rel).stat()
+        h.update(f"{rel}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(path) -> tuple[int, str]:
     """(size in bytes, sha1 hex of the first and last 64 KiB): cheap, changes with almost any edit."""
     path = Path(path)

@@ -57,6 +57,14 @@ def videos_dir(dataset):
     return dataset_cfg(dataset)["videos"] or ""
 
 
+def videos_state(dataset):
+    """Rerun trigger of the manifest for videos replaced in place (pipeline.manifest.folder_state).
+    Not for generated datasets: their folder is the demo_data rule's output, tracked by Snakemake."""
+    if not videos_dir(dataset) or dataset_cfg(dataset).get("generate"):
+        return ""
+    return pipeline_manifest.folder_state(videos_dir(dataset))
+
+
 def gpu_count(stage):
     """GPUs a job asks for: one for the model stages when the config runs on CUDA."""
     return 1 if ON_GPU and stage in ("extract", "train", "evaluate") else 0

@@ -49,6 +49,7 @@ checkpoint manifest:
             else ""
         ),
         shard_size=config["features"]["shard_size"],
+        videos_state=lambda w: videos_state(w.dataset),
     resources:
         mem_mb=2000,
     conda:

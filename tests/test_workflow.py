@@ -229,6 +229,17 @@ def test_additions_touch_only_their_shards(demo_run, tmp_path):
     stats = json.loads((tmp_path / "results/stats/extra.json").read_text())
     assert stats["videos"] == 10 and stats["failures"] == 0
 
+    # a video of shard 0 replaced in place by another clip under the same name: only shard 0 reruns
+    replaced = tmp_path / "extra/videos" / source["name"].iloc[1]
+    with open(replaced, "wb") as fh:
+        fh.write((src_dir / source["name"].iloc[9]).read_bytes())
+    snakemake(tmp_path, "results/stats/extra.json")
+    third = _store_state(tmp_path, "extra")
+    assert third["shard-00000.zarr"] != second["shard-00000.zarr"]
+    assert {k: v for k, v in third.items() if k != "shard-00000.zarr"} == {
+        k: v for k, v in second.items() if k != "shard-00000.zarr"}
+    second = third
+
     add_videos("more", source.iloc[:3])
     config(["extra", "more"])
     snakemake(tmp_path, "results/stats/extra.json", "results/stats/more.json")
@@ -293,7 +304,8 @@ def test_local_cluster_profile_and_the_lock(demo_run, tmp_path):
 
 
 def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
-    """kill -9 of the whole run during extraction, then a plain rerun (the default profile has
+    """kill -9 of the whole run during extraction, again during training (after its first checkpoint)
+    and again during evaluation, each followed by `--unlock` and a plain rerun (the default profile has
     --rerun-incomplete): manifests, prompts, feature arrays and metrics equal the uninterrupted run."""
     import signal
     import time
@@ -306,17 +318,35 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
-    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "results/logs/extract").rglob("*.log")):
-        time.sleep(0.1)
-    time.sleep(1.0)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
-    assert not (tmp_path / "results/eval/demo/demo/metrics.json").exists(), "killed too late to test anything"
-    refused = snakemake(tmp_path, check=False)  # kill -9 leaves Snakemake's lock behind
-    assert refused.returncode != 0 and "--unlock" in refused.stdout + refused.stderr
-    snakemake(tmp_path, "--unlock")
+    signs = {  # files that appear once a stage's job is under way
+        "extract": (tmp_path / "results/logs/extract", "*.log"),
+        "train": (tmp_path / "cache/checkpoints/demo", "step-*"),
+        "evaluate": (tmp_path / "results/logs/evaluate", "*.log"),
+    }
+
+    def started(stage, since):
+        folder, pattern = signs[stage]
+        return any(p.stat().st_mtime > since for p in folder.rglob(pattern)) if folder.is_dir() else False
+
+    killed = []
+    for stage in signs:
+        since = time.time() - 0.01
+        run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                               start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and run.poll() is None and not started(stage, since):
+            time.sleep(0.05)
+        if run.poll() is None:
+            time.sleep(0.5 if stage == "extract" else 0.0)
+            os.killpg(run.pid, signal.SIGKILL)
+            killed.append(stage)
+        run.wait()
+        if (tmp_path / "results/eval/demo/demo/metrics.json").exists():
+            break
+        refused = snakemake(tmp_path, check=False)  # kill -9 leaves Snakemake's lock behind
+        assert refused.returncode != 0 and "--unlock" in refused.stdout + refused.stderr
+        snakemake(tmp_path, "--unlock")
+    assert killed[:1] == ["extract"], killed
     snakemake(tmp_path)
     for rel in ("results/manifest/demo.csv", "results/prompts/demo/fold0.jsonl", "results/prompts/demo/fold1.jsonl"):
         assert (tmp_path / rel).read_bytes() == (demo_run / rel).read_bytes(), rel
