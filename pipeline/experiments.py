@@ -64,7 +64,7 @@ def dataset_features(cfg: dict, dataset: str):
     from . import paths
     from .manifest import read_manifest
     from .settings import feature_settings_hash
-    from .store import DatasetFeatures
+    from .feature_store import DatasetFeatures
 
     settings = feature_settings_hash(cfg)
     manifest = read_manifest(paths.manifest(dataset))

@@ -2,7 +2,7 @@
 
     lmmvqa feature-stats --config C --dataset D --out results/stats/D.json
 
-The feature reader exposes a dataset's shards as lazy dask arrays (store.DatasetFeatures); the
+The feature reader exposes a dataset's shards as lazy dask arrays (feature_store.DatasetFeatures); the
 reductions here stream them chunk by chunk, so a 40k-video dataset never has to fit in memory. With
 `dask.address` set in the config the work runs on that dask.distributed scheduler; otherwise on
 local threads. Output (JSON): counts (videos, failures, key frames, seconds), per-channel mean and
@@ -49,7 +49,7 @@ def _moments(x, axes):
 
 
 def dataset_stats(features, address: str | None = None) -> dict:
-    """Statistics of one dataset's features (a store.DatasetFeatures)."""
+    """Statistics of one dataset's features (a feature_store.DatasetFeatures)."""
     import dask
     import dask.array as da
 

@@ -8,7 +8,8 @@ Layout of `shard-XXXXX.zarr/`:
   failures.csv   videos of the shard that could not be decoded, with the message
 
 A store is written into a temporary sibling folder by one writer and renamed into place when
-complete, so a reader never sees a partial store as whole.
+complete, so a reader never sees a partial store as whole. This module is the writer (what decides
+the bytes of a store, part of extraction's code version); pipeline/feature_store.py reads them.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -161,134 +161,3 @@ def _jsonable(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
-
-
-class IncompleteStoreError(RuntimeError):
-    pass
-
-
-class FeatureStore:
-    """Read one shard store. Opens its zarr handles lazily per process (safe with DataLoader workers)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").exists():
-            raise IncompleteStoreError(f"{self.path}: not a feature store (no zarr.json)")
-        group = zarr.open_group(str(self.path), mode="r")
-        attrs = dict(group.attrs)
-        if not attrs.get("complete"):
-            raise IncompleteStoreError(f"{self.path}: store is incomplete (interrupted write?)")
-        self.attrs = attrs
-        self.ids: list[str] = list(attrs["ids"])
-        self.index = {vid: i for i, vid in enumerate(self.ids)}
-        self.kf_offsets = np.asarray(attrs["kf_offsets"], dtype=np.int64)
-        self.sec_offsets = np.asarray(attrs["sec_offsets"], dtype=np.int64)
-        self._pid = None
-        self._group = None
-        self._memory = None  # {"spatial": ndarray, "motion": ndarray} once preloaded
-
-    def nbytes(self) -> int:
-        """Uncompressed size of the feature arrays."""
-        g = self._arrays()
-        return int(g["spatial"].nbytes + g["motion"].nbytes)
-
-    def preload(self) -> None:
-        """Read both arrays into memory in one sequential pass (each chunk decompressed once).
-
-        Random per-video reads otherwise decompress a whole chunk (>= ~1 MB) for a few rows each
-        time; training reads every video every epoch, so when the stores fit in memory this is what
-        makes Zarr as fast as per-file layouts (benchmarks/bench_train_io.py).
-        """
-        g = self._arrays()
-        self._memory = {"spatial": g["spatial"][:], "motion": g["motion"][:]}
-
-    def _arrays(self):
-        if self._memory is not None:
-            return self._memory
-        if self._pid != os.getpid():
-            self._group = zarr.open_group(str(self.path), mode="r")
-            self._pid = os.getpid()
-        return self._group
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_group"] = None
-        state["_pid"] = None
-        return state
-
-    def __contains__(self, vid: str) -> bool:
-        return vid in self.index
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def spatial(self, vid: str) -> np.ndarray:
-        i = self.index[vid]
-        return self._arrays()["spatial"][self.kf_offsets[i] : self.kf_offsets[i + 1]]
-
-    def motion(self, vid: str) -> np.ndarray:
-        i = self.index[vid]
-        return self._arrays()["motion"][self.sec_offsets[i] : self.sec_offsets[i + 1]]
-
-    def video_meta(self, vid: str) -> dict:
-        return self.attrs["videos"][self.index[vid]]
-
-    @property
-    def failures(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "failures.csv", dtype=str, keep_default_na=False)
-
-    def dask_arrays(self):
-        import dask.array as da
-
-        g = self._arrays()
-        return da.from_zarr(g["spatial"]), da.from_zarr(g["motion"])
-
-
-class DatasetFeatures:
-    """All shard stores of one dataset (same settings) as one id -> features mapping."""
-
-    def __init__(self, paths: Iterable[str | Path]):
-        self.stores = [FeatureStore(p) for p in sorted(map(str, paths))]
-        self.where: dict[str, FeatureStore] = {}
-        for store in self.stores:
-            for vid in store.ids:
-                self.where[vid] = store
-
-    @property
-    def ids(self) -> list[str]:
-        return list(self.where)
-
-    def nbytes(self) -> int:
-        return sum(s.nbytes() for s in self.stores)
-
-    def preload(self, max_bytes: int) -> bool:
-        """Hold every store in memory when they fit in `max_bytes` together; True when done."""
-        if self.nbytes() > max_bytes:
-            return False
-        for s in self.stores:
-            s.preload()
-        return True
-
-    def __contains__(self, vid: str) -> bool:
-        return vid in self.where
-
-    def spatial(self, vid: str) -> np.ndarray:
-        return self.where[vid].spatial(vid)
-
-    def motion(self, vid: str) -> np.ndarray:
-        return self.where[vid].motion(vid)
-
-    @property
-    def failures(self) -> pd.DataFrame:
-        frames = [s.failures for s in self.stores]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FAILURE_COLUMNS)
-
-    def dask_spatial(self):
-        import dask.array as da
-
-        return da.concatenate([s.dask_arrays()[0] for s in self.stores], axis=0)
-
-    def dask_motion(self):
-        import dask.array as da
-
-        return da.concatenate([s.dask_arrays()[1] for s in self.stores], axis=0)

@@ -19,9 +19,9 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "extract": ("decode.py", "probe.py", "encoders.py", "extract.py", "store.py", "presets.yaml"),
     "prompts": ("prompts.py", "data/templates.yaml"),
     "tokenizer": ("tokenizer.py",),
-    "train": ("lmm.py", "train.py", "store.py"),
-    "evaluate": ("lmm.py", "evaluate.py", "predict.py", "answers.py", "metrics.py"),
-    "feature_stats": ("feature_stats.py", "store.py"),
+    "train": ("lmm.py", "train.py", "feature_store.py"),
+    "evaluate": ("lmm.py", "evaluate.py", "predict.py", "answers.py", "metrics.py", "feature_store.py"),
+    "feature_stats": ("feature_stats.py", "feature_store.py"),
     "report": ("report.py", "metrics.py"),
 }
 

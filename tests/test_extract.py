@@ -18,7 +18,7 @@ from pipeline.cli import main as cli_main
 from pipeline.config import validate
 from pipeline.extract import CODE_VERSION, extract_shard
 from pipeline.settings import feature_settings_hash
-from pipeline.store import FeatureStore, IncompleteStoreError
+from pipeline.feature_store import FeatureStore, IncompleteStoreError
 
 torch.set_num_threads(2)
 

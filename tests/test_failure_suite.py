@@ -16,7 +16,7 @@ import torch
 
 from pipeline.config import validate
 from pipeline.extract import extract_shard
-from pipeline.store import FeatureStore
+from pipeline.feature_store import FeatureStore
 
 torch.set_num_threads(2)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.store import DatasetFeatures, FeatureStore, IncompleteStoreError, StoreWriter
+from pipeline.feature_store import DatasetFeatures, FeatureStore, IncompleteStoreError
+from pipeline.store import StoreWriter
 
 
 def _videos(seed, n=5, tokens=5, width=8, dim=12):

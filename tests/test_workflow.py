@@ -312,7 +312,7 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
 
     import numpy as np
 
-    from pipeline.store import DatasetFeatures
+    from pipeline.feature_store import DatasetFeatures
 
     write_config(tmp_path, MINI)
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
