@@ -108,14 +108,10 @@ class Extractor:
 
 
 def _read_shard(manifest_csv, shard: int) -> pd.DataFrame:
-    manifest_csv = Path(manifest_csv)
-    if not manifest_csv.is_file():
-        raise UserError(f"manifest not found: {manifest_csv}")
-    df = pd.read_csv(manifest_csv, dtype={"id": str, "path": str}, keep_default_na=False)
-    missing = [c for c in ("id", "path", "shard") if c not in df.columns]
-    if missing:
-        raise UserError(f"{manifest_csv}: missing column(s) {', '.join(missing)}")
-    return df[df["shard"].astype(int) == int(shard)].reset_index(drop=True)
+    from .manifest import read_manifest
+
+    df = read_manifest(manifest_csv)
+    return df[df["shard"] == int(shard)].reset_index(drop=True)
 
 
 def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int, out_store, device: str | None = None,

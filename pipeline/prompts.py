@@ -24,11 +24,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from .errors import UserError
+from .manifest import levels as manifest_levels
 from .manifest import read_manifest
 
 BANK_PATH = Path(__file__).with_name("data") / "templates.yaml"
@@ -76,9 +76,9 @@ def score_answer(mos: float) -> str:
 
 
 def levels_from_mos(mos: pd.Series) -> pd.Series:
-    """good / fair / poor by the 33rd / 66th percentiles (`mos <= p33` poor, `<= p66` fair)."""
-    p33, p66 = np.percentile(mos.to_numpy(dtype=float), [33, 66])
-    return mos.map(lambda m: "poor" if m <= p33 else ("fair" if m <= p66 else "good"))
+    """good / fair / poor by the dataset's 33rd / 66th percentiles: the manifest's rule
+    (manifest.levels), for manifests written without a level column."""
+    return pd.Series(manifest_levels(mos), index=mos.index)
 
 
 def part_names(cfg: dict, dataset: str, manifest: pd.DataFrame) -> list[str]:

@@ -49,7 +49,7 @@ class Scorer:
         if "extraction" not in cfg:
             raise UserError(f"{model_dir}: the model folder does not record its feature extraction settings "
                             "(trained by an older version); retrain it")
-        self.extractor = Extractor(dict(cfg["extraction"], device=device), device=device, threads=threads)
+        self.extractor = Extractor(cfg["extraction"], device=device, threads=threads)
         bank = model_dir / "templates.yaml"
         self.bank = load_templates(bank if bank.exists() else None)
         self.seed = int(cfg.get("prompts_seed", 0))
