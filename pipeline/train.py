@@ -416,7 +416,7 @@ def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):
         return load_tokenizer(spec["source"])
     tdir = Path(tokenizer_dir or paths.tokenizer_dir())
     if not (tdir / "tokenizer.json").exists():
-        raise UserError(f"tiny preset tokenizer not found in {tdir} (run `lmmvqa tokenizer` first)")
+        raise UserError(f"tokenizer for the random-init LLM not found in {tdir} (run `lmmvqa tokenizer` first)")
     return load_tokenizer(tdir)
 
 

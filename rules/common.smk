@@ -127,7 +127,7 @@ def training_inputs(wildcards):
         "prompts": [str(paths.prompts_dir(d)) for d in datasets],
         "stores": [p for d in datasets for p in store_paths(d)],
     }
-    if PRESET == "tiny":
+    if model_spec(config, "llm")["source"] is None:  # an LLM built at random init uses our tokenizer
         inputs["tokenizer"] = str(paths.tokenizer_dir())
     return inputs
 

