@@ -146,3 +146,26 @@ class DatasetFeatures:
         import dask.array as da
 
         return da.concatenate([s.dask_arrays()[1] for s in self.stores], axis=0)
+
+
+def feature_moments(features: dict, ids: Iterable[tuple[str, str]], max_videos: int = 2000,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-channel mean / std of the spatial tokens (over key frames and tokens) and of the motion
+    vectors (over seconds) of (dataset, video id) pairs; a seeded sample of at most `max_videos`."""
+    ids = sorted(set(ids))
+    if len(ids) > max_videos:
+        rng = np.random.default_rng(seed)
+        ids = [ids[i] for i in sorted(rng.choice(len(ids), max_videos, replace=False))]
+    acc = {}
+    for dataset, vid in ids:
+        f = features[dataset]
+        for role, x in (("spatial", f.spatial(vid)), ("motion", f.motion(vid))):
+            x = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
+            n, s, q = acc.get(role, (0, 0.0, 0.0))
+            acc[role] = (n + len(x), s + x.sum(0), q + (x * x).sum(0))
+    out = {}
+    for role, (n, s, q) in acc.items():
+        mean = s / max(n, 1)
+        out[f"{role}_mean"] = mean.astype(np.float32)
+        out[f"{role}_std"] = np.sqrt(np.maximum(q / max(n, 1) - mean * mean, 0)).astype(np.float32)
+    return out

@@ -116,13 +116,30 @@ class Projector(nn.Module):
     def __init__(self, vision_width: int, motion_dim: int, llm_width: int, pooling: str = "mean"):
         super().__init__()
         self.pooling = pooling
+        # per-channel standardisation of the frozen features (identity until set from training data):
+        # CNN statistics and temporal statistics come in very different scales
+        self.register_buffer("spatial_shift", torch.zeros(vision_width))
+        self.register_buffer("spatial_scale", torch.ones(vision_width))
+        self.register_buffer("motion_shift", torch.zeros(motion_dim))
+        self.register_buffer("motion_scale", torch.ones(motion_dim))
         self.motion_proj = nn.Sequential(nn.Linear(motion_dim, vision_width), nn.LayerNorm(vision_width))
         self.encoder = nn.TransformerEncoderLayer(vision_width, _heads(vision_width), 4 * vision_width,
                                                   dropout=0.0, batch_first=True)
         self.proj = nn.Linear(vision_width, llm_width)
         self.norm = nn.LayerNorm(llm_width)
 
+    def set_standardization(self, moments: dict[str, np.ndarray]) -> None:
+        """moments: {spatial_mean, spatial_std, motion_mean, motion_std} of the training features."""
+        for role in ("spatial", "motion"):
+            mean = torch.as_tensor(np.asarray(moments[f"{role}_mean"]), dtype=torch.float32)
+            std = torch.as_tensor(np.asarray(moments[f"{role}_std"]), dtype=torch.float32)
+            floor = 1e-2 * float(std.median()) + 1e-6  # constant channels stay ~0 instead of blowing up
+            getattr(self, f"{role}_shift").copy_(mean)
+            getattr(self, f"{role}_scale").copy_(std.clamp_min(floor))
+
     def forward(self, spatial, spatial_mask, motion, motion_mask) -> torch.Tensor:
+        spatial = (spatial - self.spatial_shift) / self.spatial_scale
+        motion = (motion - self.motion_shift) / self.motion_scale
         motion_tok = self.motion_proj(motion)  # [B, S, Wv]: one token per second
         s = pool_time(spatial, spatial_mask, self.pooling)  # [B, T, Wv]
         m = pool_time(motion_tok, motion_mask, self.pooling)  # [B, Wv]

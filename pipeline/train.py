@@ -427,6 +427,7 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     after that optimizer step's checkpoint, as if it were killed there."""
     from tqdm import tqdm
 
+    from .feature_store import feature_moments
     from .lmm import LMMVQA, feature_info
 
     tr = cfg["training"]
@@ -449,7 +450,11 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
             raise UserError(f"feature shapes of '{d}' differ from the other training datasets: {i}")
 
     tokenizer = load_training_tokenizer(cfg, tokenizer_dir)
-    model = LMMVQA.build(cfg, tokenizer, info, seed=seed).to(device)
+    model = LMMVQA.build(cfg, tokenizer, info, seed=seed)
+    if tr["standardize"]:
+        model.projector.set_standardization(feature_moments(
+            data["features"], ((s["dataset"], s["id"]) for s in train_samples), seed=seed))
+    model = model.to(device)
     model.train()
     on_cuda = device.startswith("cuda")
     amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(tr["dtype"]) if on_cuda else None

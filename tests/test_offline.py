@@ -169,3 +169,42 @@ def test_temporal_stats_skip_frames_repeated_by_resampling():
     without = encoders.encode_chunks(model, resampled)
     assert with_ids[0, 0] == 0.0 and without[0, 0] > 0.15
     assert with_ids[0, 7] == pytest.approx(25 / 32)
+
+
+# ------------------------------------------------------------------ feature standardisation
+
+def test_projector_standardisation_removes_channel_scales():
+    """With moments from the data, a projector sees the same standardised input whatever the scale
+    and offset of each feature channel (CNN statistics and temporal statistics differ by 1000x)."""
+    from pipeline.feature_store import feature_moments
+    from pipeline.lmm import Projector
+
+    rng = np.random.default_rng(0)
+    base = {f"v{i}": (rng.normal(size=(3, 5, 8)).astype(np.float32), rng.normal(size=(2, 4)).astype(np.float32))
+            for i in range(20)}
+    gain, offset = rng.uniform(0.001, 1000, 8), rng.normal(0, 50, 8)
+
+    class Feats:
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+
+        def spatial(self, v):
+            return base[v][0] * self.a + self.b
+
+        def motion(self, v):
+            return base[v][1] * 3 + 1
+
+    outs = []
+    for a, b in ((1.0, 0.0), (gain, offset)):
+        feats = {"d": Feats(a, b)}
+        m = feature_moments(feats, [("d", v) for v in base])
+        torch.manual_seed(0)
+        proj = Projector(8, 4, 6)
+        proj.set_standardization(m)
+        s = torch.from_numpy(np.stack([feats["d"].spatial(v) for v in ("v0", "v1")])).float()
+        mo = torch.from_numpy(np.stack([feats["d"].motion(v) for v in ("v0", "v1")])).float()
+        with torch.no_grad():
+            outs.append(proj(s, torch.ones(2, 3, dtype=torch.bool), mo, torch.ones(2, 2, dtype=torch.bool)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
+    # buffers travel with the state dict (saved in projector.safetensors)
+    assert {"spatial_shift", "spatial_scale", "motion_shift", "motion_scale"} <= set(proj.state_dict())
