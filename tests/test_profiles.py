@@ -17,10 +17,11 @@ BIN = Path(sys.executable).parent
 PAPER = REPO / "config" / "paper-lsvq.yaml"
 
 
-def test_default_profile_limits_gpu_jobs():
-    profile = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
-    resources = dict(r.split("=") for r in profile["resources"])
-    assert int(resources["gpu"]) == 1
+def test_local_profiles_limit_gpu_jobs():
+    for name in ("default", "gpu-box"):
+        profile = yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+        resources = dict(r.split("=") for r in profile["resources"])
+        assert int(resources["gpu"]) == 1, name
 
 
 def test_paper_config_is_the_cross_dataset_protocol():
@@ -38,8 +39,9 @@ def test_paper_config_is_the_cross_dataset_protocol():
 
 
 def test_paper_config_plans_on_the_official_label_files(tmp_path, shared_labels):
-    """A dry run of the paper config, from a folder laid out as its comments say (data/...), with the
-    real label files (the LSVQ training list stands in for itself with the test list's rows)."""
+    """A dry run of the paper config with the gpu-box profile, from a folder laid out as the config's
+    comments say (data/...), with the real label files (the LSVQ training list, absent from
+    ../shared, stands in with the test list's rows)."""
     cfg = yaml.safe_load(PAPER.read_text())
     sources = {"KoNViD_1k_mos.csv": "KoNViD_1k_mos.csv", "LIVE-VQC_.csv": "LIVE-VQC_.csv",
                "youtube_ugc_whole.csv": "youtube_ugc_whole.csv", "LSVQ_whole_test.csv": "LSVQ_whole_test.csv",
@@ -51,7 +53,8 @@ def test_paper_config_plans_on_the_official_label_files(tmp_path, shared_labels)
         (tmp_path / ds["videos"]).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(tmp_path), "--configfile", str(PAPER), "-n", "--quiet", "rules"],
+                           "--directory", str(tmp_path), "--configfile", str(PAPER), "-n", "--quiet", "rules",
+                           "--workflow-profile", str(REPO / "profiles/gpu-box")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     counts = {p[0]: int(p[1]) for p in (line.split() for line in proc.stdout.splitlines())
