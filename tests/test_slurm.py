@@ -108,3 +108,14 @@ def test_gpu_rules_ask_for_one_gpu_and_cpu_rules_for_none(slurm_run):
     train = subs["train"][0]
     assert fake_slurm.option(train, "--mem") == str(slurm_profile()["set-resources"]["train"]["mem_mb"])
     assert fake_slurm.option(train, "-t") == str(slurm_profile()["set-resources"]["train"]["runtime"])
+
+
+def test_plugin_pin_is_the_tested_version():
+    """pyproject.toml and environment.yml pin the plugin version these tests run against."""
+    import re
+    from importlib.metadata import version
+
+    pins = [re.search(r"snakemake-executor-plugin-slurm==([0-9.*]+)", (REPO / f).read_text()).group(1)
+            for f in ("pyproject.toml", "environment.yml")]
+    assert pins[0] == pins[1]
+    assert re.fullmatch(pins[0].replace(".", r"\.").replace("*", r"\d+"), version("snakemake-executor-plugin-slurm"))
