@@ -106,3 +106,35 @@ def test_cli_assigns_the_device_before_the_command_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(devices, "visible_gpus", lambda: [])
     assert cli.main(["fake", "--device", "auto"]) == 0
     assert seen == ["cuda:1", "cpu", "cpu"]
+
+
+def test_launch_trains_with_ddp_through_torchrun(tmp_path):
+    """`lmmvqa launch --gpus 2 -- train` for real: torchrun starts two ranks (gloo on CPU here, the
+    GPU list faked) that train in step and save one model."""
+    import json
+    import os
+    import re
+
+    from test_train import make_workspace
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = make_workspace(work, training={"batch_size": 4, "val_fraction": 0.2, "epochs": 1})
+    (work / "cfg.yaml").write_text(json.dumps(cfg))
+    outputs = []
+
+    def run(cmd, env):
+        proc = subprocess.run(cmd, cwd=work, env=dict(env, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)),
+                              capture_output=True, text=True, timeout=300)
+        outputs.append(proc.stdout + proc.stderr)
+        return proc.returncode
+
+    argv = ["--", "train", "--config", "cfg.yaml", "--experiment", "exp", "--out", "results/models/ddp",
+            "--max-steps", "2", "--no-progress", "--device", "cpu"]
+    visible_before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    rc = devices.launch(2, argv, gpus=GPUS, directory=tmp_path / "locks", run=run)
+    assert rc == 0, outputs[-1][-3000:]
+    digests = dict(re.findall(r"rank (\d)/2: step 2, final weights sha1 ([0-9a-f]{16})", outputs[-1]))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], digests
+    assert (work / "results/models/ddp/lmmvqa.json").exists()
+    assert devices._HELD == [] and os.environ.get("CUDA_VISIBLE_DEVICES") == visible_before  # the child's only
