@@ -52,8 +52,9 @@ def slurm_run(tmp_path_factory):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
            "--configfile", str(work / "config.yaml"), "--workflow-profile", str(REPO / "profiles/slurm"),
            "--jobs", "2", "--latency-wait", "5", "--seconds-between-status-checks", "1",
-           "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+           "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs", "--retries", "0"]
+    # 14 jobs, each a Snakemake process of its own: ~5 min on 2 quiet cores
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     return work, state, proc
 
 
