@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipeline.evaluate", "predict scores for a test set from cached features, with metrics"),
     "report": ("pipeline.report", "write the HTML report of experiments"),
     "score": ("pipeline.score", "score video files with a trained model (decode -> features -> model)"),
+    "launch": ("pipeline.devices", "run a command on N GPUs of this machine (train: DDP through torchrun)"),
 }
 
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        if getattr(args, "device", None) in ("cuda", "auto"):
+            from .devices import assign_device
+
+            args.device = assign_device(args.device)  # a GPU of its own when the box has several
         return int(module.main(args) or 0)
     except UserError as exc:
         print(f"lmmvqa {args.command}: error: {exc}", file=sys.stderr)

@@ -25,7 +25,8 @@ validate(config, "../pipeline/config.schema.yaml", set_default=False)
 
 SETTINGS = feature_settings_hash(config)
 PRESET = config["models"]["preset"]
-ON_GPU = config["device"].startswith("cuda")
+# `auto` runs on a GPU where the job has one, so the GPU stages ask the scheduler for one.
+ON_GPU = config["device"] != "cpu"
 ENV = "../environment.yml"
 # Rules run `lmmvqa`; when it is not on PATH (e.g. `.venv/bin/snakemake` run without activating the
 # venv), use the one installed beside this interpreter.
@@ -66,8 +67,12 @@ def videos_state(dataset):
 
 
 def gpu_count(stage):
-    """GPUs a job asks for: one for the model stages when the config runs on CUDA."""
-    return 1 if ON_GPU and stage in ("extract", "train", "evaluate") else 0
+    """GPUs a job asks for (the `gpu` resource: `--gpus=N` on SLURM, limited by `--resources gpu=N`
+    on one box) when the config runs on CUDA or `auto`: one for extraction and evaluation,
+    `training.gpus` for training (DDP through `lmmvqa launch`)."""
+    if not ON_GPU or stage not in ("extract", "train", "evaluate"):
+        return 0
+    return config["training"]["gpus"] if stage == "train" else 1
 
 
 def split_scheme(dataset):

@@ -24,5 +24,5 @@ rule train:
     conda:
         ENV
     shell:
-        "lmmvqa train --config {params.config} --experiment {wildcards.experiment} --out {output} "
-        "--device {params.device} --resume > {log} 2>&1"
+        "lmmvqa launch --gpus {resources.gpu} -- train --config {params.config} "
+        "--experiment {wildcards.experiment} --out {output} --device {params.device} --resume > {log} 2>&1"

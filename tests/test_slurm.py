@@ -1,0 +1,122 @@
+"""The SLURM profile through the real `snakemake-executor-plugin-slurm`, against a fake SLURM on PATH
+(tests/fake_slurm.py: sbatch / srun / sacct / squeue / scancel / sinfo / scontrol shims that record
+their arguments and run the job)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fake_slurm
+from conftest import REPO
+from test_workflow import MINI, write_config
+
+BIN = Path(sys.executable).parent
+GPU_RULES = {"extract", "train", "evaluate"}
+
+
+def slurm_profile() -> dict:
+    return yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+
+
+def test_profile_keeps_gpu_options_out_of_slurm_extra():
+    """The plugin (>= 1.9) refuses --gres / --gpus in slurm_extra: GPUs come from the `gpu` resource."""
+    from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
+    import re
+
+    profile = slurm_profile()
+    for rule, res in (profile.get("set-resources") or {}).items():
+        extra = str(res.get("slurm_extra", ""))
+        for pattern, what in get_forbidden_slurm_options().items():
+            assert not re.search(pattern, extra), f"{rule}: slurm_extra sets the {what}"
+    assert "slurm_extra" not in (profile.get("default-resources") or {})
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    """The 10-video workflow test config with `device: auto` (GPU stages ask for a GPU, and run on the
+    CPU here), submitted job by job through the slurm executor."""
+    work = tmp_path_factory.mktemp("slurm")
+    cfg = json.loads(json.dumps(MINI))
+    cfg["device"] = "auto"
+    write_config(work, cfg)
+    state = work / "fake-slurm"
+    fake_slurm.install(work / "fake-bin", state)
+    env = dict(os.environ, PATH=f"{work / 'fake-bin'}:{BIN}:{os.environ['PATH']}")
+    env.pop("SLURM_JOB_ID", None)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(work / "config.yaml"), "--workflow-profile", str(REPO / "profiles/slurm"),
+           "--jobs", "2", "--latency-wait", "5", "--seconds-between-status-checks", "1",
+           "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs", "--retries", "0"]
+    # 14 jobs, each a Snakemake process of its own: ~5 min on 2 quiet cores
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    return work, state, proc
+
+
+def _submissions(state: Path) -> dict[str, list[list[str]]]:
+    """rule -> sbatch argument lists (the rule is in the job comment `rule_<name>[_wildcards_...]`)."""
+    by_rule: dict[str, list[list[str]]] = {}
+    for argv in fake_slurm.calls(state, "sbatch"):
+        comment = fake_slurm.option(argv, "--comment")
+        rule = comment.removeprefix("rule_").split("_wildcards_")[0]
+        by_rule.setdefault(rule, []).append(argv)
+    return by_rule
+
+
+def test_slurm_run_completes_with_outputs(slurm_run):
+    work, state, proc = slurm_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    metrics = json.loads((work / "results/eval/demo/demo/metrics.json").read_text())
+    assert metrics["n"] >= 3 and set(metrics["methods"]) == {"text", "prob"}
+    assert "<table" in (work / "results/report/index.html").read_text()
+    stores = sorted(p.name for p in (work / "cache/features/demo").glob("*/shard-*.zarr"))
+    assert stores == ["shard-00000.zarr", "shard-00001.zarr", "shard-00002.zarr"]
+    # every job went through sbatch, and each ran its step through srun inside the job
+    subs = _submissions(state)
+    assert {r: len(v) for r, v in subs.items()} == {
+        "demo_data_demo": 1, "manifest": 1, "prompts": 1, "tokenizer": 1, "extract": 3, "probe": 3,
+        "feature_stats": 1, "train": 1, "evaluate": 1, "report": 1}
+    jobs = [json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")]
+    assert len(jobs) == 14 and all(j["state"] == "COMPLETED" for j in jobs)
+    assert len(fake_slurm.calls(state, "srun")) == 14
+    assert fake_slurm.calls(state, "sacct"), "job states were queried with sacct"
+
+
+def test_gpu_rules_ask_for_one_gpu_and_cpu_rules_for_none(slurm_run):
+    work, state, proc = slurm_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    subs = _submissions(state)
+    for rule, argvs in subs.items():
+        for argv in argvs:
+            gpus = fake_slurm.option(argv, "--gpus")
+            assert fake_slurm.option(argv, "--gres") is None, (rule, argv)
+            assert not any("gres" in a for a in argv), (rule, argv)
+            if rule in GPU_RULES:
+                assert gpus == "1", (rule, argv)
+                assert fake_slurm.option(argv, "-p") == "gpu", (rule, argv)
+            else:
+                assert gpus is None, (rule, argv)
+                assert fake_slurm.option(argv, "-p") == "cpu", (rule, argv)  # sinfo's default partition
+            assert fake_slurm.option(argv, "-A") == fake_slurm.ACCOUNT
+    # the job step inside each GPU job asks srun for the GPU too; CPU steps do not
+    steps = fake_slurm.calls(state, "srun")
+    assert sum("--gpus=1" in s for s in steps) == sum(len(subs[r]) for r in GPU_RULES)
+    train = subs["train"][0]
+    assert fake_slurm.option(train, "--mem") == str(slurm_profile()["set-resources"]["train"]["mem_mb"])
+    assert fake_slurm.option(train, "-t") == str(slurm_profile()["set-resources"]["train"]["runtime"])
+
+
+def test_plugin_pin_is_the_tested_version():
+    """pyproject.toml and environment.yml pin the plugin version these tests run against."""
+    import re
+    from importlib.metadata import version
+
+    pins = [re.search(r"snakemake-executor-plugin-slurm==([0-9.*]+)", (REPO / f).read_text()).group(1)
+            for f in ("pyproject.toml", "environment.yml")]
+    assert pins[0] == pins[1]
+    assert re.fullmatch(pins[0].replace(".", r"\.").replace("*", r"\d+"), version("snakemake-executor-plugin-slurm"))
