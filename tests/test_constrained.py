@@ -308,3 +308,34 @@ def test_config_decoding_default_and_check():
     assert cfg["evaluation"]["decoding"] == "constrained" == default_decoding()
     with pytest.raises(UserError, match="evaluation.decoding"):
         validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "evaluation": {"decoding": "beam"}})
+
+
+def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
+    """`lmmvqa evaluate` decodes as evaluation.decoding says, records it in metrics.json, and keeps
+    the invalid count (0 when constrained) in the metrics and predictions."""
+    import json
+
+    import pandas as pd
+
+    from pipeline.evaluate import evaluate
+    from pipeline.train import train
+    from test_train import make_workspace
+
+    cfg = make_workspace(tmp_path, n_videos=10, k=2, training={"batch_size": 4, "val_fraction": 0.0})
+    cfg["evaluation"]["bootstrap"] = 0
+    monkeypatch.chdir(tmp_path)
+    train(cfg, "exp", "results/models/exp", max_steps=1, progress=False)
+    got = {}
+    for decoding in ("free", "constrained"):
+        cfg["evaluation"]["decoding"] = decoding
+        out = tmp_path / decoding / "predictions.csv"
+        metrics = evaluate(cfg, "exp", "syn", out)
+        preds = pd.read_csv(out)
+        assert json.loads(out.with_name("metrics.json").read_text())["decoding"] == decoding
+        assert metrics["invalid"] == int(preds["invalid"].sum())
+        got[decoding] = (metrics, preds)
+    metrics, preds = got["constrained"]
+    assert len(preds) == 5 and metrics["invalid"] == 0
+    assert all(parse_score(str(t))[1] == "ok" for t in preds["text"])
+    assert set(preds["level"]) <= set(LEVELS) and preds["level"].notna().all()
+    assert list(preds["prob_score"]) == list(got["free"][1]["prob_score"])
