@@ -126,10 +126,6 @@ def test_pieces_decoded_once_and_cached(tiny_tok):
     assert sorted(a[i] for i, _, _ in c.candidates) == sorted([" ", "."] + list("0123456789"))
 
 
-def _ids(tok, piece):
-    return [i for i, p in enumerate(token_pieces(tok)) if p == piece]
-
-
 def test_allowed_tokens_bpe(bpe_tok):
     tok = bpe_tok
     eos = tok.eos_token_id
