@@ -124,7 +124,7 @@ class TokenConstraint:
             raise ValueError(f"constrained decoding: the tokenizer's vocabulary cannot spell any "
                              f"{self.grammar.name} answer")
         if n > max_new_tokens:
-            raise ValueError(f"constrained decoding: a {self.grammar.name} answer takes at least {n} tokens "
+            raise ValueError(f"constrained decoding: a {self.grammar.name} answer takes at least {n} token(s) "
                              f"but max_new_tokens is {max_new_tokens}")
 
     def advance(self, text: str, token_id: int) -> str:

@@ -155,6 +155,9 @@ def test_allowed_tokens_bpe(bpe_tok):
 
 def test_vocabulary_without_digits_is_a_clear_error(tiny_tok):
     c = TokenConstraint(tiny_tok, GRAMMARS["score"], [tiny_tok.eos_token_id])
+    c.check_reachable(1)
+    with pytest.raises(ValueError, match="at least 1 token"):
+        c.check_reachable(0)
     c.candidates = [x for x in c.candidates if not x[2].isdigit()]
     c._need.clear()
     with pytest.raises(ValueError, match="cannot spell any score answer"):
