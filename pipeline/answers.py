@@ -17,11 +17,17 @@ number value (`63`, `63.215`, `.5`; a sentence-ending period is allowed, `63.215
 
 Level answers (`parse_level`): valid when exactly one of the words good / fair / poor occurs
 (case-insensitive, whole words; repeats of the same word are fine). Negation is not interpreted.
+
+`GRAMMARS` holds the narrower languages that constrained decoding (pipeline.constrained) keeps the
+text inside, as `is_prefix` / `is_complete` tests: score answers are canonical numbers 0..100 with
+at most three decimals (`7`, `63.215`, `100.000`; not `063`, `.5`, `63.`), level answers exactly
+`poor`, `fair` or `good`. Every complete answer of them parses.
 """
 from __future__ import annotations
 
 import math
 import re
+from typing import Sequence
 
 LEVELS = ("poor", "fair", "good")  # worst to best; also the label order of the confusion matrix
 SCORE_MIN, SCORE_MAX = 0.0, 100.0
@@ -86,6 +92,45 @@ def parse_level(text: str | None) -> tuple[str | None, str]:
     if len(found) > 1:
         return None, f"several level words ({', '.join(found)})"
     return found[0], "ok"
+
+
+# ------------------------------------------------------------------ the answers constrained decoding may give
+# A grammar is a finite answer language: `name`, `alphabet` (its characters), `is_prefix(text)` and
+# `is_complete(text)`.
+
+class NumberGrammar:
+    """0..100 with up to three decimals, no leading zeros, no bare trailing or leading dot."""
+
+    name = "score"
+    alphabet = frozenset("0123456789.")
+    _COMPLETE = re.compile(r"(?:100(?:\.0{1,3})?|[1-9]?[0-9](?:\.[0-9]{1,3})?)")
+    _PREFIX = re.compile(r"(?:|100(?:\.0{0,3})?|[1-9]?[0-9](?:\.[0-9]{0,3})?)")
+
+    def is_prefix(self, text: str) -> bool:
+        return self._PREFIX.fullmatch(text) is not None
+
+    def is_complete(self, text: str) -> bool:
+        return self._COMPLETE.fullmatch(text) is not None
+
+
+class WordsGrammar:
+    """Exactly one of a fixed set of words."""
+
+    def __init__(self, name: str, words: Sequence[str]):
+        self.name = name
+        self.words = frozenset(words)
+        self.prefixes = frozenset(w[:i] for w in words for i in range(len(w) + 1))
+        self.alphabet = frozenset("".join(words))
+
+    def is_prefix(self, text: str) -> bool:
+        return text in self.prefixes
+
+    def is_complete(self, text: str) -> bool:
+        return text in self.words
+
+
+# the answer languages of constrained decoding (pipeline.constrained), by question type
+GRAMMARS: dict = {"score": NumberGrammar(), "level": WordsGrammar("level", LEVELS)}
 
 
 # ------------------------------------------------------------------ scores from token probabilities

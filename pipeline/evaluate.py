@@ -53,11 +53,13 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
         chunk = ids[start:start + ev["batch_size"]]
         batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
         rows += predict_batch(model, batch, chunk, bank=bank, seed=cfg["prompts"]["seed"],
-                              templates=ev["templates_per_video"], max_new_tokens=ev["max_new_tokens"])
+                              templates=ev["templates_per_video"], max_new_tokens=ev["max_new_tokens"],
+                              decoding=ev["decoding"])
     preds = videos.merge(pd.DataFrame(rows, columns=[c for c in PREDICTION_COLUMNS if c not in ("mos", "level_true")]),
                          on="id", how="left")[PREDICTION_COLUMNS]
     metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)
     metrics["templates_per_video"] = ev["templates_per_video"]
+    metrics["decoding"] = ev["decoding"]
     metrics["no_features"] = {"count": len(no_features), "ids": no_features[:50]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ template (paper: Llama-3-8B-Instruct) gets the user turn `"<video>\\n{question}"
 Batches are left-padded (answers end every row at the same position), position ids follow the
 attention mask, and the loss covers the answer tokens (+ eos) only.
 
-Inference API for scoring: `generate(videos, questions, max_new_tokens) -> list[str]` (greedy,
-batched) and `candidate_logprobs(videos, questions, candidates) -> np.ndarray [B, C]`, the
+Inference API for scoring: `generate(videos, questions, max_new_tokens, constrain=None) -> list[str]` (greedy,
+batched; `constrain="score"|"level"` masks the logits so the text is always a valid answer, see
+pipeline/constrained.py) and `candidate_logprobs(videos, questions, candidates) -> np.ndarray [B, C]`, the
 log-probability of each candidate answer string as a continuation of the prompt (no eos appended,
 so `"63."` is the probability that the answer's integer part is 63; pass `append_eos=True` to
 score whole answers). The prompt runs once per batch; its KV cache is reused for every candidate.
@@ -339,25 +340,49 @@ class LMMVQA(nn.Module):
         return out, mask
 
     @torch.no_grad()
-    def generate(self, videos, questions: Sequence[str], max_new_tokens: int = 8) -> list[str]:
-        """Greedy answers, batched (left padding); decoding stops at eos."""
+    def generate(self, videos, questions: Sequence[str], max_new_tokens: int = 8, constrain=None) -> list[str]:
+        """Greedy answers, batched (left padding); decoding stops at eos.
+
+        `constrain`: None (free greedy text), "score" or "level" for every row, or one of those per
+        row: the logits are masked at each step so that a constrained row's text is always a valid
+        answer of that kind (pipeline.constrained); its text is the concatenation of its tokens'
+        decoded pieces, stripped."""
+        from .constrained import constraint_for, mask_logits, row_kinds
+
         was_training = self.training
         self.eval()
         try:
             out, mask = self._prefill(videos, questions)
             B = mask.shape[0]
             dev = mask.device
+            kinds = row_kinds(constrain, B)
+            n_logits = out.logits.shape[-1]
+            cons = [None if k is None else constraint_for(self.tokenizer, k, self.eos_ids, n_logits) for k in kinds]
+            for c in {id(c): c for c in cons if c is not None}.values():
+                c.check_reachable(max_new_tokens)
+            answer = [""] * B  # constrained rows: the answer text so far
             eos = torch.tensor(self.eos_ids, device=dev)
             done = torch.zeros(B, dtype=torch.bool, device=dev)
+            done_rows = [False] * B
             tokens = []
             cache, logits = out.past_key_values, out.logits[:, -1]
             pos = mask.sum(-1, keepdim=True) - 1
             for step in range(max_new_tokens):
-                nxt = logits.float().argmax(-1)
+                logits = logits.float()
+                if any(cons):
+                    left = max_new_tokens - step
+                    logits = mask_logits(logits, [None if c is None or done_rows[b] else c.allowed(answer[b].lstrip(), left)
+                                                  for b, c in enumerate(cons)])
+                nxt = logits.argmax(-1)
                 nxt = torch.where(done, torch.full_like(nxt, self.formatter.pad_id), nxt)
                 tokens.append(nxt)
                 done |= torch.isin(nxt, eos)
-                if bool(done.all()) or step == max_new_tokens - 1:
+                if any(cons):
+                    for b, t in enumerate(nxt.tolist()):
+                        if cons[b] is not None and not done_rows[b] and t not in self.eos_ids:
+                            answer[b] = cons[b].advance(answer[b], t)
+                done_rows = done.tolist()
+                if all(done_rows) or step == max_new_tokens - 1:
                     break
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=dev)], dim=1)
                 pos = pos + 1
@@ -366,7 +391,10 @@ class LMMVQA(nn.Module):
                 cache, logits = out.past_key_values, out.logits[:, -1]
             gen = torch.stack(tokens, 1).tolist()
             texts = []
-            for row in gen:
+            for b, row in enumerate(gen):
+                if cons[b] is not None:
+                    texts.append(answer[b].strip())
+                    continue
                 cut = [t for t in row]
                 for j, t in enumerate(row):
                     if t in self.eos_ids:

@@ -2,8 +2,12 @@
 
 Per video:
 * `text`, `score`, `invalid`: the method's own output, a greedy answer to the score question,
-  parsed strictly (pipeline.answers). With K templates (evaluation.templates_per_video) the valid
-  parsed answers are averaged; the video is invalid only when none of the K answers parses.
+  parsed strictly (pipeline.answers). `decoding` (config `evaluation.decoding`): `constrained`
+  masks the logits at each greedy step so the text is always a number in [0, 100] with at most
+  three decimals (and the level answer one of good / fair / poor; pipeline.constrained), `free` is
+  plain greedy text, which may be invalid. Either way the answer is parsed and `invalid` counted.
+  With K templates (evaluation.templates_per_video) the valid parsed answers are averaged; the
+  video is invalid only when none of the K answers parses.
 * `prob_score`: the expected score under the model's distribution over integer answers: the
   log-probability of each candidate "0." ... "100." as the start of the answer, renormalised over
   the 101 candidates, averaged over the K templates. Always defined, and it uses the whole
@@ -22,18 +26,23 @@ from .answers import LEVELS, expected_score, level_probabilities, parse_level, p
 from .prompts import question_for
 
 SCORE_CANDIDATES = [f"{i}." for i in range(101)]
+DECODINGS = ("constrained", "free")
 
 
 def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: int = 0, templates: int = 1,
-                  max_new_tokens: int = 8) -> list[dict]:
+                  max_new_tokens: int = 8, decoding: str = "constrained") -> list[dict]:
     """Prediction rows (see module docstring) for one collated batch of videos."""
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown decoding '{decoding}' (one of: {', '.join(DECODINGS)})")
+    constrained = decoding == "constrained"
     n = len(ids)
     texts = [[] for _ in range(n)]
     parsed = [[] for _ in range(n)]
     prob = np.zeros(n)
     for k in range(templates):
         questions = [question_for(vid, "score", seed, bank, k)[1] for vid in ids]
-        for i, text in enumerate(model.generate(videos, questions, max_new_tokens)):
+        for i, text in enumerate(model.generate(videos, questions, max_new_tokens,
+                                                 constrain="score" if constrained else None)):
             texts[i].append(text)
             value, _ = parse_score(text)
             if value is not None:
@@ -43,7 +52,7 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
     prob /= templates
 
     level_questions = [question_for(vid, "level", seed, bank)[1] for vid in ids]
-    level_texts = model.generate(videos, level_questions, max_new_tokens)
+    level_texts = model.generate(videos, level_questions, max_new_tokens, constrain="level" if constrained else None)
     level_lp = model.candidate_logprobs(videos, level_questions, list(LEVELS), append_eos=True)
     rows = []
     for i, vid in enumerate(ids):

@@ -1,11 +1,13 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
     lmmvqa score VIDEO_OR_FOLDER... --model results/models/demo [--device cpu|cuda] [--out FILE]
+                 [--decoding constrained|free]
 
 Each video goes decode -> features (the extraction settings the model was trained with, recorded in
-its `lmmvqa.json`) -> model -> answers, through the same functions as the workflow (extract.Extractor,
+its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
+constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extract.Extractor,
 predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
-invalid), prob_score, level, p_good/p_fair/p_poor, text, invalid, seconds. A video that fails gives a
+invalid), prob_score, level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed.
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ def expand_inputs(items) -> list[Path]:
 class Scorer:
     """A model folder + the feature extractor it was trained with."""
 
-    def __init__(self, model_dir, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, decoding: str | None = None):
         from .extract import Extractor
         from .lmm import LMMVQA
         from .prompts import load_templates
@@ -54,6 +56,7 @@ class Scorer:
         self.bank = load_templates(bank if bank.exists() else None)
         self.seed = int(cfg.get("prompts_seed", 0))
         self.evaluation = cfg.get("evaluation") or {}
+        self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()
 
     def score(self, path) -> dict:
         from .lmm import collate_videos
@@ -68,20 +71,30 @@ class Scorer:
         batch = collate_videos([(spatial, motion)])
         row = predict_batch(self.model, batch, [Path(path).name], bank=self.bank, seed=self.seed,
                             templates=int(self.evaluation.get("templates_per_video", 1)),
-                            max_new_tokens=int(self.evaluation.get("max_new_tokens", 8)))[0]
+                            max_new_tokens=int(self.evaluation.get("max_new_tokens", 8)),
+                            decoding=self.decoding)[0]
         return {
             "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
             "level": row["level"] or None, "p_good": round(row["p_good"], 4), "p_fair": round(row["p_fair"], 4),
             "p_poor": round(row["p_poor"], 4), "text": row["text"], "invalid": bool(row["invalid"]),
+            "decoding": self.decoding,
             "duration": meta.get("duration"), "backend": meta.get("backend"),
             "seconds": round(time.perf_counter() - t0, 3),
         }
 
 
-def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None) -> int:
+def default_decoding() -> str:
+    """evaluation.decoding's schema default (for model folders that do not record it)."""
+    from .config import schema
+
+    return schema()["properties"]["evaluation"]["properties"]["decoding"]["default"]
+
+
+def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
+                 decoding: str | None = None) -> int:
     """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed."""
     out = out or sys.stdout
-    scorer = Scorer(model_dir, device=device, threads=threads)
+    scorer = Scorer(model_dir, device=device, threads=threads, decoding=decoding)
     failed = 0
     for path in expand_inputs(videos):
         try:
@@ -102,15 +115,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
     parser.add_argument("--out", default=None, help="write the JSON lines to this file (default: stdout)")
+    parser.add_argument("--decoding", choices=["constrained", "free"], default=None,
+                        help="text answers: constrained (always a valid number / level word) or free greedy "
+                             "(default: the model's recorded evaluation.decoding)")
 
 
 def main(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as fh:
-            failed = score_videos(args.videos, args.model, args.device, fh, args.threads)
+            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.decoding)
     else:
-        failed = score_videos(args.videos, args.model, args.device, threads=args.threads)
+        failed = score_videos(args.videos, args.model, args.device, threads=args.threads, decoding=args.decoding)
     if failed:
         print(f"lmmvqa score: {failed} video(s) failed (see their 'error' lines)", file=sys.stderr)
     return 1 if failed else 0

@@ -20,7 +20,8 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "prompts": ("prompts.py", "data/templates.yaml"),
     "tokenizer": ("tokenizer.py",),
     "train": ("lmm.py", "train.py", "feature_store.py"),
-    "evaluate": ("lmm.py", "evaluate.py", "predict.py", "answers.py", "metrics.py", "feature_store.py"),
+    "evaluate": ("lmm.py", "constrained.py", "evaluate.py", "predict.py", "answers.py", "metrics.py",
+                 "feature_store.py"),
     "feature_stats": ("feature_stats.py", "feature_store.py"),
     "report": ("report.py", "metrics.py"),
 }

@@ -121,3 +121,20 @@ def test_level_probabilities_renormalised():
     assert p == pytest.approx({"good": 0.5, "fair": 0.25, "poor": 0.25})
     with pytest.raises(ValueError):
         level_probabilities({"good": 0.0})
+
+
+def test_every_constrained_answer_parses_to_its_value():
+    """Constrained decoding (pipeline.constrained) only produces numbers 0..100 with at most three
+    decimals and no leading zeros; the strict parser must accept each of them as exactly its value."""
+    import re
+
+    from pipeline.answers import GRAMMARS
+
+    grammar = GRAMMARS["score"]
+    texts = [str(i) for i in range(101)] + ["100.0", "100.00", "100.000"]
+    texts += [f"{i}.{f:0{d}d}" for i in range(100) for d in (1, 2, 3) for f in range(0, 10 ** d, 1 if d < 3 else 37)]
+    for text in texts:
+        assert grammar.is_complete(text), text
+        value, reason = parse_score(text)
+        assert reason == "ok" and value == float(text) and 0 <= value <= 100, text
+        assert re.fullmatch(r"[0-9]+(\.[0-9]{1,3})?", text)
