@@ -1,6 +1,6 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
-    lmmvqa score VIDEO_OR_FOLDER... --model results/models/demo [--device cpu|cuda] [--out FILE]
+    lmmvqa score VIDEO_OR_FOLDER... --model results/models/demo [--device cpu|cuda] [--dtype D] [--out FILE]
 
 Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`) -> model -> answers, through the same functions as the workflow (extract.Extractor,
@@ -38,13 +38,13 @@ def expand_inputs(items) -> list[Path]:
 class Scorer:
     """A model folder + the feature extractor it was trained with."""
 
-    def __init__(self, model_dir, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None):
         from .extract import Extractor
         from .lmm import LMMVQA
         from .prompts import load_templates
 
         model_dir = Path(model_dir)
-        self.model = LMMVQA.from_pretrained(model_dir, device=device)
+        self.model = LMMVQA.from_pretrained(model_dir, device=device, dtype=dtype)
         cfg = self.model.config
         if "extraction" not in cfg:
             raise UserError(f"{model_dir}: the model folder does not record its feature extraction settings "
@@ -78,10 +78,11 @@ class Scorer:
         }
 
 
-def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None) -> int:
+def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
+                 dtype: str | None = None) -> int:
     """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed."""
     out = out or sys.stdout
-    scorer = Scorer(model_dir, device=device, threads=threads)
+    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype)
     failed = 0
     for path in expand_inputs(videos):
         try:
@@ -102,15 +103,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
     parser.add_argument("--out", default=None, help="write the JSON lines to this file (default: stdout)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
 
 
 def main(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as fh:
-            failed = score_videos(args.videos, args.model, args.device, fh, args.threads)
+            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype)
     else:
-        failed = score_videos(args.videos, args.model, args.device, threads=args.threads)
+        failed = score_videos(args.videos, args.model, args.device, threads=args.threads, dtype=args.dtype)
     if failed:
         print(f"lmmvqa score: {failed} video(s) failed (see their 'error' lines)", file=sys.stderr)
     return 1 if failed else 0
