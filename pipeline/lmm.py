@@ -505,6 +505,9 @@ class LMMVQA(nn.Module):
             raise UserError(f"unknown dtype '{name}' (one of {', '.join(_DTYPES)})")
         tokenizer = load_tokenizer(path / "tokenizer")
         parts = _weight_parts(cfg)
+        if cfg["llm"].get("source") is None and "llm" not in parts:
+            raise UserError(f"{path}: its LLM was built at random init and the folder does not hold its weights "
+                            "(written by an older version under LoRA); retrain it")
         llm = _load_llm(cfg["llm"], tokenizer, dtype=_DTYPES[name], device=device,
                         weights=path / "llm" if "llm" in parts else None)
         if "adapter" in parts:

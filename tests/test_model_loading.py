@@ -108,6 +108,15 @@ def test_missing_lora_weight_is_named(tok, tmp_path):
         LMMVQA.from_pretrained(tmp_path / "m")
 
 
+def test_random_init_llm_without_saved_weights_is_refused(tok, tmp_path):
+    """A folder whose random-init LLM was not saved (older versions under LoRA) cannot be rebuilt."""
+    LMMVQA.build(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "lmmvqa.json").read_text())
+    (tmp_path / "m" / "lmmvqa.json").write_text(json.dumps({**meta, "llm_weights": "adapter"}))
+    with pytest.raises(UserError, match="built at random init and the folder does not hold its weights"):
+        LMMVQA.from_pretrained(tmp_path / "m")
+
+
 def test_missing_vision_weight_is_named(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
