@@ -316,3 +316,31 @@ def test_pretrained_llm_is_loaded_straight_onto_its_device(tok, tmp_path, monkey
     llm = lmm._load_llm({"source": str(hub)}, load_tokenizer(hub), dtype=torch.bfloat16, device="cuda:1")
     assert seen["device_map"] == {"": "cuda:1"} and seen["dtype"] == torch.bfloat16
     assert next(llm.parameters()).dtype == torch.bfloat16
+
+
+def test_evaluate_and_score_load_in_the_recorded_or_given_dtype(tmp_path, monkeypatch):
+    from test_train import make_workspace
+
+    from pipeline import paths
+    from pipeline.cli import main
+    from pipeline.score import Scorer
+    from pipeline.train import train
+
+    cfg = make_workspace(tmp_path, training={"batch_size": 4, "val_fraction": 0.0})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(json.dumps(cfg))
+    train(cfg, "exp", paths.model_dir("exp"), max_steps=1, progress=False)
+    assert json.loads((paths.model_dir("exp") / "lmmvqa.json").read_text())["dtype"] == "float32"  # CPU
+    loaded = []
+    real = LMMVQA.from_pretrained.__func__
+
+    def spy(cls, *a, **kw):
+        model = real(cls, *a, **kw)
+        loaded.append(next(model.llm.parameters()).dtype)
+        return model
+
+    monkeypatch.setattr(LMMVQA, "from_pretrained", classmethod(spy))
+    args = ["evaluate", "--config", "cfg.yaml", "--experiment", "exp", "--dataset", "syn", "--out", "p.csv"]
+    assert main(args) == 0 and main([*args, "--dtype", "bfloat16"]) == 0
+    assert Scorer(paths.model_dir("exp"), dtype="bfloat16").model is not None
+    assert loaded == [torch.float32, torch.bfloat16, torch.bfloat16]
