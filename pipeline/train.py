@@ -1,6 +1,11 @@
 """Training from cached features and prompt shards only (no video is decoded here).
 
-`lmmvqa train --config C --experiment E --out DIR [--device D] [--max-steps N] [--resume]`
+`lmmvqa train --config C --experiment E --out DIR [--device D] [--max-steps N] [--resume] [--stage1] [--init DIR]`
+
+* Runs (pipeline/stages.py): the experiment's training settings are the top-level `training` plus its
+  `experiments.E.training` overrides; `--stage1` trains stage 1 of a two-stage experiment (LoRA off,
+  `experiments.E.stage1` overrides) into `<E>.stage1`; the experiment's own run then continues from
+  that model (or from its `init_from` experiment's model): projector and, when saved, LLM weights.
 
 * Data: the prompt shards of the experiment's train selectors (`paths.prompt_part`) and the
   feature stores of their datasets (`paths.store(dataset, feature_settings_hash(cfg), shard)` for the
@@ -9,7 +14,8 @@
 * Validation: a seeded `training.val_fraction` of the training *videos* (both their questions),
   never the test fold; the model card reports SRCC of the greedy score answers and level accuracy.
 * Loop: AdamW, linear warmup + cosine decay, gradient accumulation, gradient clipping, seeded;
-  fp32 on CPU, autocast to `training.dtype` on CUDA. `training.batch_size` is per process and
+  fp32 on CPU, autocast to `training.dtype` on CUDA (auto: bf16 for a pretrained LLM; fp16 with a
+  GradScaler, see `Precision`); optional activation checkpointing (`training.gradient_checkpointing`). `training.batch_size` is per process and
   micro-batch; one optimizer step sees batch_size x grad_accum x world_size samples.
 * Data order: a seeded permutation per epoch, split across processes, cut into batches; a resumed
   run skips exactly the batches already done, so it ends with the same weights as an
