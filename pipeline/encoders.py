@@ -62,6 +62,31 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def missing_weights_message(source, missing, unexpected=()) -> str:
+    """One line naming the weights a checkpoint lacks (they would silently stay at random init)."""
+    def names(keys):
+        keys = list(keys)
+        return ", ".join(keys[:12]) + (f" (+{len(keys) - 12} more)" if len(keys) > 12 else "")
+
+    msg = f"{source}: {len(missing)} weight(s) missing from the checkpoint: {names(missing)}" if missing else f"{source}:"
+    if unexpected:
+        msg += f"{';' if missing else ''} {len(unexpected)} unexpected weight(s): {names(unexpected)}"
+    return msg + " (wrong folder or architecture?)"
+
+
+def loading_missing(loading: dict) -> list[str]:
+    """Missing + shape-mismatched keys of a transformers `output_loading_info` report."""
+    mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in loading.get("mismatched_keys") or ()]
+    return sorted({*(loading.get("missing_keys") or ()), *mismatched})
+
+
+def _check_loaded(source, missing, unexpected=()) -> None:
+    if missing or unexpected:
+        from .errors import UserError
+
+        raise UserError(missing_weights_message(source, sorted(missing), sorted(unexpected)))
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """Spec dtype, else fp32 on CPU (this CPU has no bf16 units) and fp16 on CUDA."""
     if isinstance(dtype, torch.dtype):
@@ -167,7 +192,8 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
     source = spec.get("source")
     overrides = dict(spec.get("config") or {})
     if source:
-        model = CLIPVisionModel.from_pretrained(str(source), **overrides)
+        model, loading = CLIPVisionModel.from_pretrained(str(source), output_loading_info=True, **overrides)
+        _check_loaded(source, loading_missing(loading))
     else:
         ctx = _seeded(seed)
         try:
@@ -352,7 +378,8 @@ def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed
             if not path.is_file():
                 raise FileNotFoundError(f"SlowFast checkpoint not found: {path} (a file saved with torch.save)")
             state = _read_state_dict(path)
-        net.load_state_dict(state, strict=True)
+        result = net.load_state_dict(state, strict=False)
+        _check_loaded(source, result.missing_keys, result.unexpected_keys)
     model = SlowFastTrunk(net, slow_stride, slow_dim, fast_dim, input_size)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     info = {

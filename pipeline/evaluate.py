@@ -34,7 +34,8 @@ def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:
     return pd.DataFrame([(vid, mos, lv) for vid, (mos, lv) in videos.items()], columns=["id", "mos", "level_true"])
 
 
-def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu") -> dict:
+def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu",
+             dtype: str | None = None) -> dict:
     from tqdm import tqdm
 
     from .lmm import LMMVQA, collate_videos
@@ -44,7 +45,7 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
     has = videos["id"].isin(set(features.ids))
     no_features = videos.loc[~has, "id"].tolist()
     videos = videos[has].reset_index(drop=True)
-    model = LMMVQA.from_pretrained(paths.model_dir(experiment), device=device)
+    model = LMMVQA.from_pretrained(paths.model_dir(experiment), device=device, dtype=dtype)
     ev = cfg["evaluation"]
     bank = load_templates(cfg["prompts"]["templates"])
     rows = []
@@ -74,12 +75,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
     parser.add_argument("--out", required=True, help="predictions CSV; metrics.json is written beside it")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config `device`)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
     device = args.device or cfg["device"]
-    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device)
+    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device, dtype=args.dtype)
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         print(f"{args.experiment}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "

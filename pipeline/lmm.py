@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tokenizer import ANSWER_PREFIX, VIDEO_TOKEN
+from .errors import UserError
+from .tokenizer import ANSWER_PREFIX, video_token
 
 FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -154,12 +155,13 @@ class PromptFormatter:
     """Token ids of prompts (+ answers) with the placeholder expanded to the visual token count.
     Picklable (DataLoader workers tokenize in the collate function)."""
 
-    def __init__(self, tokenizer, n_visual: int):
+    def __init__(self, tokenizer, n_visual: int, placeholder: str | None = None):
         self.tokenizer = tokenizer
         self.n_visual = int(n_visual)
-        self.video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        self.placeholder = placeholder or video_token(tokenizer)
+        self.video_id = tokenizer.convert_tokens_to_ids(self.placeholder)
         if self.video_id is None or self.video_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {VIDEO_TOKEN} token")
+            raise ValueError(f"the tokenizer has no {self.placeholder} token")
         self.style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
@@ -167,9 +169,9 @@ class PromptFormatter:
 
     def prompt_text(self, question: str) -> str:
         if self.style == "chat":
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": f"{VIDEO_TOKEN}\n{question}"}],
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": f"{self.placeholder}\n{question}"}],
                                                       add_generation_prompt=True, tokenize=False)
-        return f"{VIDEO_TOKEN} {question} {ANSWER_PREFIX}"
+        return f"{self.placeholder} {question} {ANSWER_PREFIX}"
 
     def prompt_ids(self, question: str) -> list[int]:
         ids = self._cache.get(question)
@@ -178,7 +180,7 @@ class PromptFormatter:
             if self.style == "plain" and self.tokenizer.bos_token_id is not None:
                 ids = [self.tokenizer.bos_token_id] + ids
             if ids.count(self.video_id) != 1:
-                raise ValueError(f"prompt must hold exactly one {VIDEO_TOKEN}: {question!r}")
+                raise ValueError(f"prompt must hold exactly one {self.placeholder}: {question!r}")
             p = ids.index(self.video_id)
             ids = ids[:p] + [self.video_id] * self.n_visual + ids[p + 1:]
             if len(self._cache) < 10000:
@@ -224,7 +226,7 @@ class LMMVQA(nn.Module):
         self.projector = projector
         self.tokenizer = tokenizer
         self.config = config
-        self.formatter = PromptFormatter(tokenizer, config["vision_tokens"] + 1)
+        self.formatter = PromptFormatter(tokenizer, config["vision_tokens"] + 1, config.get("placeholder_token"))
         eos = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self._base_llm(), "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
@@ -232,18 +234,35 @@ class LMMVQA(nn.Module):
 
     # ---- construction
     @classmethod
-    def build(cls, cfg: dict, tokenizer, info: dict, seed: int | None = None) -> "LMMVQA":
-        """A new model for a config: projector at random init (seeded); the LLM at random init from
-        the preset's config (source None) or from its pretrained source."""
+    def build(cls, cfg: dict, tokenizer, info: dict, seed: int | None = None, device: str | torch.device | None = None,
+              init: str | Path | None = None) -> "LMMVQA":
+        """A new model for a config, on `device` (a pretrained LLM is loaded straight onto it). The
+        projector starts at random init (seeded), the LLM at random init from the preset's config
+        (source None) or from its pretrained source; or both continue from the model folder `init`
+        (stage 2 after stage 1: its projector, and its LLM weights when it saved them)."""
         from .settings import model_spec
 
         spec = model_spec(cfg, "llm")
         tr = cfg["training"]
+        device = resolve_device(device)
         seed = tr["seed"] if seed is None else seed
         lora = dict(tr["lora"])
         train_llm = resolve_train_llm(tr, spec)
+        compute = training_dtype(tr, spec, device)
+        weights_dtype = _llm_dtype(spec, compute, train_llm)
+        if train_llm and weights_dtype == torch.float16:
+            raise UserError("training all LLM weights in float16 is refused (the loss scaler needs float32 "
+                            "master weights): unset models.llm.dtype or use bfloat16")
+        init_cfg = _read_model_config(Path(init)) if init is not None else None
+        if init_cfg is not None and "adapter" in _weight_parts(init_cfg):
+            raise UserError(f"{init}: continuing from a model with a LoRA adapter is not supported "
+                            "(train stage 1 without LoRA)")
+        init_llm = init_cfg is not None and "llm" in _weight_parts(init_cfg)
         torch.manual_seed(seed)
-        llm = _load_llm(spec, tokenizer, dtype=_llm_dtype(spec, tr, train_llm))
+        llm = _load_llm(spec, tokenizer, dtype=weights_dtype, device=device,
+                        weights=Path(init) / "llm" if init_llm else None)
+        if tr.get("gradient_checkpointing"):
+            enable_checkpointing(llm)
         width = _llm_width(llm)
         torch.manual_seed(seed + 1)
         projector = Projector(info["vision_width"], info["motion_dim"], width, tr["pooling"])
@@ -251,13 +270,23 @@ class LMMVQA(nn.Module):
             "format_version": FORMAT_VERSION,
             "vision_width": info["vision_width"], "vision_tokens": info["vision_tokens"],
             "motion_dim": info["motion_dim"], "pooling": tr["pooling"], "llm_width": width,
-            "placeholder_token": VIDEO_TOKEN,
+            "placeholder_token": video_token(tokenizer),
             "vision": info.get("vision"), "motion": info.get("motion"),
             "llm": {"source": spec["source"], "config": spec["config"] if spec["source"] is None else None,
                     "dtype": spec.get("dtype")},
+            # the dtype the model computes in: training's autocast dtype on CUDA (or the LLM's weight
+            # dtype when set); from_pretrained loads the LLM in it
+            "dtype": _dtype_name(_DTYPES[spec["dtype"]] if spec.get("dtype") else compute),
+            "llm_base": "init" if init_llm else ("source" if spec["source"] else "config"),
             "train_llm": train_llm, "lora": lora if lora.get("enabled") and not train_llm else None,
             "training": {k: tr[k] for k in sorted(tr) if k != "lora"},
         }
+        if init_cfg is not None:
+            _check_compatible(init, init_cfg, config, tokenizer)
+            projector.load_state_dict(_load_projector(Path(init)))
+            config["init_from"] = {"path": str(init), "experiment": init_cfg.get("experiment"),
+                                   "projector_sha1": file_digest(Path(init) / "projector.safetensors")}
+        projector.to(device)
         model = cls(llm, tokenizer, projector, config)
         model.config["prompt_style"] = model.formatter.style
         if config["lora"]:
@@ -463,6 +492,17 @@ class LMMVQA(nn.Module):
             self.train(was_training)
 
     # ---- persistence
+    def weight_parts(self) -> list[str]:
+        """What the model folder holds of the LLM: `llm` (full weights: trained, random-init or taken
+        from a stage-1 model, i.e. not reloadable from the source) and/or `adapter` (LoRA)."""
+        parts = []
+        if self.config.get("train_llm") or self.config.get("llm_base", "source" if self.config["llm"]["source"]
+                                                              else "config") != "source":
+            parts.append("llm")
+        if self.config.get("lora"):
+            parts.append("adapter")
+        return parts
+
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write the model folder (into a temporary sibling, renamed into place)."""
         from safetensors.torch import save_file
@@ -474,14 +514,16 @@ class LMMVQA(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
         save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
         cfg = dict(self.config)
-        if self.config.get("lora"):
+        parts = self.weight_parts()
+        if "llm" in parts:
+            base = self._base_llm()
+            sd = None
+            if "adapter" in parts:  # the base weights without the LoRA layers peft injected
+                sd = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+            base.save_pretrained(str(tmp / "llm"), state_dict=sd)
+        if "adapter" in parts:
             self.llm.save_pretrained(str(tmp / "adapter"))
-            cfg["llm_weights"] = "adapter"
-        elif self.config.get("train_llm") or not self.config["llm"]["source"]:
-            self._base_llm().save_pretrained(str(tmp / "llm"))
-            cfg["llm_weights"] = "llm"
-        else:
-            cfg["llm_weights"] = "source"
+        cfg["llm_weights"] = "+".join(parts) or "source"
         self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         if extra:
             cfg.update(extra)
@@ -495,36 +537,104 @@ class LMMVQA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None) -> "LMMVQA":
-        from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM
-
+        """Load a model folder onto `device` (cpu, cuda, cuda:N or auto), the LLM straight onto it, in
+        `dtype` (default: the dtype recorded at training, `lmmvqa.json` `dtype`; float32 for folders
+        that record none). Weights missing from any file are an error naming them."""
         from .tokenizer import load_tokenizer
 
         path = Path(path)
-        cfg_file = path / "lmmvqa.json"
-        if not cfg_file.exists():
-            from .errors import UserError
-
-            raise UserError(f"{path}: not a model folder (no lmmvqa.json)")
-        cfg = json.loads(cfg_file.read_text())
+        cfg = _read_model_config(path)
+        device = resolve_device(device)
+        name = dtype or cfg.get("dtype") or cfg["llm"].get("dtype") or "float32"
+        if name not in _DTYPES:
+            raise UserError(f"unknown dtype '{name}' (one of {', '.join(_DTYPES)})")
         tokenizer = load_tokenizer(path / "tokenizer")
-        torch_dtype = _DTYPES.get(dtype or cfg["llm"].get("dtype") or "float32")
-        if cfg.get("llm_weights") == "llm":
-            llm = AutoModelForCausalLM.from_pretrained(str(path / "llm"), dtype=torch_dtype)
-        else:
-            llm = _load_llm(cfg["llm"], tokenizer, dtype=torch_dtype)
-            if cfg.get("llm_weights") == "adapter":
-                from peft import PeftModel
-
-                llm = PeftModel.from_pretrained(llm, str(path / "adapter"))
+        parts = _weight_parts(cfg)
+        if cfg["llm"].get("source") is None and "llm" not in parts:
+            raise UserError(f"{path}: its LLM was built at random init and the folder does not hold its weights "
+                            "(written by an older version under LoRA); retrain it")
+        llm = _load_llm(cfg["llm"], tokenizer, dtype=_DTYPES[name], device=device,
+                        weights=path / "llm" if "llm" in parts else None)
+        if "adapter" in parts:
+            llm = _load_adapter(llm, path / "adapter")
         projector = Projector(cfg["vision_width"], cfg["motion_dim"], cfg["llm_width"], cfg["pooling"])
-        projector.load_state_dict(load_file(str(path / "projector.safetensors")))
+        projector.load_state_dict(_load_projector(path))
         model = cls(llm, tokenizer, projector, cfg)
         model.set_trainable()
         return model.to(device).eval()
 
 
+# ------------------------------------------------------------------ model folders
+
+def _read_model_config(path: Path) -> dict:
+    cfg_file = path / "lmmvqa.json"
+    if not cfg_file.exists():
+        raise UserError(f"{path}: not a model folder (no lmmvqa.json)")
+    return json.loads(cfg_file.read_text())
+
+
+def _weight_parts(cfg: dict) -> list[str]:
+    w = cfg.get("llm_weights") or "source"
+    return [] if w == "source" else w.split("+")
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _load_projector(path: Path) -> dict[str, torch.Tensor]:
+    """The projector weights of a model folder, checked against the projector's keys."""
+    from safetensors.torch import load_file
+
+    f = path / "projector.safetensors"
+    if not f.exists():
+        raise UserError(f"{path}: no projector.safetensors")
+    state = load_file(str(f))
+    cfg = _read_model_config(path)
+    expected = Projector(cfg["vision_width"], cfg["motion_dim"], cfg["llm_width"], cfg["pooling"]).state_dict()
+    check_missing(f, sorted(set(expected) - set(state)), sorted(set(state) - set(expected)))
+    return state
+
+
+def check_missing(source, missing, unexpected=()) -> None:
+    """One-line error naming the weights a checkpoint lacks (they would be left at random init)."""
+    from .encoders import missing_weights_message
+
+    if missing or unexpected:
+        raise UserError(missing_weights_message(source, missing, unexpected))
+
+
+def _check_compatible(init, init_cfg: dict, config: dict, tokenizer) -> None:
+    """A model to continue from must have the same shapes, LLM and placeholder as the new one."""
+    for key in ("vision_width", "vision_tokens", "motion_dim", "pooling", "llm_width", "placeholder_token"):
+        if init_cfg.get(key) != config.get(key):
+            raise UserError(f"{init}: cannot continue from this model: {key} is {init_cfg.get(key)!r} there "
+                            f"and {config.get(key)!r} here")
+    if (init_cfg.get("llm") or {}).get("source") != config["llm"]["source"]:
+        raise UserError(f"{init}: cannot continue from this model: its LLM is {init_cfg['llm'].get('source')!r}, "
+                        f"this one's {config['llm']['source']!r}")
+    init_tok = Path(init) / "tokenizer"
+    if init_tok.exists():
+        from .tokenizer import load_tokenizer
+
+        if load_tokenizer(init_tok).get_vocab() != tokenizer.get_vocab():
+            raise UserError(f"{init}: cannot continue from this model: its tokenizer differs from this one's")
+
+
 # ------------------------------------------------------------------ LLM loading
+
+def resolve_device(device) -> torch.device:
+    """The one device resolution (`encoders.resolve_device`: auto -> cuda when available, else cpu)."""
+    from .encoders import resolve_device as _resolve
+
+    return _resolve(device if device is None or isinstance(device, str) else str(device))
+
 
 def resolve_train_llm(training: dict, spec: dict) -> bool:
     """training.train_llm; null (auto) = train the whole LLM when it is built at random init."""
@@ -532,12 +642,39 @@ def resolve_train_llm(training: dict, spec: dict) -> bool:
     return spec.get("source") is None if v is None else bool(v)
 
 
-def _llm_dtype(spec: dict, training: dict, train_llm: bool) -> torch.dtype:
+def training_dtype(training: dict, spec: dict, device) -> torch.dtype:
+    """The autocast dtype of training: `training.dtype`, or (null, auto) bfloat16 for a pretrained LLM
+    on CUDA and float32 otherwise. Autocast applies on CUDA only: float32 on any other device."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    name = training.get("dtype")
+    if name is None:
+        return torch.bfloat16 if spec.get("source") else torch.float32
+    return _DTYPES[name]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _llm_dtype(spec: dict, compute: torch.dtype, train_llm: bool) -> torch.dtype:
+    """Weights of the LLM: models.llm.dtype when set; float32 master weights when they train (autocast
+    computes in the training dtype); else (frozen, or frozen under LoRA) the training dtype."""
     if spec.get("dtype"):
         return _DTYPES[spec["dtype"]]
     if train_llm:
-        return torch.float32  # full-weight training keeps fp32 master weights; autocast does bf16
-    return _DTYPES[training.get("dtype", "float32")]
+        return torch.float32
+    return compute
+
+
+def enable_checkpointing(llm) -> None:
+    """Activation (gradient) checkpointing of the LLM's decoder layers (non-reentrant, so gradients
+    reach the visual embeddings through a frozen LLM); active in train mode only."""
+    fn = getattr(llm, "activation_checkpointing_enable", None)
+    if fn is not None:
+        fn(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # older transformers
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _llm_width(llm) -> int:
@@ -545,19 +682,48 @@ def _llm_width(llm) -> int:
     return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
 
 
-def _load_llm(spec: dict, tokenizer, dtype=torch.float32):
-    """Random init from the preset config (source None; seed with torch.manual_seed first), or
-    `from_pretrained(source)` (hub id or local folder). Embeddings grow to the tokenizer."""
+def _device_map(device: torch.device) -> dict:
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return {"": str(device)}
+
+
+def _load_llm(spec: dict, tokenizer, dtype=torch.float32, device=None, weights: Path | None = None):
+    """Random init from the preset config (source None; seed with torch.manual_seed first, built on the
+    CPU so the weights do not depend on the device), or `from_pretrained` of `weights` (a model folder's
+    `llm/`) or the source (hub id or local folder), loaded straight onto `device` in `dtype` (no full
+    CPU copy). Weights the checkpoint lacks are an error. Embeddings grow to the tokenizer only when
+    it has more tokens than they have rows."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    if spec.get("source") is None:
+    from .encoders import loading_missing
+
+    device = resolve_device(device)
+    source = weights if weights is not None else spec.get("source")
+    if source is None:
         conf = dict(spec.get("config") or {})
         conf.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         conf.setdefault("tie_word_embeddings", False)
         llm = AutoModelForCausalLM.from_config(LlamaConfig(**conf), dtype=dtype, attn_implementation="sdpa")
+        llm = llm.to(device)
     else:
-        llm = AutoModelForCausalLM.from_pretrained(str(spec["source"]), dtype=dtype)
+        llm, loading = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, device_map=_device_map(device),
+                                                            output_loading_info=True)
+        check_missing(source, loading_missing(loading))
     if llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
         llm.resize_token_embeddings(len(tokenizer))
     return llm
+
+
+def _load_adapter(llm, folder: Path):
+    """peft LoRA adapter onto `llm`; adapter weights the folder lacks are an error."""
+    from peft import PeftConfig, get_peft_model
+
+    if not (folder / "adapter_config.json").exists():
+        raise UserError(f"{folder}: no adapter_config.json")
+    conf = PeftConfig.from_pretrained(str(folder))
+    model = get_peft_model(llm, conf)
+    result = model.load_adapter(str(folder), "default", is_trainable=False)
+    check_missing(folder, sorted(result.missing_keys))
+    return model

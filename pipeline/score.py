@@ -1,6 +1,6 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
-    lmmvqa score VIDEO_OR_FOLDER... --model results/models/demo [--device cpu|cuda] [--out FILE]
+    lmmvqa score VIDEO_OR_FOLDER... --model results/models/demo [--device cpu|cuda] [--dtype D] [--out FILE]
                  [--decoding constrained|free]
 
 Each video goes decode -> features (the extraction settings the model was trained with, recorded in
@@ -40,13 +40,14 @@ def expand_inputs(items) -> list[Path]:
 class Scorer:
     """A model folder + the feature extractor it was trained with."""
 
-    def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, decoding: str | None = None):
+    def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
+                 decoding: str | None = None):
         from .extract import Extractor
         from .lmm import LMMVQA
         from .prompts import load_templates
 
         model_dir = Path(model_dir)
-        self.model = LMMVQA.from_pretrained(model_dir, device=device)
+        self.model = LMMVQA.from_pretrained(model_dir, device=device, dtype=dtype)
         cfg = self.model.config
         if "extraction" not in cfg:
             raise UserError(f"{model_dir}: the model folder does not record its feature extraction settings "
@@ -91,10 +92,10 @@ def default_decoding() -> str:
 
 
 def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
-                 decoding: str | None = None) -> int:
+                 dtype: str | None = None, decoding: str | None = None) -> int:
     """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed."""
     out = out or sys.stdout
-    scorer = Scorer(model_dir, device=device, threads=threads, decoding=decoding)
+    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding)
     failed = 0
     for path in expand_inputs(videos):
         try:
@@ -118,15 +119,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoding", choices=["constrained", "free"], default=None,
                         help="text answers: constrained (always a valid number / level word) or free greedy "
                              "(default: the model's recorded evaluation.decoding)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
 
 
 def main(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as fh:
-            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.decoding)
+            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype, args.decoding)
     else:
-        failed = score_videos(args.videos, args.model, args.device, threads=args.threads, decoding=args.decoding)
+        failed = score_videos(args.videos, args.model, args.device, threads=args.threads, dtype=args.dtype,
+                              decoding=args.decoding)
     if failed:
         print(f"lmmvqa score: {failed} video(s) failed (see their 'error' lines)", file=sys.stderr)
     return 1 if failed else 0

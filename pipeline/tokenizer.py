@@ -1,5 +1,6 @@
 """Tokenizers: the `tiny` preset's word-level tokenizer trained on the prompt shards, and the
-`paper` preset's LLM tokenizer with the video placeholder added.
+`paper` preset's LLM tokenizer with a video placeholder (one of its reserved special tokens where it
+has them, e.g. Llama-3's `<|reserved_special_token_0|>`, else an added `<video>`).
 
 Tiny tokenizer (`lmmvqa tokenizer --prompts FILE_OR_DIR... --out DIR`): a `tokenizers` WordLevel
 model trained on every question and answer of the shards. Spaces become a `▁` word prefix
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -85,13 +87,40 @@ def write_tokenizer(tokenizer, out: str | Path) -> Path:
     return out
 
 
+# Unused special tokens that tokenizers reserve for later use (Llama-3: <|reserved_special_token_0|>
+# .. _250|>; Gemma: <unused0> ..). One of them serves as the video placeholder, so the LLM's embedding
+# matrix keeps its size (no resize of Llama-3's 128,256 rows, no new untrained row).
+RESERVED_TOKEN_PATTERNS = (re.compile(r"^<\|reserved_special_token_(\d+)\|>$"), re.compile(r"^<unused(\d+)>$"))
+
+
+def reserved_token(tokenizer) -> str | None:
+    """The lowest-numbered reserved special token of a tokenizer (an added token, so it is matched
+    whole in text), or None."""
+    found = []
+    for token in getattr(tokenizer, "added_tokens_encoder", {}) or {}:
+        for rank, pattern in enumerate(RESERVED_TOKEN_PATTERNS):
+            m = pattern.match(token)
+            if m:
+                found.append((rank, int(m.group(1)), token))
+    return min(found)[2] if found else None
+
+
+def video_token(tokenizer) -> str:
+    """The video placeholder of a tokenizer: `<video>` when it has it, else a reserved special token
+    (see RESERVED_TOKEN_PATTERNS), else `<video>` (which `load_tokenizer` then adds)."""
+    if VIDEO_TOKEN in tokenizer.get_vocab():
+        return VIDEO_TOKEN
+    return reserved_token(tokenizer) or VIDEO_TOKEN
+
+
 def load_tokenizer(source: str | Path):
-    """Any tokenizer folder or hub id (the paper LLM's own tokenizer, chat template included),
-    with the `<video>` placeholder added as a special token when absent and a pad token set."""
+    """Any tokenizer folder or hub id (the paper LLM's own tokenizer, chat template included), with a
+    video placeholder (`video_token`: `<video>`, or a reserved special token the tokenizer already has,
+    so the vocabulary keeps its size; else `<video>` is added) and a pad token set."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(source))
-    if VIDEO_TOKEN not in tok.get_vocab():
+    if video_token(tok) not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -1,6 +1,11 @@
 """Training from cached features and prompt shards only (no video is decoded here).
 
-`lmmvqa train --config C --experiment E --out DIR [--device D] [--max-steps N] [--resume]`
+`lmmvqa train --config C --experiment E --out DIR [--device D] [--max-steps N] [--resume] [--stage1] [--init DIR]`
+
+* Runs (pipeline/stages.py): the experiment's training settings are the top-level `training` plus its
+  `experiments.E.training` overrides; `--stage1` trains stage 1 of a two-stage experiment (LoRA off,
+  `experiments.E.stage1` overrides) into `<E>.stage1`; the experiment's own run then continues from
+  that model (or from its `init_from` experiment's model): projector and, when saved, LLM weights.
 
 * Data: the prompt shards of the experiment's train selectors (`paths.prompt_part`) and the
   feature stores of their datasets (`paths.store(dataset, feature_settings_hash(cfg), shard)` for the
@@ -9,7 +14,8 @@
 * Validation: a seeded `training.val_fraction` of the training *videos* (both their questions),
   never the test fold; the model card reports SRCC of the greedy score answers and level accuracy.
 * Loop: AdamW, linear warmup + cosine decay, gradient accumulation, gradient clipping, seeded;
-  fp32 on CPU, autocast to `training.dtype` on CUDA. `training.batch_size` is per process and
+  fp32 on CPU, autocast to `training.dtype` on CUDA (auto: bf16 for a pretrained LLM; fp16 with a
+  GradScaler, see `Precision`); optional activation checkpointing (`training.gradient_checkpointing`). `training.batch_size` is per process and
   micro-batch; one optimizer step sees batch_size x grad_accum x world_size samples.
 * Data order: a seeded permutation per epoch, split across processes, cut into batches; a resumed
   run skips exactly the batches already done, so it ends with the same weights as an
@@ -45,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import paths
 from .errors import UserError
+from .stages import check_experiments, experiment_training, init_model_dir, run_name
 from .prompts import load_templates
 
 
@@ -194,7 +201,8 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
     random.setstate(_tuplify(meta["python"]))
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_rows: list[dict], keep: int = 2) -> Path:
+def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_rows: list[dict], keep: int = 2,
+                    scaler=None) -> Path:
     from safetensors.torch import save_file
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +213,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if scaler is not None and scaler.is_enabled():
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
     tensors, meta = _rng_state()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "rng": meta, "log": log_rows, "complete": True}))
@@ -215,16 +225,20 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_
     return final
 
 
-def run_fingerprint(cfg: dict, experiment: str, samples: list[dict], total_steps: int, world: int) -> str:
+def run_fingerprint(cfg: dict, experiment: str, samples: list[dict], total_steps: int, world: int,
+                    init: Path | None = None) -> str:
     """What a checkpoint must share with a run to be resumed by it: training settings, the
-    experiment, the LLM spec, the training samples, the step count, world size and training code."""
+    experiment, the LLM spec, the training samples, the step count, world size, training code and
+    the model it continues from (a retrained stage 1 restarts stage 2)."""
     from .config import stable_hash
+    from .lmm import file_digest
     from .settings import model_spec
 
     return stable_hash({
         "training": cfg["training"], "experiment": cfg["experiments"][experiment], "llm": model_spec(cfg, "llm"),
         "samples": [(s["dataset"], s["id"], s["type"], s["question"], s["answer"]) for s in samples],
         "total_steps": total_steps, "world": world, "code": _code_version(),
+        "init": file_digest(Path(init) / "lmmvqa.json") if init is not None else None,
     }, 16)
 
 
@@ -247,7 +261,7 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> tuple[int, list[dict]]:
     from safetensors.torch import load_file
 
     weights = load_file(str(path / "weights.safetensors"))
@@ -257,6 +271,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[
             params[n].copy_(t.to(params[n].device))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and scaler.is_enabled() and (path / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     state = json.loads((path / "state.json").read_text())
     _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
     return int(state["step"]), list(state["log"])
@@ -352,12 +368,16 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"- feature stores: {', '.join(s for v in data['stores'].values() for s in v)}", "",
         "## Model", "",
         f"- LLM: {model.config['llm']['source'] or 'random init (' + cfg['models']['preset'] + ' preset)'}; "
-        f"width {model.config['llm_width']}; weights saved: {model.config.get('llm_weights', '?')}",
+        f"width {model.config['llm_width']}; LLM weights saved: {' + '.join(model.weight_parts()) or 'none (reloaded from the source)'}; "
+        f"dtype {model.config.get('dtype')}",
         f"- vision width {model.config['vision_width']}, {model.config['vision_tokens']} tokens per key frame, "
         f"motion dim {model.config['motion_dim']}, pooling {model.config['pooling']} -> "
         f"{model.config['vision_tokens'] + 1} visual tokens",
         f"- trainable parameters: {summary['trainable']:,} of {summary['total']:,} "
-        f"(train_llm={model.config['train_llm']}, LoRA={'yes' if model.config.get('lora') else 'no'})", "",
+        f"(train_llm={model.config['train_llm']}, LoRA={'yes' if model.config.get('lora') else 'no'})",
+        *([f"- continued from `{model.config['init_from']['path']}` (experiment "
+           f"{model.config['init_from'].get('experiment')}): its projector and LLM weights are the starting point"]
+          if model.config.get("init_from") else []), "",
         "## Training", "",
         f"- {summary['steps']} optimizer steps ({summary['epochs']:.2f} epochs), batch {tr['batch_size']} x accum "
         f"{tr['grad_accum']} x {summary['world_size']} process(es), lr {tr['lr']:g} (LLM {tr['llm_lr'] or tr['lr']:g}), "
@@ -400,11 +420,36 @@ def _dist_setup(device: str):
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    """`encoders.resolve_device` (auto -> cuda when available), refusing CUDA where there is none."""
+    from .encoders import resolve_device as _resolve
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{device}' requested but CUDA is not available")
-    return device
+    return str(_resolve(device))
+
+
+class Precision:
+    """Autocast and loss scaling of a training run. float32: neither. bfloat16: autocast. float16:
+    autocast + a GradScaler (dynamic loss scale; a step whose gradients overflow is skipped and the
+    scale halved), which needs float32 trainable weights (the projector, LoRA and full-LLM weights
+    are; `LMMVQA.build` refuses float16 LLM weights that train)."""
+
+    def __init__(self, dtype: torch.dtype, device_type: str):
+        self.dtype, self.device_type = dtype, device_type
+        self.scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer, params, max_grad_norm: float) -> None:
+        """Unscale, clip, step (skipped by the scaler on inf/nan gradients), update the scale."""
+        self.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):
@@ -422,14 +467,26 @@ def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):
 
 def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_steps: int | None = None,
           resume: bool = False, tokenizer_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
-          stop_after: int | None = None, progress: bool = True) -> dict:
-    """Train an experiment's model into `out`. `stop_after` (tests) ends the process's work right
-    after that optimizer step's checkpoint, as if it were killed there."""
+          stop_after: int | None = None, progress: bool = True, stage: int | None = None,
+          init: str | Path | None = None) -> dict:
+    """Train an experiment's model into `out` (`stage=1`: stage 1 of a two-stage experiment). The run
+    continues from `init` (a model folder; default `init_model_dir`). `stop_after` (tests) ends the
+    process's work right after that optimizer step's checkpoint, as if it were killed there."""
+    import copy
+
     from tqdm import tqdm
 
     from .feature_store import feature_moments
-    from .lmm import LMMVQA, feature_info
+    from .lmm import LMMVQA, feature_info, training_dtype
+    from .settings import model_spec
 
+    check_experiments(cfg)
+    cfg = copy.deepcopy(cfg)
+    cfg["training"] = experiment_training(cfg, experiment, stage)
+    init = Path(init) if init is not None else init_model_dir(cfg, experiment, stage)
+    if init is not None and not (init / "lmmvqa.json").exists():
+        raise UserError(f"experiment '{experiment}' continues from {init}, which is not a trained model folder "
+                        "(train that first)")
     tr = cfg["training"]
     rank, world, device = _dist_setup(resolve_device(device))
     if cfg.get("threads"):
@@ -450,15 +507,18 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
             raise UserError(f"feature shapes of '{d}' differ from the other training datasets: {i}")
 
     tokenizer = load_training_tokenizer(cfg, tokenizer_dir)
-    model = LMMVQA.build(cfg, tokenizer, info, seed=seed)
-    if tr["standardize"]:
+    if init is not None and rank == 0:
+        print(f"train: {experiment}: continuing from the model in {init}", flush=True)
+    model = LMMVQA.build(cfg, tokenizer, info, seed=seed, device=device, init=init)
+    if tr["standardize"] and init is None:  # a continued model keeps the standardisation it was trained with
         model.projector.set_standardization(feature_moments(
             data["features"], ((s["dataset"], s["id"]) for s in train_samples), seed=seed))
-    model = model.to(device)
     model.train()
     on_cuda = device.startswith("cuda")
-    amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(tr["dtype"]) if on_cuda else None
-    if tr["dtype"] != "float32" and not on_cuda and rank == 0:
+    compute = training_dtype(tr, model_spec(cfg, "llm"), device)
+    precision = Precision(compute, torch.device(device).type)
+    amp_dtype = compute if compute != torch.float32 else None
+    if tr["dtype"] not in (None, "float32") and not on_cuda and rank == 0:
         print(f"train: training.dtype={tr['dtype']} applies on CUDA only; training in float32 on {device}")
 
     ddp = model
@@ -476,8 +536,8 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
     params = [p for p in model.parameters() if p.requires_grad]
 
-    ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(experiment))
-    run_id = run_fingerprint(cfg, experiment, train_samples, total, world)
+    ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(run_name(experiment, stage)))
+    run_id = run_fingerprint(cfg, experiment, train_samples, total, world, init)
     step, log_rows = 0, []
     if resume and ckpt_dir.exists() and checkpoint_run(ckpt_dir) != run_id:
         if rank == 0:
@@ -488,7 +548,7 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     if resume:
         last = latest_checkpoint(ckpt_dir)
         if last is not None:
-            step, log_rows = load_checkpoint(last, model, optimizer, scheduler)
+            step, log_rows = load_checkpoint(last, model, optimizer, scheduler, precision.scaler)
             if rank == 0:
                 print(f"train: resumed from {last} (step {step} of {total})")
         elif rank == 0:
@@ -530,17 +590,16 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
         for videos, ids, mask, labels in loader:
             ctx = ddp.no_sync() if (world > 1 and (micro + 1) % accum) else nullcontext()
             with ctx:
-                with torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext():
+                with precision.autocast():
                     loss = ddp(videos, ids, mask, labels)
-                (loss / accum).backward()
+                precision.backward(loss / accum)
             accum_loss += float(loss.detach()) / accum
             samples_since += len(ids) * world
             micro += 1
             if micro % accum:
                 continue
-            torch.nn.utils.clip_grad_norm_(params, tr["max_grad_norm"])
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            precision.step(optimizer, params, tr["max_grad_norm"])
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -557,7 +616,7 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
             bar.update(1)
             bar.set_postfix(loss=f"{log_rows[-1]['loss']:.4f}", refresh=False)
             if rank == 0 and step % tr["checkpoint_every"] == 0 and step < total:
-                save_checkpoint(ckpt_dir, step, model, optimizer, scheduler, log_rows)
+                save_checkpoint(ckpt_dir, step, model, optimizer, scheduler, log_rows, scaler=precision.scaler)
             if stop_after is not None and step >= stop_after:
                 stopped = True
                 break
@@ -589,7 +648,7 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
         }
         out = Path(out)
         staging = out.with_name(f"{out.name}.staging-{os.getpid()}")
-        model.save_pretrained(staging, extra={"experiment": experiment, "validation": val,
+        model.save_pretrained(staging, extra={"experiment": experiment, "stage": stage or "final", "validation": val,
                                               "train_summary": summary, "code_version": _code_version(),
                                               **scoring_settings(cfg)})
         (staging / "templates.yaml").write_text(yaml.safe_dump(
@@ -630,10 +689,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="model folder to write (replaced when done)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the config's)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides training.max_steps / epochs)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in cache/checkpoints/<experiment>")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in cache/checkpoints/<run>")
     parser.add_argument("--tokenizer", default=None, help="tiny preset tokenizer folder (default results/tokenizer)")
     parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default cache/checkpoints/<experiment>)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--stage1", action="store_true",
+                        help="train stage 1 of a two-stage experiment (experiments.<E>.stage1); without it the "
+                             "experiment's own run, which continues from its stage 1 or init_from model")
+    parser.add_argument("--init", default=None,
+                        help="continue from this model folder (default: the experiment's stage 1 / init_from model)")
 
 
 def main(args) -> int:
@@ -642,7 +706,7 @@ def main(args) -> int:
     cfg = load_config(args.config)
     train(cfg, args.experiment, args.out, device=args.device or cfg["device"], max_steps=args.max_steps,
           resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=args.checkpoint_dir,
-          progress=not args.no_progress)
+          progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 

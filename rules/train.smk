@@ -1,9 +1,41 @@
-# Training per experiment, from cached features and prompt shards only.
+# Training per experiment, from cached features and prompt shards only. A two-stage experiment
+# (`stage1:` set) trains `results/models/<E>.stage1` first; an experiment with `init_from:` or a stage 1
+# continues from that model (pipeline.train.init_model_dir).
+from pipeline import stages as pipeline_stages
+
+pipeline_stages.check_experiments(config)
+
+
+rule train_stage1:
+    input:
+        unpack(training_inputs),
+    output:
+        directory(str(paths.model_dir(pipeline_stages.run_name("{experiment}", 1)))),
+    log:
+        "results/logs/train/{experiment}.stage1.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}.stage1.tsv"
+    params:
+        code=code_version("train"),
+        training=lambda w: json.dumps(pipeline_stages.experiment_training(config, w.experiment, 1), sort_keys=True),
+        experiment=lambda w: json.dumps(config["experiments"][w.experiment], sort_keys=True),
+        llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
+        device=config["device"],
+        config=RESOLVED_CONFIG,
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=gpu_count("train"),
+    conda:
+        ENV
+    shell:
+        "lmmvqa train --config {params.config} --experiment {wildcards.experiment} --stage1 --out {output} "
+        "--device {params.device} --resume > {log} 2>&1"
 
 
 rule train:
     input:
-        unpack(training_inputs),
+        unpack(lambda w: {**training_inputs(w), **pipeline_stages.init_inputs(config, w.experiment)}),
     output:
         directory("results/models/{experiment}"),
     log:
@@ -12,7 +44,7 @@ rule train:
         "results/benchmarks/train/{experiment}.tsv"
     params:
         code=code_version("train"),
-        training=json.dumps(config["training"], sort_keys=True),
+        training=lambda w: json.dumps(pipeline_stages.experiment_training(config, w.experiment), sort_keys=True),
         experiment=lambda w: json.dumps(config["experiments"][w.experiment], sort_keys=True),
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],

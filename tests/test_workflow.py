@@ -124,6 +124,28 @@ def test_changing_evaluation_reruns_only_evaluation(demo_run):
         write_config(work, MINI)
 
 
+def test_two_stage_experiment_runs_stage1_then_stage2(demo_run):
+    """`stage1:` makes one experiment two rules: train_stage1 -> results/models/<E>.stage1, then train
+    (LoRA here) continuing from it; nothing else reruns."""
+    work = demo_run
+    cfg = json.loads(json.dumps(MINI))
+    cfg["experiments"]["two"] = {"train": ["demo:train"], "test": ["demo:test"], "stage1": {"max_steps": 2},
+                                 "training": {"train_llm": False, "lora": {"enabled": True, "r": 2, "alpha": 4}}}
+    write_config(work, cfg)
+    try:
+        out = snakemake(work, "results/models/two", "-n", "--quiet", "rules").stdout
+        counts = {p[0]: int(p[1]) for p in map(str.split, out.splitlines()) if len(p) == 2 and p[1].isdigit()}
+        assert {k: v for k, v in counts.items() if k not in ("job", "total")} == {"train_stage1": 1, "train": 1}
+        snakemake(work, "results/models/two")
+        meta = json.loads((work / "results/models/two/lmmvqa.json").read_text())
+        assert meta["init_from"]["path"] == "results/models/two.stage1" and meta["llm_weights"] == "llm+adapter"
+        stage1 = json.loads((work / "results/models/two.stage1/lmmvqa.json").read_text())
+        assert stage1["stage"] == 1 and stage1["lora"] is None and stage1["train_summary"]["steps"] == 2
+        assert "Nothing to be done" in snakemake(work, "-n", "results/models/two").stdout
+    finally:
+        write_config(work, MINI)
+
+
 def test_changing_keyframe_fps_reruns_extraction_not_manifest(demo_run):
     work = demo_run
     cfg = json.loads(json.dumps(MINI))

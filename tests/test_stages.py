@@ -1,0 +1,128 @@
+"""Stage 1 -> stage 2 (issue 11, defect 3): per-experiment training overrides, `init_from`, and one
+experiment running both stages (`stage1:`), stage 2 starting from stage 1's weights."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import validate
+from pipeline.errors import UserError
+from pipeline.stages import check_experiments, experiment_training, init_model_dir, run_name
+from test_train import make_workspace
+
+LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+
+
+def _cfg(experiments, **training):
+    return validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}},
+                     "training": {"lr": 1e-3, **training}, "experiments": experiments})
+
+
+def test_experiment_training_merges_overrides():
+    cfg = _cfg({"e": {"train": ["d:train"], "test": ["d:test"], "training": {"lora": {"enabled": True}, "lr": 2e-5},
+                      "stage1": {"epochs": 1, "lr": 3e-3}},
+                "plain": {"train": ["d:train"], "test": ["d:test"]}})
+    two = experiment_training(cfg, "e")
+    assert two["lr"] == 2e-5 and two["lora"]["enabled"] is True and two["lora"]["r"] == 16  # merged key by key
+    one = experiment_training(cfg, "e", 1)
+    assert one["lr"] == 3e-3 and one["epochs"] == 1 and one["lora"]["enabled"] is False  # stage 1: LoRA off
+    assert experiment_training(cfg, "plain") == cfg["training"]
+    assert init_model_dir(cfg, "e") == init_model_dir(cfg, "e", None)
+    assert str(init_model_dir(cfg, "e")) == "results/models/e.stage1" and init_model_dir(cfg, "e", 1) is None
+    assert init_model_dir(cfg, "plain") is None and run_name("e", 1) == "e.stage1"
+    with pytest.raises(UserError, match="experiment 'plain' has no stage 1"):
+        experiment_training(cfg, "plain", 1)
+
+
+def test_bad_overrides_and_chains_are_named():
+    base = {"train": ["d:train"], "test": ["d:test"]}
+    with pytest.raises(UserError, match=r"experiments\.e\.training.*'lrr' was unexpected"):
+        check_experiments(_cfg({"e": {**base, "training": {"lrr": 1}}}))
+    with pytest.raises(UserError, match=r"'experiments\.e\.stage1\.epochs'"):
+        check_experiments(_cfg({"e": {**base, "stage1": {"epochs": "one"}}}))
+    with pytest.raises(UserError, match=r"experiments\.e\.init_from: unknown experiment 'nope'"):
+        check_experiments(_cfg({"e": {**base, "init_from": "nope"}}))
+    with pytest.raises(UserError, match=r"a cycle \(a -> b -> a\)"):
+        check_experiments(_cfg({"a": {**base, "init_from": "b"}, "b": {**base, "init_from": "a"}}))
+    with pytest.raises(UserError, match="either stage1 or init_from"):
+        check_experiments(_cfg({"a": base, "b": {**base, "init_from": "a", "stage1": {}}}))
+    with pytest.raises(UserError, match="experiments.e"):
+        _cfg({"e": {**base, "init": "x"}})  # unknown experiment key
+    ok = _cfg({"a": base, "b": {**base, "init_from": "a", "training": {"lora": LORA}}})
+    check_experiments(ok)
+    assert str(init_model_dir(ok, "b")) == "results/models/a"
+
+
+@pytest.fixture
+def two_stage(tmp_path, monkeypatch):
+    cfg = make_workspace(tmp_path, training={"batch_size": 4, "checkpoint_every": 100, "val_fraction": 0.0,
+                                            "lr": 0.003})
+    cfg["experiments"]["exp"].update(stage1={"lr": 0.01}, training={"train_llm": False, "lora": LORA})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(json.dumps(cfg))
+    return cfg
+
+
+def test_stage2_continues_from_stage1(two_stage, tmp_path):
+    from pipeline import paths
+    from pipeline.cli import main
+    from pipeline.lmm import LMMVQA, feature_info
+    from pipeline.experiments import dataset_features
+    from pipeline.train import load_training_tokenizer, train
+
+    cfg = two_stage
+    with pytest.raises(UserError, match="exp.stage1, which is not a trained model folder"):
+        train(cfg, "exp", "results/models/exp", max_steps=1, progress=False)
+    # stage 1 (the rule train_stage1's command): projector + the random-init LLM train, LoRA off
+    assert main(["train", "--config", "cfg.yaml", "--experiment", "exp", "--stage1", "--out", "results/models/exp.stage1",
+                 "--max-steps", "2", "--no-progress"]) == 0
+    s1 = paths.model_dir("exp.stage1")
+    meta1 = json.loads((s1 / "lmmvqa.json").read_text())
+    assert meta1["stage"] == 1 and meta1["lora"] is None and meta1["llm_weights"] == "llm"
+    assert meta1["training"]["lr"] == 0.01
+    assert (paths.checkpoint_dir("exp.stage1") / "run.json").exists()
+    proj1 = load_file(str(s1 / "projector.safetensors"))
+    llm1 = load_file(str(s1 / "llm" / "model.safetensors"))
+
+    # stage 2 is built from stage 1: its projector and LLM start equal to stage 1's
+    feats, _ = dataset_features(cfg, "syn")
+    stage2_cfg = copy.deepcopy(cfg)
+    stage2_cfg["training"] = experiment_training(cfg, "exp")
+    tok = load_training_tokenizer(cfg)
+    model = LMMVQA.build(stage2_cfg, tok, feature_info(feats), init=s1)
+    assert model.projector.state_dict().keys() == proj1.keys()
+    assert all(torch.equal(v, proj1[k]) for k, v in model.projector.state_dict().items())
+    base = {k.replace(".base_layer.", "."): v for k, v in model._base_llm().state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(base[k], v) for k, v in llm1.items())
+    fresh = LMMVQA.build(stage2_cfg, tok, feature_info(feats))  # without init: a random projector
+    assert not torch.equal(fresh.projector.proj.weight, proj1["proj.weight"])
+
+    res = train(cfg, "exp", "results/models/exp", max_steps=2, progress=False)
+    assert res["step"] == 2
+    out = paths.model_dir("exp")
+    meta = json.loads((out / "lmmvqa.json").read_text())
+    assert meta["init_from"]["path"] == str(s1) and meta["stage"] == "final"
+    assert meta["lora"]["r"] == 4 and meta["train_llm"] is False and meta["llm_weights"] == "llm+adapter"
+    assert "continued from `results/models/exp.stage1`" in (out / "README.md").read_text()
+    llm2 = load_file(str(out / "llm" / "model.safetensors"))
+    assert llm2.keys() == llm1.keys() and all(torch.equal(llm2[k], llm1[k]) for k in llm1)  # frozen under LoRA
+    proj2 = load_file(str(out / "projector.safetensors"))
+    assert not torch.equal(proj2["proj.weight"], proj1["proj.weight"])  # and stage 2 trained it further
+    again = LMMVQA.from_pretrained(out)
+    assert [n for n, _ in again.llm.named_parameters() if "lora_" in n]
+    assert all(torch.equal(again.projector.state_dict()[k], v) for k, v in proj2.items())
+
+
+def test_retrained_stage1_restarts_stage2_checkpoints(two_stage, tmp_path):
+    from pipeline.train import run_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, text in ((a, '{"x": 1}'), (b, '{"x": 2}')):
+        d.mkdir()
+        (d / "lmmvqa.json").write_text(text)
+    ids = {run_fingerprint(two_stage, "exp", [], 5, 1, init) for init in (None, a, b)}
+    assert len(ids) == 3
