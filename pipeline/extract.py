@@ -325,12 +325,26 @@ class DecodePool:
                 ctx.set_forkserver_preload(WORKER_PRELOAD)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
                                             initargs=(os.getpid(),))
-            self._warm = [self.pool.submit(_worker_ready) for _ in range(self.workers)]  # start them all now
         else:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
-            self._warm = []
+        self._warm: list = []
+        self._launch_error: BaseException | None = None
+        # Starting the processes blocks until the fork server has imported the decode stack (seconds):
+        # a helper thread does it, so it overlaps the model loading of this thread.
+        self._launcher = threading.Thread(target=self._launch, name="decode-pool-launch", daemon=True)
+        self._launcher.start()
+
+    def _launch(self) -> None:
+        try:
+            if self.workers:  # one task per worker makes the executor start every process now
+                self._warm = [self.pool.submit(_worker_ready) for _ in range(self.workers)]
+        except BaseException as exc:  # re-raised by start()
+            self._launch_error = exc
 
     def start(self, ex: Extractor) -> None:
+        self._launcher.join()
+        if self._launch_error is not None:
+            raise RuntimeError(f"could not start {self.workers} decode workers: {self._launch_error}") from None
         self.ex = ex
         if not self.workers:
             return
@@ -384,6 +398,7 @@ class DecodePool:
                 self.free.append(slot)
 
     def close(self) -> None:
+        self._launcher.join()
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.shm is not None:
             self.shm.close()

@@ -64,7 +64,7 @@ def test_shard_with_failures_completes(shard_dir):
     assert sorted(fails.index) == ["007", "trunc", "txt"]  # ids stay strings ("007")
     assert (fails["stage"] == "decode").all() and fails["error"].str.len().gt(5).all()
     assert "empty" in fails.loc["007", "error"]
-    assert fails.loc["trunc", "error"].startswith("DecodeError: ") and "decord" in fails.loc["trunc", "error"]
+    assert fails.loc["trunc", "error"].startswith("DecodeError: ") and "trunc.mp4" in fails.loc["trunc", "error"]
     assert fails.loc["txt", "path"] == "text.mp4"
     a = store.attrs
     assert a["vision"]["tokens"] == 197 and a["vision"]["width"] == 128 and a["motion"]["dim"] == 576
