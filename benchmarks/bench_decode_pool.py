@@ -17,6 +17,9 @@ decoder threads = T). The headline ratio is 2:2 over 1:1 (one decoder thread per
 ratio measures the pool, not the decoder's own threading); 1:2 shows one worker given both cores
 as decoder threads, 0:2 the in-process thread.
 Throughput = videos / (total_s - load_s) of the shard (the pool starts while the models load).
+Also reported: the decode workers' CPU seconds per video (process time of each worker, decoder
+threads included) and a "capacity" ratio = workers / CPU-s-per-video relative to the first config,
+which stays meaningful when other jobs share the CPUs (the wall-clock ratio then does not).
 The configs run alternately, `--repeat` times each, after one warm-up run (which starts the fork
 server); the best run of each is reported, and the ratios of the best to the first config's.
 Writes benchmarks/results/decode_pool.json.
@@ -61,6 +64,12 @@ class StubEncoders:
         return np.zeros((len(chunks), model.slow_dim + model.fast_dim), np.float32)
 
 
+def rows_of(manifest) -> list:
+    import pandas as pd
+
+    return pd.read_csv(manifest).to_dict("records")
+
+
 def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Path) -> dict:
     """One shard through extract_shard with the encoders stubbed."""
     from pipeline import encoders
@@ -81,8 +90,15 @@ def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Pat
     return {"config": f"{workers}:{threads}", "workers": workers, "threads": threads, "videos": s["n_videos"], "failed": s["n_failed"], "feed_s": round(feed_s, 3),
             "videos_per_s": round(s["n_videos"] / feed_s, 3), "decode_s": s["decode_s"],
             "decode_wait_s": s["decode_wait_s"], "load_s": s["load_s"], "ids": ids,
+            "decode_cpu_s": s.get("decode_cpu_s"),
+            "cpu_s_per_video": round(s["decode_cpu_s"] / len(rows_of(manifest)), 4) if s.get("decode_cpu_s") else None,
             "frames_digest": hashlib.sha256("".join(stub.digests).encode()).hexdigest()[:16],
             "n_frames_fed": len(stub.digests)}
+
+
+def capacity(run: dict) -> float | None:
+    """Videos/s the workers could decode with a free core each: workers / CPU seconds per video."""
+    return run["workers"] / run["cpu_s_per_video"] if run["workers"] and run["cpu_s_per_video"] else None
 
 
 def main(argv=None) -> int:
@@ -133,11 +149,16 @@ def main(argv=None) -> int:
     base = best[names[0]]["videos_per_s"]
     print(f"\n{len(rows)} videos ({len(clips)} clips x {args.copies}), chunk size {args.chunk_size or 'tiny (112)'}")
     print(f"{'workers:threads':>15s} {'videos/s':>9s} {'feed s':>7s} {'decode s':>9s} {'waited s':>9s} "
-          f"{'x vs ' + names[0]:>8s}")
+          f"{'x vs ' + names[0]:>8s} {'cpu s/video':>11s} {'capacity x':>10s}")
+    cap0 = capacity(best[names[0]])
     for n in names:
         b = best[n]
+        cap = capacity(b)
         print(f"{n:>15s} {b['videos_per_s']:9.3f} {b['feed_s']:7.2f} {b['decode_s']:9.2f} {b['decode_wait_s']:9.2f} "
-              f"{b['videos_per_s'] / base:8.2f}")
+              f"{b['videos_per_s'] / base:8.2f} {b['cpu_s_per_video'] or float('nan'):11.3f} "
+              f"{(cap / cap0) if cap and cap0 else float('nan'):10.2f}")
+    print("capacity x: workers / decode CPU seconds per video, relative to the first config: the speed-up the\n"
+          "pool would give with one free core per worker (insensitive to other load on the machine)")
     print(f"per-video encoder input identical across all runs: {identical} "
           f"({best[names[0]]['n_frames_fed']} frames / chunks, digest {runs[0]['frames_digest']})")
     out = {"machine": platform.machine(), "cpus": os.cpu_count(), "videos": len(rows), "clips": len(clips),
@@ -145,6 +166,8 @@ def main(argv=None) -> int:
            "load_avg_after": os.getloadavg(),
            "best": {n: {k: v for k, v in best[n].items() if k != "ids"} for n in names},
            "ratio": {n: round(best[n]["videos_per_s"] / base, 3) for n in names},
+           "capacity_ratio": {n: round(capacity(best[n]) / cap0, 3) if capacity(best[n]) and cap0 else None
+                              for n in names},
            "identical": identical, "runs": [{k: v for k, v in x.items() if k != "ids"} for x in runs]}
     (RESULTS / "decode_pool.json").write_text(json.dumps(out, indent=2))
     return 0 if identical else 1

@@ -251,31 +251,32 @@ def _worker_shm(name: str):
 
 
 def _worker_decode(state: dict, path: str, shm_name: str | None, offset: int, capacity: int):
-    """-> (payload, error, seconds); payload ("shm", kf_shape, ch_shape, meta) with the frames in the
-    slot at `offset`, ("inline", DecodedVideo), or None when the video failed (error = message)."""
+    """-> (payload, error, seconds, cpu seconds of the worker incl. decoder threads); payload
+    ("shm", kf_shape, ch_shape, meta) with the frames in the slot at `offset`, ("inline",
+    DecodedVideo), or None when the video failed (error = message)."""
     if _WORKER.get("state") != state:
         _WORKER.update(state=state, decoder=Extractor.decode_only(state))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         d = _WORKER["decoder"].decode(path)
     except Exception as exc:  # DecodeError and anything a broken file provokes in a decoder
-        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
+        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, time.process_time() - c0
     dt = time.perf_counter() - t0
     n_kf, n_ch = d.keyframes.nbytes, d.chunks.nbytes
     if shm_name is None or n_kf + n_ch > capacity or d.keyframes.dtype != np.uint8 or d.chunks.dtype != np.uint8:
-        return ("inline", d), None, dt
+        return ("inline", d), None, dt, time.process_time() - c0
     buf = _worker_shm(shm_name).buf
     np.frombuffer(buf, np.uint8, n_kf, offset).reshape(d.keyframes.shape)[...] = d.keyframes
     np.frombuffer(buf, np.uint8, n_ch, offset + n_kf).reshape(d.chunks.shape)[...] = d.chunks
-    return ("shm", d.keyframes.shape, d.chunks.shape, d.meta), None, dt
+    return ("shm", d.keyframes.shape, d.chunks.shape, d.meta), None, dt, time.process_time() - c0
 
 
 def _decode_here(ex: Extractor, path: str):
     t0 = time.perf_counter()
     try:
-        return ("inline", ex.decode(path)), None, time.perf_counter() - t0
+        return ("inline", ex.decode(path)), None, time.perf_counter() - t0, None
     except Exception as exc:  # DecodeError and anything a broken file provokes in a decoder
-        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
+        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, None
 
 
 def _reserve_shm(nbytes: int):
@@ -315,6 +316,7 @@ class DecodePool:
         self.in_flight = self.workers + (max(1, self.workers) if prefetch is None else max(1, int(prefetch)))
         self.shm = None
         self.slot = 0
+        self.cpu_s: float | None = 0.0 if self.workers else None  # decode CPU seconds of the workers
         self.free: deque[int] = deque()
         self.start_method = None
         if self.workers:
@@ -382,7 +384,9 @@ class DecodePool:
 
         fut, slot, path = handle
         try:
-            payload, error, dt = fut.result()
+            payload, error, dt, cpu = fut.result()
+            if cpu is not None:
+                self.cpu_s += cpu
             if payload is None or payload[0] == "inline":
                 return (payload[1] if payload else None), error, dt
             _, kf_shape, ch_shape, meta = payload
@@ -503,6 +507,8 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
                 bar.update(1)
             flush()
             bar.close()
+            if decoders.cpu_s is not None:  # CPU time of the decode workers (vs decode_s: contention)
+                totals["decode_cpu_s"] = decoders.cpu_s
             totals["total_s"] = time.perf_counter() - t_start
             n_ok = len(writer.ids)
             seconds = float(sum(v.get("duration", 0) or 0 for v in writer.videos))

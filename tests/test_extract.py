@@ -71,6 +71,7 @@ def test_shard_with_failures_completes(shard_dir):
     assert a["code_version"] == CODE_VERSION and a["settings_hash"] == feature_settings_hash(cfg)
     assert a["sampling"]["keyframe_fps"] == 1.0 and a["sampling"]["key_size"] == 224
     assert {"load_s", "decode_s", "vision_s", "motion_s", "total_s", "videos_per_s"} <= set(a["timings"])
+    assert a["timings"]["decode_workers"] == 2 and a["timings"]["decode_cpu_s"] > 0
     assert store.spatial("a").shape == (2, 197, 128) and store.motion("a").shape == (2, 576)
     assert store.spatial("b").shape == (1, 197, 128) and store.motion("b").shape == (1, 576)  # 0.8 s
     meta = store.video_meta("b")
