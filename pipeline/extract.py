@@ -405,7 +405,10 @@ class DecodePool:
         self._launcher.join()
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.shm is not None:
-            self.shm.close()
+            try:
+                self.shm.close()
+            except BufferError:  # a view still referenced (e.g. by a traceback): unmapped at exit
+                pass
             self.shm.unlink()
             self.shm = None
 
