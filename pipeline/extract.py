@@ -38,9 +38,10 @@ Decode workers
   OpenMP pool running and possibly CUDA initialised, and a forked child of such a process can
   deadlock or fail on its first CUDA / OpenMP call. The fork server is a fresh process that imports
   the decode stack (this module, decode, torch, decord, av) once and forks the workers from there,
-  so a worker starts in milliseconds and shares those ~320 MB of imported pages copy-on-write
-  (spawn: ~4 s of imports and ~320 MB private memory per worker, measured on this machine). The
-  pool is started before the models load, so the workers' start overlaps the model loading.
+  so a worker starts in milliseconds and shares the imported pages copy-on-write (measured here
+  after decoding 720p clips into 224-px chunks: ~100 MB private memory per worker; with spawn ~4 s
+  of imports and ~360 MB private memory per worker). The pool is started from a helper thread
+  before the models load, so the fork server's imports overlap the model loading.
 * Each worker rebuilds a model-less `Extractor` from `Extractor.decode_state()` and calls the same
   `Extractor.decode`, with torch at 1 thread and the decoder at max(1, threads // workers) threads.
 * Decoded frames come back through shared memory: one block of `in-flight` slots, each sized for
@@ -52,7 +53,12 @@ Decode workers
   /dev/shm is too small (e.g. a default 64 MB Docker container) the pool says so on stderr and
   returns arrays through the pipe instead (same results, slower). An output larger than a slot
   also goes through the pipe.
-* A worker exits by itself when this process dies (a watchdog thread notices its parent change), so
+* Known limit: copying a decoded video out of its slot, staging the batch and writing the store run
+  on this process's one thread, serially with the encoders (~25 ms for an 80 MB video here); at
+  many workers per GPU that thread, not the decoders, may become the limit (`decode_wait_s` near
+  0 in the timings says so).
+* A worker exits by itself when this process dies (a watchdog thread notices that this process or
+  its parent is gone), so
   `kill -9` of an extraction leaves no decoder running; the shared-memory block is then removed by
   multiprocessing's resource tracker. A worker that crashes (a decoder segfault) stops the shard
   with an error naming the videos that were being decoded.
