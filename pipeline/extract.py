@@ -57,11 +57,14 @@ Decode workers
   on this process's one thread, serially with the encoders (~25 ms for an 80 MB video here); at
   many workers per GPU that thread, not the decoders, may become the limit (`decode_wait_s` near
   0 in the timings says so).
+* A worker that dies (a decoder crash, e.g. a segfault on a broken file) loses every video in
+  flight: the pool restarts and decodes those again one at a time, in order; a video that kills
+  its worker again goes to the failures table ("the decoder process died ..."), the others are
+  kept, and the shard carries on in parallel (`DecodePool._recover`).
 * A worker exits by itself when this process dies (a watchdog thread notices that this process or
   its parent is gone), so
   `kill -9` of an extraction leaves no decoder running; the shared-memory block is then removed by
-  multiprocessing's resource tracker. A worker that crashes (a decoder segfault) stops the shard
-  with an error naming the videos that were being decoded.
+  multiprocessing's resource tracker.
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -311,11 +315,19 @@ def _reserve_shm(nbytes: int):
     return shm
 
 
+@dataclass
+class _Task:
+    path: str
+    slot: int | None
+    future: object = None
+    done: tuple | None = None  # the worker's answer once known (set by result or crash recovery)
+
+
 class DecodePool:
     """Decodes videos ahead of the encoders, `workers` processes (0: one thread of this process),
     at most `in_flight` videos decoding or decoded-and-waiting; `result` returns them in the order
     they were submitted. Start it before loading the models (the workers start meanwhile), then
-    `start(extractor)`, then `submit(path)` / `result(handle)`; `close()` in all cases."""
+    `start(extractor)`, then `submit(path)` / `result(task)` (oldest first); `close()` in all cases."""
 
     def __init__(self, workers: int, prefetch: int | None = None, start_method: str | None = None):
         self.workers = int(workers)
@@ -324,15 +336,13 @@ class DecodePool:
         self.slot = 0
         self.cpu_s: float | None = 0.0 if self.workers else None  # decode CPU seconds of the workers
         self.free: deque[int] = deque()
+        self.outstanding: deque[_Task] = deque()  # submitted, not yet returned by result(), in order
+        self.crashes = 0
         self.start_method = None
         if self.workers:
             methods = multiprocessing.get_all_start_methods()
             self.start_method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
-            ctx = multiprocessing.get_context(self.start_method)
-            if self.start_method == "forkserver":
-                ctx.set_forkserver_preload(WORKER_PRELOAD)
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
-                                            initargs=(os.getpid(),))
+            self.pool = self._new_pool()
         else:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self._warm: list = []
@@ -341,6 +351,18 @@ class DecodePool:
         # a helper thread does it, so it overlaps the model loading of this thread.
         self._launcher = threading.Thread(target=self._launch, name="decode-pool-launch", daemon=True)
         self._launcher.start()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        from multiprocessing import resource_tracker
+
+        # Workers must share this process's resource tracker (spawn and forkserver pass it on; a plain
+        # fork only if it runs already): a tracker of a worker's own would unlink the shared-memory
+        # block when that worker dies.
+        resource_tracker.ensure_running()
+        ctx = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            ctx.set_forkserver_preload(WORKER_PRELOAD)
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
 
     def _launch(self) -> None:
         try:
@@ -369,28 +391,60 @@ class DecodePool:
             f.result()
         return sorted(getattr(self.pool, "_processes", None) or {}) if self.workers else []
 
-    def submit(self, path: str):
-        if not self.workers:
-            return self.pool.submit(_decode_here, self.ex, path), None, path
-        slot = self.free.popleft()  # never empty: at most in_flight handles are outstanding
+    def _submit_task(self, task: "_Task"):
         shm_name = self.shm.name if self.shm is not None else None
+        return self.pool.submit(_worker_decode, self.state, task.path, shm_name, task.slot * self.slot, self.slot)
+
+    def submit(self, path: str) -> "_Task":
+        if not self.workers:
+            task = _Task(path, None)
+            task.future = self.pool.submit(_decode_here, self.ex, path)
+            return task
+        task = _Task(path, self.free.popleft())  # never empty: at most in_flight tasks are outstanding
+        self.outstanding.append(task)
         try:
-            fut = self.pool.submit(_worker_decode, self.state, path, shm_name, slot * self.slot, self.slot)
-        except BrokenProcessPool as exc:
-            raise self._died(path, exc) from None
-        return fut, slot, path
+            task.future = self._submit_task(task)
+        except BrokenProcessPool:
+            self._recover()
+        return task
 
-    def _died(self, path: str, exc) -> RuntimeError:
-        return RuntimeError(f"a decode worker process died (a decoder crash?) while decoding {path} or one of the "
-                            f"{self.in_flight - 1} videos around it: {exc}")
+    def _recover(self) -> None:
+        """A worker died (a decoder crash, e.g. a segfault on a broken file): every outstanding task is
+        lost. Start a new pool and decode them again ONE AT A TIME, in order, so that a video that
+        kills its worker again is identified and becomes a failure; then carry on in parallel."""
+        for task in self.outstanding:  # keep what finished before the crash
+            f = task.future
+            if task.done is None and f is not None and f.done() and not f.cancelled() and f.exception() is None:
+                task.done = f.result()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
+        for task in self.outstanding:
+            if task.done is not None:
+                continue
+            try:
+                task.done = self._submit_task(task).result()
+            except BrokenProcessPool:
+                self.crashes += 1
+                task.done = (None, "DecodeError: the decoder process died while decoding this video (a crash in "
+                                   "the decoder, e.g. a segfault)", 0.0, None)
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = self._new_pool()
 
-    def result(self, handle):
-        """-> (DecodedVideo or None, error message or None, decode seconds)."""
+    def result(self, task: "_Task"):
+        """-> (DecodedVideo or None, error message or None, decode seconds), for the oldest task."""
         from .decode import DecodedVideo
 
-        fut, slot, path = handle
+        slot = task.slot
         try:
-            payload, error, dt, cpu = fut.result()
+            if task.done is None:
+                try:
+                    task.done = task.future.result()
+                except BrokenProcessPool:
+                    self._recover()
+            if self.workers:
+                assert self.outstanding and self.outstanding[0] is task, "results are taken in submission order"
+                self.outstanding.popleft()
+            payload, error, dt, cpu = task.done
             if cpu is not None:
                 self.cpu_s += cpu
             if payload is None or payload[0] == "inline":
@@ -401,8 +455,6 @@ class DecodePool:
             kf = np.frombuffer(self.shm.buf, np.uint8, n_kf, off).reshape(kf_shape).copy()
             ch = np.frombuffer(self.shm.buf, np.uint8, n_ch, off + n_kf).reshape(ch_shape).copy()
             return DecodedVideo(kf, ch, meta), None, dt
-        except BrokenProcessPool as exc:
-            raise self._died(path, exc) from None
         finally:
             if slot is not None:
                 self.free.append(slot)
@@ -518,6 +570,7 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
             bar.close()
             if decoders.cpu_s is not None:  # CPU time of the decode workers (vs decode_s: contention)
                 totals["decode_cpu_s"] = decoders.cpu_s
+                totals["decode_crashes"] = decoders.crashes
             totals["total_s"] = time.perf_counter() - t_start
             n_ok = len(writer.ids)
             seconds = float(sum(v.get("duration", 0) or 0 for v in writer.videos))

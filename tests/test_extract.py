@@ -154,6 +154,42 @@ def test_decode_pool_uses_processes_and_keeps_order(order_dir):
     assert got[0][0].meta["decoder_threads"] == 1  # threads 2 shared by 2 workers
 
 
+def _fake_decode(self, path):
+    """Stands in for Extractor.decode in forked workers: a video named *crash* kills its process the
+    way a segfaulting decoder does; the others decode to frames filled with their number."""
+    from pipeline.decode import DecodedVideo
+
+    name = Path(path).stem
+    if "crash" in name:
+        os._exit(139)
+    n = int(name[1:])
+    return DecodedVideo(np.full((1, 4, 4, 3), n, np.uint8), np.full((1, 4, 2, 2, 3), n, np.uint8), {"n": n})
+
+
+def test_a_crashing_decoder_fails_only_its_video(monkeypatch):
+    """A worker that dies loses the videos in flight: they are decoded again one at a time, the one
+    that kills its worker again becomes a failure, the others come back in order, and the pool goes
+    on. (Fork start method so the workers inherit the stand-in decoder.)"""
+    monkeypatch.setattr(Extractor, "decode", _fake_decode)
+    ex = Extractor.decode_only({"sampling": {"max_keyframes": 2, "max_seconds": 2, "chunk_frames": 4},
+                                "key_size": 4, "chunk_size": 2, "threads": 2})
+    names = ["v0", "v1", "crash", "v3", "v4", "crash2", "v6", "v7"]
+    got = []
+    with DecodePool(2, start_method="fork") as pool:
+        pool.start(ex)
+        queue = [pool.submit(f"/nowhere/{n}.mp4") for n in names[: pool.in_flight]]
+        nxt = len(queue)
+        while queue:
+            decoded, error, _ = pool.result(queue.pop(0))
+            got.append(int(decoded.keyframes[0, 0, 0, 0]) if decoded is not None else error)
+            if nxt < len(names):
+                queue.append(pool.submit(f"/nowhere/{names[nxt]}.mp4"))
+                nxt += 1
+        assert pool.crashes == 2 and sorted(pool.free) == list(range(pool.in_flight))
+    died = "DecodeError: the decoder process died while decoding this video (a crash in the decoder, e.g. a segfault)"
+    assert got == [0, 1, died, 3, 4, died, 6, 7]
+
+
 def test_decode_worker_count():
     cfg = tiny_config()
     assert cfg["features"]["decode_workers"] is None
