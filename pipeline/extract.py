@@ -64,7 +64,9 @@ Decode workers
 * A worker exits by itself when this process dies (a watchdog thread notices that this process or
   its parent is gone), so
   `kill -9` of an extraction leaves no decoder running; the shared-memory block is then removed by
-  multiprocessing's resource tracker.
+  multiprocessing's resource tracker, or, when the tracker was killed too (kill -9 of the process
+  group), by the next extraction on the machine (`remove_stale_shm`: blocks are named
+  lmmvqa-<pid>-<random>, and those of dead pids are unlinked).
 """
 from __future__ import annotations
 
@@ -289,13 +291,44 @@ def _decode_here(ex: Extractor, path: str):
         return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, None
 
 
+SHM_PREFIX = "lmmvqa-"
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_stale_shm(folder: Path = SHM_DIR) -> list[str]:
+    """Unlink the shared-memory blocks of extraction processes that no longer run (named
+    lmmvqa-<pid>-<random>). A kill -9 of the whole process group (Snakemake's, a job's) takes the
+    resource tracker with it, which would otherwise leave the block in /dev/shm until reboot."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for f in folder.glob(f"{SHM_PREFIX}*"):
+        try:
+            pid = int(f.name[len(SHM_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            try:
+                f.unlink()
+                removed.append(f.name)
+            except OSError:  # another user's, or gone meanwhile
+                pass
+        except PermissionError:  # alive, another user's
+            continue
+    return removed
+
+
 def _reserve_shm(nbytes: int):
     """A shared-memory block of `nbytes` with its pages reserved (posix_fallocate), or None (and a
     line on stderr) where /dev/shm cannot hold it."""
+    import secrets
     from multiprocessing import shared_memory
 
+    remove_stale_shm()
     try:
-        shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        shm = shared_memory.SharedMemory(name=f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", create=True,
+                                         size=nbytes)
     except OSError as exc:
         print(f"decode workers: no shared memory ({exc}); decoded frames go through the pipe", file=sys.stderr)
         return None

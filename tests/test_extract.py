@@ -190,6 +190,30 @@ def test_a_crashing_decoder_fails_only_its_video(monkeypatch):
     assert got == [0, 1, died, 3, 4, died, 6, 7]
 
 
+@pytest.mark.skipif(not extract.SHM_DIR.is_dir(), reason="no /dev/shm")
+def test_stale_shared_memory_of_dead_extractions_is_removed():
+    """A block left by a process group killed with -9 (tracker included) is unlinked by the next pool;
+    those of live processes stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = extract.SHM_DIR / f"{extract.SHM_PREFIX}{dead.pid}-{uuid.uuid4().hex[:8]}"
+    live = extract.SHM_DIR / f"{extract.SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stale.write_bytes(b"x" * 64)
+    live.write_bytes(b"x" * 64)
+    try:
+        ex = Extractor.decode_only({"sampling": {"max_keyframes": 1, "max_seconds": 1, "chunk_frames": 4},
+                                    "key_size": 4, "chunk_size": 2, "threads": 1})
+        with DecodePool(1) as pool:
+            pool.start(ex)
+            name = pool.shm.name
+            assert name.startswith(f"{extract.SHM_PREFIX}{os.getpid()}-") and (extract.SHM_DIR / name).exists()
+        assert not stale.exists() and live.exists()
+        assert not (extract.SHM_DIR / name).exists()  # this pool's block is gone after close
+    finally:
+        for f in (stale, live):
+            f.unlink(missing_ok=True)
+
+
 def test_decode_worker_count():
     cfg = tiny_config()
     assert cfg["features"]["decode_workers"] is None
