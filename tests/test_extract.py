@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import os
 import signal
-import uuid
-from pathlib import Path
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
+from pipeline import extract
 from pipeline.cli import main as cli_main
 from pipeline.config import validate
-from pipeline import extract
 from pipeline.extract import CODE_VERSION, DecodePool, Extractor, decode_worker_count, extract_shard
 from pipeline.settings import feature_settings_hash
 from pipeline.feature_store import FeatureStore, IncompleteStoreError
