@@ -33,7 +33,9 @@ from pipeline.extract import Extractor, extract_shard
 video = {video!r}
 t0 = time.perf_counter()
 if video:
-    summary = extract_shard(cfg, "bench", {manifest!r}, None, 0, {out!r}, device="cpu", threads={threads}, progress=False)
+    # decode_workers=0: decode inside this process, so its peak RSS covers the decoder too
+    summary = extract_shard(cfg, "bench", {manifest!r}, None, 0, {out!r}, device="cpu", threads={threads}, progress=False,
+                            decode_workers=0)
 else:
     Extractor(cfg, "cpu", {threads})
     summary = {{}}

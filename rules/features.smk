@@ -17,9 +17,12 @@ rule extract:
         videos=lambda w: videos_dir(w.dataset),
         device=config["device"],
         config=RESOLVED_CONFIG,
-    threads: 2
+    # the job's threads = its decode worker processes (features.decode_workers; else 2, or
+    # --set-threads extract=N): the command gets them as --threads and starts that many decoders
+    threads: max(2, config["features"]["decode_workers"] or 0)
     resources:
-        mem_mb=6000,
+        # models + main process ~5 GB; each decode worker ~100-200 MB + 2 shared-memory frame slots
+        mem_mb=lambda wildcards, threads: 5000 + 500 * threads,
         gpu=gpu_count("extract"),
     conda:
         ENV

@@ -1,4 +1,5 @@
-"""Extraction of a shard: failures table, determinism, killed job + rerun, the real clips (tiny preset)."""
+"""Extraction of a shard: failures table, determinism, decode worker processes (same store whatever
+their number), killed job + rerun (no decoder left running), the real clips (tiny preset)."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,9 +17,10 @@ import pytest
 import torch
 import yaml
 
+from pipeline import extract
 from pipeline.cli import main as cli_main
 from pipeline.config import validate
-from pipeline.extract import CODE_VERSION, extract_shard
+from pipeline.extract import CODE_VERSION, DecodePool, Extractor, decode_worker_count, extract_shard
 from pipeline.settings import feature_settings_hash
 from pipeline.feature_store import FeatureStore, IncompleteStoreError
 
@@ -47,22 +51,27 @@ def shard_dir(tmp_path, make_video):
 
 
 def test_shard_with_failures_completes(shard_dir):
+    """Two decode worker processes: the corrupt videos land in the failures table with the decoder's
+    message (caught in the worker), the good ones complete."""
     root, manifest, vids = shard_dir
     cfg = tiny_config()
     summary = extract_shard(cfg, "t", manifest, vids, 0, root / "out" / "shard-00000.zarr", device="cpu", threads=2,
-                            progress=False)
-    assert summary["n_videos"] == 2 and summary["n_failed"] == 3
+                            progress=False, decode_workers=2)
+    assert summary["n_videos"] == 2 and summary["n_failed"] == 3 and summary["decode_workers"] == 2
     store = FeatureStore(root / "out" / "shard-00000.zarr")
     assert store.ids == ["a", "b"]
     fails = store.failures.set_index("id")
     assert sorted(fails.index) == ["007", "trunc", "txt"]  # ids stay strings ("007")
     assert (fails["stage"] == "decode").all() and fails["error"].str.len().gt(5).all()
     assert "empty" in fails.loc["007", "error"]
+    assert fails.loc["trunc", "error"].startswith("DecodeError: ") and "trunc.mp4" in fails.loc["trunc", "error"]
+    assert fails.loc["txt", "path"] == "text.mp4"
     a = store.attrs
     assert a["vision"]["tokens"] == 197 and a["vision"]["width"] == 128 and a["motion"]["dim"] == 576
     assert a["code_version"] == CODE_VERSION and a["settings_hash"] == feature_settings_hash(cfg)
     assert a["sampling"]["keyframe_fps"] == 1.0 and a["sampling"]["key_size"] == 224
     assert {"load_s", "decode_s", "vision_s", "motion_s", "total_s", "videos_per_s"} <= set(a["timings"])
+    assert a["timings"]["decode_workers"] == 2 and a["timings"]["decode_cpu_s"] > 0
     assert store.spatial("a").shape == (2, 197, 128) and store.motion("a").shape == (2, 576)
     assert store.spatial("b").shape == (1, 197, 128) and store.motion("b").shape == (1, 576)  # 0.8 s
     meta = store.video_meta("b")
@@ -82,6 +91,184 @@ def test_same_video_identical_across_runs(shard_dir):
     np.testing.assert_array_equal(stores[0].motion("c"), stores[1].motion("c"))
 
 
+def _store_bytes(path):
+    store = FeatureStore(path)
+    return (store.ids, [store.spatial(v).tobytes() for v in store.ids], [store.motion(v).tobytes() for v in store.ids],
+            store.failures[["id", "path", "stage", "error"]].values.tolist(),
+            [store.video_meta(v)["n_keyframes"] for v in store.ids])
+
+
+@pytest.fixture
+def order_dir(tmp_path, make_video):
+    """A slow (long, larger) video first, then fast ones and a corrupt one: workers finish out of order."""
+    vids = tmp_path / "videos"
+    make_video("videos/long.mp4", n_frames=150, size=(320, 240), fps=25)  # 6 s
+    for i in range(4):
+        make_video(f"videos/s{i}.mp4", n_frames=25 + 10 * i, fps=25, seed=i)
+    (vids / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200)
+    rows = [("long", "long.mp4"), ("s0", "s0.mp4"), ("bad", "bad.mp4"), ("s1", "s1.mp4"), ("s2", "s2.mp4"),
+            ("s3", "s3.mp4")]
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame([(i, p, 0) for i, p in rows], columns=["id", "path", "shard"]).to_csv(manifest, index=False)
+    return tmp_path, manifest, vids
+
+
+def test_store_identical_whatever_the_decode_workers(order_dir, monkeypatch):
+    """0 (in-process thread), 1 and 2 worker processes, and 2 workers without shared memory (frames
+    through the pipe): the same videos in the same order, byte-identical features, same failures."""
+    root, manifest, vids = order_dir
+    cfg = tiny_config()
+    stores = {}
+    for workers in (2, 1, 0):
+        out = root / f"w{workers}" / "shard-00000.zarr"
+        s = extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
+                          decode_workers=workers)
+        assert s["decode_workers"] == workers and s["n_videos"] == 5 and s["n_failed"] == 1
+        stores[workers] = _store_bytes(out)
+    monkeypatch.setattr(extract, "_reserve_shm", lambda nbytes: None)
+    out = root / "pipe" / "shard-00000.zarr"
+    extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False, decode_workers=2)
+    stores["pipe"] = _store_bytes(out)
+    assert stores[2][0] == ["long", "s0", "s1", "s2", "s3"]
+    assert stores[2][4] == [6, 1, 1, 2, 2]  # the 6 s video really is first
+    for key in (1, 0, "pipe"):
+        assert stores[key] == stores[2], key
+
+
+def test_decode_pool_uses_processes_and_keeps_order(order_dir):
+    root, manifest, vids = order_dir
+    ex = Extractor(tiny_config(), "cpu", 2)
+    paths = [str(vids / p) for p in ("long.mp4", "s0.mp4", "bad.mp4", "s1.mp4")]
+    with DecodePool(2) as pool:
+        pool.start(ex)
+        assert pool.in_flight == 4 and pool.shm is not None
+        handles = [pool.submit(p) for p in paths]
+        got = [pool.result(h) for h in handles]
+        pids = pool.worker_pids()
+    assert len(pids) == 2 and os.getpid() not in pids
+    direct = ex.decode(paths[0])
+    np.testing.assert_array_equal(got[0][0].keyframes, direct.keyframes)
+    np.testing.assert_array_equal(got[0][0].chunks, direct.chunks)
+    assert [len(d.keyframes) if d is not None else None for d, _, _ in got] == [6, 1, None, 1]
+    assert got[2][1].startswith("DecodeError: ") and got[0][1] is None
+    assert got[0][0].meta["decoder_threads"] == 1  # threads 2 shared by 2 workers
+
+
+def _fake_decode(self, path):
+    """Stands in for Extractor.decode in forked workers: a video named *crash* kills its process the
+    way a segfaulting decoder does; the others decode to frames filled with their number."""
+    from pipeline.decode import DecodedVideo
+
+    name = Path(path).stem
+    if "crash" in name:
+        os._exit(139)
+    n = int(name[1:])
+    return DecodedVideo(np.full((1, 4, 4, 3), n, np.uint8), np.full((1, 4, 2, 2, 3), n, np.uint8), {"n": n})
+
+
+def test_a_crashing_decoder_fails_only_its_video(monkeypatch):
+    """A worker that dies loses the videos in flight: they are decoded again one at a time, the one
+    that kills its worker again becomes a failure, the others come back in order, and the pool goes
+    on. (Fork start method so the workers inherit the stand-in decoder.)"""
+    monkeypatch.setattr(Extractor, "decode", _fake_decode)
+    ex = Extractor.decode_only({"sampling": {"max_keyframes": 2, "max_seconds": 2, "chunk_frames": 4},
+                                "key_size": 4, "chunk_size": 2, "threads": 2})
+    names = ["v0", "v1", "crash", "v3", "v4", "crash2", "v6", "v7"]
+    got = []
+    with DecodePool(2, start_method="fork") as pool:
+        pool.start(ex)
+        queue = [pool.submit(f"/nowhere/{n}.mp4") for n in names[: pool.in_flight]]
+        nxt = len(queue)
+        while queue:
+            decoded, error, _ = pool.result(queue.pop(0))
+            got.append(int(decoded.keyframes[0, 0, 0, 0]) if decoded is not None else error)
+            if nxt < len(names):
+                queue.append(pool.submit(f"/nowhere/{names[nxt]}.mp4"))
+                nxt += 1
+        assert pool.crashes == 2 and sorted(pool.free) == list(range(pool.in_flight))
+    died = "DecodeError: the decoder process died while decoding this video (a crash in the decoder, e.g. a segfault)"
+    assert got == [0, 1, died, 3, 4, died, 6, 7]
+
+
+@pytest.mark.skipif(not extract.SHM_DIR.is_dir(), reason="no /dev/shm")
+def test_stale_shared_memory_of_dead_extractions_is_removed():
+    """A block left by a process group killed with -9 (tracker included) is unlinked by the next pool;
+    those of live processes stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = extract.SHM_DIR / f"{extract.SHM_PREFIX}{dead.pid}-{uuid.uuid4().hex[:8]}"
+    live = extract.SHM_DIR / f"{extract.SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stale.write_bytes(b"x" * 64)
+    live.write_bytes(b"x" * 64)
+    try:
+        ex = Extractor.decode_only({"sampling": {"max_keyframes": 1, "max_seconds": 1, "chunk_frames": 4},
+                                    "key_size": 4, "chunk_size": 2, "threads": 1})
+        with DecodePool(1) as pool:
+            pool.start(ex)
+            name = pool.shm.name
+            assert name.startswith(f"{extract.SHM_PREFIX}{os.getpid()}-") and (extract.SHM_DIR / name).exists()
+        assert not stale.exists() and live.exists()
+        assert not (extract.SHM_DIR / name).exists()  # this pool's block is gone after close
+    finally:
+        for f in (stale, live):
+            f.unlink(missing_ok=True)
+
+
+def test_decode_worker_count():
+    cfg = tiny_config()
+    assert cfg["features"]["decode_workers"] is None
+    assert decode_worker_count(cfg, threads=3) == 3
+    assert decode_worker_count(cfg, threads=3, decode_workers=0) == 0
+    assert decode_worker_count(validate({**cfg, "threads": 5})) == 5
+    assert decode_worker_count(validate({**cfg, "features": {"decode_workers": 4}}), threads=3) == 4
+    assert decode_worker_count(cfg) == extract.available_cpus()
+    with pytest.raises(Exception, match="decode_workers"):
+        validate({**cfg, "features": {"decode_workers": -1}})
+
+
+def test_host_buffers_pinned_only_for_cuda(monkeypatch):
+    """The staging buffer of a batch is requested page-locked exactly when the device is CUDA, and
+    Extractor.encode passes its own device through (the same function runs on CPU and GPU)."""
+    real_empty = torch.empty
+    asked = []
+
+    def fake_empty(*shape, dtype=None, pin_memory=False):
+        asked.append(pin_memory)
+        return real_empty(*shape, dtype=dtype)  # no CUDA driver here: record, do not pin
+
+    monkeypatch.setattr(torch, "empty", fake_empty)
+    a = extract.host_buffer((2, 3), "cuda:1")
+    b = extract.host_buffer((2, 3), torch.device("cpu"))
+    assert asked == [True, False] and a.dtype == np.uint8 and b.shape == (2, 3)
+    x = [np.full((2, 4), 7, np.uint8), np.arange(4, dtype=np.uint8)[None]]
+    np.testing.assert_array_equal(extract.stack_host(x, "cuda"), np.concatenate(x))
+    assert asked[-1] is True
+
+    devices = []
+    monkeypatch.setattr(extract, "stack_host", lambda arrays, device: devices.append(device) or np.concatenate(arrays))
+    ex = Extractor.decode_only({"device": torch.device("cuda", 0)})
+    ex.vision = ex.motion = None
+    ex.sampling, ex.batch_size = {"slow_stride": 4}, 8
+    from pipeline import encoders
+    monkeypatch.setattr(encoders, "encode_keyframes", lambda m, kf, dev, bs: np.zeros((len(kf), 2, 3), np.float32))
+    monkeypatch.setattr(encoders, "encode_chunks", lambda m, ch, st, dev, bs: np.zeros((len(ch), 5), np.float32))
+    from pipeline.decode import DecodedVideo
+    d = DecodedVideo(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 4, 4, 4, 3), np.uint8))
+    outs, _, _ = ex.encode([d, d])
+    assert devices == [torch.device("cuda", 0)] * 2 and [o[0].shape for o in outs] == [(2, 2, 3)] * 2
+
+
+def _processes_with(marker: str) -> list[int]:
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in env.read_bytes():
+                pids.append(int(env.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
 def test_killed_job_then_rerun(shard_dir):
     """SIGKILL while the shard is being written leaves only a temp folder the reader refuses; a rerun
     (through the CLI) removes it and writes a complete store."""
@@ -92,16 +279,23 @@ def test_killed_job_then_rerun(shard_dir):
     out = root / "out" / "shard-00000.zarr"
     args = ["extract", "--config", str(cfg_path), "--dataset", "t", "--manifest", str(manifest), "--videos", str(vids),
             "--shard", "0", "--out", str(out), "--threads", "1", "--no-progress"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    marker = f"LMMVQA_TEST_{uuid.uuid4().hex}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", LMMVQA_TEST_MARK=marker)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args, "--decode-workers", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.parent.glob("*.tmp-*")) and proc.poll() is None:
         time.sleep(0.05)
+    helpers = [p for p in _processes_with(marker) if p != proc.pid]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     tmp = list(out.parent.glob("*.tmp-*"))
     assert tmp and not out.exists()
+    assert len(helpers) >= 3  # the fork server, 2 decode workers (and the resource tracker)
+    deadline = time.time() + 30  # the workers notice their parent is gone (0.5 s watchdog), then exit
+    while time.time() < deadline and _processes_with(marker):
+        time.sleep(0.2)
+    assert _processes_with(marker) == []  # no decoder left running after kill -9
     with pytest.raises(IncompleteStoreError):
         FeatureStore(tmp[0])
     with pytest.raises(IncompleteStoreError):
