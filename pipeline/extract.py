@@ -268,7 +268,7 @@ def _worker_shm(name: str):
 
 def _worker_decode(state: dict, path: str, shm_name: str | None, offset: int, capacity: int):
     """-> (payload, error, seconds, cpu seconds of the worker incl. decoder threads); payload
-    ("shm", kf_shape, ch_shape, meta) with the frames in the slot at `offset`, ("inline",
+    ("shm", kf_shape, ch_shape, meta, chunk_ids) with the frames in the slot at `offset`, ("inline",
     DecodedVideo), or None when the video failed (error = message)."""
     if _WORKER.get("state") != state:
         _WORKER.update(state=state, decoder=Extractor.decode_only(state))
@@ -284,7 +284,7 @@ def _worker_decode(state: dict, path: str, shm_name: str | None, offset: int, ca
     buf = _worker_shm(shm_name).buf
     np.frombuffer(buf, np.uint8, n_kf, offset).reshape(d.keyframes.shape)[...] = d.keyframes
     np.frombuffer(buf, np.uint8, n_ch, offset + n_kf).reshape(d.chunks.shape)[...] = d.chunks
-    return ("shm", d.keyframes.shape, d.chunks.shape, d.meta), None, dt, time.process_time() - c0
+    return ("shm", d.keyframes.shape, d.chunks.shape, d.meta, d.chunk_ids), None, dt, time.process_time() - c0
 
 
 def _decode_here(ex: Extractor, path: str):
@@ -486,12 +486,12 @@ class DecodePool:
                 self.cpu_s += cpu
             if payload is None or payload[0] == "inline":
                 return (payload[1] if payload else None), error, dt
-            _, kf_shape, ch_shape, meta = payload
+            _, kf_shape, ch_shape, meta, chunk_ids = payload
             off = slot * self.slot
             n_kf, n_ch = int(np.prod(kf_shape)), int(np.prod(ch_shape))
             kf = np.frombuffer(self.shm.buf, np.uint8, n_kf, off).reshape(kf_shape).copy()
             ch = np.frombuffer(self.shm.buf, np.uint8, n_ch, off + n_kf).reshape(ch_shape).copy()
-            return DecodedVideo(kf, ch, meta), None, dt
+            return DecodedVideo(kf, ch, meta, chunk_ids), None, dt
         finally:
             if slot is not None:
                 self.free.append(slot)

@@ -321,3 +321,21 @@ def test_real_clips_tiny(real_clips, tmp_path):
         assert np.isfinite(store.spatial(vid)).all() and np.isfinite(store.motion(vid)).all()
     portrait = store.video_meta("lsvq_1724")
     assert (portrait["width"], portrait["height"]) == (406, 720)
+
+
+def test_offline_store_identical_whatever_the_decode_workers(order_dir):
+    """The temporal-statistics motion role needs each chunk's source frame ids: they must come back
+    from worker processes through shared memory too (else resampling repeats look like stutter)."""
+    root, manifest, vids = order_dir
+    cfg = tiny_config()
+    cfg["models"]["preset"] = "offline"
+    cfg["sampling"]["keyframe_mode"] = "fragments"
+    stores = {}
+    for workers in (2, 0):
+        out = root / f"off{workers}" / "shard-00000.zarr"
+        extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
+                      decode_workers=workers)
+        stores[workers] = _store_bytes(out)
+    assert stores[2] == stores[0]
+    motion = FeatureStore(root / "off2" / "shard-00000.zarr").motion("s1")
+    assert motion[0, 0] == 0.0  # frozen fraction: 25 fps resampled to the chunk has no frozen pairs
