@@ -162,7 +162,7 @@ def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
     if missing or unexpected:
         raise ValueError(f"{path}: not {arch} weights (missing keys {list(missing)[:8]}, unexpected keys "
                          f"{list(unexpected)[:8]})")
-    model = CNNStats(backbone, conf.get("blocks", [1, 3, 6, 13, 17]), conf.get("grid", 7),
+    model = CNNStats(backbone, conf.get("blocks", [1, 3, 6, 13, 17]), conf.get("grid", 3),
                      conf.get("image_size", 224))
     info = {"source": str(path), "arch": arch, "config": conf, "tokens": model.tokens, "width": model.width,
             "image_size": model.image_size, "grid": model.grid, "blocks": model.blocks,

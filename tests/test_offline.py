@@ -57,7 +57,7 @@ def test_local_weights_load_through_the_same_loader(tmp_path):
     path = tmp_path / "mine.pth"
     torch.save(net.state_dict(), path)
     cfg = offline_cfg()
-    cfg["models"]["vision"] = {"source": str(path), "sha256": None, "config": {}, "dtype": None}
+    cfg["models"]["vision"] = {"source": str(path), "sha256": None, "config": {"grid": 7}, "dtype": None}
     model, info = encoders.load_vision(model_spec(cfg, "vision"))
     assert info["source"] == str(path) and info["tokens"] == 50 and info["width"] == 2 * (16 + 24 + 32 + 96 + 320)
     frames = np.random.default_rng(0).integers(0, 255, (2, 224, 224, 3), dtype=np.uint8)
