@@ -71,6 +71,7 @@ def test_feature_hash_changes_only_with_feature_settings():
 
 def test_model_spec_merges_overrides():
     cfg = load_config(REPO / "config.yaml")
+    cfg["models"]["preset"] = "tiny"
     cfg["models"]["vision"]["config"] = {"num_hidden_layers": 3}
     spec = model_spec(cfg, "vision")
     assert spec["source"] is None and spec["config"]["num_hidden_layers"] == 3

@@ -22,7 +22,7 @@ MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee988
 def offline_cfg(**sampling):
     cfg = load_config(REPO / "config.yaml")
     cfg["models"]["preset"] = "offline"
-    cfg["sampling"].update(sampling)
+    cfg["sampling"].update({"keyframe_mode": "stretch", **sampling})
     return cfg
 
 
@@ -132,6 +132,7 @@ def test_sample_video_modes(tmp_path):
 
 def test_keyframe_mode_and_preset_change_the_feature_settings_hash():
     tiny = load_config(REPO / "config.yaml")
+    tiny["models"]["preset"] = "tiny"
     hashes = {feature_settings_hash(tiny), feature_settings_hash(offline_cfg()),
               feature_settings_hash(offline_cfg(keyframe_mode="fragments")),
               feature_settings_hash(offline_cfg(keyframe_mode="crop"))}
