@@ -34,17 +34,23 @@ def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:
     return pd.DataFrame([(vid, mos, lv) for vid, (mos, lv) in videos.items()], columns=["id", "mos", "level_true"])
 
 
-def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu") -> dict:
+def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu",
+             fold: int | None = None) -> dict:
+    """Predictions + metrics of one test dataset; `fold`: the model of that fold of a `folds: all`
+    experiment, on that fold's test videos."""
     from tqdm import tqdm
 
+    from .experiments import with_holdout
     from .lmm import LMMVQA, collate_videos
 
+    if fold is not None:
+        cfg = with_holdout(cfg, experiment, fold)
     videos = test_videos(cfg, experiment, dataset)
     features, _ = dataset_features(cfg, dataset)
     has = videos["id"].isin(set(features.ids))
     no_features = videos.loc[~has, "id"].tolist()
     videos = videos[has].reset_index(drop=True)
-    model = LMMVQA.from_pretrained(paths.model_dir(experiment), device=device)
+    model = LMMVQA.from_pretrained(paths.model_dir(experiment, fold), device=device)
     ev = cfg["evaluation"]
     bank = load_templates(cfg["prompts"]["templates"])
     rows = []
@@ -58,6 +64,8 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
                          on="id", how="left")[PREDICTION_COLUMNS]
     metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)
     metrics["templates_per_video"] = ev["templates_per_video"]
+    if fold is not None:
+        metrics["fold"] = int(fold)
     metrics["no_features"] = {"count": len(no_features), "ids": no_features[:50]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,15 +80,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
     parser.add_argument("--out", required=True, help="predictions CSV; metrics.json is written beside it")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config `device`)")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="evaluate the model of this fold of a `folds: all` experiment on that fold's test videos")
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
     device = args.device or cfg["device"]
-    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device)
+    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device, fold=args.fold)
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        print(f"{args.experiment}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "
+        print(f"{args.experiment}{'' if args.fold is None else f'/fold{args.fold}'}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "
               f"PLCC={fmt(m['plcc'])} RMSE={fmt(m['rmse'])}")
     print(f"level accuracy: {metrics['level'].get('accuracy')}; invalid answers: {metrics['invalid']}")
     return 0

@@ -629,14 +629,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="tiny preset tokenizer folder (default results/tokenizer)")
     parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default cache/checkpoints/<experiment>)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="train the model of this fold of a `folds: all` experiment (holding it out); "
+                             "checkpoints default to cache/checkpoints/<experiment>/fold<F>")
 
 
 def main(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config)
+    checkpoint_dir = args.checkpoint_dir
+    if args.fold is not None:
+        from .experiments import with_holdout
+
+        cfg = with_holdout(cfg, args.experiment, args.fold)
+        checkpoint_dir = checkpoint_dir or paths.checkpoint_dir(args.experiment, args.fold)
     train(cfg, args.experiment, args.out, device=args.device or cfg["device"], max_steps=args.max_steps,
-          resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=args.checkpoint_dir,
+          resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=checkpoint_dir,
           progress=not args.no_progress)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist

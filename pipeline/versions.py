@@ -22,6 +22,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "train": ("lmm.py", "train.py", "feature_store.py"),
     "evaluate": ("lmm.py", "evaluate.py", "predict.py", "answers.py", "metrics.py", "feature_store.py"),
     "feature_stats": ("feature_stats.py", "feature_store.py"),
+    "aggregate": ("aggregate.py", "metrics.py", "experiments.py"),
     "report": ("report.py", "metrics.py"),
 }
 

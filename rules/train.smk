@@ -1,4 +1,5 @@
-# Training per experiment, from cached features and prompt shards only.
+# Training per experiment (per fold for `folds: all` experiments), from cached features and prompt
+# shards only.
 
 
 rule train:
@@ -10,6 +11,8 @@ rule train:
         "results/logs/train/{experiment}.log",
     benchmark:
         "results/benchmarks/train/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("train"),
         training=json.dumps(config["training"], sort_keys=True),
@@ -17,6 +20,7 @@ rule train:
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],
         config=RESOLVED_CONFIG,
+        fold=fold_option,
     threads: 2
     resources:
         mem_mb=8000,
@@ -24,5 +28,17 @@ rule train:
     conda:
         ENV
     shell:
-        "lmmvqa train --config {params.config} --experiment {wildcards.experiment} --out {output} "
+        "lmmvqa train --config {params.config} --experiment {wildcards.experiment} {params.fold} --out {output} "
         "--device {params.device} --resume > {log} 2>&1"
+
+
+# One model per fold of a `folds: all` experiment: the same job, holding out fold {fold}.
+use rule train as train_fold with:
+    output:
+        directory("results/models/{experiment}/fold{fold}"),
+    log:
+        "results/logs/train/{experiment}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}/fold{fold}.tsv"
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,
