@@ -446,7 +446,7 @@ parse (all folds). Also in <code>{{ summary.csv }}</code>.</p>
 <td data-key="invalid" data-value="{{ row.invalid.value }}" class="{{ 'bad' if row.invalid.value not in ('', '0') else 'ok' }}">{{ row.invalid.text }}</td>
 {% for method in row.methods %}{% for key, cell in method.cells %}
 <td data-key="{{ method.name }}.{{ key }}" data-value="{{ cell.value }}">{{ cell.text }}
-{%- if method.stds and method.stds[key] is not none %}<span class="ci" data-std-key="{{ method.name }}.{{ key }}" data-value="{{ method.stds[key] }}">&plusmn; {{ "%.3f" | format(method.stds[key]) }} over folds</span>{% endif %}
+{%- if method.stds and method.stds.get(key) is not none %}<span class="ci" data-std-key="{{ method.name }}.{{ key }}" data-value="{{ method.stds[key] }}">&plusmn; {{ "%.3f" | format(method.stds[key]) }} over folds</span>{% endif %}
 {%- if key in ("srcc", "plcc") and method.cis[key ~ "_ci"] %}<span class="ci" data-key="{{ method.name }}.{{ key }}_ci" data-value="{{ method.cis[key ~ '_ci'] | join(',') }}">[{{ "%.3f" | format(method.cis[key ~ "_ci"][0]) }}, {{ "%.3f" | format(method.cis[key ~ "_ci"][1]) }}]</span>{% endif %}</td>
 {% endfor %}{% endfor %}
 <td data-key="level.accuracy" data-value="{{ row.level_accuracy.value }}">{{ row.level_accuracy.text }}</td>

@@ -202,6 +202,11 @@ def all_targets():
     for dataset in config["datasets"]:
         targets.append(str(paths.manifest(dataset)))
     if config["experiments"]:
+        # The metrics and tables of every experiment too, not only the report page: a run that already
+        # has a report would otherwise skip an experiment added to the config later, as the report's
+        # own output is present and its new outputs are not requested by anything.
+        targets += [str(paths.metrics(e, d)) for e, d in experiment_tests()]
+        targets += [str(paths.experiment_table(e)) for e in config["experiments"]]
         targets.append(str(paths.report()))
     return targets
 
