@@ -8,8 +8,9 @@ reads the per-fold results `results/eval/E/fold<f>/D/{metrics.json,predictions.c
 * `metrics.json`: the aggregate of pipeline.metrics.aggregate_folds -- each fold (`fold_metrics`),
   mean / std / median / min / max over folds (`aggregate`), and the usual fields (`methods`: the mean
   over folds) so the report and the experiment table read it like any metrics.json;
-* `predictions.csv`: every fold's predictions pooled, with a `fold` column (each test video once: the
-  folds' test sets are disjoint), for the report's scatter plot.
+* `predictions.csv`: every fold's predictions pooled, with a `fold` column, for the report's scatter
+  plot (a k-fold test selector gives each video once, as the folds' test sets are disjoint; a
+  fold-independent one such as `other:all` gives each video once per fold's model).
 
 A missing per-fold file is an error naming it.
 """
