@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("pipeline.tokenizer", "train the tiny preset's tokenizer on prompt shards"),
     "train": ("pipeline.train", "train the projector (+ LoRA / LLM) from cached features and prompts"),
     "evaluate": ("pipeline.evaluate", "predict scores for a test set from cached features, with metrics"),
+    "aggregate": ("pipeline.aggregate", "aggregate the folds of a `folds: all` experiment (each fold, mean, std, median)"),
     "report": ("pipeline.report", "write the HTML report of experiments"),
     "score": ("pipeline.score", "score video files with a trained model (decode -> features -> model)"),
     "launch": ("pipeline.devices", "run a command on N GPUs of this machine (train: DDP through torchrun)"),

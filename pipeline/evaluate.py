@@ -35,17 +35,22 @@ def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:
 
 
 def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu",
-             dtype: str | None = None) -> dict:
+             dtype: str | None = None, fold: int | None = None) -> dict:
+    """Predictions + metrics of one test dataset; `fold`: the model of that fold of a `folds: all`
+    experiment, on that fold's test videos."""
     from tqdm import tqdm
 
+    from .experiments import with_holdout
     from .lmm import LMMVQA, collate_videos
 
+    if fold is not None:
+        cfg = with_holdout(cfg, experiment, fold)
     videos = test_videos(cfg, experiment, dataset)
     features, _ = dataset_features(cfg, dataset)
     has = videos["id"].isin(set(features.ids))
     no_features = videos.loc[~has, "id"].tolist()
     videos = videos[has].reset_index(drop=True)
-    model = LMMVQA.from_pretrained(paths.model_dir(experiment), device=device, dtype=dtype)
+    model = LMMVQA.from_pretrained(paths.model_dir(experiment, fold), device=device, dtype=dtype)
     ev = cfg["evaluation"]
     bank = load_templates(cfg["prompts"]["templates"])
     rows = []
@@ -61,6 +66,8 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
     metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)
     metrics["templates_per_video"] = ev["templates_per_video"]
     metrics["decoding"] = ev["decoding"]
+    if fold is not None:
+        metrics["fold"] = int(fold)
     metrics["no_features"] = {"count": len(no_features), "ids": no_features[:50]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,15 +84,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config `device`)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="load the LLM in this dtype (default: the dtype the model folder records from training)")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="evaluate the model of this fold of a `folds: all` experiment on that fold's test videos")
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
     device = args.device or cfg["device"]
-    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device, dtype=args.dtype)
+    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device, dtype=args.dtype, fold=args.fold)
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        print(f"{args.experiment}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "
+        print(f"{args.experiment}{'' if args.fold is None else f'/fold{args.fold}'}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "
               f"PLCC={fmt(m['plcc'])} RMSE={fmt(m['rmse'])}")
     print(f"level accuracy: {metrics['level'].get('accuracy')}; invalid answers: {metrics['invalid']}")
     return 0

@@ -1,9 +1,17 @@
 """Which videos an experiment trains and tests on: 'DATASET:SUBSET' selectors over manifests.
 
 SUBSET is `all`; for k-fold datasets `train` (every fold but the experiment's holdout fold) or
-`test` (the holdout fold); for official splits (LSVQ) a split name such as `train`, `test`, `test_1080p`.
+`test` (the holdout fold); for official splits a split name: LSVQ `train`, `test`, `test_1080p` (from
+the label file names), or the values of a generic label file's `split` column.
+
+An experiment either holds out one fold (`folds: holdout`, the default: `holdout_fold`) or runs every
+fold (`folds: all`): one model per fold f, trained and evaluated as if `holdout_fold` were f
+(`with_holdout`), with per-fold results aggregated by pipeline/aggregate.py. `experiment_folds`
+says which folds an experiment runs.
 """
 from __future__ import annotations
+
+import copy
 
 import pandas as pd
 
@@ -30,12 +38,69 @@ def prompt_parts(cfg: dict, selector: str, holdout_fold: int) -> list[str]:
         if subset not in folds:
             raise UserError(f"experiment selector '{selector}': subset must be all, train or test for a k-fold dataset")
         return [f"fold{f}" for f in folds[subset]]
-    names = official_split_names(ds)
+    names = split_names(cfg, dataset)
     if subset == "all":
         return names
     if subset not in names:
         raise UserError(f"experiment selector '{selector}': split '{subset}' not among {names}")
     return [subset]
+
+
+def split_names(cfg: dict, dataset: str) -> list[str]:
+    """Official split names of a dataset: from its label file names (LSVQ conventions), or, for the
+    generic format, the values of the `split` column recorded in its manifest (once built)."""
+    from . import paths
+    from .manifest import read_manifest
+
+    ds = cfg["datasets"][dataset]
+    names = official_split_names(ds)
+    if ds["format"] == "generic" and paths.manifest(dataset).is_file():
+        present = set(read_manifest(paths.manifest(dataset))["split"]) - {"kfold"}
+        if present:
+            names = sorted(present)
+    return names
+
+
+def fold_dependent(cfg: dict, selector: str) -> bool:
+    """Whether a selector's videos depend on the held-out fold (`train` / `test` of a k-fold dataset)."""
+    dataset, subset = parse_selector(selector)
+    ds = cfg["datasets"].get(dataset)
+    return ds is not None and ds["split"]["scheme"] == "kfold" and subset in ("train", "test")
+
+
+def experiment_folds(cfg: dict, experiment: str) -> list[int] | None:
+    """Folds an experiment runs: None for a single held-out fold (`folds: holdout`), else 0..k-1
+    (`folds: all`). UserError when `folds: all` has no k-fold selector or the k-fold datasets' k differ."""
+    exp = cfg["experiments"][experiment]
+    if exp.get("folds", "holdout") != "all":
+        return None
+    ks = {}
+    for selector in [*exp["train"], *exp["test"]]:
+        if fold_dependent(cfg, selector):
+            dataset = parse_selector(selector)[0]
+            ks[dataset] = int(cfg["datasets"][dataset]["split"]["k"])
+    if not ks:
+        raise UserError(f"experiment '{experiment}': folds: all needs a k-fold dataset selected as "
+                        "DATASET:train or DATASET:test (official splits have no folds)")
+    if len(set(ks.values())) > 1:
+        raise UserError(f"experiment '{experiment}': folds: all needs one k for all its k-fold datasets "
+                        f"(got {', '.join(f'{d}: k={k}' for d, k in sorted(ks.items()))})")
+    return list(range(next(iter(ks.values()))))
+
+
+def with_holdout(cfg: dict, experiment: str, fold: int) -> dict:
+    """A copy of the config whose experiment holds out `fold` (one fold of a `folds: all` experiment)."""
+    if experiment not in cfg["experiments"]:
+        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
+    folds = experiment_folds(cfg, experiment)
+    if folds is None:
+        raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); "
+                        "--fold needs folds: all")
+    if int(fold) not in folds:
+        raise UserError(f"experiment '{experiment}': fold {fold} not among its folds 0..{len(folds) - 1}")
+    out = copy.deepcopy(cfg)
+    out["experiments"][experiment]["holdout_fold"] = int(fold)
+    return out
 
 
 def official_split_names(ds: dict) -> list[str]:

@@ -10,13 +10,16 @@
     row       1-based data row number in its label file (the header is row 0)
     mos_raw   MOS as written in the label file (float; NaN for the unlabeled `folder` format)
     mos       MOS on 0-100 (1-5 scales x 20)
-    split     LSVQ: `train` / `test` / `test_1080p` (from `is_test` and the file name); others `kfold`
+    split     LSVQ: `train` / `test` / `test_1080p` (from `is_test` and the file name); generic with a
+              `split` column: its value (a fixed train/test assignment); others `kfold`
+    group     generic with a `group` column: its value (content group, e.g. the source clip a variant
+              was made from; k-fold keeps a group in one fold), else '' (no group)
     label_file  the label file the row came from (several files are concatenated in order)
 
 Formats (`FORMATS`): konvid (`flickr_id`, `mos` 1-5), lsvq (`name`, `mos` 0-100, many other
 columns, `is_test` where present), youtube_ugc (`name`, `mos` 1-5), live_vqc (`name`, `mos` 0-100),
 live_gaming (`name` without extension, `mos` 0-100), generic (`name`, `mos`, extra columns allowed;
-0-100 unless `mos_scale="1-5"`) and folder (the "label file" is a folder of videos: every video file
+0-100 unless `mos_scale="1-5"`; optional `group` and `split` columns, see above) and folder (the "label file" is a folder of videos: every video file
 in it, recursively, with an empty MOS; for scoring only).
 
 Every problem a user can fix raises `UserError` with one line naming the file, the row and what is
@@ -37,7 +40,10 @@ from .errors import UserError
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
                     ".m2ts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m")
 SCALES = {"0-100": (0.0, 100.0, 1.0), "1-5": (1.0, 5.0, 20.0)}  # name -> (low, high, factor to 0-100)
-COLUMNS = ["id", "path", "row", "mos_raw", "mos", "split", "label_file"]
+COLUMNS = ["id", "path", "row", "mos_raw", "mos", "split", "group", "label_file"]
+# split names a `split` column may not use: `all` is the selector of every split, `kfold` marks k-fold rows
+RESERVED_SPLITS = ("all", "kfold")
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -187,9 +193,31 @@ def read_label_file(fmt: str, path, mos_scale: str | None = None) -> pd.DataFram
     scale = mos_scale or spec.scale
     mos_raw, mos = _mos(raw, path, spec.mos_column, scale)
     split = _lsvq_split(df, path) if fmt == "lsvq" else ["kfold"] * len(df)
+    group = [""] * len(df)
+    if fmt == "generic":
+        lower = {c.lower(): c for c in df.columns}
+        if "split" in lower:
+            split = _split_column(df[lower["split"]], path)
+        if "group" in lower:
+            group = df[lower["group"]].astype(str).str.strip().tolist()
     return pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
                          "row": np.arange(1, len(df) + 1), "mos_raw": mos_raw, "mos": mos,
-                         "split": split, "label_file": str(path)})
+                         "split": split, "group": pd.array(group, dtype=object), "label_file": str(path)})
+
+
+def _split_column(raw: pd.Series, path: Path) -> list[str]:
+    """Values of a generic label file's `split` column: split names usable in experiment selectors."""
+    out = []
+    for i, v in enumerate(raw.astype(str).str.strip()):
+        if v == "":
+            raise UserError(f"{path}: row {i + 1}: column 'split' is empty (a split name such as train or test)")
+        if not SPLIT_NAME.match(v):
+            raise UserError(f"{path}: row {i + 1}: column 'split' is '{v}'; split names use letters, digits and _ only")
+        if v.lower() in RESERVED_SPLITS:
+            raise UserError(f"{path}: row {i + 1}: column 'split' is '{v}', a reserved name "
+                            f"({', '.join(RESERVED_SPLITS)}); use e.g. train / test")
+        out.append(v)
+    return out
 
 
 def read_folder(folder) -> pd.DataFrame:
@@ -203,7 +231,7 @@ def read_folder(folder) -> pd.DataFrame:
     ids = [id_and_path(r, str(folder))[0] for r in rels]
     return pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
                          "row": np.arange(1, len(rels) + 1), "mos_raw": np.nan, "mos": np.nan,
-                         "split": "all", "label_file": str(folder)})
+                         "split": "all", "group": "", "label_file": str(folder)})
 
 
 def scan_videos(folder) -> list[str]:

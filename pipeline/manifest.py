@@ -11,6 +11,13 @@ missing counts. Any `UserError` leaves no output (old outputs are removed first)
   (`mos <= p33` poor, `<= p66` fair), so whether a file is present never changes another's level.
 - `fold`: k-fold datasets get `int(sha1(f"{seed}:{id}")[:12], 16) % k` -- a function of the id only,
   so adding or removing videos never moves a video to another fold; -1 for official splits.
+  With a `group` column (generic format; `group` of the manifest) the folds are content-separated
+  instead (`group_folds`): every video of a group lands in the same fold, groups are dealt largest
+  first (ties in a seeded hash order of the group name) to the fold holding the fewest videos so far,
+  so fold sizes are as balanced as the groups allow and the assignment is a function of (groups, seed).
+  A video with an empty group cell is a group of its own. Fewer groups than folds is an error.
+- `split`: official splits take a generic label file's `split` column when it has one (a fixed
+  train/test assignment), else the label file's name (LSVQ conventions); k-fold rows are `kfold`.
 - `shard`: position among all labelled rows (label files concatenated in order) // shard_size, so
   appending rows never moves a video and a missing file keeps its slot (shards may hold fewer rows).
 - `size_bytes`, `fingerprint`: file size and sha1 of its first and last 64 KiB (empty without --videos).
@@ -34,7 +41,7 @@ from . import labels as L
 from .errors import UserError
 
 MANIFEST_COLUMNS = ["id", "path", "row", "mos_raw", "mos", "level", "split", "fold", "shard", "size_bytes",
-                    "fingerprint"]
+                    "fingerprint", "group"]
 MISSING_COLUMNS = ["id", "path", "row", "reason"]
 SPLIT_SCHEMES = ("kfold", "official")
 FINGERPRINT_BYTES = 64 * 1024
@@ -55,6 +62,31 @@ def fold_of(video_id: str, k: int, seed: int = 0) -> int:
     """Seeded hash of the id -> fold in 0..k-1 (independent of row order and of the other ids)."""
     digest = hashlib.sha1(f"{int(seed)}:{video_id}".encode()).hexdigest()
     return int(digest[:12], 16) % int(k)
+
+
+def group_folds(ids, groups, k: int, seed: int = 0, where: str = "labels") -> list[int]:
+    """Content-separated k-fold assignment: one fold per group, fold sizes balanced as far as the groups
+    allow (largest group first to the currently smallest fold; equal sizes in seeded hash order of the
+    group name, equal loads to the lower fold). An empty group = the video alone."""
+    k = int(k)
+    keys = [str(g) if str(g) != "" else f"\x00{vid}" for vid, g in zip(ids, groups)]
+    sizes: dict[str, int] = {}
+    for key in keys:
+        sizes[key] = sizes.get(key, 0) + 1
+    if len(sizes) < k:
+        raise UserError(f"{where}: {len(sizes)} group(s) in column 'group' cannot fill k={k} folds "
+                        f"(every group stays in one fold); lower split.k or add groups")
+
+    def tie(g: str) -> str:
+        return hashlib.sha1(f"{int(seed)}:{g}".encode()).hexdigest()
+
+    load = [0] * k
+    fold: dict[str, int] = {}
+    for g in sorted(sizes, key=lambda g: (-sizes[g], tie(g))):
+        f = min(range(k), key=lambda j: (load[j], j))
+        fold[g] = f
+        load[f] += sizes[g]
+    return [fold[key] for key in keys]
 
 
 def levels(mos) -> np.ndarray:
@@ -161,10 +193,15 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
         df["split"], df["fold"] = "all", -1
     elif split_scheme == "kfold":
         df["split"] = "kfold"
-        df["fold"] = [fold_of(i, k, seed) for i in df["id"]]
+        if (df["group"] != "").any():
+            where = ", ".join(dict.fromkeys(df["label_file"]))
+            df["fold"] = group_folds(df["id"], df["group"], k, seed, where)
+        else:
+            df["fold"] = [fold_of(i, k, seed) for i in df["id"]]
     else:
-        if fmt != "lsvq":
-            df["split"] = [L.split_from_filename(f) for f in df["label_file"]]
+        if fmt != "lsvq":  # a generic `split` column, else the label file's name
+            df["split"] = [s if s != "kfold" else L.split_from_filename(f)
+                           for s, f in zip(df["split"], df["label_file"])]
         df["fold"] = -1
     df["shard"] = np.arange(len(df)) // int(shard_size)
     df["size_bytes"] = pd.array([pd.NA] * len(df), dtype="Int64")
@@ -221,7 +258,7 @@ def read_manifest(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
-    str_cols = ["id", "path", "split", "level", "fingerprint"]
+    str_cols = ["id", "path", "split", "level", "fingerprint", "group"]
     try:
         df = pd.read_csv(path, dtype={c: str for c in str_cols}, keep_default_na=False,
                          na_values={"mos_raw": [""], "mos": [""], "size_bytes": [""]})

@@ -248,34 +248,143 @@ def compute_metrics(predictions: pd.DataFrame, bootstrap: int = 1000, seed: int 
     }
 
 
+# ------------------------------------------------------------------ every fold of an experiment
+
+FOLD_STATS = ("mean", "std", "median")
+FOLD_KEYS = ("srcc", "krcc", "plcc", "plcc_raw", "rmse")
+
+
+def fold_summary(values: Iterable) -> dict:
+    """mean, std (sample, ddof=1), median, min, max over the folds where a value is defined, their count
+    (`folds`) and the per-fold values in fold order (None where undefined)."""
+    vals = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
+    ok = np.array([v for v in vals if v is not None], dtype=float)
+    out = {"mean": None, "std": None, "median": None, "min": None, "max": None, "folds": int(len(ok)), "values": vals}
+    if len(ok):
+        out.update(mean=float(ok.mean()), median=float(np.median(ok)), min=float(ok.min()), max=float(ok.max()))
+        out["std"] = float(ok.std(ddof=1)) if len(ok) > 1 else None
+    return out
+
+
+def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dataset: str | None = None) -> dict:
+    """metrics.json of a `folds: all` experiment on one dataset, from its per-fold metrics.json (each
+    with `fold`): `fold_metrics` (every fold, compact), `aggregate` (per method and metric: mean, std,
+    median, min, max over folds; also level accuracy and invalid count), and the usual top-level
+    fields so every reader of a metrics.json keeps working: `methods.<m>.<metric>` = the mean over
+    folds (as papers report k-fold results; no bootstrap CI), `n` / `invalid` / `level.confusion`
+    = sums over folds, `level.accuracy` = the mean."""
+    folds = sorted(fold_metrics, key=lambda m: int(m.get("fold", 0)))
+    if not folds:
+        raise ValueError("no per-fold metrics to aggregate")
+    k = len(folds)
+    compact = []
+    for m in folds:
+        level = m.get("level") or {}
+        compact.append({
+            "fold": int(m.get("fold", len(compact))), "n": m.get("n"), "invalid": m.get("invalid"),
+            "methods": {meth: {key: ((m.get("methods") or {}).get(meth) or {}).get(key)
+                               for key in ("n", *FOLD_KEYS, "note")} for meth in METHODS},
+            "level": {"accuracy": level.get("accuracy"), "invalid": level.get("invalid")},
+        })
+    aggregate = {meth: {key: fold_summary([c["methods"][meth][key] for c in compact]) for key in FOLD_KEYS}
+                 for meth in METHODS}
+    aggregate["level_accuracy"] = fold_summary([c["level"]["accuracy"] for c in compact])
+    aggregate["invalid"] = fold_summary([c["invalid"] for c in compact])
+    aggregate["n"] = fold_summary([c["n"] for c in compact])
+    methods = {}
+    for meth in METHODS:
+        mm = {key: aggregate[meth][key]["mean"] for key in FOLD_KEYS}
+        srcc = aggregate[meth]["srcc"]
+        undefined = k - srcc["folds"]
+        note = f"mean over {srcc['folds']} of {k} folds"
+        if srcc["std"] is not None:
+            note += f" (SRCC std {srcc['std']:.3f}, median {srcc['median']:.3f})"
+        if undefined:
+            note += f"; SRCC not defined in {undefined} fold(s)"
+        methods[meth] = {"n": int(sum(c["methods"][meth]["n"] or 0 for c in compact)), **mm,
+                         "srcc_ci": None, "plcc_ci": None, "note": note}
+    confusion = np.zeros((len(LEVELS), len(LEVELS)), dtype=int)
+    level_n = level_invalid = 0
+    for m in folds:
+        level = m.get("level") or {}
+        if level.get("confusion"):
+            confusion += np.asarray(level["confusion"], dtype=int)
+        level_n += int(level.get("n") or 0)
+        level_invalid += int(level.get("invalid") or 0)
+    no_features = [i for m in folds for i in ((m.get("no_features") or {}).get("ids") or [])]
+    return {
+        "experiment": experiment if experiment is not None else folds[0].get("experiment"),
+        "dataset": dataset if dataset is not None else folds[0].get("dataset"),
+        "folds": k,
+        "n": int(sum(c["n"] or 0 for c in compact)),
+        "invalid": int(sum(c["invalid"] or 0 for c in compact)),
+        "methods": methods,
+        "level": {"accuracy": aggregate["level_accuracy"]["mean"], "labels": list(LEVELS),
+                  "confusion": confusion.tolist(), "n": level_n, "invalid": level_invalid,
+                  "note": f"accuracy: mean over {k} folds; confusion: summed over folds"},
+        "aggregate": aggregate,
+        "fold_metrics": compact,
+        "templates_per_video": folds[0].get("templates_per_video"),
+        "no_features": {"count": int(sum((m.get("no_features") or {}).get("count", 0) for m in folds)),
+                        "ids": no_features[:50]},
+    }
+
+
 # ------------------------------------------------------------------ experiment table
 
 TABLE_METRICS = ("n", "srcc", "krcc", "plcc", "plcc_raw", "rmse")
 
 
+def _table_row(m: dict, experiment, dataset) -> dict:
+    row = {"experiment": experiment, "dataset": dataset, "videos": m.get("n"),
+           "invalid": m.get("invalid"), "level_accuracy": (m.get("level") or {}).get("accuracy")}
+    for method in METHODS:
+        mm = (m.get("methods") or {}).get(method) or {}
+        for key in TABLE_METRICS:
+            row[f"{method}_{key}"] = mm.get(key)
+        for key in ("srcc_ci", "plcc_ci"):
+            ci = mm.get(key) or [None, None]
+            row[f"{method}_{key}_lo"], row[f"{method}_{key}_hi"] = ci
+    return row
+
+
 def experiment_table(metrics_list: list[dict]) -> pd.DataFrame:
     """One row per (experiment, test dataset); per method n, SRCC, KRCC, PLCC, PLCC raw, RMSE and the
     CI bounds, plus the video count, the invalid-answer count and the level accuracy. Numbers only
-    (undefined = NaN in the frame, empty in the CSV)."""
+    (undefined = NaN in the frame, empty in the CSV).
+
+    Aggregated `folds: all` metrics (with `fold_metrics`) give one row per fold and then `mean`,
+    `std` and `median` rows over the folds, told apart by a `fold` column (which only tables of such
+    experiments have)."""
     rows = []
+    folded = any(m.get("fold_metrics") for m in metrics_list)
     for m in metrics_list:
-        row = {"experiment": m.get("experiment"), "dataset": m.get("dataset"), "videos": m.get("n"),
-               "invalid": m.get("invalid"), "level_accuracy": (m.get("level") or {}).get("accuracy")}
-        for method in METHODS:
-            mm = (m.get("methods") or {}).get(method) or {}
-            for key in TABLE_METRICS:
-                row[f"{method}_{key}"] = mm.get(key)
-            for key in ("srcc_ci", "plcc_ci"):
-                ci = mm.get(key) or [None, None]
-                row[f"{method}_{key}_lo"], row[f"{method}_{key}_hi"] = ci
-        rows.append(row)
+        experiment, dataset = m.get("experiment"), m.get("dataset")
+        if not m.get("fold_metrics"):
+            row = _table_row(m, experiment, dataset)
+            rows.append({"fold": "holdout", **row} if folded else row)
+            continue
+        fold_rows = [_table_row(f, experiment, dataset) for f in m["fold_metrics"]]
+        for f, row in zip(m["fold_metrics"], fold_rows):
+            rows.append({"fold": str(f["fold"]), **row})
+        for stat in FOLD_STATS:
+            row = {"fold": stat, "experiment": experiment, "dataset": dataset}
+            for col in fold_rows[0]:
+                if col in row:
+                    continue
+                if col.endswith(("_ci_lo", "_ci_hi")):
+                    row[col] = None
+                    continue
+                vals = [r[col] for r in fold_rows]
+                row[col] = fold_summary([None if v is None else float(v) for v in vals])[stat]
+            rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    num = [c for c in df.columns if c not in ("experiment", "dataset")]
+    num = [c for c in df.columns if c not in ("experiment", "dataset", "fold")]
     df[num] = df[num].apply(pd.to_numeric, errors="coerce")
     for c in ("videos", "invalid") + tuple(f"{m}_n" for m in METHODS):
-        if c in df:
+        if c in df and (df[c].dropna() % 1 == 0).all():
             df[c] = df[c].astype("Int64")
     return df
 
@@ -296,10 +405,13 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
         return out
     out["experiment"] = df["experiment"]
     out["dataset"] = df["dataset"]
-    out["videos"] = df["videos"].map(_fmt)
-    out["invalid"] = df["invalid"].map(_fmt)
+    if "fold" in df:
+        out["fold"] = df["fold"]
+    count = lambda v: _fmt(v, 1)  # noqa: E731  (mean / std rows of counts are not integers)
+    out["videos"] = df["videos"].map(count)
+    out["invalid"] = df["invalid"].map(count)
     for method in METHODS:
-        out[f"{method} n"] = df[f"{method}_n"].map(_fmt)
+        out[f"{method} n"] = df[f"{method}_n"].map(count)
         for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse"):
             digits = 2 if key == "rmse" else 3
             cells = df[f"{method}_{key}"].map(lambda v: _fmt(v, digits))

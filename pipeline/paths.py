@@ -53,24 +53,40 @@ def tokenizer_dir() -> Path:
     return RESULTS / "tokenizer"
 
 
-def model_dir(experiment: str) -> Path:
-    return RESULTS / "models" / experiment
+def _fold(fold: int | None) -> str:
+    return f"fold{int(fold)}"
 
 
-def checkpoint_dir(experiment: str) -> Path:
-    return CACHE / "checkpoints" / experiment
+def model_dir(experiment: str, fold: int | None = None) -> Path:
+    """Model folder; one per fold of a `folds: all` experiment (`results/models/<experiment>/fold<f>`)."""
+    base = RESULTS / "models" / experiment
+    return base if fold is None else base / _fold(fold)
 
 
-def predictions(experiment: str, dataset: str) -> Path:
-    return RESULTS / "eval" / experiment / dataset / "predictions.csv"
+def checkpoint_dir(experiment: str, fold: int | None = None) -> Path:
+    base = CACHE / "checkpoints" / experiment
+    return base if fold is None else base / _fold(fold)
 
 
-def metrics(experiment: str, dataset: str) -> Path:
-    return RESULTS / "eval" / experiment / dataset / "metrics.json"
+def predictions(experiment: str, dataset: str, fold: int | None = None) -> Path:
+    """Predictions of a test dataset; per fold under `results/eval/<experiment>/fold<f>/<dataset>/`. For a
+    `folds: all` experiment the fold-less path holds every fold's predictions pooled (a `fold` column)."""
+    base = RESULTS / "eval" / experiment
+    return (base if fold is None else base / _fold(fold)) / dataset / "predictions.csv"
+
+
+def metrics(experiment: str, dataset: str, fold: int | None = None) -> Path:
+    """metrics.json; for a `folds: all` experiment the fold-less path is the aggregate over folds."""
+    return predictions(experiment, dataset, fold).with_name("metrics.json")
 
 
 def experiment_table(experiment: str) -> Path:
     return RESULTS / "eval" / experiment / "table.csv"
+
+
+def summary_table() -> Path:
+    """Cross-experiment summary (experiments x test datasets), written by the report."""
+    return RESULTS / "eval" / "summary.csv"
 
 
 def report() -> Path:

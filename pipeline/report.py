@@ -10,6 +10,13 @@ Plots are PNGs embedded as base64 (no external assets, no scripts), and also wri
 `<experiment>--loss.png`) for Snakemake's `report()`. The experiment table of each experiment is
 also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pipeline.paths).
 
+The page opens with a cross-experiment summary (experiments x test datasets: SRCC / PLCC of both
+scoring methods, mean ± std over folds for `folds: all` experiments, and the invalid count), also
+written as CSV + Markdown to `results/eval/summary.{csv,md}`. A `folds: all` experiment's section
+shows, per test dataset, a fold table: every fold, then mean, std and median over the folds (from
+its aggregate metrics.json); its main table holds the means with ± std beside them, and its loss
+plot overlays the folds' training curves.
+
 Inputs are found through pipeline.paths relative to the working directory; a missing metrics file
 or training log is shown as missing on the page rather than failing the report.
 """
@@ -32,8 +39,8 @@ from jinja2 import Environment
 from . import paths
 from .answers import LEVELS
 from .config import load_config
-from .experiments import parse_selector
-from .metrics import METHODS, experiment_table, fit_logistic, logistic, write_table
+from .experiments import experiment_folds, parse_selector
+from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, logistic, write_table
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -194,6 +201,27 @@ def loss_plot(log: pd.DataFrame, title: str):
     return fig
 
 
+def fold_loss_plot(logs: dict, title: str):
+    """Training loss of every fold of an experiment, one curve (moving mean) per fold."""
+    fig = _figure(7, 3.6)
+    ax = fig.subplots()
+    positive = True
+    for fold, log in logs.items():
+        step = pd.to_numeric(log["step"], errors="coerce")
+        loss = pd.to_numeric(log["loss"], errors="coerce")
+        positive &= bool((loss > 0).all())
+        smooth = loss.rolling(max(len(loss) // 20, 2), min_periods=1).mean() if len(loss) >= 10 else loss
+        ax.plot(step, smooth, lw=1.5, label=f"fold {fold}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    if positive:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 # ------------------------------------------------------------------ page
 
 def _cell(value, digits=3) -> dict:
@@ -221,10 +249,125 @@ def metrics_rows(metrics_list: list[dict]) -> list[dict]:
             for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse"):
                 cells.append((key, _cell(mm.get(key), 2 if key == "rmse" else 3)))
             cis = {k: mm.get(k) for k in ("srcc_ci", "plcc_ci")}
-            methods.append({"name": method, "cells": cells, "cis": cis, "note": mm.get("note")})
+            agg = (m.get("aggregate") or {}).get(method)
+            stds = {k: (agg.get(k) or {}).get("std") for k in ("srcc", "krcc", "plcc", "plcc_raw", "rmse")} if agg else None
+            methods.append({"name": method, "cells": cells, "cis": cis, "note": mm.get("note"), "stds": stds})
         rows.append({"dataset": m.get("dataset"), "n": _cell(m.get("n")), "invalid": _cell(m.get("invalid")),
                      "level_accuracy": _cell(level.get("accuracy")), "level_invalid": _cell(level.get("invalid")),
                      "methods": methods})
+    return rows
+
+
+def _stat(metrics: dict | None, method: str | None, key: str) -> tuple:
+    """(value, std over folds or None) of a metric of a metrics.json: the mean and std of an aggregate
+    over folds, else the single value. method None: top-level `invalid` / level accuracy."""
+    if not metrics:
+        return None, None
+    agg = metrics.get("aggregate")
+    if method is None:
+        if key == "invalid":
+            return metrics.get("invalid"), None
+        value = (metrics.get("level") or {}).get("accuracy")
+        return value, ((agg or {}).get("level_accuracy") or {}).get("std") if agg else None
+    mm = (metrics.get("methods") or {}).get(method) or {}
+    if agg:
+        a = (agg.get(method) or {}).get(key) or {}
+        return a.get("mean", mm.get(key)), a.get("std")
+    return mm.get(key), None
+
+
+def summary_table(entries: list[tuple[str, str, dict | None]]) -> pd.DataFrame:
+    """Long form of the cross-experiment summary: one row per (experiment, test dataset) with the folds
+    count (empty for a single held-out fold), SRCC / PLCC of both methods (mean and std over folds
+    for `folds: all` experiments), the invalid count and the level accuracy."""
+    rows = []
+    for experiment, dataset, m in entries:
+        row = {"experiment": experiment, "dataset": dataset, "folds": (m or {}).get("folds")}
+        for method in ("prob", "text"):
+            for key in ("srcc", "plcc"):
+                row[f"{method}_{key}"], row[f"{method}_{key}_std"] = _stat(m, method, key)
+        row["invalid"] = _stat(m, None, "invalid")[0]
+        row["level_accuracy"], row["level_accuracy_std"] = _stat(m, None, "level")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["folds"] = pd.to_numeric(df["folds"], errors="coerce").astype("Int64")
+        df["invalid"] = pd.to_numeric(df["invalid"], errors="coerce").astype("Int64")
+    return df
+
+
+def write_summary(df: pd.DataFrame, csv_path: Path) -> None:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv_path, index=False, float_format="%.6g")
+
+    def pm(v, sd):
+        if v is None or pd.isna(v):
+            return "n/a"
+        return f"{v:.3f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.3f}")
+
+    lines = ["| experiment | dataset | folds | prob SRCC | prob PLCC | text SRCC | text PLCC | invalid | level acc |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in df.to_dict("records"):
+        folds = "holdout" if pd.isna(r["folds"]) else str(r["folds"])
+        cells = [pm(r[f"{m}_{k}"], r[f"{m}_{k}_std"]) for m in ("prob", "text") for k in ("srcc", "plcc")]
+        invalid = "n/a" if pd.isna(r["invalid"]) else str(r["invalid"])
+        lines.append(f"| {r['experiment']} | {r['dataset']} | {folds} | {' | '.join(cells)} | {invalid} | "
+                     f"{pm(r['level_accuracy'], r['level_accuracy_std'])} |")
+    csv_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def summary_view(df: pd.DataFrame) -> dict:
+    """The summary as a matrix for the page: rows = experiments, columns = test datasets."""
+    datasets = list(dict.fromkeys(df["dataset"])) if not df.empty else []
+    rows = []
+    for experiment in (dict.fromkeys(df["experiment"]) if not df.empty else []):
+        sub = df[df["experiment"] == experiment].set_index("dataset")
+        cells = []
+        for d in datasets:
+            if d not in sub.index:
+                cells.append(None)
+                continue
+            r = sub.loc[d]
+            cell = {"dataset": d, "invalid": _cell(None if pd.isna(r["invalid"]) else int(r["invalid"]))}
+            for m in ("prob", "text"):
+                for k in ("srcc", "plcc"):
+                    v, sd = r[f"{m}_{k}"], r[f"{m}_{k}_std"]
+                    cell[f"{m}_{k}"] = _cell(None if v is None or pd.isna(v) else float(v))
+                    cell[f"{m}_{k}_std"] = _cell(None if sd is None or pd.isna(sd) else float(sd))
+            cells.append(cell)
+        folds = sub["folds"].dropna()
+        rows.append({"experiment": experiment, "folds": int(folds.iloc[0]) if len(folds) else None, "cells": cells})
+    return {"datasets": datasets, "rows": rows}
+
+
+FOLD_COLUMNS = (("videos", None, "n"), ("invalid", None, "invalid"), ("prob SRCC", "prob", "srcc"),
+                ("prob PLCC", "prob", "plcc"), ("prob KRCC", "prob", "krcc"), ("prob RMSE", "prob", "rmse"),
+                ("text SRCC", "text", "srcc"), ("text PLCC", "text", "plcc"), ("level accuracy", None, "level"))
+
+
+def fold_rows(metrics: dict) -> list[dict]:
+    """Rows of a dataset's fold table: each fold, then mean / std / median (from the aggregate)."""
+    agg = metrics["aggregate"]
+    rows = []
+    for f in metrics.get("fold_metrics") or []:
+        cells = []
+        for title, method, key in FOLD_COLUMNS:
+            if method:
+                v = (f["methods"].get(method) or {}).get(key)
+            elif key == "level":
+                v = (f.get("level") or {}).get("accuracy")
+            else:
+                v = f.get(key)
+            cells.append({"col": f"{method}.{key}" if method else key,
+                          **_cell(v, 2 if key == "rmse" else 3)})
+        rows.append({"fold": str(f["fold"]), "cells": cells})
+    for stat in FOLD_STATS:
+        cells = []
+        for title, method, key in FOLD_COLUMNS:
+            a = agg[method][key] if method else agg["level_accuracy" if key == "level" else key]
+            cells.append({"col": f"{method}.{key}" if method else key,
+                          **_cell(a.get(stat), 2 if key == "rmse" else 3)})
+        rows.append({"fold": stat, "cells": cells})
     return rows
 
 
@@ -260,6 +403,29 @@ answer token probabilities (defined for every video). PLCC and RMSE are after th
 4-parameter logistic fit of predictions to MOS; PLCC raw is without it. Brackets: 95% bootstrap
 intervals.</p>
 
+{% if summary.rows %}
+<h2 id="summary">Summary: experiments &times; test datasets</h2>
+<p>SRCC / PLCC of the probability score and of the generated text score on each test dataset; for
+experiments that run every fold, the mean &plusmn; std over folds. Invalid: score answers that did not
+parse (all folds). Also in <code>{{ summary.csv }}</code>.</p>
+<table class="summary" data-summary="1">
+<thead><tr><th>experiment</th><th>folds</th>{% for d in summary.datasets %}<th>{{ d }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in summary.rows %}
+<tr><td class="name"><a href="#exp-{{ row.experiment }}">{{ row.experiment }}</a></td>
+<td>{{ row.folds if row.folds is not none else "holdout" }}</td>
+{% for c in row.cells %}{% if c %}
+<td data-summary-exp="{{ row.experiment }}" data-summary-dataset="{{ c.dataset }}" style="text-align:left">
+{% for m in ("prob", "text") %}<div>{{ m }}:
+{% for k in ("srcc", "plcc") %}<span data-summary-cell="{{ m }}.{{ k }}" data-value="{{ c[m ~ '_' ~ k].value }}" data-std="{{ c[m ~ '_' ~ k ~ '_std'].value }}">{{ k | upper }} {{ c[m ~ '_' ~ k].text }}{% if c[m ~ '_' ~ k ~ '_std'].value %} &plusmn; {{ c[m ~ '_' ~ k ~ '_std'].text }}{% endif %}</span>{% if not loop.last %} / {% endif %}
+{% endfor %}</div>{% endfor %}
+<div class="{{ 'bad' if c.invalid.value not in ('', '0') else '' }}">invalid <span data-summary-cell="invalid" data-value="{{ c.invalid.value }}">{{ c.invalid.text }}</span></div>
+</td>{% else %}<td>&ndash;</td>{% endif %}{% endfor %}
+</tr>
+{% endfor %}
+</tbody></table>
+{% endif %}
+
 {% for exp in experiments %}
 <h2 id="exp-{{ exp.name }}">Experiment <code>{{ exp.name }}</code></h2>
 <p>train: <code>{{ exp.train | join(", ") }}</code> &middot; test: <code>{{ exp.test | join(", ") }}</code>
@@ -280,6 +446,7 @@ intervals.</p>
 <td data-key="invalid" data-value="{{ row.invalid.value }}" class="{{ 'bad' if row.invalid.value not in ('', '0') else 'ok' }}">{{ row.invalid.text }}</td>
 {% for method in row.methods %}{% for key, cell in method.cells %}
 <td data-key="{{ method.name }}.{{ key }}" data-value="{{ cell.value }}">{{ cell.text }}
+{%- if method.stds and method.stds.get(key) is not none %}<span class="ci" data-std-key="{{ method.name }}.{{ key }}" data-value="{{ method.stds[key] }}">&plusmn; {{ "%.3f" | format(method.stds[key]) }} over folds</span>{% endif %}
 {%- if key in ("srcc", "plcc") and method.cis[key ~ "_ci"] %}<span class="ci" data-key="{{ method.name }}.{{ key }}_ci" data-value="{{ method.cis[key ~ '_ci'] | join(',') }}">[{{ "%.3f" | format(method.cis[key ~ "_ci"][0]) }}, {{ "%.3f" | format(method.cis[key ~ "_ci"][1]) }}]</span>{% endif %}</td>
 {% endfor %}{% endfor %}
 <td data-key="level.accuracy" data-value="{{ row.level_accuracy.value }}">{{ row.level_accuracy.text }}</td>
@@ -291,6 +458,19 @@ intervals.</p>
 <div class="note">{{ row.dataset }} / {{ method.name }}: {{ method.note }}</div>
 {% endif %}{% endfor %}{% endfor %}
 {% endif %}
+{% for ft in exp.fold_tables %}
+<h3>{{ exp.name }} &rarr; {{ ft.dataset }}: every fold</h3>
+<p>{{ ft.k }} folds, one model each (each fold held out once); mean, std (sample, ddof=1) and median
+over the folds. The table above holds the means.</p>
+<table class="folds" data-fold-experiment="{{ exp.name }}" data-fold-dataset="{{ ft.dataset }}">
+<thead><tr><th>fold</th>{% for title, _, _ in fold_columns %}<th>{{ title }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in ft.rows %}
+<tr data-fold="{{ row.fold }}"><td class="name">{{ row.fold }}</td>
+{% for c in row.cells %}<td data-fold-col="{{ c.col }}" data-value="{{ c.value }}">{{ c.text }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody></table>
+{% endfor %}
 
 <h3>Training loss</h3>
 {% if exp.loss %}<div class="plots"><img alt="training loss of {{ exp.name }}" src="data:image/png;base64,{{ exp.loss }}"></div>
@@ -378,24 +558,28 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
     out = Path(out)
     plots_dir = out.parent / "plots"
     names = experiments or list(cfg["experiments"])
-    exps, models, feature_datasets = [], [], []
+    exps, models, feature_datasets, summary_entries = [], [], [], []
     for name in names:
         if name not in cfg["experiments"]:
             from .errors import UserError
 
             raise UserError(f"unknown experiment '{name}' (config has: {', '.join(cfg['experiments'])})")
         exp_cfg = cfg["experiments"][name]
-        metrics_list, missing, datasets = [], [], []
+        folds = experiment_folds(cfg, name)
+        metrics_list, missing, datasets, fold_tables = [], [], [], []
         for dataset in experiment_test_datasets(cfg, name):
             if dataset not in feature_datasets:
                 feature_datasets.append(dataset)
             metrics = _read_json(paths.metrics(name, dataset))
+            summary_entries.append((name, dataset, metrics))
             if metrics is None:
                 missing.append(str(paths.metrics(name, dataset)))
             else:
                 metrics.setdefault("experiment", name)
                 metrics.setdefault("dataset", dataset)
                 metrics_list.append(metrics)
+                if metrics.get("fold_metrics") and metrics.get("aggregate"):
+                    fold_tables.append({"dataset": dataset, "k": metrics.get("folds"), "rows": fold_rows(metrics)})
             pred = _read_csv(paths.predictions(name, dataset))
             entry = {"name": dataset, "predictions": str(paths.predictions(name, dataset)), "scatter": None,
                      "confusion": None, "invalid_examples": [], "invalid_count": 0,
@@ -417,18 +601,32 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         table_csv = None
         if not table.empty:
             table_csv, _ = write_table(table, paths.experiment_table(name))
-        log_path = paths.model_dir(name) / "train_log.csv"
-        log = _read_csv(log_path)
         loss = None
-        if log is not None and len(log) and {"step", "loss"} <= set(log.columns):
-            loss = _png(loss_plot(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
+        if folds is None:
+            log_path = paths.model_dir(name) / "train_log.csv"
+            log = _read_csv(log_path)
+            if log is not None and len(log) and {"step", "loss"} <= set(log.columns):
+                loss = _png(loss_plot(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
+        else:
+            log_path = paths.model_dir(name, 0).parent / "fold*" / "train_log.csv"
+            logs = {f: _read_csv(paths.model_dir(name, f) / "train_log.csv") for f in folds}
+            logs = {f: lg for f, lg in logs.items() if lg is not None and len(lg) and {"step", "loss"} <= set(lg.columns)}
+            if logs:
+                loss = _png(fold_loss_plot(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
         exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
                      "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
-                     "table_csv": table_csv})
-        model_cfg = _read_json(paths.model_dir(name) / "lmmvqa.json")
-        models.append({"experiment": name, "dir": str(paths.model_dir(name)),
-                       "config": json.dumps(model_cfg, indent=2, sort_keys=True) if model_cfg else None,
-                       "sources": _model_sources(model_cfg, cfg)})
+                     "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables})
+        for fold in folds if folds is not None else [None]:
+            model_cfg = _read_json(paths.model_dir(name, fold) / "lmmvqa.json")
+            models.append({"experiment": name if fold is None else f"{name} fold {fold}",
+                           "dir": str(paths.model_dir(name, fold)),
+                           "config": json.dumps(model_cfg, indent=2, sort_keys=True) if model_cfg else None,
+                           "sources": _model_sources(model_cfg, cfg)})
+    summary = summary_table(summary_entries)
+    summary_csv = None
+    if not summary.empty and experiments is None:  # the whole config's summary, not a --experiment subset
+        summary_csv = paths.summary_table()
+        write_summary(summary, summary_csv)
     provenance = {
         "config_path": str(config_path) if config_path else "(in memory)",
         "config_yaml": yaml.safe_dump(cfg, sort_keys=True),
@@ -439,7 +637,8 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         "features": [_store_info(cfg, d) for d in feature_datasets],
     }
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
-        experiments=exps, provenance=provenance,
+        experiments=exps, provenance=provenance, fold_columns=FOLD_COLUMNS,
+        summary={**summary_view(summary), "csv": str(summary_csv or paths.summary_table())},
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

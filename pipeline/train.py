@@ -698,14 +698,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "experiment's own run, which continues from its stage 1 or init_from model")
     parser.add_argument("--init", default=None,
                         help="continue from this model folder (default: the experiment's stage 1 / init_from model)")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="train the model of this fold of a `folds: all` experiment (holding it out); "
+                             "checkpoints default to cache/checkpoints/<experiment>/fold<F>")
 
 
 def main(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config)
+    checkpoint_dir = args.checkpoint_dir
+    if args.fold is not None:
+        from .experiments import with_holdout
+
+        cfg = with_holdout(cfg, args.experiment, args.fold)
+        checkpoint_dir = checkpoint_dir or paths.checkpoint_dir(args.experiment, args.fold)
     train(cfg, args.experiment, args.out, device=args.device or cfg["device"], max_steps=args.max_steps,
-          resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=args.checkpoint_dir,
+          resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=checkpoint_dir,
           progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist

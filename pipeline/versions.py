@@ -23,6 +23,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "evaluate": ("lmm.py", "constrained.py", "evaluate.py", "predict.py", "answers.py", "metrics.py",
                  "feature_store.py"),
     "feature_stats": ("feature_stats.py", "feature_store.py"),
+    "aggregate": ("aggregate.py", "metrics.py", "experiments.py"),
     "report": ("report.py", "metrics.py"),
 }
 

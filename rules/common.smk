@@ -39,6 +39,29 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     shard=r"\d{5}",
     settings=r"[0-9a-f]{10}",
+    fold=r"\d+",
+
+
+# Experiment -> its folds when it runs every fold (`folds: all`: one train + evaluate job per fold and an
+# aggregate per test dataset); experiments absent here hold out one fold. Checked at parse time, so a
+# `folds: all` experiment without a k-fold dataset stops before any job runs.
+FOLDS = {
+    e: f
+    for e in config["experiments"]
+    if (f := pipeline_experiments.experiment_folds(config, e)) is not None
+}
+
+
+def _names_regex(names):
+    """Rule-level wildcard constraint matching exactly these experiment names (none: matches nothing)."""
+    return "|".join(sorted(names)) or "(?!)"
+
+
+# The single-fold rules (train, evaluate) and the per-fold ones produce disjoint experiments' files, and
+# the aggregate writes a `folds: all` experiment's results/eval/<e>/<d>/metrics.json where a single-fold
+# experiment's evaluate job writes its own.
+SINGLE_EXPERIMENTS = _names_regex(set(config["experiments"]) - set(FOLDS))
+FOLD_EXPERIMENTS = _names_regex(FOLDS)
 
 
 def dataset_cfg(dataset):
@@ -137,17 +160,46 @@ def training_inputs(wildcards):
     return inputs
 
 
+def wildcard_fold(wildcards):
+    """The fold of a per-fold job (None for single-fold jobs)."""
+    return int(wildcards.fold) if "fold" in wildcards.keys() else None
+
+
+def fold_option(wildcards):
+    """`--fold F` for a per-fold job's command, '' for a single-fold one."""
+    fold = wildcard_fold(wildcards)
+    return "" if fold is None else f"--fold {fold}"
+
+
 def evaluation_inputs(wildcards):
     return {
-        "model": str(paths.model_dir(wildcards.experiment)),
+        "model": str(paths.model_dir(wildcards.experiment, wildcard_fold(wildcards))),
         "prompts": str(paths.prompts_dir(wildcards.dataset)),
         "stores": store_paths(wildcards.dataset),
     }
 
 
 def experiment_tests():
-    """(experiment, dataset) pairs that get predictions and metrics."""
+    """(experiment, dataset) pairs that get predictions and metrics (for `folds: all`: the aggregate)."""
     return [(e, d) for e in config["experiments"] for d in experiment_datasets(e, "test")]
+
+
+def fold_metrics(wildcards):
+    """Per-fold metrics and predictions that the aggregate of (experiment, dataset) reads."""
+    e, d = wildcards.experiment, wildcards.dataset
+    return {
+        "metrics": [str(paths.metrics(e, d, f)) for f in FOLDS[e]],
+        "predictions": [str(paths.predictions(e, d, f)) for f in FOLDS[e]],
+    }
+
+
+def model_dirs():
+    """Every model folder of the config: one per single-fold experiment, one per fold of the others."""
+    return [
+        str(paths.model_dir(e, f))
+        for e in config["experiments"]
+        for f in FOLDS.get(e, [None])
+    ]
 
 
 def all_targets():
@@ -155,6 +207,11 @@ def all_targets():
     for dataset in config["datasets"]:
         targets.append(str(paths.manifest(dataset)))
     if config["experiments"]:
+        # The metrics and tables of every experiment too, not only the report page: a run that already
+        # has a report would otherwise skip an experiment added to the config later, as the report's
+        # own output is present and its new outputs are not requested by anything.
+        targets += [str(paths.metrics(e, d)) for e, d in experiment_tests()]
+        targets += [str(paths.experiment_table(e)) for e in config["experiments"]]
         targets.append(str(paths.report()))
     return targets
 

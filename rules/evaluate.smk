@@ -1,4 +1,5 @@
-# Scoring of each test dataset of an experiment, metrics, and the experiment table.
+# Scoring of each test dataset of an experiment, metrics, and the experiment table; for `folds: all`
+# experiments per fold, then aggregated over the folds.
 
 
 rule evaluate:
@@ -11,11 +12,14 @@ rule evaluate:
         "results/logs/evaluate/{experiment}/{dataset}.log",
     benchmark:
         "results/benchmarks/evaluate/{experiment}/{dataset}.tsv"
+    wildcard_constraints:
+        experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("evaluate"),
         evaluation=json.dumps(config["evaluation"], sort_keys=True),
         device=config["device"],
         config=RESOLVED_CONFIG,
+        fold=fold_option,
     threads: 2
     resources:
         mem_mb=8000,
@@ -24,4 +28,40 @@ rule evaluate:
         ENV
     shell:
         "lmmvqa evaluate --config {params.config} --experiment {wildcards.experiment} "
-        "--dataset {wildcards.dataset} --out {output.predictions} --device {params.device} > {log} 2>&1"
+        "--dataset {wildcards.dataset} {params.fold} --out {output.predictions} --device {params.device} > {log} 2>&1"
+
+
+use rule evaluate as evaluate_fold with:
+    output:
+        predictions="results/eval/{experiment}/fold{fold}/{dataset}/predictions.csv",
+        metrics="results/eval/{experiment}/fold{fold}/{dataset}/metrics.json",
+    log:
+        "results/logs/evaluate/{experiment}/fold{fold}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{experiment}/fold{fold}/{dataset}.tsv"
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,
+
+
+# Every fold of a `folds: all` experiment on one test dataset: each fold, mean / std / median over
+# folds (metrics.json) and the folds' predictions pooled.
+rule aggregate:
+    input:
+        unpack(fold_metrics),
+    output:
+        predictions="results/eval/{experiment}/{dataset}/predictions.csv",
+        metrics="results/eval/{experiment}/{dataset}/metrics.json",
+    log:
+        "results/logs/aggregate/{experiment}/{dataset}.log",
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,
+    params:
+        code=code_version("aggregate"),
+        config=RESOLVED_CONFIG,
+    resources:
+        mem_mb=1000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa aggregate --config {params.config} --experiment {wildcards.experiment} "
+        "--dataset {wildcards.dataset} --out {output.metrics} > {log} 2>&1"

@@ -4,7 +4,7 @@
 rule report:
     input:
         metrics=[str(paths.metrics(e, d)) for e, d in experiment_tests()],
-        models=[str(paths.model_dir(e)) for e in config["experiments"]],
+        models=model_dirs(),
         stats=[str(paths.stats(d)) for d in config["datasets"]],
     output:
         html=report(
@@ -19,6 +19,7 @@ rule report:
             category="Plots",
         ),
         tables=[str(paths.experiment_table(e)) for e in config["experiments"]],
+        summary=str(paths.summary_table()),
     log:
         "results/logs/report.log",
     params:

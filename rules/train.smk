@@ -1,6 +1,6 @@
-# Training per experiment, from cached features and prompt shards only. A two-stage experiment
-# (`stage1:` set) trains `results/models/<E>.stage1` first; an experiment with `init_from:` or a stage 1
-# continues from that model (pipeline.train.init_model_dir).
+# Training per experiment (per fold for `folds: all` experiments), from cached features and prompt
+# shards only. A two-stage experiment (`stage1:` set) trains `results/models/<E>.stage1` first; an
+# experiment with `init_from:` or a stage 1 continues from that model (pipeline.train.init_model_dir).
 from pipeline import stages as pipeline_stages
 
 pipeline_stages.check_experiments(config)
@@ -15,6 +15,8 @@ rule train_stage1:
         "results/logs/train/{experiment}.stage1.log",
     benchmark:
         "results/benchmarks/train/{experiment}.stage1.tsv"
+    wildcard_constraints:
+        experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("train"),
         training=lambda w: json.dumps(pipeline_stages.experiment_training(config, w.experiment, 1), sort_keys=True),
@@ -42,6 +44,8 @@ rule train:
         "results/logs/train/{experiment}.log",
     benchmark:
         "results/benchmarks/train/{experiment}.tsv"
+    wildcard_constraints:
+        experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("train"),
         training=lambda w: json.dumps(pipeline_stages.experiment_training(config, w.experiment), sort_keys=True),
@@ -49,6 +53,7 @@ rule train:
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],
         config=RESOLVED_CONFIG,
+        fold=fold_option,
     threads: 2
     resources:
         mem_mb=8000,
@@ -57,4 +62,16 @@ rule train:
         ENV
     shell:
         "lmmvqa launch --gpus {resources.gpu} -- train --config {params.config} "
-        "--experiment {wildcards.experiment} --out {output} --device {params.device} --resume > {log} 2>&1"
+        "--experiment {wildcards.experiment} {params.fold} --out {output} --device {params.device} --resume > {log} 2>&1"
+
+
+# One model per fold of a `folds: all` experiment: the same job, holding out fold {fold}.
+use rule train as train_fold with:
+    output:
+        directory("results/models/{experiment}/fold{fold}"),
+    log:
+        "results/logs/train/{experiment}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}/fold{fold}.tsv"
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,

@@ -168,3 +168,27 @@ def test_unknown_format_and_unreadable_csv(tmp_path):
     with pytest.raises(UserError, match="label file not found"):
         read_labels("generic", tmp_path / "nope.csv")
     assert set(FORMATS) == {"konvid", "lsvq", "youtube_ugc", "live_vqc", "live_gaming", "generic", "folder"}
+
+
+# ---- optional group and split columns of the generic format ----------------------------------------
+def test_generic_group_and_split_columns(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_text("name,mos,Group,split\na.mp4,10,src-1,train\nb.mp4,20, src-1 ,test\nc.mp4,30,,train\n")
+    df = read_labels("generic", f)
+    assert df["group"].tolist() == ["src-1", "src-1", ""]  # stripped; an empty cell is no group
+    assert df["split"].tolist() == ["train", "test", "train"]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("name,mos\na.mp4,10\n")
+    assert read_labels("generic", plain)["group"].tolist() == [""]
+    assert read_labels("generic", plain)["split"].tolist() == ["kfold"]
+    # other formats do not read them
+    konvid = tmp_path / "k.csv"
+    konvid.write_text("flickr_id,mos,group,split\n1,3,g,test\n")
+    assert read_labels("konvid", konvid)[["group", "split"]].values.tolist() == [["", "kfold"]]
+
+
+@pytest.mark.parametrize("value,what", [("", "is empty"), ("all", "reserved"), ("KFold", "reserved"),
+                                        ("test set", "letters, digits and _ only")])
+def test_bad_split_values(tmp_path, value, what):
+    msg = _bad(tmp_path, f"name,mos,split\na.mp4,50,train\nb.mp4,60,{value}\n")
+    assert "row 2:" in msg and "column 'split'" in msg and what in msg

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 
 from pipeline.cli import main as cli
 from pipeline.errors import UserError
-from pipeline.manifest import (MANIFEST_COLUMNS, MISSING_COLUMNS, build_manifest, fingerprint, fold_of,
+from pipeline.manifest import (MANIFEST_COLUMNS, MISSING_COLUMNS, build_manifest, fingerprint, fold_of, group_folds,
                                missing_path, read_manifest, shard_digest, shard_digests, shard_ids, write_manifest)
 
 
@@ -176,3 +177,81 @@ def test_cli_error_leaves_no_manifest(tmp_path, capsys):
     assert not out.exists() and not missing_path(out).exists()
     assert cli(["manifest", "--format", "nope", "--labels", str(good), "--out", str(out)]) == 2
     assert "unknown label format 'nope'" in capsys.readouterr().err
+
+
+# ---- content-separated folds (group column) and fixed splits (split column) ---------------------------
+REALSET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "realset-dev" / "labels.csv"
+
+
+def _grouped_labels(path, sizes, seed=0):
+    """A generic label file with groups of the given sizes (videos of a group are not adjacent)."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"g{g:02d}-v{i:02d}.mp4", float(rng.uniform(0, 100)), f"g{g:02d}") for g, n in enumerate(sizes)
+            for i in range(n)]
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    pd.DataFrame(rows, columns=["name", "mos", "group"]).to_csv(path, index=False)
+    return path
+
+
+def _check_grouped(m, k, max_group):
+    folds_of_group = m.groupby("group")["fold"].nunique()
+    assert (folds_of_group == 1).all(), folds_of_group[folds_of_group > 1]  # no group in two folds
+    counts = m["fold"].value_counts().reindex(range(k), fill_value=0)
+    assert counts.min() > 0 and counts.max() - counts.min() <= max_group  # balanced as far as groups allow
+
+
+def test_group_column_keeps_each_group_in_one_fold(tmp_path):
+    if REALSET.is_file():  # the real development set: 10 segments x 15 variants -> 5 folds of 2 segments
+        m = build_manifest("generic", REALSET, None, k=5, seed=0)[0]
+        assert list(m.columns) == MANIFEST_COLUMNS and m["group"].nunique() == 10
+        _check_grouped(m, 5, 15)
+        assert sorted(m["fold"].value_counts().tolist()) == [30] * 5
+        assert (m.groupby("fold")["group"].nunique() == 2).all()
+    labels = _grouped_labels(tmp_path / "g.csv", [9, 7, 7, 5, 4, 4, 3, 2, 2, 1, 1, 1])
+    m = build_manifest("generic", labels, None, k=3, seed=0)[0]
+    _check_grouped(m, 3, 9)
+    assert sorted(m["fold"].value_counts().tolist()) == [15, 15, 16]  # 46 videos: greedy balances exactly here
+    # deterministic from the split seed, and the seed matters
+    again = build_manifest("generic", labels, None, k=3, seed=0)[0]
+    assert again["fold"].tolist() == m["fold"].tolist()
+    even = _grouped_labels(tmp_path / "even.csv", [4] * 12)
+    by_seed = [build_manifest("generic", even, None, k=3, seed=s)[0] for s in (0, 1)]
+    for b in by_seed:
+        _check_grouped(b, 3, 4)
+        assert sorted(b["fold"].value_counts().tolist()) == [16, 16, 16]
+    assert by_seed[0].groupby("group")["fold"].first().tolist() != by_seed[1].groupby("group")["fold"].first().tolist()
+    # a manifest read back keeps the groups
+    write_manifest(m, pd.DataFrame(columns=MISSING_COLUMNS), tmp_path / "m.csv")
+    assert read_manifest(tmp_path / "m.csv")["group"].tolist() == m["group"].tolist()
+
+
+def test_group_folds_edge_cases(tmp_path):
+    # empty group cells: each such video is a group of its own
+    f = tmp_path / "l.csv"
+    f.write_text("name,mos,group\n" + "".join(f"a{i}.mp4,{i},A\n" for i in range(4)) +
+                 "".join(f"b{i}.mp4,{i},\n" for i in range(4)))
+    m = build_manifest("generic", f, None, k=2, seed=0)[0]
+    assert m.loc[m["group"] == "A", "fold"].nunique() == 1
+    assert sorted(m["fold"].value_counts().tolist()) == [4, 4]
+    assert sorted(group_folds(["x", "y", "z"], ["", "", ""], 3, 0)) == [0, 1, 2]
+    # fewer groups than folds: a clear error naming the label file
+    g = _grouped_labels(tmp_path / "few.csv", [5, 5])
+    with pytest.raises(UserError, match=r"few.csv: 2 group\(s\) in column 'group' cannot fill k=3 folds"):
+        build_manifest("generic", g, None, k=3)
+    # without a group column the folds stay the id hash
+    plain = build_manifest("generic", _labels(tmp_path / "p.csv", [f"v{i}.mp4" for i in range(8)]), None, k=3)[0]
+    assert plain["fold"].tolist() == [fold_of(i, 3, 0) for i in plain["id"]] and (plain["group"] == "").all()
+
+
+def test_split_column_gives_fixed_splits(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_text("name,mos,split,group\na.mp4,10,train,x\nb.mp4,20,test,x\nc.mp4,30,train,y\nd.mp4,40,val,y\n")
+    m = build_manifest("generic", f, None, split_scheme="official")[0]
+    assert m["split"].tolist() == ["train", "test", "train", "val"] and (m["fold"] == -1).all()
+    # k-fold ignores the column (and folds by group)
+    k = build_manifest("generic", f, None, split_scheme="kfold", k=2)[0]
+    assert set(k["split"]) == {"kfold"} and k.groupby("group")["fold"].nunique().max() == 1
+    # without the column, official splits still come from the label file name
+    g = tmp_path / "set_test.csv"
+    g.write_text("name,mos\na.mp4,10\n")
+    assert build_manifest("generic", g, None, split_scheme="official")[0]["split"].tolist() == ["test"]

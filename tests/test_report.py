@@ -159,3 +159,130 @@ def test_report_unknown_experiment_is_a_user_error(tmp_path, monkeypatch, capsys
     cfg_path = make_run(tmp_path, datasets=("demo",))
     assert cli_main(["report", "--config", str(cfg_path), "--experiment", "nope", "--out", "r.html"]) == 2
     assert "unknown experiment 'nope'" in capsys.readouterr().err
+
+
+# ---- every fold of an experiment, and the cross-experiment summary ----------------------------------
+class Attrs(HTMLParser):
+    """Every element carrying one of the given data attributes: its attributes, its text and the
+    fold-table / summary-cell it sits in."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names, self.found, self.stack, self.ctx = names, [], [], {}
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("data-fold-experiment", "data-fold-dataset", "data-fold", "data-summary-exp", "data-summary-dataset"):
+            if key in a:
+                self.ctx[key] = a[key]
+        if any(n in a for n in self.names):
+            self.found.append({**self.ctx, **a, "text": ""})
+            self.stack.append((tag, self.found[-1]))
+
+    def handle_endtag(self, tag):
+        if self.stack and self.stack[-1][0] == tag:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        for _, item in self.stack:
+            item["text"] += data
+
+
+def make_fold_run(root, k=5):
+    """`single` (one held-out fold) and `cv` (folds: all) on the demo dataset, with per-fold results
+    aggregated as `lmmvqa aggregate` does."""
+    from pipeline.metrics import aggregate_folds
+
+    cfg_path = make_run(root, experiments=("single",), datasets=("demo",))
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["experiments"]["cv"] = {"train": ["demo:train"], "test": ["demo:test"], "folds": "all"}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    rng = np.random.default_rng(1)
+    per_fold = []
+    for f in range(k):
+        n = 12
+        mos = rng.uniform(5, 95, n)
+        lt = np.where(mos <= 35, "poor", np.where(mos <= 65, "fair", "good"))
+        df = pd.DataFrame({"id": [f"v{f}-{i}" for i in range(n)], "mos": mos, "level_true": lt,
+                           "text": "", "score": mos + rng.normal(0, 4 + 6 * f, n), "invalid": False,
+                           "prob_score": mos + rng.normal(0, 3 + 5 * f, n), "level": lt,
+                           "p_good": 0.3, "p_fair": 0.4, "p_poor": 0.3})
+        df.loc[0, ["score", "invalid"]] = [np.nan, True]
+        m = compute_metrics(df, bootstrap=0, seed=0, experiment="cv", dataset="demo")
+        m["fold"] = f
+        per_fold.append(m)
+        model = root / paths.model_dir("cv", f)
+        model.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"step": np.arange(1, 31), "loss": 2 * np.exp(-np.arange(30) / (10 + f)) + 0.1}).to_csv(
+            model / "train_log.csv", index=False)
+        df.insert(1, "fold", f)
+        per_fold[-1]["_df"] = df
+    pooled = pd.concat([m.pop("_df") for m in per_fold], ignore_index=True)
+    (root / paths.predictions("cv", "demo")).parent.mkdir(parents=True, exist_ok=True)
+    pooled.to_csv(root / paths.predictions("cv", "demo"), index=False)
+    (root / paths.metrics("cv", "demo")).write_text(json.dumps(aggregate_folds(per_fold, "cv", "demo"), allow_nan=False))
+    return cfg_path
+
+
+def test_report_fold_table_and_summary(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg_path = make_fold_run(tmp_path)
+    out = tmp_path / "results" / "report" / "index.html"
+    assert cli_main(["report", "--config", str(cfg_path), "--out", str(out)]) == 0
+    html = out.read_text()
+    agg = json.loads((tmp_path / paths.metrics("cv", "demo")).read_text())
+    single = json.loads((tmp_path / paths.metrics("single", "demo")).read_text())
+
+    # the fold table: each fold, then mean / std / median, equal to the aggregate metrics.json
+    cells = Attrs(["data-fold-col"])
+    cells.feed(html)
+    table = [c for c in cells.found if c.get("data-fold-experiment") == "cv"]
+    assert [c["data-fold"] for c in table if c["data-fold-col"] == "prob.srcc"] == ["0", "1", "2", "3", "4", "mean", "std", "median"]
+    for c in table:
+        col, fold = c["data-fold-col"], c["data-fold"]
+        if fold.isdigit():
+            fm = agg["fold_metrics"][int(fold)]
+            want = fm["methods"][col.split(".")[0]][col.split(".")[1]] if "." in col else (
+                fm["level"]["accuracy"] if col == "level" else fm[col])
+        else:
+            a = agg["aggregate"]
+            want = (a[col.split(".")[0]][col.split(".")[1]] if "." in col else
+                    a["level_accuracy" if col == "level" else col])[fold]
+        assert (c["data-value"] == "" if want is None else float(c["data-value"]) == pytest.approx(want)), (c, want)
+    srcc = [f["methods"]["prob"]["srcc"] for f in agg["fold_metrics"]]
+    mean_cell = next(c for c in table if c["data-fold"] == "mean" and c["data-fold-col"] == "prob.srcc")
+    assert mean_cell["text"] == f"{np.mean(srcc):.3f}"
+    std_cell = next(c for c in table if c["data-fold"] == "std" and c["data-fold-col"] == "prob.srcc")
+    assert std_cell["text"] == f"{np.std(srcc, ddof=1):.3f}"
+    assert not any(c.get("data-fold-experiment") == "single" for c in cells.found)  # single fold: no fold table
+
+    # the main table of the fold experiment: means, with the std over folds beside them
+    stds = Attrs(["data-std-key"])
+    stds.feed(html)
+    prob_std = next(s for s in stds.found if s["data-std-key"] == "prob.srcc")
+    assert float(prob_std["data-value"]) == pytest.approx(np.std(srcc, ddof=1))
+
+    # the summary: experiments x test datasets, SRCC / PLCC (mean ± std for folds) and invalid counts
+    summ = Attrs(["data-summary-cell"])
+    summ.feed(html)
+    got = {(c["data-summary-exp"], c["data-summary-dataset"], c["data-summary-cell"]): c for c in summ.found}
+    assert {k[:2] for k in got} == {("single", "demo"), ("cv", "demo")}
+    c = got[("cv", "demo", "prob.srcc")]
+    assert float(c["data-value"]) == pytest.approx(np.mean(srcc)) and float(c["data-std"]) == pytest.approx(np.std(srcc, ddof=1))
+    assert c["text"] == f"SRCC {np.mean(srcc):.3f} ± {np.std(srcc, ddof=1):.3f}"
+    s = got[("single", "demo", "text.plcc")]
+    assert float(s["data-value"]) == pytest.approx(single["methods"]["text"]["plcc"]) and s["data-std"] == ""
+    assert got[("cv", "demo", "invalid")]["data-value"] == "5" and got[("single", "demo", "invalid")]["data-value"] == "2"
+    summary = pd.read_csv(tmp_path / paths.summary_table())
+    summary = summary.set_index("experiment")  # rows in the config's order of experiments
+    assert summary.index.tolist() == list(yaml.safe_load(cfg_path.read_text())["experiments"])
+    assert summary.loc["cv", "prob_srcc"] == pytest.approx(np.mean(srcc), rel=1e-5) and summary.loc["cv", "folds"] == 5
+    assert pd.isna(summary.loc["single", "folds"]) and pd.isna(summary.loc["single", "prob_srcc_std"])
+    assert "± " in (tmp_path / paths.summary_table()).with_suffix(".md").read_text()
+
+    # the experiment table CSV: each fold + mean / std / median; the loss plot overlays the folds
+    table_csv = pd.read_csv(tmp_path / paths.experiment_table("cv"), dtype={"fold": str})
+    assert table_csv["fold"].tolist() == ["0", "1", "2", "3", "4", "mean", "std", "median"]
+    assert "fold" not in pd.read_csv(tmp_path / paths.experiment_table("single")).columns
+    assert (tmp_path / "results/report/plots/cv--loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "fold 4" in html and str(paths.model_dir("cv", 4)) in html

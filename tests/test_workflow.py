@@ -413,3 +413,52 @@ def test_a_wrong_format_name_stops_before_any_job(tmp_path):
     write_config(tmp_path, {"datasets": {"bad": {"format": "konvidd", "labels": "labels.csv"}}})
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0 and "konvidd" in proc.stdout + proc.stderr
+
+
+def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_run, tmp_path):
+    """`folds: all` on the 10-video demo (k=2): one train and one evaluate job per fold, per-fold
+    metrics, and the aggregate (each fold, mean / std / median) in metrics.json, the experiment table
+    and the report. Runs in a copy of the demo run, so features, prompts and tokenizer are reused."""
+    import numpy as np
+    import pandas as pd
+
+    work = tmp_path / "w"
+    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("locks", "results/eval"))
+    cfg = json.loads(json.dumps(MINI))
+    cfg["experiments"] = {"cv": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all"}}
+    write_config(work, cfg)
+    plan = planned_rules(work)
+    assert {r: plan.get(r) for r in ("train_fold", "evaluate_fold", "aggregate", "train", "evaluate", "extract")} == {
+        "train_fold": 2, "evaluate_fold": 2, "aggregate": 1, "train": None, "evaluate": None, "extract": None}, plan
+    snakemake(work)
+    manifest = pd.read_csv(work / "results/manifest/demo.csv", dtype={"id": str})
+    per_fold = []
+    for f in (0, 1):
+        model = work / f"results/models/cv/fold{f}"
+        assert (model / "lmmvqa.json").exists()
+        assert f"holdout fold {f} never used" in (model / "README.md").read_text()
+        m = json.loads((work / f"results/eval/cv/fold{f}/demo/metrics.json").read_text())
+        preds = pd.read_csv(work / f"results/eval/cv/fold{f}/demo/predictions.csv", dtype={"id": str})
+        assert m["fold"] == f and sorted(preds["id"]) == sorted(manifest.loc[manifest["fold"] == f, "id"])
+        per_fold.append(m)
+    agg = json.loads((work / "results/eval/cv/demo/metrics.json").read_text())
+    assert agg["folds"] == 2 and agg["n"] == 10 and [c["fold"] for c in agg["fold_metrics"]] == [0, 1]
+    for method in ("prob", "text"):
+        values = [m["methods"][method]["srcc"] for m in per_fold]
+        a = agg["aggregate"][method]["srcc"]
+        assert a["values"] == values
+        ok = [v for v in values if v is not None]
+        if ok:
+            assert a["mean"] == pytest.approx(np.mean(ok)) and a["median"] == pytest.approx(np.median(ok))
+            assert agg["methods"][method]["srcc"] == pytest.approx(np.mean(ok))
+        if len(ok) == 2:
+            assert a["std"] == pytest.approx(np.std(ok, ddof=1))
+    assert agg["invalid"] == sum(m["invalid"] for m in per_fold)
+    pooled = pd.read_csv(work / "results/eval/cv/demo/predictions.csv", dtype={"id": str})
+    assert len(pooled) == 10 and sorted(set(pooled["fold"])) == [0, 1]
+    table = pd.read_csv(work / "results/eval/cv/table.csv", dtype={"fold": str})
+    assert table["fold"].tolist() == ["0", "1", "mean", "std", "median"]
+    html = (work / "results/report/index.html").read_text()
+    assert 'data-fold-experiment="cv"' in html and 'data-summary-exp="cv"' in html
+    assert (work / "results/eval/summary.csv").exists()
+    assert planned_rules(work) == {}, "a second run must have nothing to do"
