@@ -251,7 +251,7 @@ def test_host_buffers_pinned_only_for_cuda(monkeypatch):
     ex.sampling, ex.batch_size = {"slow_stride": 4}, 8
     from pipeline import encoders
     monkeypatch.setattr(encoders, "encode_keyframes", lambda m, kf, dev, bs: np.zeros((len(kf), 2, 3), np.float32))
-    monkeypatch.setattr(encoders, "encode_chunks", lambda m, ch, st, dev, bs: np.zeros((len(ch), 5), np.float32))
+    monkeypatch.setattr(encoders, "encode_chunks", lambda m, ch, st, dev, bs, frame_ids=None: np.zeros((len(ch), 5), np.float32))
     from pipeline.decode import DecodedVideo
     d = DecodedVideo(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 4, 4, 4, 3), np.uint8))
     outs, _, _ = ex.encode([d, d])
