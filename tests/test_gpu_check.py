@@ -58,3 +58,36 @@ def test_gpu_check_small_runs_every_stage(tmp_path):
         assert c in commands
     assert all(c["rc"] == 0 for c in res["commands"])
     assert "stage 2 (LoRA)" in proc.stdout and str(out) in proc.stdout
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
+    """The GPU run's config (not run here): valid against the schema, paper shapes, bf16 on CUDA, batch 16."""
+    from pipeline.config import validate
+    from pipeline.settings import model_spec
+    from pipeline.stages import experiment_training, init_model_dir
+
+    gc = _gpu_check_module()
+    cfg = validate(gc.make_config(gc.parse_args([])), "gpu_check")
+    assert cfg["device"] == "cuda" and cfg["models"]["preset"] == "tiny"
+    vision, motion, llm = (model_spec(cfg, r) for r in ("vision", "motion", "llm"))
+    assert vision["config"]["hidden_size"] == 1024 and vision["config"]["num_hidden_layers"] == 24
+    assert vision["config"]["patch_size"] == 14 and vision["config"]["projection_dim"] == 768
+    assert motion["config"]["model_depth"] == 50 and motion["config"]["input_size"] == 224
+    assert (llm["config"]["hidden_size"], llm["config"]["intermediate_size"], llm["config"]["num_hidden_layers"],
+            llm["config"]["num_key_value_heads"]) == (4096, 14336, 32, 8)
+    assert llm["source"] is None and llm["dtype"] == "bfloat16"
+    s1 = experiment_training(cfg, gc.EXPERIMENT, 1)
+    s2 = experiment_training(cfg, gc.EXPERIMENT)
+    assert not s1["lora"]["enabled"] and s2["lora"]["enabled"]
+    assert s1["batch_size"] == s2["batch_size"] == 16 and s1["dtype"] == "bfloat16" and not s2["train_llm"]
+    assert str(init_model_dir(cfg, gc.EXPERIMENT)).endswith(f"{gc.EXPERIMENT}.stage1")
+    assert gc.make_config(gc.parse_args(["--llm-layers", "4"]))["models"]["llm"]["config"]["num_hidden_layers"] == 4
