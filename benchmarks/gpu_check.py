@@ -93,7 +93,7 @@ def make_config(args) -> dict:
                               "split": {"scheme": "kfold", "k": 2, "seed": 0}}},
         "sampling": {"max_keyframes": 2, "max_seconds": 2} if small else {},
         "models": models,
-        "features": {"shard_size": max(args.videos, 1), "batch_size": 16},
+        "features": {"shard_size": max(args.videos, 1), "batch_size": 16, "decode_workers": args.decode_workers},
         "training": {"batch_size": args.batch_size, "val_fraction": 0.1, "checkpoint_every": 1000,
                      "train_llm": False, "dtype": "bfloat16" if on_cuda else None},
         "evaluation": {"bootstrap": 20, "batch_size": 4 if small else 16},
@@ -296,11 +296,13 @@ def parse_args(argv):
     p.add_argument("--cores", type=int, default=None, help="snakemake --cores (default 2 small, all CPUs GPU)")
     p.add_argument("--llm-layers", type=int, default=None,
                    help="LLM layers of the paper-shaped run (default 32, Llama-3-8B; fewer to fit a time budget)")
+    p.add_argument("--decode-workers", type=int, default=None,
+                   help="features.decode_workers (default: the config default with --small, else min(8, CPUs - 2))")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     args = p.parse_args(argv)
     d = {"device": "cpu", "videos": 6, "batch_size": 4, "stage1_steps": 3, "stage2_steps": 3, "cores": 2} if args.small \
         else {"device": "cuda", "videos": 40, "batch_size": 16, "stage1_steps": 6, "stage2_steps": 6,
-              "cores": os.cpu_count() or 2}
+              "cores": os.cpu_count() or 2, "decode_workers": max(2, min(8, (os.cpu_count() or 4) - 2))}
     for k, v in d.items():
         if getattr(args, k) is None:
             setattr(args, k, v)

@@ -85,6 +85,7 @@ def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
     assert (llm["config"]["hidden_size"], llm["config"]["intermediate_size"], llm["config"]["num_hidden_layers"],
             llm["config"]["num_key_value_heads"]) == (4096, 14336, 32, 8)
     assert llm["source"] is None and llm["dtype"] == "bfloat16"
+    assert cfg["features"]["decode_workers"] >= 2  # decoders feeding the GPU, not the default 2 threads only
     s1 = experiment_training(cfg, gc.EXPERIMENT, 1)
     s2 = experiment_training(cfg, gc.EXPERIMENT)
     assert not s1["lora"]["enabled"] and s2["lora"]["enabled"]
