@@ -61,7 +61,7 @@ class StubEncoders:
         c = model.config
         return np.zeros((len(frames), (c.image_size // c.patch_size) ** 2 + 1, c.hidden_size), np.float32)
 
-    def chunks(self, model, chunks, slow_stride=None, device=None, batch_size=4):
+    def chunks(self, model, chunks, slow_stride=None, device=None, batch_size=4, frame_ids=None):
         self._digest(chunks)
         return np.zeros((len(chunks), model.slow_dim + model.fast_dim), np.float32)
 
