@@ -100,25 +100,21 @@ def frame_at(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(pts) - 1)
 
 
-def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [n, h, w, 3] -> uint8 [n, size, size, 3] (antialiased bilinear)."""
-    if frames.shape[1] == size and frames.shape[2] == size:
-        return frames
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def _resize_to(frames: np.ndarray, h: int, w: int):
+def _resize_to(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+    """uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] (antialiased bilinear)."""
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, h, w, 3] -> uint8 [n, size, size, 3] (antialiased bilinear)."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    return _resize_to(frames, size, size)
 
 
 def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
@@ -163,6 +159,11 @@ def spatial_view(frames: np.ndarray, size: int, mode: str = "stretch", grid: int
     raise ValueError(f"unknown keyframe_mode {mode!r} (one of {KEYFRAME_MODES})")
 
 
+def chunk_view(frames: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
+    """Chunk frames for the motion role: centre-cropped in `crop` mode, else the whole frame resized."""
+    return spatial_view(frames, size, "crop" if mode == "crop" else "stretch")
+
+
 class _Collector:
     """Requests (frame index -> output slots) sorted by frame index, filled group by group."""
 
@@ -190,7 +191,7 @@ class _Collector:
         if len(sec):
             rows = np.array([pos[int(self.ch_idx[s, jj])] for s, jj in zip(sec, j)])
             uniq, inv = np.unique(rows, return_inverse=True)
-            small = spatial_view(frames[uniq], self.chunk_size, "crop" if self.mode == "crop" else "stretch")
+            small = chunk_view(frames[uniq], self.chunk_size, self.mode)
             self.chunks[sec, j] = small[inv]
 
     @property
@@ -311,8 +312,7 @@ def _decode_pyav(path, p, threads):
                     keyframes[t] = views["key"]
                 else:
                     if "chunk" not in views:
-                        views["chunk"] = spatial_view(views["src"][None], p["chunk_size"],
-                                                      "crop" if mode == "crop" else "stretch")[0]
+                        views["chunk"] = chunk_view(views["src"][None], p["chunk_size"], mode)[0]
                     chunks.reshape(-1, *chunks.shape[2:])[t - len(kf_t)] = views["chunk"]
                     chunk_ids.reshape(-1)[t - len(kf_t)] = fi
                 state["pending"] += 1

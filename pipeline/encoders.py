@@ -158,10 +158,8 @@ def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
     backbone = getattr(torchvision.models, CNN_ARCHS[arch])(weights=None)
     path = weights.resolve(spec)
     state = torch.load(str(path), map_location="cpu", weights_only=True)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: not {arch} weights (missing keys {list(missing)[:8]}, unexpected keys "
-                         f"{list(unexpected)[:8]})")
+    result = backbone.load_state_dict(state, strict=False)
+    _check_loaded(f"{path} ({arch})", result.missing_keys, result.unexpected_keys)
     model = CNNStats(backbone, conf.get("blocks", [1, 3, 6, 13, 17]), conf.get("grid", 3),
                      conf.get("image_size", 224))
     info = {"source": str(path), "arch": arch, "config": conf, "tokens": model.tokens, "width": model.width,
@@ -399,7 +397,7 @@ def encode_chunks(model, chunks_uint8: np.ndarray, slow_stride: int | None = Non
         chunks = np.asarray(chunks_uint8)
         out = []
         for i in range(0, len(chunks), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + batch_size])).to(device or "cpu")
+            x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + batch_size])).to(device or model.luma.device)
             ids = None if frame_ids is None else torch.from_numpy(np.asarray(frame_ids[i : i + batch_size]))
             out.append(model(x.permute(0, 4, 1, 2, 3), ids).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)

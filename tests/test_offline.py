@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 from pipeline import encoders, weights
+from pipeline.errors import UserError
 from pipeline.config import load_config
 from pipeline.decode import centre_crop, fragments, sample_video, spatial_view
 from pipeline.settings import feature_settings_hash, model_spec
@@ -78,7 +79,8 @@ def test_weights_of_another_architecture_fail_with_key_names(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     cfg = offline_cfg()
     cfg["models"]["vision"] = {"source": str(path), "sha256": None, "config": {}, "dtype": None}
-    with pytest.raises(ValueError, match=r"not mobilenet_v2 weights \(missing keys \['features\.0\.0\.weight'"):
+    with pytest.raises(UserError, match=r"resnet\.pth \(mobilenet_v2\): \d+ weight\(s\) missing from the checkpoint: "
+                                        r"classifier\.1\.bias, classifier\.1\.weight, features\.0\.0\.weight"):
         encoders.load_vision(model_spec(cfg, "vision"))
 
 
