@@ -553,7 +553,7 @@ def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
 
 def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
                  config_path: str | None = None) -> Path:
-    from .versions import STAGE_SOURCES, code_version
+    from .versions import STAGES, code_version
 
     out = Path(out)
     plots_dir = out.parent / "plots"
@@ -632,7 +632,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         "config_yaml": yaml.safe_dump(cfg, sort_keys=True),
         "git": _git_commit(),
         "preset": cfg["models"]["preset"],
-        "code_versions": {stage: code_version(stage) for stage in STAGE_SOURCES},
+        "code_versions": {stage: code_version(stage) for stage in STAGES},
         "models": models,
         "features": [_store_info(cfg, d) for d in feature_datasets],
     }

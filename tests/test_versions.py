@@ -1,21 +1,80 @@
-"""Code-version values: what a code change reruns."""
+"""Code-version values: what a code change reruns, derived from the import graph."""
 from __future__ import annotations
 
-from pipeline.versions import PACKAGE, STAGE_SOURCES, code_version
+import shutil
+import textwrap
+
+import pytest
+
+from pipeline import versions
+from pipeline.versions import PACKAGE, STAGES, code_version, import_closure, stage_sources
 
 
-def test_every_listed_source_exists():
-    missing = [(stage, f) for stage, files in STAGE_SOURCES.items() for f in files if not (PACKAGE / f).exists()]
-    assert missing == []
+@pytest.fixture
+def package_copy(tmp_path):
+    """A copy of the package's source, to edit without touching the real one."""
+    root = tmp_path / "pipeline"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _versions(root):
+    return {stage: code_version(stage, root) for stage in STAGES}
+
+
+def _touch(root, rel):
+    path = root / rel
+    path.write_text(path.read_text() + "\n# edited\n")
+    code_version.cache_clear()
+
+
+def test_stage_sources_follow_the_imports():
+    """The modules each stage imports (directly, through others, or inside a function) are in it."""
+    assert {"tokenizer.py", "settings.py", "experiments.py", "feature_store.py", "lmm.py"} <= set(stage_sources("train"))
+    assert {"predict.py", "answers.py", "metrics.py", "constrained.py"} <= set(stage_sources("evaluate"))
+    assert {"decode.py", "encoders.py", "store.py", "weights.py", "presets.yaml"} <= set(stage_sources("extract"))
+    assert "data/templates.yaml" in stage_sources("prompts")
+    assert "versions.py" not in stage_sources("extract")  # computes the hashes, changes no output
 
 
 def test_reader_changes_do_not_rerun_extraction():
     """Re-extracting LSVQ costs GPU-days: only what decides a store's bytes belongs to extraction."""
-    assert "feature_store.py" not in STAGE_SOURCES["extract"] and "store.py" in STAGE_SOURCES["extract"]
-    assert "feature_store.py" in STAGE_SOURCES["train"] and "feature_store.py" in STAGE_SOURCES["evaluate"]
-    assert "predict.py" in STAGE_SOURCES["evaluate"]
+    assert "feature_store.py" not in stage_sources("extract")
+    assert "feature_store.py" in stage_sources("train") and "feature_store.py" in stage_sources("evaluate")
+
+
+@pytest.mark.parametrize("edited", ["tokenizer.py", "feature_store.py", "metrics.py", "decode.py", "presets.yaml"])
+def test_a_module_edit_reruns_exactly_the_stages_that_import_it(package_copy, edited):
+    before = _versions(package_copy)
+    _touch(package_copy, edited)
+    after = _versions(package_copy)
+    changed = {s for s in STAGES if before[s] != after[s]}
+    expected = {s for s in STAGES if edited in stage_sources(s, package_copy)}
+    assert changed == expected and changed  # some stage imports each of these
+    assert set(STAGES) - changed  # and some does not
+
+
+def test_import_forms_are_all_followed(tmp_path):
+    """Relative, absolute, `from . import x` and function-level imports all count; others do not."""
+    root = tmp_path / "pipeline"
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "a.py": "from . import b\nfrom .sub.c import thing\n",
+        "b.py": "def f():\n    import pipeline.d\n",
+        "d.py": "from .sub import e\nimport numpy\n",
+        "unused.py": "",
+        "sub/__init__.py": "",
+        "sub/c.py": "from ..b import f\nthing = 1\n",
+        "sub/e.py": "NAME = 'x'\n",
+    }
+    for rel, text in files.items():
+        (root / rel).write_text(textwrap.dedent(text))
+    assert import_closure("pipeline.a", root) == [
+        "pipeline", "pipeline.a", "pipeline.b", "pipeline.d", "pipeline.sub", "pipeline.sub.c", "pipeline.sub.e"]
 
 
 def test_code_version_is_a_stable_short_hash():
     assert code_version("extract") == code_version("extract") and len(code_version("extract")) == 12
     assert code_version("extract") != code_version("train")
+    assert versions.stage_module("demo_data") == versions.stage_module("demo-data") == "pipeline.demo_data"
