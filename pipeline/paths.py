@@ -1,7 +1,9 @@
 """Where every artifact lives, relative to the workflow's working directory.
 
-The Snakemake rules and the CLI commands both take paths from here, so a rule's declared inputs and
-what its command reads cannot drift apart.
+The single source of artifact paths: the Snakemake rules build their input, output, log and benchmark
+patterns from these functions (called with wildcard names such as `"{dataset}"`), and the commands
+get the paths a rule declared as arguments, so a rule's files and what its command reads and writes
+cannot drift apart (tests/test_paths.py checks that no rule spells a path by hand).
 """
 from __future__ import annotations
 
@@ -11,8 +13,13 @@ RESULTS = Path("results")
 CACHE = Path("cache")
 
 
-def shard_name(shard: int) -> str:
-    return f"shard-{int(shard):05d}"
+def _is_wildcard(value) -> bool:
+    return isinstance(value, str) and value.startswith("{") and value.endswith("}")
+
+
+def shard_name(shard: int | str) -> str:
+    """`shard-00003` for shard 3 (or "00003"); `shard-{shard}` for the wildcard."""
+    return f"shard-{shard}" if _is_wildcard(shard) else f"shard-{int(shard):05d}"
 
 
 def manifest(dataset: str) -> Path:
@@ -23,15 +30,15 @@ def missing(dataset: str) -> Path:
     return RESULTS / "manifest" / f"{dataset}.missing.csv"
 
 
-def probe(dataset: str, shard: int) -> Path:
+def probe(dataset: str, shard: int | str) -> Path:
     return RESULTS / "probe" / dataset / f"{shard_name(shard)}.csv"
 
 
-def probe_failures(dataset: str, shard: int) -> Path:
+def probe_failures(dataset: str, shard: int | str) -> Path:
     return RESULTS / "probe" / dataset / f"{shard_name(shard)}.failures.csv"
 
 
-def store(dataset: str, settings_hash: str, shard: int) -> Path:
+def store(dataset: str, settings_hash: str, shard: int | str) -> Path:
     return CACHE / "features" / dataset / settings_hash / f"{shard_name(shard)}.zarr"
 
 
@@ -53,26 +60,27 @@ def tokenizer_dir() -> Path:
     return RESULTS / "tokenizer"
 
 
-def _fold(fold: int | None) -> str:
-    return f"fold{int(fold)}"
+def fold_part(fold: int | str) -> str:
+    """The folder of one fold of a `folds: all` experiment (`fold3`, or `fold{fold}` in a pattern)."""
+    return f"fold{fold}" if _is_wildcard(fold) else f"fold{int(fold)}"
 
 
 def model_dir(experiment: str, fold: int | None = None) -> Path:
     """Model folder; one per fold of a `folds: all` experiment (`results/models/<experiment>/fold<f>`)."""
     base = RESULTS / "models" / experiment
-    return base if fold is None else base / _fold(fold)
+    return base if fold is None else base / fold_part(fold)
 
 
 def checkpoint_dir(experiment: str, fold: int | None = None) -> Path:
     base = CACHE / "checkpoints" / experiment
-    return base if fold is None else base / _fold(fold)
+    return base if fold is None else base / fold_part(fold)
 
 
 def predictions(experiment: str, dataset: str, fold: int | None = None) -> Path:
     """Predictions of a test dataset; per fold under `results/eval/<experiment>/fold<f>/<dataset>/`. For a
     `folds: all` experiment the fold-less path holds every fold's predictions pooled (a `fold` column)."""
     base = RESULTS / "eval" / experiment
-    return (base if fold is None else base / _fold(fold)) / dataset / "predictions.csv"
+    return (base if fold is None else base / fold_part(fold)) / dataset / "predictions.csv"
 
 
 def metrics(experiment: str, dataset: str, fold: int | None = None) -> Path:
@@ -91,3 +99,28 @@ def summary_table() -> Path:
 
 def report() -> Path:
     return RESULTS / "report" / "index.html"
+
+
+def report_plots() -> Path:
+    return RESULTS / "report" / "plots"
+
+
+def resolved_config() -> Path:
+    """The validated config with every default, as the commands read it (written at parse time)."""
+    return RESULTS / "config.resolved.yaml"
+
+
+def _job_file(kind: str, suffix: str, stage: str, parts: tuple[str, ...]) -> Path:
+    names = (stage, *parts)
+    return (RESULTS / kind).joinpath(*names[:-1]) / f"{names[-1]}{suffix}"
+
+
+def log(stage: str, *parts: str) -> Path:
+    """A job's log: `results/logs/<stage>/<part>/.../<last part>.log` (`results/logs/<stage>.log`
+    for a stage with one job)."""
+    return _job_file("logs", ".log", stage, parts)
+
+
+def benchmark(stage: str, *parts: str) -> Path:
+    """A job's Snakemake benchmark table, laid out as its log under `results/benchmarks/`."""
+    return _job_file("benchmarks", ".tsv", stage, parts)

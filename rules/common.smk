@@ -224,7 +224,7 @@ def _write_resolved_config():
     """
     import yaml
 
-    path = Path("results/config.resolved.yaml")
+    path = paths.resolved_config()
     text = yaml.safe_dump(config, sort_keys=True)
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,9 @@ for _dataset in generated_datasets():
             labels=dataset_cfg(_dataset)["labels"],
             videos=directory(dataset_cfg(_dataset)["videos"]),
         log:
-            f"results/logs/demo_data/{_dataset}.log",
+            str(paths.log("demo_data", _dataset)),
         benchmark:
-            f"results/benchmarks/demo_data/{_dataset}.tsv"
+            str(paths.benchmark("demo_data", _dataset))
         params:
             code=code_version("demo_data"),
             out=lambda w, output: str(Path(output.labels).parent),
@@ -32,10 +32,10 @@ checkpoint manifest:
         labels=lambda w: label_files(w.dataset),
         videos=lambda w: videos_dir(w.dataset) or [],
     output:
-        manifest="results/manifest/{dataset}.csv",
-        missing="results/manifest/{dataset}.missing.csv",
+        manifest=str(paths.manifest("{dataset}")),
+        missing=str(paths.missing("{dataset}")),
     log:
-        "results/logs/manifest/{dataset}.log",
+        str(paths.log("manifest", "{dataset}")),
     params:
         code=code_version("manifest"),
         fmt=lambda w: dataset_cfg(w.dataset)["format"],
@@ -62,12 +62,12 @@ checkpoint manifest:
 
 rule probe:
     input:
-        manifest=ancient("results/manifest/{dataset}.csv"),
+        manifest=ancient(str(paths.manifest("{dataset}"))),
     output:
-        table="results/probe/{dataset}/shard-{shard}.csv",
-        failures="results/probe/{dataset}/shard-{shard}.failures.csv",
+        table=str(paths.probe("{dataset}", "{shard}")),
+        failures=str(paths.probe_failures("{dataset}", "{shard}")),
     log:
-        "results/logs/probe/{dataset}/{shard}.log",
+        str(paths.log("probe", "{dataset}", "{shard}")),
     params:
         code=code_version("probe"),
         digest=shard_digest,

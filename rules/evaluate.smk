@@ -6,12 +6,12 @@ rule evaluate:
     input:
         unpack(evaluation_inputs),
     output:
-        predictions="results/eval/{experiment}/{dataset}/predictions.csv",
-        metrics="results/eval/{experiment}/{dataset}/metrics.json",
+        predictions=str(paths.predictions("{experiment}", "{dataset}")),
+        metrics=str(paths.metrics("{experiment}", "{dataset}")),
     log:
-        "results/logs/evaluate/{experiment}/{dataset}.log",
+        str(paths.log("evaluate", "{experiment}", "{dataset}")),
     benchmark:
-        "results/benchmarks/evaluate/{experiment}/{dataset}.tsv"
+        str(paths.benchmark("evaluate", "{experiment}", "{dataset}"))
     wildcard_constraints:
         experiment=SINGLE_EXPERIMENTS,
     params:
@@ -33,12 +33,12 @@ rule evaluate:
 
 use rule evaluate as evaluate_fold with:
     output:
-        predictions="results/eval/{experiment}/fold{fold}/{dataset}/predictions.csv",
-        metrics="results/eval/{experiment}/fold{fold}/{dataset}/metrics.json",
+        predictions=str(paths.predictions("{experiment}", "{dataset}", "{fold}")),
+        metrics=str(paths.metrics("{experiment}", "{dataset}", "{fold}")),
     log:
-        "results/logs/evaluate/{experiment}/fold{fold}/{dataset}.log",
+        str(paths.log("evaluate", "{experiment}", paths.fold_part("{fold}"), "{dataset}")),
     benchmark:
-        "results/benchmarks/evaluate/{experiment}/fold{fold}/{dataset}.tsv"
+        str(paths.benchmark("evaluate", "{experiment}", paths.fold_part("{fold}"), "{dataset}"))
     wildcard_constraints:
         experiment=FOLD_EXPERIMENTS,
 
@@ -49,10 +49,10 @@ rule aggregate:
     input:
         unpack(fold_metrics),
     output:
-        predictions="results/eval/{experiment}/{dataset}/predictions.csv",
-        metrics="results/eval/{experiment}/{dataset}/metrics.json",
+        predictions=str(paths.predictions("{experiment}", "{dataset}")),
+        metrics=str(paths.metrics("{experiment}", "{dataset}")),
     log:
-        "results/logs/aggregate/{experiment}/{dataset}.log",
+        str(paths.log("aggregate", "{experiment}", "{dataset}")),
     wildcard_constraints:
         experiment=FOLD_EXPERIMENTS,
     params:

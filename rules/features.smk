@@ -3,13 +3,13 @@
 
 rule extract:
     input:
-        manifest=ancient("results/manifest/{dataset}.csv"),
+        manifest=ancient(str(paths.manifest("{dataset}"))),
     output:
-        store=directory("cache/features/{dataset}/{settings}/shard-{shard}.zarr"),
+        store=directory(str(paths.store("{dataset}", "{settings}", "{shard}"))),
     log:
-        "results/logs/extract/{dataset}/{settings}/{shard}.log",
+        str(paths.log("extract", "{dataset}", "{settings}", "{shard}")),
     benchmark:
-        "results/benchmarks/extract/{dataset}/{settings}/{shard}.tsv"
+        str(paths.benchmark("extract", "{dataset}", "{settings}", "{shard}"))
     params:
         code=code_version("extract"),
         digest=shard_digest,
@@ -37,9 +37,9 @@ rule feature_stats:
         stores=lambda w: store_paths(w.dataset),
         probes=lambda w: probe_paths(w.dataset),
     output:
-        "results/stats/{dataset}.json",
+        str(paths.stats("{dataset}")),
     log:
-        "results/logs/feature_stats/{dataset}.log",
+        str(paths.log("feature_stats", "{dataset}")),
     params:
         code=code_version("feature_stats"),
         settings=SETTINGS,

@@ -3,11 +3,11 @@
 
 rule prompts:
     input:
-        manifest=ancient("results/manifest/{dataset}.csv"),
+        manifest=ancient(str(paths.manifest("{dataset}"))),
     output:
-        directory("results/prompts/{dataset}"),
+        directory(str(paths.prompts_dir("{dataset}"))),
     log:
-        "results/logs/prompts/{dataset}.log",
+        str(paths.log("prompts", "{dataset}")),
     params:
         code=code_version("prompts"),
         digest=dataset_digest,
@@ -27,9 +27,9 @@ rule tokenizer:
     input:
         prompts=[str(paths.prompts_dir(d)) for d in config["datasets"]],
     output:
-        directory("results/tokenizer"),
+        directory(str(paths.tokenizer_dir())),
     log:
-        "results/logs/tokenizer.log",
+        str(paths.log("tokenizer")),
     params:
         code=code_version("tokenizer"),
     resources:

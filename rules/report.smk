@@ -8,12 +8,12 @@ rule report:
         stats=[str(paths.stats(d)) for d in config["datasets"]],
     output:
         html=report(
-            "results/report/index.html",
+            str(paths.report()),
             caption="../docs/report.rst",
             category="Report",
         ),
         plots=report(
-            directory("results/report/plots"),
+            directory(str(paths.report_plots())),
             patterns=["{name}.png"],
             caption="../docs/report.rst",
             category="Plots",
@@ -21,7 +21,7 @@ rule report:
         tables=[str(paths.experiment_table(e)) for e in config["experiments"]],
         summary=str(paths.summary_table()),
     log:
-        "results/logs/report.log",
+        str(paths.log("report")),
     params:
         code=code_version("report"),
         config=RESOLVED_CONFIG,

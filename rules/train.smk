@@ -12,9 +12,9 @@ rule train_stage1:
     output:
         directory(str(paths.model_dir(pipeline_stages.run_name("{experiment}", 1)))),
     log:
-        "results/logs/train/{experiment}.stage1.log",
+        str(paths.log("train", pipeline_stages.run_name("{experiment}", 1))),
     benchmark:
-        "results/benchmarks/train/{experiment}.stage1.tsv"
+        str(paths.benchmark("train", pipeline_stages.run_name("{experiment}", 1)))
     wildcard_constraints:
         experiment=SINGLE_EXPERIMENTS,
     params:
@@ -39,11 +39,11 @@ rule train:
     input:
         unpack(lambda w: {**training_inputs(w), **pipeline_stages.init_inputs(config, w.experiment)}),
     output:
-        directory("results/models/{experiment}"),
+        directory(str(paths.model_dir("{experiment}"))),
     log:
-        "results/logs/train/{experiment}.log",
+        str(paths.log("train", "{experiment}")),
     benchmark:
-        "results/benchmarks/train/{experiment}.tsv"
+        str(paths.benchmark("train", "{experiment}"))
     wildcard_constraints:
         experiment=SINGLE_EXPERIMENTS,
     params:
@@ -68,10 +68,10 @@ rule train:
 # One model per fold of a `folds: all` experiment: the same job, holding out fold {fold}.
 use rule train as train_fold with:
     output:
-        directory("results/models/{experiment}/fold{fold}"),
+        directory(str(paths.model_dir("{experiment}", "{fold}"))),
     log:
-        "results/logs/train/{experiment}/fold{fold}.log",
+        str(paths.log("train", "{experiment}", paths.fold_part("{fold}"))),
     benchmark:
-        "results/benchmarks/train/{experiment}/fold{fold}.tsv"
+        str(paths.benchmark("train", "{experiment}", paths.fold_part("{fold}")))
     wildcard_constraints:
         experiment=FOLD_EXPERIMENTS,
