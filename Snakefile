@@ -18,5 +18,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        all_targets(),
+        pipeline_workflow.targets(config),
     default_target: True

@@ -1,4 +1,4 @@
-"""Settings derived from the config: resolved model specs, the feature-settings hash, artifact paths.
+"""Settings derived from the config: resolved model specs and the feature-settings hash.
 
 The feature-settings hash names the feature stores, so changing a model or the sampling makes new
 stores (and reruns extraction) while everything else about a dataset stays cached.

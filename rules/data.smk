@@ -36,11 +36,13 @@ checkpoint manifest:
         missing=str(paths.missing("{dataset}")),
     log:
         str(paths.log("manifest", "{dataset}")),
+    benchmark:
+        str(paths.benchmark("manifest", "{dataset}"))
     params:
         code=code_version("manifest"),
         fmt=lambda w: dataset_cfg(w.dataset)["format"],
         videos=lambda w: f"--videos {videos_dir(w.dataset)}" if videos_dir(w.dataset) else "",
-        split=lambda w: split_scheme(w.dataset),
+        split=lambda w: dataset_cfg(w.dataset)["split"]["scheme"],
         k=lambda w: dataset_cfg(w.dataset)["split"]["k"],
         seed=lambda w: dataset_cfg(w.dataset)["split"]["seed"],
         mos_scale=lambda w: (
@@ -68,6 +70,8 @@ rule probe:
         failures=str(paths.probe_failures("{dataset}", "{shard}")),
     log:
         str(paths.log("probe", "{dataset}", "{shard}")),
+    benchmark:
+        str(paths.benchmark("probe", "{dataset}", "{shard}"))
     params:
         code=code_version("probe"),
         digest=shard_digest,

@@ -23,7 +23,7 @@ rule evaluate:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=gpu_count("evaluate"),
+        gpu=pipeline_workflow.gpu_count(config, "evaluate"),
     conda:
         ENV
     shell:

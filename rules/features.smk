@@ -23,7 +23,7 @@ rule extract:
     resources:
         # models + main process ~5 GB; each decode worker ~100-200 MB + 2 shared-memory frame slots
         mem_mb=lambda wildcards, threads: 5000 + 500 * threads,
-        gpu=gpu_count("extract"),
+        gpu=pipeline_workflow.gpu_count(config, "extract"),
     conda:
         ENV
     shell:
@@ -40,6 +40,8 @@ rule feature_stats:
         str(paths.stats("{dataset}")),
     log:
         str(paths.log("feature_stats", "{dataset}")),
+    benchmark:
+        str(paths.benchmark("feature_stats", "{dataset}"))
     params:
         code=code_version("feature_stats"),
         settings=SETTINGS,

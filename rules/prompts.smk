@@ -8,11 +8,13 @@ rule prompts:
         directory(str(paths.prompts_dir("{dataset}"))),
     log:
         str(paths.log("prompts", "{dataset}")),
+    benchmark:
+        str(paths.benchmark("prompts", "{dataset}"))
     params:
         code=code_version("prompts"),
         digest=dataset_digest,
         prompts=json.dumps(config["prompts"], sort_keys=True),
-        templates=lambda w: template_bank_digest(),
+        templates=pipeline_workflow.template_bank_digest(config),
         config=RESOLVED_CONFIG,
     resources:
         mem_mb=1000,
@@ -30,6 +32,8 @@ rule tokenizer:
         directory(str(paths.tokenizer_dir())),
     log:
         str(paths.log("tokenizer")),
+    benchmark:
+        str(paths.benchmark("tokenizer"))
     params:
         code=code_version("tokenizer"),
     resources:

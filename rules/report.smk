@@ -3,8 +3,8 @@
 
 rule report:
     input:
-        metrics=[str(paths.metrics(e, d)) for e, d in experiment_tests()],
-        models=model_dirs(),
+        metrics=[str(paths.metrics(e, d)) for e, d in pipeline_workflow.experiment_tests(config)],
+        models=pipeline_workflow.model_dirs(config),
         stats=[str(paths.stats(d)) for d in config["datasets"]],
     output:
         html=report(
@@ -22,6 +22,8 @@ rule report:
         summary=str(paths.summary_table()),
     log:
         str(paths.log("report")),
+    benchmark:
+        str(paths.benchmark("report"))
     params:
         code=code_version("report"),
         config=RESOLVED_CONFIG,

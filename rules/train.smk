@@ -27,7 +27,7 @@ rule train_stage1:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=gpu_count("train"),
+        gpu=pipeline_workflow.gpu_count(config, "train"),
     conda:
         ENV
     shell:
@@ -57,7 +57,7 @@ rule train:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=gpu_count("train"),
+        gpu=pipeline_workflow.gpu_count(config, "train"),
     conda:
         ENV
     shell:

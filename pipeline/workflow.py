@@ -1,0 +1,112 @@
+"""What the Snakemake workflow decides from the config, so `rules/common.smk` only wires it.
+
+Every function takes the validated config; none needs a manifest (input functions that read one live
+in common.smk, behind the manifest checkpoint). No torch here: the Snakefile imports this module to
+build the DAG.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yaml
+
+from . import atomic, paths
+from .config import stable_hash, validate
+from .experiments import experiment_folds, parse_selector
+from .prompts import BANK_PATH
+from .settings import model_spec
+
+# stages whose jobs run on a GPU when the config asks for one
+GPU_STAGES = ("extract", "train", "evaluate")
+
+
+def load(config: dict) -> dict:
+    """The workflow's config, validated against the package schema once, every default filled."""
+    return validate(config, "config")
+
+
+def on_gpu(cfg: dict) -> bool:
+    """`cuda` or `auto` (auto runs on a GPU where the job has one, so the GPU stages ask for one)."""
+    return cfg["device"] != "cpu"
+
+
+def gpu_count(cfg: dict, stage: str) -> int:
+    """GPUs a job asks for (the `gpu` resource: `--gpus=N` on SLURM, limited by `--resources gpu=N`
+    on one box): one for extraction and evaluation, `training.gpus` for training (DDP through
+    `lmmvqa launch`), none on CPU."""
+    if not on_gpu(cfg) or stage not in GPU_STAGES:
+        return 0
+    return cfg["training"]["gpus"] if stage == "train" else 1
+
+
+def needs_tokenizer(cfg: dict) -> bool:
+    """An LLM built at random init (no `source`) uses a tokenizer trained on the prompts (the tokenizer
+    rule); a pretrained one brings its own."""
+    return model_spec(cfg, "llm")["source"] is None
+
+
+def folds(cfg: dict) -> dict[str, list[int]]:
+    """Experiment -> its folds, for the experiments that run every fold (`folds: all`)."""
+    return {e: f for e in cfg["experiments"] if (f := experiment_folds(cfg, e)) is not None}
+
+
+def names_regex(names) -> str:
+    """Rule-level wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(sorted(names)) or "(?!)"
+
+
+def experiment_datasets(cfg: dict, experiment: str, role: str) -> list[str]:
+    """Datasets an experiment trains (`role="train"`) or tests (`"test"`) on."""
+    return sorted({parse_selector(s)[0] for s in cfg["experiments"][experiment][role]})
+
+
+def experiment_tests(cfg: dict) -> list[tuple[str, str]]:
+    """(experiment, dataset) pairs that get predictions and metrics (for `folds: all`: the aggregate)."""
+    return [(e, d) for e in cfg["experiments"] for d in experiment_datasets(cfg, e, "test")]
+
+
+def model_dirs(cfg: dict) -> list[str]:
+    """Every model folder of the config: one per single-fold experiment, one per fold of the others."""
+    fold_map = folds(cfg)
+    return [str(paths.model_dir(e, f)) for e in cfg["experiments"] for f in fold_map.get(e, [None])]
+
+
+def targets(cfg: dict) -> list[str]:
+    """What `snakemake` with no target builds: every manifest, and with experiments their metrics,
+    tables and the report. The metrics and tables are asked for, not only the report page: a run that
+    already has a report would otherwise skip an experiment added to the config later."""
+    out = [str(paths.manifest(d)) for d in cfg["datasets"]]
+    if cfg["experiments"]:
+        out += [str(paths.metrics(e, d)) for e, d in experiment_tests(cfg)]
+        out += [str(paths.experiment_table(e)) for e in cfg["experiments"]]
+        out.append(str(paths.report()))
+    return out
+
+
+def manifest_digest(df) -> str:
+    """Hash of what the prompts of a dataset are built from (ids, scores, levels, splits, folds)."""
+    cols = [c for c in ("id", "mos", "level", "split", "fold") if c in df.columns]
+    return stable_hash(df[cols].astype(str).values.tolist(), 16)
+
+
+def template_bank(cfg: dict) -> Path:
+    """The prompt template bank in use: the config's, else the packaged one."""
+    return Path(cfg["prompts"]["templates"] or BANK_PATH)
+
+
+def template_bank_digest(cfg: dict) -> str:
+    """Hash of the template bank, so editing it reruns prompts -> training -> evaluation."""
+    bank = template_bank(cfg)
+    return hashlib.sha256(bank.read_bytes()).hexdigest()[:12] if bank.exists() else "missing"
+
+
+def write_resolved_config(cfg: dict) -> str:
+    """The validated config with every default, as the `lmmvqa` commands read it. Written (atomically)
+    only when its content changes, so its mtime never triggers reruns; rules carry the settings they
+    depend on in `params:` instead."""
+    path = paths.resolved_config()
+    text = yaml.safe_dump(cfg, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
+        atomic.write_text(path, text)
+    return str(path)

@@ -1,0 +1,73 @@
+"""pipeline/workflow.py: what the Snakefile decides from the config, tested without Snakemake."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from pipeline import paths, workflow
+from pipeline.errors import UserError
+
+
+def _cfg(**overrides):
+    raw = {
+        "datasets": {
+            "demo": {"format": "generic", "labels": "l.csv", "videos": "v"},
+            "lsvq": {"format": "lsvq", "labels": "x.csv", "videos": "w"},
+        },
+        "experiments": {"e": {"train": ["demo:train"], "test": ["demo:test", "lsvq:test"]}},
+    }
+    raw.update(overrides)
+    return workflow.load(raw)
+
+
+def test_load_validates_once_and_names_the_bad_key():
+    with pytest.raises(UserError, match="no_such_key"):
+        workflow.load({"no_such_key": 1})
+
+
+def test_gpu_count_per_stage_and_device():
+    cpu = _cfg(device="cpu")
+    assert [workflow.gpu_count(cpu, s) for s in ("extract", "train", "evaluate")] == [0, 0, 0]
+    gpu = _cfg(device="cuda", training={"gpus": 4})
+    assert [workflow.gpu_count(gpu, s) for s in ("extract", "train", "evaluate", "report")] == [1, 4, 1, 0]
+    assert workflow.gpu_count(_cfg(device="auto"), "extract") == 1
+
+
+def test_tokenizer_needed_only_for_a_random_init_llm():
+    assert workflow.needs_tokenizer(_cfg(models={"preset": "tiny"}))
+    assert not workflow.needs_tokenizer(_cfg(models={"preset": "tiny", "llm": {"source": "some/hub-id"}}))
+
+
+def test_targets_and_tests():
+    cfg = _cfg()
+    assert workflow.experiment_tests(cfg) == [("e", "demo"), ("e", "lsvq")]
+    assert workflow.targets(cfg) == [str(paths.manifest("demo")), str(paths.manifest("lsvq")),
+                                     str(paths.metrics("e", "demo")), str(paths.metrics("e", "lsvq")),
+                                     str(paths.experiment_table("e")), str(paths.report())]
+    assert workflow.model_dirs(cfg) == [str(paths.model_dir("e"))]
+    assert workflow.names_regex([]) == "(?!)" and workflow.names_regex(["b", "a"]) == "a|b"
+
+
+def test_resolved_config_is_rewritten_only_when_it_changes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg()
+    path = workflow.write_resolved_config(cfg)
+    assert yaml.safe_load(open(path)) == cfg
+    os.utime(path, ns=(1, 1))
+    workflow.write_resolved_config(cfg)
+    assert os.stat(path).st_mtime_ns == 1  # same content: untouched, so it triggers nothing
+    workflow.write_resolved_config(_cfg(device="cuda"))
+    assert os.stat(path).st_mtime_ns != 1 and yaml.safe_load(open(path))["device"] == "cuda"
+    assert [p.name for p in paths.resolved_config().parent.iterdir()] == ["config.resolved.yaml"]
+
+
+def test_template_bank_digest_follows_the_file(tmp_path):
+    bank = tmp_path / "bank.yaml"
+    bank.write_text("a: 1\n")
+    cfg = _cfg(prompts={"templates": str(bank)})
+    first = workflow.template_bank_digest(cfg)
+    bank.write_text("a: 2\n")
+    assert workflow.template_bank_digest(cfg) != first and len(first) == 12
+    assert workflow.template_bank(_cfg()).exists()  # the packaged bank
