@@ -31,11 +31,10 @@ import numpy as np
 import pandas as pd
 
 from . import atomic
-from .errors import UserError
+from .errors import FAILURE_COLUMNS, UserError
 
 PROBE_KEYS = ["duration", "fps", "vfr", "n_frames", "width", "height", "rotation", "codec", "pix_fmt", "has_video"]
 PROBE_COLUMNS = ["id", "path", *PROBE_KEYS]
-FAILURE_COLUMNS = ["id", "path", "stage", "error"]
 VFR_PACKETS = 120
 REORDER_SLACK = 16
 
