@@ -30,6 +30,8 @@ import re
 from typing import Sequence
 
 LEVELS = ("poor", "fair", "good")  # worst to best; also the label order of the confusion matrix
+# level -> its probability column (predictions.csv, `lmmvqa score` lines), best first: p_good, p_fair, p_poor
+LEVEL_PROB_COLUMNS = {lv: f"p_{lv}" for lv in reversed(LEVELS)}
 SCORE_MIN, SCORE_MAX = 0.0, 100.0
 
 _NONFINITE = re.compile(r"\b(?:nan|inf|infinity)\b", re.IGNORECASE)
@@ -39,7 +41,7 @@ _SCALE = re.compile(r"(?<=[0-9])(\s*(?:/|\bout\s+of\b)\s*100(?:\.0+)?)(?![0-9])(
 # a run of digits and dots holding at least one digit, with an optional sign in front
 _NUMBER_RUN = re.compile(r"(?P<sign>[-+\u2212]?)(?P<body>[0-9.]*[0-9][0-9.]*)")
 _PLAIN = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)$")
-_LEVEL_WORD = re.compile(r"\b(good|fair|poor)\b", re.IGNORECASE)
+_LEVEL_WORD = re.compile(r"\b(" + "|".join(LEVELS) + r")\b", re.IGNORECASE)
 
 
 def parse_score(text: str | None) -> tuple[float | None, str]:

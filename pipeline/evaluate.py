@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import atomic, paths
+from .answers import LEVEL_PROB_COLUMNS
 from .config import load_config
 from .errors import UserError
 from .experiments import dataset_features, parse_selector, prompt_parts
@@ -17,7 +18,7 @@ from .predict import predict_batch
 from .prompts import load_templates, read_prompts
 
 PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "prob_score", "level", "level_text",
-                      "p_good", "p_fair", "p_poor"]
+                      *LEVEL_PROB_COLUMNS.values()]
 
 
 def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:

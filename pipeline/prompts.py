@@ -27,13 +27,13 @@ from typing import Iterable
 import pandas as pd
 import yaml
 
+from .answers import LEVELS
 from .errors import UserError
 from .manifest import levels as manifest_levels
 from .manifest import read_manifest
 
 BANK_PATH = Path(__file__).with_name("data") / "templates.yaml"
 QUESTION_TYPES = ("score", "level")
-LEVEL_WORDS = ("poor", "fair", "good")
 FIELDS = ("id", "dataset", "part", "type", "template", "question", "answer", "mos", "level")
 
 
@@ -112,10 +112,10 @@ def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
     df["mos"] = pd.to_numeric(df["mos"], errors="raise").astype(float)
     if "level" not in df.columns or (df["level"].astype(str) == "").any():
         df["level"] = levels_from_mos(df["mos"])
-    bad = df[~df["level"].isin(LEVEL_WORDS)]
+    bad = df[~df["level"].isin(LEVELS)]
     if len(bad):
         raise UserError(f"manifest of '{dataset}': level '{bad['level'].iloc[0]}' of video {bad['id'].iloc[0]} "
-                        f"is not one of {', '.join(LEVEL_WORDS)}")
+                        f"is not one of {', '.join(LEVELS)}")
     df["part"] = df.apply(part_of_row, axis=1)
     samples = []
     for row in df.itertuples(index=False):

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from .answers import LEVEL_PROB_COLUMNS
 from .errors import UserError
 from .labels import is_video_file
 
@@ -76,8 +77,8 @@ class Scorer:
                             decoding=self.decoding)[0]
         return {
             "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
-            "level": row["level"] or None, "p_good": round(row["p_good"], 4), "p_fair": round(row["p_fair"], 4),
-            "p_poor": round(row["p_poor"], 4), "text": row["text"], "invalid": bool(row["invalid"]),
+            "level": row["level"] or None, **{col: round(row[col], 4) for col in LEVEL_PROB_COLUMNS.values()},
+            "text": row["text"], "invalid": bool(row["invalid"]),
             "decoding": self.decoding,
             "duration": meta.get("duration"), "backend": meta.get("backend"),
             "seconds": round(time.perf_counter() - t0, 3),
