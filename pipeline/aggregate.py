@@ -25,13 +25,12 @@ import pandas as pd
 from . import atomic, paths
 from .config import load_config
 from .errors import UserError
-from .experiments import experiment_folds
+from .experiments import experiment_folds, require_experiment
 from .metrics import aggregate_folds
 
 
 def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path) -> dict:
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
+    require_experiment(cfg, experiment)
     folds = experiment_folds(cfg, experiment)
     if folds is None:
         raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); nothing to aggregate")

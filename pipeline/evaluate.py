@@ -12,7 +12,7 @@ from . import atomic, paths
 from .answers import LEVEL_PROB_COLUMNS
 from .config import load_config
 from .errors import UserError
-from .experiments import dataset_features, parse_selector, prompt_parts
+from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment
 from .metrics import compute_metrics
 from .predict import predict_batch
 from .prompts import load_templates, read_prompts
@@ -23,9 +23,7 @@ PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "pr
 
 def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:
     """id, mos, level_true of the dataset's videos that the experiment tests on (from its prompt shards)."""
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
-    exp = cfg["experiments"][experiment]
+    exp = require_experiment(cfg, experiment)
     selectors = [s for s in exp["test"] if parse_selector(s)[0] == dataset]
     if not selectors:
         raise UserError(f"experiment '{experiment}' does not test on dataset '{dataset}'")

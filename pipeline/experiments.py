@@ -18,6 +18,13 @@ import pandas as pd
 from .errors import UserError
 
 
+def require_experiment(cfg: dict, experiment: str) -> dict:
+    """The config of an experiment; a UserError naming the config's experiments when it has none of that name."""
+    if experiment not in cfg["experiments"]:
+        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments']) or 'none'})")
+    return cfg["experiments"][experiment]
+
+
 def parse_selector(selector: str) -> tuple[str, str]:
     dataset, _, subset = selector.partition(":")
     return dataset, subset or "all"
@@ -90,8 +97,7 @@ def experiment_folds(cfg: dict, experiment: str) -> list[int] | None:
 
 def with_holdout(cfg: dict, experiment: str, fold: int) -> dict:
     """A copy of the config whose experiment holds out `fold` (one fold of a `folds: all` experiment)."""
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
+    require_experiment(cfg, experiment)
     folds = experiment_folds(cfg, experiment)
     if folds is None:
         raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); "

@@ -39,7 +39,7 @@ from jinja2 import Environment
 from . import paths
 from .answers import LEVELS
 from .config import load_config
-from .experiments import experiment_folds, parse_selector
+from .experiments import experiment_folds, parse_selector, require_experiment
 from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, logistic, write_table
 
 
@@ -560,11 +560,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
     names = experiments or list(cfg["experiments"])
     exps, models, feature_datasets, summary_entries = [], [], [], []
     for name in names:
-        if name not in cfg["experiments"]:
-            from .errors import UserError
-
-            raise UserError(f"unknown experiment '{name}' (config has: {', '.join(cfg['experiments'])})")
-        exp_cfg = cfg["experiments"][name]
+        exp_cfg = require_experiment(cfg, name)
         folds = experiment_folds(cfg, name)
         metrics_list, missing, datasets, fold_tables = [], [], [], []
         for dataset in experiment_test_datasets(cfg, name):

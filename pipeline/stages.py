@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import UserError
+from .experiments import require_experiment
 
 STAGE1_SUFFIX = ".stage1"
 
@@ -39,9 +40,7 @@ def experiment_training(cfg: dict, experiment: str, stage: int | None = None) ->
 
     from .config import deep_merge, schema
 
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments']) or 'none'})")
-    exp = cfg["experiments"][experiment]
+    exp = require_experiment(cfg, experiment)
     tr = deep_merge(cfg["training"], exp.get("training") or {})
     where = f"experiments.{experiment}.training"
     if stage == 1:
