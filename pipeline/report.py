@@ -40,7 +40,7 @@ from . import paths
 from .answers import LEVELS
 from .config import load_config
 from .experiments import experiment_folds, parse_selector, require_experiment
-from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, logistic, write_table
+from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, invalid_flags, logistic, write_table
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -136,8 +136,8 @@ def scatter_plot(pred: pd.DataFrame, metrics: dict | None, title: str):
     for ax, method, col in zip(axes, METHODS, ("score", "prob_score")):
         x = pd.to_numeric(pred[col], errors="coerce").to_numpy(float) if col in pred else np.full(len(mos), np.nan)
         ok = np.isfinite(x) & np.isfinite(mos)
-        if method == "text" and "invalid" in pred:
-            ok &= ~pred["invalid"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+        if method == "text":
+            ok &= ~invalid_flags(pred).to_numpy(dtype=bool)
         ax.scatter(x[ok], mos[ok], s=14, alpha=0.7, color="#1f77b4", edgecolors="none", label="videos")
         params = fit_logistic(x[ok], mos[ok]) if ok.sum() else None
         if params is not None:
@@ -585,7 +585,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
                 entry["scatter"] = _png(scatter_plot(pred, metrics, f"{name} \u2192 {dataset}: prediction vs MOS"),
                                         plots_dir / f"{stem}--scatter.png")
                 if "invalid" in pred:
-                    bad = pred[pred["invalid"].astype(str).str.lower().isin(["true", "1"])]
+                    bad = pred[invalid_flags(pred)]
                     entry["invalid_count"] = int(len(bad))
                     entry["invalid_examples"] = [{"id": r["id"], "text": "" if pd.isna(r.get("text")) else str(r["text"])[:200]}
                                                  for _, r in bad.head(5).iterrows()]
