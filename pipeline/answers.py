@@ -136,9 +136,7 @@ GRAMMARS: dict = {"score": NumberGrammar(), "level": WordsGrammar("level", LEVEL
 
 
 # ------------------------------------------------------------------ scores from token probabilities
-
-SCORE_CANDIDATES = tuple(str(i) for i in range(101))  # "0" .. "100": the integer answers
-
+# (the candidate answers whose log-probabilities these take are predict.SCORE_CANDIDATES)
 
 def _normalise(logprobs) -> tuple[list[str], "object"]:
     import numpy as np
@@ -154,8 +152,8 @@ def _normalise(logprobs) -> tuple[list[str], "object"]:
 
 def expected_score(logprobs: dict[str, float]) -> float:
     """Probability score: the expected value of the score under the model's distribution over the
-    integer candidate answers ("0".."100" -> their log-probabilities as full answers), renormalised
-    over the candidates. Always defined (in [0, 100]) when at least one log-probability is finite."""
+    integer candidate answers ("0".."100" -> their log-probabilities; predict.py scores each as the
+    start of an answer, "63."), renormalised over the candidates. Always defined (in [0, 100]) when at least one log-probability is finite."""
     import numpy as np
 
     keys, p = _normalise(logprobs)

@@ -25,10 +25,10 @@ one-second chunks (SlowFast), write one Zarr feature store (see pipeline/store.p
   Attributes: dataset, shard, vision {source, config, tokens, width, ...}, motion {source, config,
   dim, ...}, sampling (+ key_size, chunk_size), settings_hash, code_version, device, per-video
   metadata (decode metadata + decode_s, vision_s, motion_s) and total timings.
-* `CODE_VERSION` is the hash of the extraction code (decode.py, encoders.py, extract.py, store.py,
-  presets.yaml), the value the workflow passes in `params:`.
+* `CODE_VERSION` is `versions.code_version("extract")`, the hash of the extraction code, the value the
+  workflow passes in `params:`.
 
-`Extractor` is the reusable part (models + sampling settings): `Extractor.from_config(cfg, device)`
+`Extractor` is the reusable part (models + sampling settings): `Extractor(cfg, device, threads)`
 then `.features(path) -> (spatial [K, T, W] float32, motion [S, M] float32, meta)`; `lmmvqa score`
 uses it for videos outside a manifest.
 
@@ -140,10 +140,6 @@ class Extractor:
         self.load_s = time.perf_counter() - t0
         self.key_size = int(self.vision_info["image_size"])
         self.chunk_size = int(self.motion_info["input_size"])
-
-    @classmethod
-    def from_config(cls, cfg: dict, device: str | None = None, threads: int | None = None) -> "Extractor":
-        return cls(cfg, device, threads)
 
     @property
     def sampling_attrs(self) -> dict:
