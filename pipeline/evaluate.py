@@ -10,6 +10,7 @@ import pandas as pd
 
 from . import atomic, paths
 from .answers import LEVEL_PROB_COLUMNS
+from .cli_args import add_config_arg, add_device_arg, add_dtype_arg
 from .config import load_config
 from .errors import UserError
 from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment
@@ -76,13 +77,12 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--experiment", required=True, help="experiment name (config `experiments`)")
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
     parser.add_argument("--out", required=True, help="predictions CSV; metrics.json is written beside it")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config `device`)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
+    add_device_arg(parser, help="cpu, cuda or cuda:N (default: config `device`)")
+    add_dtype_arg(parser)
     parser.add_argument("--fold", type=int, default=None,
                         help="evaluate the model of this fold of a `folds: all` experiment on that fold's test videos")
 

@@ -86,6 +86,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .cli_args import add_config_arg, add_device_arg, add_no_progress_arg
 from .errors import UserError
 from .settings import SAMPLING_KEYS
 from .versions import code_version
@@ -620,17 +621,17 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--dataset", required=True, help="dataset name (recorded in the store)")
     parser.add_argument("--manifest", required=True, help="manifest CSV (columns id, path, shard, ...)")
     parser.add_argument("--videos", default=None, help="videos folder the manifest paths are relative to")
     parser.add_argument("--shard", type=int, required=True, help="shard number in the manifest")
     parser.add_argument("--out", required=True, help="feature store to write (shard-XXXXX.zarr)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the config's)")
+    add_device_arg(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads (default: config 'threads')")
     parser.add_argument("--decode-workers", type=int, default=None,
                         help="decode worker processes (default: the config's features.decode_workers, else --threads)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    add_no_progress_arg(parser)
 
 
 def main(args) -> int:

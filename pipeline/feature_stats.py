@@ -19,6 +19,7 @@ import json
 import numpy as np
 
 from . import atomic
+from .cli_args import add_config_arg
 from .errors import UserError
 
 
@@ -86,7 +87,7 @@ def dataset_stats(features, address: str | None = None) -> dict:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--dataset", required=True, help="dataset name")
     parser.add_argument("--out", required=True, help="statistics JSON to write")
     parser.add_argument("--address", default=None, help="dask.distributed scheduler (default: config dask.address)")

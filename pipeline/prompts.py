@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from .answers import LEVELS
+from .cli_args import add_config_arg
 from .errors import UserError
 from .manifest import levels as manifest_levels
 from .manifest import read_manifest
@@ -182,7 +183,7 @@ def build_prompts(cfg: dict, dataset: str, manifest_path: str | Path, out_dir: s
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--dataset", required=True, help="dataset name in the config")
     parser.add_argument("--manifest", required=True, help="the dataset's manifest CSV")
     parser.add_argument("--out-dir", required=True, help="folder for <part>.jsonl shards (replaced atomically)")

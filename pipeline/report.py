@@ -38,13 +38,14 @@ from jinja2 import Environment
 
 from . import paths
 from .answers import LEVELS
+from .cli_args import add_config_arg
 from .config import load_config
 from .experiments import experiment_folds, parse_selector, require_experiment
 from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, invalid_flags, logistic, write_table
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(p)
     p.add_argument("--out", default=str(paths.report()), help="HTML file to write (default %(default)s)")
     p.add_argument("--experiment", action="append", default=None,
                    help="only this experiment (repeatable; default: every experiment of the config)")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .answers import LEVEL_PROB_COLUMNS
+from .cli_args import add_device_arg, add_dtype_arg
 from .errors import UserError
 from .labels import is_video_file
 
@@ -114,14 +115,13 @@ def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
     parser.add_argument("--model", required=True, help="trained model folder (results/models/<experiment>)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_device_arg(parser, default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
     parser.add_argument("--out", default=None, help="write the JSON lines to this file (default: stdout)")
     parser.add_argument("--decoding", choices=["constrained", "free"], default=None,
                         help="text answers: constrained (always a valid number / level word) or free greedy "
                              "(default: the model's recorded evaluation.decoding)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
+    add_dtype_arg(parser)
 
 
 def main(args) -> int:
