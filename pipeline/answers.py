@@ -29,6 +29,8 @@ import math
 import re
 from typing import Sequence
 
+import numpy as np
+
 LEVELS = ("poor", "fair", "good")  # worst to best; also the label order of the confusion matrix
 # level -> its probability column (predictions.csv, `lmmvqa score` lines), best first: p_good, p_fair, p_poor
 LEVEL_PROB_COLUMNS = {lv: f"p_{lv}" for lv in reversed(LEVELS)}
@@ -139,8 +141,6 @@ GRAMMARS: dict = {"score": NumberGrammar(), "level": WordsGrammar("level", LEVEL
 # (the candidate answers whose log-probabilities these take are predict.SCORE_CANDIDATES)
 
 def _normalise(logprobs) -> tuple[list[str], "object"]:
-    import numpy as np
-
     keys = list(logprobs)
     lp = np.asarray([float(logprobs[k]) for k in keys], dtype=float)
     if not len(lp) or not np.isfinite(lp).any():
@@ -154,8 +154,6 @@ def expected_score(logprobs: dict[str, float]) -> float:
     """Probability score: the expected value of the score under the model's distribution over the
     integer candidate answers ("0".."100" -> their log-probabilities; predict.py scores each as the
     start of an answer, "63."), renormalised over the candidates. Always defined (in [0, 100]) when at least one log-probability is finite."""
-    import numpy as np
-
     keys, p = _normalise(logprobs)
     values = np.asarray([float(k) for k in keys])
     return float(np.clip(np.dot(p, values), SCORE_MIN, SCORE_MAX))

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from . import atomic, paths
 from .answers import LEVEL_PROB_COLUMNS
 from .cli_args import add_config_arg, add_device_arg, add_dtype_arg
 from .config import load_config
 from .errors import UserError
-from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment
+from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment, with_holdout
+from .lmm import LMMVQA, collate_videos
 from .metrics import compute_metrics
 from .predict import predict_batch
 from .prompts import load_templates, read_prompts
@@ -38,11 +40,6 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
              dtype: str | None = None, fold: int | None = None) -> dict:
     """Predictions + metrics of one test dataset; `fold`: the model of that fold of a `folds: all`
     experiment, on that fold's test videos."""
-    from tqdm import tqdm
-
-    from .experiments import with_holdout
-    from .lmm import LMMVQA, collate_videos
-
     if fold is not None:
         cfg = with_holdout(cfg, experiment, fold)
     videos = test_videos(cfg, experiment, dataset)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -432,8 +433,6 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_table(df: pd.DataFrame, csv_path) -> tuple[str, str]:
     """Write the numeric table as CSV and its display form as Markdown beside it (.md)."""
-    from pathlib import Path
-
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv_path, index=False, float_format="%.6g")

@@ -29,7 +29,9 @@ import yaml
 
 from .answers import LEVELS
 from .cli_args import add_config_arg
+from .config import load_config
 from .errors import UserError
+from .experiments import official_split_names, part_of_row
 from .manifest import levels as manifest_levels
 from .manifest import read_manifest
 
@@ -84,8 +86,6 @@ def levels_from_mos(mos: pd.Series) -> pd.Series:
 
 def part_names(cfg: dict, dataset: str, manifest: pd.DataFrame) -> list[str]:
     """Every part of a dataset: all k folds for k-fold datasets (empty ones included), else the split names."""
-    from .experiments import official_split_names, part_of_row
-
     ds = cfg["datasets"][dataset]
     present = sorted(set(manifest.apply(part_of_row, axis=1))) if len(manifest) else []
     if ds["split"]["scheme"] == "kfold" and (not present or all(p.startswith("fold") for p in present)):
@@ -100,8 +100,6 @@ def _part_key(name: str):
 def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
                   questions: Iterable[str] = QUESTION_TYPES, bank: dict | None = None) -> list[dict]:
     """The Q&A samples of a manifest, in manifest row order (score then level per video)."""
-    from .experiments import part_of_row
-
     bank = bank or load_templates()
     questions = [q for q in QUESTION_TYPES if q in set(questions)]
     if not len(manifest):
@@ -190,8 +188,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from .config import load_config
-
     cfg = load_config(args.config)
     counts = build_prompts(cfg, args.dataset, args.manifest, args.out_dir)
     total = sum(counts.values())

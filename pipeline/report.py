@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from jinja2 import Environment
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
 from . import paths
 from .answers import LEVELS
@@ -42,6 +43,8 @@ from .cli_args import add_config_arg
 from .config import load_config
 from .experiments import experiment_folds, parse_selector, require_experiment
 from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, invalid_flags, logistic, write_table
+from .settings import feature_settings_hash, model_spec
+from .versions import STAGE_SOURCES, code_version
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -98,8 +101,6 @@ def _git_commit() -> str | None:
 
 
 def _store_info(cfg: dict, dataset: str) -> dict:
-    from .settings import feature_settings_hash
-
     settings = feature_settings_hash(cfg)
     folder = paths.CACHE / "features" / dataset / settings
     stores = []
@@ -115,8 +116,6 @@ def _store_info(cfg: dict, dataset: str) -> dict:
 # ------------------------------------------------------------------ plots
 
 def _figure(w=5.0, h=4.0):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
@@ -382,8 +381,6 @@ def render_html(**context) -> str:
 
 def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
     """Model ids / sources per role: from the model folder's lmmvqa.json, else from the config."""
-    from .settings import model_spec
-
     out = {}
     for role in ("vision", "motion", "llm"):
         spec = None
@@ -402,8 +399,6 @@ def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
 
 def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
                  config_path: str | None = None) -> Path:
-    from .versions import STAGE_SOURCES, code_version
-
     out = Path(out)
     plots_dir = out.parent / "plots"
     names = experiments or list(cfg["experiments"])

@@ -20,8 +20,13 @@ from pathlib import Path
 
 from .answers import LEVEL_PROB_COLUMNS
 from .cli_args import add_device_arg, add_dtype_arg
+from .config import schema
 from .errors import UserError
+from .extract import Extractor
 from .labels import is_video_file
+from .lmm import LMMVQA, collate_videos
+from .predict import predict_batch
+from .prompts import load_templates
 
 
 def expand_inputs(items) -> list[Path]:
@@ -44,10 +49,6 @@ class Scorer:
 
     def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
                  decoding: str | None = None):
-        from .extract import Extractor
-        from .lmm import LMMVQA
-        from .prompts import load_templates
-
         model_dir = Path(model_dir)
         self.model = LMMVQA.from_pretrained(model_dir, device=device, dtype=dtype)
         cfg = self.model.config
@@ -62,9 +63,6 @@ class Scorer:
         self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()
 
     def score(self, path) -> dict:
-        from .lmm import collate_videos
-        from .predict import predict_batch
-
         t0 = time.perf_counter()
         spatial, motion, meta = self.extractor.features(path)
         # the model was trained on features as stored (float16 by default): round the same way
@@ -88,8 +86,6 @@ class Scorer:
 
 def default_decoding() -> str:
     """evaluation.decoding's schema default (for model folders that do not record it)."""
-    from .config import schema
-
     return schema()["properties"]["evaluation"]["properties"]["decoding"]["default"]
 
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jsonschema import Draft202012Validator
+
 from . import paths
+from .config import deep_merge, schema
 from .errors import UserError
 from .experiments import require_experiment
 
@@ -36,10 +39,6 @@ def experiment_training(cfg: dict, experiment: str, stage: int | None = None) ->
     """The training settings of an experiment's run: the top-level `training`, then the experiment's
     `training` overrides; for its stage 1 (`stage=1`) then `lora.enabled: false` and the `stage1`
     overrides. Nested objects (lora) merge key by key; the result is checked against the schema."""
-    from jsonschema import Draft202012Validator
-
-    from .config import deep_merge, schema
-
     exp = require_experiment(cfg, experiment)
     tr = deep_merge(cfg["training"], exp.get("training") or {})
     where = f"experiments.{experiment}.training"
