@@ -23,15 +23,15 @@ from pathlib import Path
 import pandas as pd
 
 from . import atomic, paths
+from .cli_args import add_config_arg
 from .config import load_config
 from .errors import UserError
-from .experiments import experiment_folds
+from .experiments import experiment_folds, require_experiment
 from .metrics import aggregate_folds
 
 
 def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path) -> dict:
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
+    require_experiment(cfg, experiment)
     folds = experiment_folds(cfg, experiment)
     if folds is None:
         raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); nothing to aggregate")
@@ -60,7 +60,7 @@ def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path) -> dict
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--experiment", required=True, help="a `folds: all` experiment of the config")
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
     parser.add_argument("--out", required=True, help="aggregate metrics.json; pooled predictions.csv goes beside it")

@@ -29,7 +29,11 @@ import math
 import re
 from typing import Sequence
 
+import numpy as np
+
 LEVELS = ("poor", "fair", "good")  # worst to best; also the label order of the confusion matrix
+# level -> its probability column (predictions.csv, `lmmvqa score` lines), best first: p_good, p_fair, p_poor
+LEVEL_PROB_COLUMNS = {lv: f"p_{lv}" for lv in reversed(LEVELS)}
 SCORE_MIN, SCORE_MAX = 0.0, 100.0
 
 _NONFINITE = re.compile(r"\b(?:nan|inf|infinity)\b", re.IGNORECASE)
@@ -39,7 +43,7 @@ _SCALE = re.compile(r"(?<=[0-9])(\s*(?:/|\bout\s+of\b)\s*100(?:\.0+)?)(?![0-9])(
 # a run of digits and dots holding at least one digit, with an optional sign in front
 _NUMBER_RUN = re.compile(r"(?P<sign>[-+\u2212]?)(?P<body>[0-9.]*[0-9][0-9.]*)")
 _PLAIN = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)$")
-_LEVEL_WORD = re.compile(r"\b(good|fair|poor)\b", re.IGNORECASE)
+_LEVEL_WORD = re.compile(r"\b(" + "|".join(LEVELS) + r")\b", re.IGNORECASE)
 
 
 def parse_score(text: str | None) -> tuple[float | None, str]:
@@ -134,13 +138,9 @@ GRAMMARS: dict = {"score": NumberGrammar(), "level": WordsGrammar("level", LEVEL
 
 
 # ------------------------------------------------------------------ scores from token probabilities
-
-SCORE_CANDIDATES = tuple(str(i) for i in range(101))  # "0" .. "100": the integer answers
-
+# (the candidate answers whose log-probabilities these take are predict.SCORE_CANDIDATES)
 
 def _normalise(logprobs) -> tuple[list[str], "object"]:
-    import numpy as np
-
     keys = list(logprobs)
     lp = np.asarray([float(logprobs[k]) for k in keys], dtype=float)
     if not len(lp) or not np.isfinite(lp).any():
@@ -152,10 +152,8 @@ def _normalise(logprobs) -> tuple[list[str], "object"]:
 
 def expected_score(logprobs: dict[str, float]) -> float:
     """Probability score: the expected value of the score under the model's distribution over the
-    integer candidate answers ("0".."100" -> their log-probabilities as full answers), renormalised
-    over the candidates. Always defined (in [0, 100]) when at least one log-probability is finite."""
-    import numpy as np
-
+    integer candidate answers ("0".."100" -> their log-probabilities; predict.py scores each as the
+    start of an answer, "63."), renormalised over the candidates. Always defined (in [0, 100]) when at least one log-probability is finite."""
     keys, p = _normalise(logprobs)
     values = np.asarray([float(k) for k in keys])
     return float(np.clip(np.dot(p, values), SCORE_MIN, SCORE_MAX))

@@ -47,7 +47,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .streams import display_info, error_text
 
 BACKENDS = ("decord", "pyav")
 GROUP_FRAMES = 64  # frames requested from the decoder at once (bounds memory)
@@ -102,9 +107,6 @@ def frame_at(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 def _resize_to(frames: np.ndarray, h: int, w: int) -> np.ndarray:
     """uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] (antialiased bilinear)."""
-    import torch
-    import torch.nn.functional as F
-
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
@@ -200,9 +202,6 @@ class _Collector:
 
 
 # ---------------------------------------------------------------------------------------------
-# Container metadata (PyAV; one frame decoded for rotation / pixel format)
-# ---------------------------------------------------------------------------------------------
-# ---------------------------------------------------------------------------------------------
 # Backends: each returns (keyframes, chunks, meta) for a sampling plan
 # ---------------------------------------------------------------------------------------------
 def _plan(pts, duration, p):
@@ -218,7 +217,7 @@ def _decord_size(size: int) -> int:
 
 
 def _decode_decord(path, p, threads):
-    import decord
+    import decord  # only for this backend (sampling.backend / fallback_backend may leave it out)
 
     if p["keyframe_mode"] == "stretch":
         size = _decord_size(max(p["key_size"], p["chunk_size"]))
@@ -260,8 +259,6 @@ def _pyav_duration(container, stream) -> float | None:
 
 def _decode_pyav(path, p, threads):
     """Sequential decode; holds back one frame (undecoded to RGB) and converts only the frames used."""
-    import av
-
     size = max(p["key_size"], p["chunk_size"])
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -341,17 +338,31 @@ class _Filled:
 
 
 # ---------------------------------------------------------------------------------------------
-def _stream_info(path: Path) -> dict:
-    """Codec, pixel format, displayed size and rotation, from the probe stage's reader."""
-    from .probe import ProbeError, probe_video
-
+def stream_info(path: str | Path) -> dict:
+    """{width, height, rotation, codec, pix_fmt} of a video's first video stream (displayed size, after
+    rotation; pipeline/streams.py), from its header and first decoded frame (PyAV). DecodeError when
+    the file does not open, has no video stream or no frame that decodes."""
     try:
-        info = probe_video(path)
-    except ProbeError as exc:
-        raise DecodeError(str(exc)) from None
-    if not info["has_video"]:
-        raise DecodeError("no video stream")
-    return info
+        container = av.open(str(path), "r")
+    except Exception as exc:  # noqa: BLE001 - FFmpeg raises many types; keep its message
+        raise DecodeError(error_text(exc)) from None
+    try:
+        if not container.streams.video:
+            raise DecodeError("no video stream")
+        stream = container.streams.video[0]
+        try:
+            frame = next((f for packet in container.demux(stream) for f in packet.decode()), None)
+        except Exception as exc:  # noqa: BLE001
+            raise DecodeError(error_text(exc)) from None
+        if frame is None:
+            raise DecodeError("no video frame could be decoded")
+        return display_info(stream, frame)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - broken headers surface as many FFmpeg error types
+        raise DecodeError(error_text(exc)) from None
+    finally:
+        container.close()
 
 
 def sample_video(
@@ -375,7 +386,7 @@ def sample_video(
         raise DecodeError(f"no such file: {path}")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
-    info = _stream_info(path)
+    info = stream_info(path)
     p = dict(keyframe_fps=keyframe_fps, max_keyframes=max_keyframes, chunk_frames=chunk_frames,
              max_seconds=max_seconds, key_size=key_size, chunk_size=chunk_size, keyframe_mode=keyframe_mode,
              fragment_grid=fragment_grid)

@@ -7,24 +7,26 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from . import atomic, paths
+from .answers import LEVEL_PROB_COLUMNS
+from .cli_args import add_config_arg, add_device_arg, add_dtype_arg
 from .config import load_config
 from .errors import UserError
-from .experiments import dataset_features, parse_selector, prompt_parts
+from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment, with_holdout
+from .lmm import LMMVQA, collate_videos
 from .metrics import compute_metrics
 from .predict import predict_batch
 from .prompts import load_templates, read_prompts
 
 PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "prob_score", "level", "level_text",
-                      "p_good", "p_fair", "p_poor"]
+                      *LEVEL_PROB_COLUMNS.values()]
 
 
 def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:
     """id, mos, level_true of the dataset's videos that the experiment tests on (from its prompt shards)."""
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
-    exp = cfg["experiments"][experiment]
+    exp = require_experiment(cfg, experiment)
     selectors = [s for s in exp["test"] if parse_selector(s)[0] == dataset]
     if not selectors:
         raise UserError(f"experiment '{experiment}' does not test on dataset '{dataset}'")
@@ -38,11 +40,6 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
              dtype: str | None = None, fold: int | None = None) -> dict:
     """Predictions + metrics of one test dataset; `fold`: the model of that fold of a `folds: all`
     experiment, on that fold's test videos."""
-    from tqdm import tqdm
-
-    from .experiments import with_holdout
-    from .lmm import LMMVQA, collate_videos
-
     if fold is not None:
         cfg = with_holdout(cfg, experiment, fold)
     videos = test_videos(cfg, experiment, dataset)
@@ -77,13 +74,12 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--experiment", required=True, help="experiment name (config `experiments`)")
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
     parser.add_argument("--out", required=True, help="predictions CSV; metrics.json is written beside it")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config `device`)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
+    add_device_arg(parser, help="cpu, cuda or cuda:N (default: config `device`)")
+    add_dtype_arg(parser)
     parser.add_argument("--fold", type=int, default=None,
                         help="evaluate the model of this fold of a `folds: all` experiment on that fold's test videos")
 

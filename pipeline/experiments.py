@@ -15,7 +15,18 @@ import copy
 
 import pandas as pd
 
+from . import paths
 from .errors import UserError
+from .labels import split_from_filename
+from .manifest import read_manifest
+from .settings import feature_settings_hash
+
+
+def require_experiment(cfg: dict, experiment: str) -> dict:
+    """The config of an experiment; a UserError naming the config's experiments when it has none of that name."""
+    if experiment not in cfg["experiments"]:
+        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments']) or 'none'})")
+    return cfg["experiments"][experiment]
 
 
 def parse_selector(selector: str) -> tuple[str, str]:
@@ -49,9 +60,6 @@ def prompt_parts(cfg: dict, selector: str, holdout_fold: int) -> list[str]:
 def split_names(cfg: dict, dataset: str) -> list[str]:
     """Official split names of a dataset: from its label file names (LSVQ conventions), or, for the
     generic format, the values of the `split` column recorded in its manifest (once built)."""
-    from . import paths
-    from .manifest import read_manifest
-
     ds = cfg["datasets"][dataset]
     names = official_split_names(ds)
     if ds["format"] == "generic" and paths.manifest(dataset).is_file():
@@ -90,8 +98,7 @@ def experiment_folds(cfg: dict, experiment: str) -> list[int] | None:
 
 def with_holdout(cfg: dict, experiment: str, fold: int) -> dict:
     """A copy of the config whose experiment holds out `fold` (one fold of a `folds: all` experiment)."""
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments'])})")
+    require_experiment(cfg, experiment)
     folds = experiment_folds(cfg, experiment)
     if folds is None:
         raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); "
@@ -105,8 +112,6 @@ def with_holdout(cfg: dict, experiment: str, fold: int) -> dict:
 
 def official_split_names(ds: dict) -> list[str]:
     """Split names an official-split dataset has, from its label file names (LSVQ conventions)."""
-    from .labels import split_from_filename
-
     return sorted({split_from_filename(f) for f in [ds["labels"], *ds.get("extra_labels", [])]})
 
 
@@ -126,10 +131,7 @@ def part_of_row(row) -> str:
 
 def dataset_features(cfg: dict, dataset: str):
     """(reader over the feature stores of a dataset that exist for the current feature settings, their paths)."""
-    from . import paths
-    from .manifest import read_manifest
-    from .settings import feature_settings_hash
-    from .feature_store import DatasetFeatures
+    from .feature_store import DatasetFeatures  # zarr: not at import time (the Snakefile imports this module)
 
     settings = feature_settings_hash(cfg)
     manifest = read_manifest(paths.manifest(dataset))

@@ -25,10 +25,10 @@ one-second chunks (SlowFast), write one Zarr feature store (see pipeline/store.p
   Attributes: dataset, shard, vision {source, config, tokens, width, ...}, motion {source, config,
   dim, ...}, sampling (+ key_size, chunk_size), settings_hash, code_version, device, per-video
   metadata (decode metadata + decode_s, vision_s, motion_s) and total timings.
-* `CODE_VERSION` is the hash of the extraction code (decode.py, encoders.py, extract.py, store.py,
-  presets.yaml), the value the workflow passes in `params:`.
+* `CODE_VERSION` is `versions.code_version("extract")`, the hash of the extraction code, the value the
+  workflow passes in `params:`.
 
-`Extractor` is the reusable part (models + sampling settings): `Extractor.from_config(cfg, device)`
+`Extractor` is the reusable part (models + sampling settings): `Extractor(cfg, device, threads)`
 then `.features(path) -> (spatial [K, T, W] float32, motion [S, M] float32, meta)`; `lmmvqa score`
 uses it for videos outside a manifest.
 
@@ -74,20 +74,30 @@ import argparse
 import errno
 import multiprocessing
 import os
+import secrets
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm import tqdm
 
+from . import encoders
+from .cli_args import add_config_arg, add_device_arg, add_no_progress_arg
+from .config import load_config
+from .decode import DecodedVideo, sample_video
 from .errors import UserError
-from .settings import SAMPLING_KEYS
+from .manifest import read_manifest
+from .settings import SAMPLING_KEYS, feature_settings_hash, model_spec
+from .store import StoreWriter
 from .versions import code_version
 
 CODE_VERSION = code_version("extract")
@@ -100,8 +110,6 @@ def host_buffer(shape, device) -> np.ndarray:
     when the device is CUDA, so `.to(device, non_blocking=True)` from it is an asynchronous DMA copy;
     ordinary memory otherwise. The array owns its torch storage (the caching host allocator reuses
     freed pinned blocks)."""
-    import torch
-
     pin = torch.device(device).type == "cuda"
     return torch.empty(tuple(int(n) for n in shape), dtype=torch.uint8, pin_memory=pin).numpy()
 
@@ -118,11 +126,6 @@ class Extractor:
     """Both encoders + the decode settings of a config; decode once, encode many."""
 
     def __init__(self, cfg: dict, device: str | None = None, threads: int | None = None):
-        import torch
-
-        from . import encoders
-        from .settings import model_spec
-
         self.cfg = cfg
         threads = int(threads or cfg.get("threads") or 0)
         if threads > 0:
@@ -141,18 +144,12 @@ class Extractor:
         self.key_size = int(self.vision_info["image_size"])
         self.chunk_size = int(self.motion_info["input_size"])
 
-    @classmethod
-    def from_config(cls, cfg: dict, device: str | None = None, threads: int | None = None) -> "Extractor":
-        return cls(cfg, device, threads)
-
     @property
     def sampling_attrs(self) -> dict:
         return {**self.sampling, "key_size": self.key_size, "chunk_size": self.chunk_size,
                 "backend": self.backend, "fallback_backend": self.fallback}
 
     def decode(self, path):
-        from .decode import sample_video
-
         s = self.sampling
         return sample_video(path, keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"],
                             chunk_frames=s["chunk_frames"], max_seconds=s["max_seconds"], key_size=self.key_size,
@@ -162,8 +159,6 @@ class Extractor:
 
     def encode(self, decoded: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
         """Encode several decoded videos in shared batches -> ([(spatial, motion)], vision_s, motion_s)."""
-        from . import encoders
-
         kf = stack_host([d.keyframes for d in decoded], self.device)  # pinned on CUDA
         ch = stack_host([d.chunks for d in decoded], self.device)
         t0 = time.perf_counter()
@@ -179,8 +174,6 @@ class Extractor:
 
     def decode_state(self) -> dict:
         """Everything but the models: what `decode` reads, picklable (sent to decode workers)."""
-        import torch
-
         return {k: v for k, v in vars(self).items() if not isinstance(v, torch.nn.Module)}
 
     @classmethod
@@ -233,8 +226,6 @@ _WORKER: dict = {}
 def _worker_init(main_pid: int) -> None:
     """Decode-worker start: torch at one thread, and a watchdog that ends the worker when the
     extraction process (or the fork server between them) is gone."""
-    import torch
-
     torch.set_num_threads(1)
     parent = os.getppid()
 
@@ -258,8 +249,6 @@ def _worker_ready() -> int:
 
 
 def _worker_shm(name: str):
-    from multiprocessing import shared_memory
-
     if _WORKER.get("shm_name") != name:
         _WORKER["shm"] = shared_memory.SharedMemory(name=name)
         _WORKER["shm_name"] = name
@@ -326,9 +315,6 @@ def remove_stale_shm(folder: Path = SHM_DIR) -> list[str]:
 def _reserve_shm(nbytes: int):
     """A shared-memory block of `nbytes` with its pages reserved (posix_fallocate), or None (and a
     line on stderr) where /dev/shm cannot hold it."""
-    import secrets
-    from multiprocessing import shared_memory
-
     remove_stale_shm()
     try:
         shm = shared_memory.SharedMemory(name=f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}", create=True,
@@ -390,8 +376,6 @@ class DecodePool:
         self._launcher.start()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        from multiprocessing import resource_tracker
-
         # Workers must share this process's resource tracker (spawn and forkserver pass it on; a plain
         # fork only if it runs already): a tracker of a worker's own would unlink the shared-memory
         # block when that worker dies.
@@ -469,8 +453,6 @@ class DecodePool:
 
     def result(self, task: "_Task"):
         """-> (DecodedVideo or None, error message or None, decode seconds), for the oldest task."""
-        from .decode import DecodedVideo
-
         slot = task.slot
         try:
             if task.done is None:
@@ -515,8 +497,6 @@ class DecodePool:
 
 
 def _read_shard(manifest_csv, shard: int) -> pd.DataFrame:
-    from .manifest import read_manifest
-
     df = read_manifest(manifest_csv)
     return df[df["shard"] == int(shard)].reset_index(drop=True)
 
@@ -528,11 +508,6 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
 
     decode_workers: decode processes (default `decode_worker_count`); prefetch: decoded videos
     waiting beyond one per worker (default one per worker)."""
-    from tqdm import tqdm
-
-    from .settings import feature_settings_hash
-    from .store import StoreWriter
-
     t_start = time.perf_counter()
     rows = _read_shard(manifest_csv, shard)
     videos_dir = Path(videos_dir) if videos_dir else None
@@ -624,22 +599,20 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--dataset", required=True, help="dataset name (recorded in the store)")
     parser.add_argument("--manifest", required=True, help="manifest CSV (columns id, path, shard, ...)")
     parser.add_argument("--videos", default=None, help="videos folder the manifest paths are relative to")
     parser.add_argument("--shard", type=int, required=True, help="shard number in the manifest")
     parser.add_argument("--out", required=True, help="feature store to write (shard-XXXXX.zarr)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the config's)")
+    add_device_arg(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads (default: config 'threads')")
     parser.add_argument("--decode-workers", type=int, default=None,
                         help="decode worker processes (default: the config's features.decode_workers, else --threads)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    add_no_progress_arg(parser)
 
 
 def main(args) -> int:
-    from .config import load_config
-
     cfg = load_config(args.config)
     if args.videos and not Path(args.videos).is_dir():
         raise UserError(f"videos folder not found: {args.videos}")

@@ -16,10 +16,15 @@ import argparse
 import contextlib
 import json
 
+import dask
+import dask.array as da
 import numpy as np
 
 from . import atomic
+from .cli_args import add_config_arg
+from .config import load_config
 from .errors import UserError
+from .experiments import dataset_features
 
 
 @contextlib.contextmanager
@@ -28,7 +33,7 @@ def dask_scheduler(address: str | None):
     if not address:
         yield None
         return
-    from distributed import Client
+    from distributed import Client  # only with a scheduler address
 
     try:
         client = Client(address, timeout="20s")
@@ -50,9 +55,6 @@ def _moments(x, axes):
 
 def dataset_stats(features, address: str | None = None) -> dict:
     """Statistics of one dataset's features (a feature_store.DatasetFeatures)."""
-    import dask
-    import dask.array as da
-
     spatial = features.dask_spatial()  # [key frames, tokens, width]
     motion = features.dask_motion()  # [seconds, motion dim]
     s_mean, s_std = _moments(spatial, (0, 1))
@@ -86,16 +88,13 @@ def dataset_stats(features, address: str | None = None) -> dict:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--dataset", required=True, help="dataset name")
     parser.add_argument("--out", required=True, help="statistics JSON to write")
     parser.add_argument("--address", default=None, help="dask.distributed scheduler (default: config dask.address)")
 
 
 def main(args) -> int:
-    from .config import load_config
-    from .experiments import dataset_features
-
     cfg = load_config(args.config)
     if args.dataset not in cfg["datasets"]:
         raise UserError(f"unknown dataset '{args.dataset}' (config has: {', '.join(cfg['datasets'])})")

@@ -38,6 +38,7 @@ import pandas as pd
 
 from . import atomic
 from . import labels as L
+from .answers import LEVELS
 from .errors import UserError
 
 MANIFEST_COLUMNS = ["id", "path", "row", "mos_raw", "mos", "level", "split", "fold", "shard", "size_bytes",
@@ -97,7 +98,8 @@ def levels(mos) -> np.ndarray:
     if not ok.any():
         return out
     p33, p66 = np.percentile(mos[ok], [33, 66])
-    out[ok] = np.where(mos[ok] <= p33, "poor", np.where(mos[ok] <= p66, "fair", "good"))
+    poor, fair, good = LEVELS
+    out[ok] = np.where(mos[ok] <= p33, poor, np.where(mos[ok] <= p66, fair, good))
     return out
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -205,11 +206,17 @@ def level_metrics(level_true: Iterable, level_pred: Iterable) -> dict:
 
 # ------------------------------------------------------------------ one (experiment, dataset)
 
+def invalid_flags(df: pd.DataFrame) -> pd.Series:
+    """The `invalid` column of a predictions table as booleans (true / 1 / yes in any case, as written
+    or read back from CSV); all False when there is no such column."""
+    if "invalid" not in df:
+        return pd.Series(False, index=df.index)
+    return df["invalid"].map(lambda v: str(v).strip().lower() in ("true", "1", "yes")).astype(bool)
+
+
 def _invalid_mask(df: pd.DataFrame) -> np.ndarray:
     score = pd.to_numeric(df["score"], errors="coerce") if "score" in df else pd.Series(np.nan, index=df.index)
-    flag = df["invalid"] if "invalid" in df else pd.Series(False, index=df.index)
-    flag = flag.map(lambda v: str(v).strip().lower() in ("true", "1", "yes")).to_numpy(dtype=bool)
-    return flag | ~np.isfinite(score.to_numpy(dtype=float))
+    return invalid_flags(df).to_numpy(dtype=bool) | ~np.isfinite(score.to_numpy(dtype=float))
 
 
 def compute_metrics(predictions: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
@@ -426,8 +433,6 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def write_table(df: pd.DataFrame, csv_path) -> tuple[str, str]:
     """Write the numeric table as CSV and its display form as Markdown beside it (.md)."""
-    from pathlib import Path
-
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv_path, index=False, float_format="%.6g")

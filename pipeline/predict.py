@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .answers import LEVELS, expected_score, level_probabilities, parse_level, parse_score
+from .answers import LEVEL_PROB_COLUMNS, LEVELS, expected_score, level_probabilities, parse_level, parse_score
 from .prompts import question_for
 
 SCORE_CANDIDATES = [f"{i}." for i in range(101)]
@@ -66,8 +66,6 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
             "prob_score": float(prob[i]),
             "level_text": level_texts[i],
             "level": level or "",
-            "p_good": p["good"],
-            "p_fair": p["fair"],
-            "p_poor": p["poor"],
+            **{col: p[lv] for lv, col in LEVEL_PROB_COLUMNS.items()},
         })
     return rows

@@ -10,7 +10,8 @@ one row per file that opened) and FILE.failures.csv (`id, path, stage, error`), 
     vfr        True when the frame timestamps of the first ~120 packets are not evenly spaced, or the
                stream's average rate differs from its base rate by more than 1 %
     n_frames   frames in the stream (container count; else round(duration * fps))
-    width, height  display size, i.e. AFTER rotation (swapped for 90 / 270 degrees)
+    width, height  display size, i.e. AFTER rotation (swapped for 90 / 270 degrees; pipeline/streams.py
+               reads these, rotation, codec and pix_fmt for the probe and the decoder alike)
     rotation   degrees (0, 90, 180, 270) from the display matrix, counter-clockwise, as FFmpeg's
                `av_display_rotation_get` reports it: the displayed picture is the decoded one turned
                counter-clockwise by `rotation` = `np.rot90(frame, k=rotation // 90)` (see `to_display`).
@@ -24,18 +25,20 @@ first video frame cannot be decoded raise `ProbeError` carrying the stage and FF
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
+
+import av
 
 import numpy as np
 import pandas as pd
 
 from . import atomic
-from .errors import UserError
+from .errors import FAILURE_COLUMNS, UserError
+from .manifest import read_manifest
+from .streams import display_info, error_text
 
 PROBE_KEYS = ["duration", "fps", "vfr", "n_frames", "width", "height", "rotation", "codec", "pix_fmt", "has_video"]
 PROBE_COLUMNS = ["id", "path", *PROBE_KEYS]
-FAILURE_COLUMNS = ["id", "path", "stage", "error"]
 VFR_PACKETS = 120
 REORDER_SLACK = 16
 
@@ -46,30 +49,6 @@ class ProbeError(Exception):
     def __init__(self, stage: str, message: str):
         super().__init__(message)
         self.stage = stage
-
-
-def _err(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _rotation_from_frame(frame) -> int | None:
-    try:
-        rot = frame.rotation
-    except Exception:  # noqa: BLE001 - older PyAV without the property
-        return None
-    if rot is None or (isinstance(rot, float) and math.isnan(rot)):
-        return None
-    return int(round(float(rot) / 90.0)) * 90 % 360
-
-
-def _rotation_from_tag(stream) -> int | None:
-    tag = (stream.metadata or {}).get("rotate")
-    if tag is None:
-        return None
-    try:  # FFmpeg maps `rotate=R` to a display matrix that reads back as R
-        return int(round(float(tag) / 90.0)) * 90 % 360
-    except ValueError:
-        return None
 
 
 def _timestamps_uneven(pts: list[int], time_base) -> bool:
@@ -91,8 +70,6 @@ def _timestamps_uneven(pts: list[int], time_base) -> bool:
 
 def probe_video(path) -> dict:
     """Metadata of one video file (see the module docstring). Raises ProbeError for unreadable files."""
-    import av
-
     path = Path(path)
     if not path.is_file():
         raise ProbeError("missing", f"file not found: {path}")
@@ -101,13 +78,13 @@ def probe_video(path) -> dict:
     try:
         container = av.open(str(path), "r")
     except Exception as exc:  # noqa: BLE001 - FFmpeg raises many types; keep its message
-        raise ProbeError("open", _err(exc)) from None
+        raise ProbeError("open", error_text(exc)) from None
     try:
         return _probe_open(container)
     except ProbeError:
         raise
     except Exception as exc:  # noqa: BLE001 - broken headers surface as many FFmpeg error types
-        raise ProbeError("stream", _err(exc)) from None
+        raise ProbeError("stream", error_text(exc)) from None
     finally:
         container.close()
 
@@ -116,7 +93,6 @@ def _probe_open(container) -> dict:
     if not container.streams.video:
         return {**{k: None for k in PROBE_KEYS}, "has_video": False}
     stream = container.streams.video[0]
-    cc = stream.codec_context
     tb = stream.time_base
     avg = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(avg) if avg else None
@@ -148,18 +124,12 @@ def _probe_open(container) -> dict:
                 break
     except Exception as exc:  # noqa: BLE001
         if frame is None:
-            raise ProbeError("decode", _err(exc)) from None
+            raise ProbeError("decode", error_text(exc)) from None
     if frame is None:
         raise ProbeError("decode", "no video frame could be decoded")
     if not vfr and tb:
         vfr = _timestamps_uneven(pts, tb)
-    rotation = _rotation_from_frame(frame)
-    if rotation is None:
-        rotation = _rotation_from_tag(stream) or 0
-    width = int(cc.width or frame.width)
-    height = int(cc.height or frame.height)
-    if rotation in (90, 270):
-        width, height = height, width
+    shown = display_info(stream, frame)
     if duration is None and fps and n_frames:
         duration = n_frames / fps
     return {
@@ -167,11 +137,7 @@ def _probe_open(container) -> dict:
         "fps": round(fps, 6) if fps else None,
         "vfr": bool(vfr),
         "n_frames": n_frames or None,
-        "width": width,
-        "height": height,
-        "rotation": int(rotation),
-        "codec": cc.name,
-        "pix_fmt": cc.pix_fmt or (frame.format.name if frame is not None else None),
+        **shown,  # width, height, rotation, codec, pix_fmt
         "has_video": True,
     }
 
@@ -220,8 +186,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from .manifest import read_manifest
-
     manifest = read_manifest(args.manifest)
     if args.shard is not None and int(args.shard) not in set(manifest["shard"].astype(int)):
         raise UserError(f"{args.manifest}: no shard {args.shard} in the manifest")

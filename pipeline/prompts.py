@@ -27,13 +27,16 @@ from typing import Iterable
 import pandas as pd
 import yaml
 
+from .answers import LEVELS
+from .cli_args import add_config_arg
+from .config import load_config
 from .errors import UserError
+from .experiments import official_split_names, part_of_row
 from .manifest import levels as manifest_levels
 from .manifest import read_manifest
 
 BANK_PATH = Path(__file__).with_name("data") / "templates.yaml"
 QUESTION_TYPES = ("score", "level")
-LEVEL_WORDS = ("poor", "fair", "good")
 FIELDS = ("id", "dataset", "part", "type", "template", "question", "answer", "mos", "level")
 
 
@@ -83,8 +86,6 @@ def levels_from_mos(mos: pd.Series) -> pd.Series:
 
 def part_names(cfg: dict, dataset: str, manifest: pd.DataFrame) -> list[str]:
     """Every part of a dataset: all k folds for k-fold datasets (empty ones included), else the split names."""
-    from .experiments import official_split_names, part_of_row
-
     ds = cfg["datasets"][dataset]
     present = sorted(set(manifest.apply(part_of_row, axis=1))) if len(manifest) else []
     if ds["split"]["scheme"] == "kfold" and (not present or all(p.startswith("fold") for p in present)):
@@ -99,8 +100,6 @@ def _part_key(name: str):
 def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
                   questions: Iterable[str] = QUESTION_TYPES, bank: dict | None = None) -> list[dict]:
     """The Q&A samples of a manifest, in manifest row order (score then level per video)."""
-    from .experiments import part_of_row
-
     bank = bank or load_templates()
     questions = [q for q in QUESTION_TYPES if q in set(questions)]
     if not len(manifest):
@@ -112,10 +111,10 @@ def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
     df["mos"] = pd.to_numeric(df["mos"], errors="raise").astype(float)
     if "level" not in df.columns or (df["level"].astype(str) == "").any():
         df["level"] = levels_from_mos(df["mos"])
-    bad = df[~df["level"].isin(LEVEL_WORDS)]
+    bad = df[~df["level"].isin(LEVELS)]
     if len(bad):
         raise UserError(f"manifest of '{dataset}': level '{bad['level'].iloc[0]}' of video {bad['id'].iloc[0]} "
-                        f"is not one of {', '.join(LEVEL_WORDS)}")
+                        f"is not one of {', '.join(LEVELS)}")
     df["part"] = df.apply(part_of_row, axis=1)
     samples = []
     for row in df.itertuples(index=False):
@@ -182,15 +181,13 @@ def build_prompts(cfg: dict, dataset: str, manifest_path: str | Path, out_dir: s
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(parser)
     parser.add_argument("--dataset", required=True, help="dataset name in the config")
     parser.add_argument("--manifest", required=True, help="the dataset's manifest CSV")
     parser.add_argument("--out-dir", required=True, help="folder for <part>.jsonl shards (replaced atomically)")
 
 
 def main(args) -> int:
-    from .config import load_config
-
     cfg = load_config(args.config)
     counts = build_prompts(cfg, args.dataset, args.manifest, args.out_dir)
     total = sum(counts.values())

@@ -35,16 +35,20 @@ import numpy as np
 import pandas as pd
 import yaml
 from jinja2 import Environment
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
 from . import paths
 from .answers import LEVELS
+from .cli_args import add_config_arg
 from .config import load_config
-from .experiments import experiment_folds, parse_selector
-from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, logistic, write_table
+from .experiments import experiment_folds, parse_selector, require_experiment
+from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, invalid_flags, logistic, write_table
+from .settings import feature_settings_hash, model_spec
+from .versions import STAGES, code_version
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="workflow config (YAML)")
+    add_config_arg(p)
     p.add_argument("--out", default=str(paths.report()), help="HTML file to write (default %(default)s)")
     p.add_argument("--experiment", action="append", default=None,
                    help="only this experiment (repeatable; default: every experiment of the config)")
@@ -97,8 +101,6 @@ def _git_commit() -> str | None:
 
 
 def _store_info(cfg: dict, dataset: str) -> dict:
-    from .settings import feature_settings_hash
-
     settings = feature_settings_hash(cfg)
     folder = paths.CACHE / "features" / dataset / settings
     stores = []
@@ -114,8 +116,6 @@ def _store_info(cfg: dict, dataset: str) -> dict:
 # ------------------------------------------------------------------ plots
 
 def _figure(w=5.0, h=4.0):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
@@ -136,8 +136,8 @@ def scatter_plot(pred: pd.DataFrame, metrics: dict | None, title: str):
     for ax, method, col in zip(axes, METHODS, ("score", "prob_score")):
         x = pd.to_numeric(pred[col], errors="coerce").to_numpy(float) if col in pred else np.full(len(mos), np.nan)
         ok = np.isfinite(x) & np.isfinite(mos)
-        if method == "text" and "invalid" in pred:
-            ok &= ~pred["invalid"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+        if method == "text":
+            ok &= ~invalid_flags(pred).to_numpy(dtype=bool)
         ax.scatter(x[ok], mos[ok], s=14, alpha=0.7, color="#1f77b4", edgecolors="none", label="videos")
         params = fit_logistic(x[ok], mos[ok]) if ok.sum() else None
         if params is not None:
@@ -371,170 +371,16 @@ def fold_rows(metrics: dict) -> list[dict]:
     return rows
 
 
-TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>LMM-VQA report</title>
-<style>
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto; max-width: 1200px;
-       color: #222; line-height: 1.4; padding: 0 16px; }
-h1 { margin-bottom: 0; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
-.sub { color: #666; margin-top: 4px; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f3f3f3; text-align: center; } td.name { text-align: left; font-weight: 600; }
-td.bad { background: #fde2e2; color: #a00; font-weight: 700; } td.ok { background: #e6f4e6; }
-.ci { color: #777; font-size: 11px; display: block; }
-.note { color: #8a5a00; font-size: 12px; }
-.plots img { max-width: 100%; border: 1px solid #eee; margin: 4px 0; }
-.row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: 8px; font-size: 12px; overflow-x: auto;
-      max-height: 420px; }
-.missing { color: #a00; }
-details { margin: 6px 0; }
-</style></head>
-<body>
-<h1>LMM-VQA evaluation report</h1>
-<p class="sub">generated {{ generated }} &middot; code {{ provenance.git or "version unknown" }}
-&middot; preset <b>{{ provenance.preset }}</b></p>
-<p>Scoring methods: <b>text</b> = the number parsed from the generated answer (invalid answers are
-left out of its metrics and counted in the <i>invalid</i> column); <b>prob</b> = the score from the
-answer token probabilities (defined for every video). PLCC and RMSE are after the monotonic
-4-parameter logistic fit of predictions to MOS; PLCC raw is without it. Brackets: 95% bootstrap
-intervals.</p>
+TEMPLATE_PATH = Path(__file__).with_name("data") / "report.html.j2"  # package data (pyproject package-data)
 
-{% if summary.rows %}
-<h2 id="summary">Summary: experiments &times; test datasets</h2>
-<p>SRCC / PLCC of the probability score and of the generated text score on each test dataset; for
-experiments that run every fold, the mean &plusmn; std over folds. Invalid: score answers that did not
-parse (all folds). Also in <code>{{ summary.csv }}</code>.</p>
-<table class="summary" data-summary="1">
-<thead><tr><th>experiment</th><th>folds</th>{% for d in summary.datasets %}<th>{{ d }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for row in summary.rows %}
-<tr><td class="name"><a href="#exp-{{ row.experiment }}">{{ row.experiment }}</a></td>
-<td>{{ row.folds if row.folds is not none else "holdout" }}</td>
-{% for c in row.cells %}{% if c %}
-<td data-summary-exp="{{ row.experiment }}" data-summary-dataset="{{ c.dataset }}" style="text-align:left">
-{% for m in ("prob", "text") %}<div>{{ m }}:
-{% for k in ("srcc", "plcc") %}<span data-summary-cell="{{ m }}.{{ k }}" data-value="{{ c[m ~ '_' ~ k].value }}" data-std="{{ c[m ~ '_' ~ k ~ '_std'].value }}">{{ k | upper }} {{ c[m ~ '_' ~ k].text }}{% if c[m ~ '_' ~ k ~ '_std'].value %} &plusmn; {{ c[m ~ '_' ~ k ~ '_std'].text }}{% endif %}</span>{% if not loop.last %} / {% endif %}
-{% endfor %}</div>{% endfor %}
-<div class="{{ 'bad' if c.invalid.value not in ('', '0') else '' }}">invalid <span data-summary-cell="invalid" data-value="{{ c.invalid.value }}">{{ c.invalid.text }}</span></div>
-</td>{% else %}<td>&ndash;</td>{% endif %}{% endfor %}
-</tr>
-{% endfor %}
-</tbody></table>
-{% endif %}
 
-{% for exp in experiments %}
-<h2 id="exp-{{ exp.name }}">Experiment <code>{{ exp.name }}</code></h2>
-<p>train: <code>{{ exp.train | join(", ") }}</code> &middot; test: <code>{{ exp.test | join(", ") }}</code>
-{% if exp.table_csv %}&middot; table: <code>{{ exp.table_csv }}</code>{% endif %}</p>
-{% if exp.missing %}<p class="missing">missing metrics: {{ exp.missing | join(", ") }}</p>{% endif %}
-{% if exp.rows %}
-<table class="metrics" data-experiment="{{ exp.name }}">
-<thead>
-<tr><th rowspan="2">test dataset</th><th rowspan="2">videos</th><th rowspan="2">invalid<br>answers</th>
-{% for method in exp.rows[0].methods %}<th colspan="6">{{ method.name }}</th>{% endfor %}
-<th rowspan="2">level<br>accuracy</th><th rowspan="2">invalid level<br>answers</th></tr>
-<tr>{% for method in exp.rows[0].methods %}<th>n</th><th>SRCC</th><th>KRCC</th><th>PLCC</th><th>PLCC raw</th><th>RMSE</th>{% endfor %}</tr>
-</thead><tbody>
-{% for row in exp.rows %}
-<tr data-dataset="{{ row.dataset }}">
-<td class="name">{{ row.dataset }}</td>
-<td data-key="n" data-value="{{ row.n.value }}">{{ row.n.text }}</td>
-<td data-key="invalid" data-value="{{ row.invalid.value }}" class="{{ 'bad' if row.invalid.value not in ('', '0') else 'ok' }}">{{ row.invalid.text }}</td>
-{% for method in row.methods %}{% for key, cell in method.cells %}
-<td data-key="{{ method.name }}.{{ key }}" data-value="{{ cell.value }}">{{ cell.text }}
-{%- if method.stds and method.stds.get(key) is not none %}<span class="ci" data-std-key="{{ method.name }}.{{ key }}" data-value="{{ method.stds[key] }}">&plusmn; {{ "%.3f" | format(method.stds[key]) }} over folds</span>{% endif %}
-{%- if key in ("srcc", "plcc") and method.cis[key ~ "_ci"] %}<span class="ci" data-key="{{ method.name }}.{{ key }}_ci" data-value="{{ method.cis[key ~ '_ci'] | join(',') }}">[{{ "%.3f" | format(method.cis[key ~ "_ci"][0]) }}, {{ "%.3f" | format(method.cis[key ~ "_ci"][1]) }}]</span>{% endif %}</td>
-{% endfor %}{% endfor %}
-<td data-key="level.accuracy" data-value="{{ row.level_accuracy.value }}">{{ row.level_accuracy.text }}</td>
-<td data-key="level.invalid" data-value="{{ row.level_invalid.value }}" class="{{ 'bad' if row.level_invalid.value not in ('', '0') else 'ok' }}">{{ row.level_invalid.text }}</td>
-</tr>
-{% endfor %}
-</tbody></table>
-{% for row in exp.rows %}{% for method in row.methods %}{% if method.note %}
-<div class="note">{{ row.dataset }} / {{ method.name }}: {{ method.note }}</div>
-{% endif %}{% endfor %}{% endfor %}
-{% endif %}
-{% for ft in exp.fold_tables %}
-<h3>{{ exp.name }} &rarr; {{ ft.dataset }}: every fold</h3>
-<p>{{ ft.k }} folds, one model each (each fold held out once); mean, std (sample, ddof=1) and median
-over the folds. The table above holds the means.</p>
-<table class="folds" data-fold-experiment="{{ exp.name }}" data-fold-dataset="{{ ft.dataset }}">
-<thead><tr><th>fold</th>{% for title, _, _ in fold_columns %}<th>{{ title }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for row in ft.rows %}
-<tr data-fold="{{ row.fold }}"><td class="name">{{ row.fold }}</td>
-{% for c in row.cells %}<td data-fold-col="{{ c.col }}" data-value="{{ c.value }}">{{ c.text }}</td>{% endfor %}</tr>
-{% endfor %}
-</tbody></table>
-{% endfor %}
-
-<h3>Training loss</h3>
-{% if exp.loss %}<div class="plots"><img alt="training loss of {{ exp.name }}" src="data:image/png;base64,{{ exp.loss }}"></div>
-{% else %}<p class="missing">no training log ({{ exp.train_log }})</p>{% endif %}
-
-{% for d in exp.datasets %}
-<h3>{{ exp.name }} &rarr; {{ d.name }}</h3>
-{% if d.invalid_examples %}
-<details open><summary>{{ d.invalid_count }} invalid score answer(s) of {{ d.n }}; first examples</summary>
-<table><tr><th>id</th><th>generated text</th></tr>
-{% for ex in d.invalid_examples %}<tr><td class="name">{{ ex.id }}</td><td style="text-align:left"><code>{{ ex.text }}</code></td></tr>{% endfor %}
-</table></details>
-{% endif %}
-<div class="row plots">
-{% if d.scatter %}<img alt="prediction vs MOS, {{ d.name }}" src="data:image/png;base64,{{ d.scatter }}">{% else %}<p class="missing">no predictions ({{ d.predictions }})</p>{% endif %}
-{% if d.confusion %}<img alt="level confusion matrix, {{ d.name }}" src="data:image/png;base64,{{ d.confusion }}">{% endif %}
-</div>
-{% endfor %}
-{% endfor %}
-
-<h2>Provenance</h2>
-<table>
-<tr><td class="name">config file</td><td style="text-align:left"><code>{{ provenance.config_path }}</code></td></tr>
-<tr><td class="name">git commit</td><td style="text-align:left"><code>{{ provenance.git or "n/a" }}</code></td></tr>
-<tr><td class="name">code versions (per stage)</td><td style="text-align:left"><code>{% for k, v in provenance.code_versions.items() %}{{ k }}={{ v }} {% endfor %}</code></td></tr>
-</table>
-<h3>Models</h3>
-{% for m in provenance.models %}
-<details {% if loop.first %}open{% endif %}><summary>{{ m.experiment }}: <code>{{ m.dir }}</code>
-{% if not m.config %}<span class="missing">(no lmmvqa.json)</span>{% endif %}</summary>
-<table>{% for role, spec in m.sources.items() %}<tr><td class="name">{{ role }}</td><td style="text-align:left"><code>{{ spec }}</code></td></tr>{% endfor %}</table>
-{% if m.config %}<pre>{{ m.config }}</pre>{% endif %}
-</details>
-{% endfor %}
-<h3>Feature stores</h3>
-<table><tr><th>dataset</th><th>settings hash</th><th>stores</th><th>videos</th><th>extract code</th></tr>
-{% for f in provenance.features %}
-<tr><td class="name">{{ f.dataset }}</td><td><code>{{ f.settings_hash }}</code></td>
-<td style="text-align:left">{% if f.stores %}{% for s in f.stores %}<code>{{ s.path }}</code><br>{% endfor %}{% else %}<span class="missing">none under {{ f.folder }}</span>{% endif %}</td>
-<td>{{ f.stores | sum(attribute="videos") }}</td>
-<td><code>{{ f.stores | map(attribute="code_version") | unique | join(", ") }}</code></td></tr>
-{% endfor %}
-</table>
-<h3>Feature statistics (dask, out of core)</h3>
-<table><tr><th>dataset</th><th>videos</th><th>failed</th><th>key frames</th><th>seconds</th><th>tokens x width</th>
-<th>motion dim</th><th>key-frame token norm (min / median / max)</th><th>motion norm (min / median / max)</th></tr>
-{% for f in provenance.features %}{% set st = f.stats %}
-<tr><td class="name">{{ f.dataset }}</td>{% if st %}<td>{{ st.videos }}</td><td>{{ st.failures }}</td><td>{{ st.keyframes }}</td>
-<td>{{ st.seconds }}</td><td>{{ st.tokens }} x {{ st.width }}</td><td>{{ st.motion_dim }}</td>
-<td>{{ "%.2f / %.2f / %.2f" | format(st.spatial.token_norm.min, st.spatial.token_norm.median, st.spatial.token_norm.max) if st.spatial.token_norm.min is not none else "n/a" }}</td>
-<td>{{ "%.2f / %.2f / %.2f" | format(st.motion.row_norm.min, st.motion.row_norm.median, st.motion.row_norm.max) if st.motion.row_norm.min is not none else "n/a" }}</td>
-{% else %}<td colspan="8"><span class="missing">no statistics ({{ f.folder }})</span></td>{% endif %}</tr>
-{% endfor %}
-</table>
-<h3>Resolved config</h3>
-<details><summary>YAML</summary><pre>{{ provenance.config_yaml }}</pre></details>
-</body></html>
-"""
+def render_html(**context) -> str:
+    """The page: the Jinja2 template `pipeline/data/report.html.j2` rendered with HTML autoescaping."""
+    return Environment(autoescape=True).from_string(TEMPLATE_PATH.read_text(encoding="utf-8")).render(**context)
 
 
 def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
     """Model ids / sources per role: from the model folder's lmmvqa.json, else from the config."""
-    from .settings import model_spec
-
     out = {}
     for role in ("vision", "motion", "llm"):
         spec = None
@@ -553,18 +399,12 @@ def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
 
 def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
                  config_path: str | None = None) -> Path:
-    from .versions import STAGES, code_version
-
     out = Path(out)
     plots_dir = out.parent / "plots"
     names = experiments or list(cfg["experiments"])
     exps, models, feature_datasets, summary_entries = [], [], [], []
     for name in names:
-        if name not in cfg["experiments"]:
-            from .errors import UserError
-
-            raise UserError(f"unknown experiment '{name}' (config has: {', '.join(cfg['experiments'])})")
-        exp_cfg = cfg["experiments"][name]
+        exp_cfg = require_experiment(cfg, name)
         folds = experiment_folds(cfg, name)
         metrics_list, missing, datasets, fold_tables = [], [], [], []
         for dataset in experiment_test_datasets(cfg, name):
@@ -589,7 +429,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
                 entry["scatter"] = _png(scatter_plot(pred, metrics, f"{name} \u2192 {dataset}: prediction vs MOS"),
                                         plots_dir / f"{stem}--scatter.png")
                 if "invalid" in pred:
-                    bad = pred[pred["invalid"].astype(str).str.lower().isin(["true", "1"])]
+                    bad = pred[invalid_flags(pred)]
                     entry["invalid_count"] = int(len(bad))
                     entry["invalid_examples"] = [{"id": r["id"], "text": "" if pd.isna(r.get("text")) else str(r["text"])[:200]}
                                                  for _, r in bad.head(5).iterrows()]
@@ -636,7 +476,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         "models": models,
         "features": [_store_info(cfg, d) for d in feature_datasets],
     }
-    html = Environment(autoescape=True).from_string(TEMPLATE).render(
+    html = render_html(
         experiments=exps, provenance=provenance, fold_columns=FOLD_COLUMNS,
         summary={**summary_view(summary), "csv": str(summary_csv or paths.summary_table())},
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

@@ -18,8 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+from .answers import LEVEL_PROB_COLUMNS
+from .cli_args import add_device_arg, add_dtype_arg
+from .config import schema
 from .errors import UserError
+from .extract import Extractor
 from .labels import is_video_file
+from .lmm import LMMVQA, collate_videos
+from .predict import predict_batch
+from .prompts import load_templates
 
 
 def expand_inputs(items) -> list[Path]:
@@ -42,10 +49,6 @@ class Scorer:
 
     def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
                  decoding: str | None = None):
-        from .extract import Extractor
-        from .lmm import LMMVQA
-        from .prompts import load_templates
-
         model_dir = Path(model_dir)
         self.model = LMMVQA.from_pretrained(model_dir, device=device, dtype=dtype)
         cfg = self.model.config
@@ -60,9 +63,6 @@ class Scorer:
         self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()
 
     def score(self, path) -> dict:
-        from .lmm import collate_videos
-        from .predict import predict_batch
-
         t0 = time.perf_counter()
         spatial, motion, meta = self.extractor.features(path)
         # the model was trained on features as stored (float16 by default): round the same way
@@ -76,8 +76,8 @@ class Scorer:
                             decoding=self.decoding)[0]
         return {
             "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
-            "level": row["level"] or None, "p_good": round(row["p_good"], 4), "p_fair": round(row["p_fair"], 4),
-            "p_poor": round(row["p_poor"], 4), "text": row["text"], "invalid": bool(row["invalid"]),
+            "level": row["level"] or None, **{col: round(row[col], 4) for col in LEVEL_PROB_COLUMNS.values()},
+            "text": row["text"], "invalid": bool(row["invalid"]),
             "decoding": self.decoding,
             "duration": meta.get("duration"), "backend": meta.get("backend"),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -86,8 +86,6 @@ class Scorer:
 
 def default_decoding() -> str:
     """evaluation.decoding's schema default (for model folders that do not record it)."""
-    from .config import schema
-
     return schema()["properties"]["evaluation"]["properties"]["decoding"]["default"]
 
 
@@ -113,14 +111,13 @@ def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
     parser.add_argument("--model", required=True, help="trained model folder (results/models/<experiment>)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_device_arg(parser, default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
     parser.add_argument("--out", default=None, help="write the JSON lines to this file (default: stdout)")
     parser.add_argument("--decoding", choices=["constrained", "free"], default=None,
                         help="text answers: constrained (always a valid number / level word) or free greedy "
                              "(default: the model's recorded evaluation.decoding)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
+    add_dtype_arg(parser)
 
 
 def main(args) -> int:

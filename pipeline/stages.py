@@ -19,8 +19,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jsonschema import Draft202012Validator
+
 from . import paths
+from .config import deep_merge, schema
 from .errors import UserError
+from .experiments import require_experiment
 
 STAGE1_SUFFIX = ".stage1"
 
@@ -35,13 +39,7 @@ def experiment_training(cfg: dict, experiment: str, stage: int | None = None) ->
     """The training settings of an experiment's run: the top-level `training`, then the experiment's
     `training` overrides; for its stage 1 (`stage=1`) then `lora.enabled: false` and the `stage1`
     overrides. Nested objects (lora) merge key by key; the result is checked against the schema."""
-    from jsonschema import Draft202012Validator
-
-    from .config import deep_merge, schema
-
-    if experiment not in cfg["experiments"]:
-        raise UserError(f"unknown experiment '{experiment}' (config has: {', '.join(cfg['experiments']) or 'none'})")
-    exp = cfg["experiments"][experiment]
+    exp = require_experiment(cfg, experiment)
     tr = deep_merge(cfg["training"], exp.get("training") or {})
     where = f"experiments.{experiment}.training"
     if stage == 1:

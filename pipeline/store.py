@@ -24,7 +24,7 @@ import pandas as pd
 import zarr
 import zarr.codecs
 
-FAILURE_COLUMNS = ["id", "path", "stage", "error"]
+from .errors import FAILURE_COLUMNS
 
 
 def _compressors(name: str, level: int):

@@ -100,10 +100,12 @@ def test_invalid_levels(text, why):
 def test_expected_score_from_candidate_logprobs():
     import math
 
-    from pipeline.answers import SCORE_CANDIDATES, expected_score
+    from pipeline.answers import expected_score
+    from pipeline.predict import SCORE_CANDIDATES
 
-    assert len(SCORE_CANDIDATES) == 101 and SCORE_CANDIDATES[0] == "0" and SCORE_CANDIDATES[-1] == "100"
-    lp = {c: -math.inf for c in SCORE_CANDIDATES}
+    # the candidates end in "." (so "6" does not also count "63"); expected_score takes the numbers
+    assert len(SCORE_CANDIDATES) == 101 and SCORE_CANDIDATES[0] == "0." and SCORE_CANDIDATES[-1] == "100."
+    lp = {c[:-1]: -math.inf for c in SCORE_CANDIDATES}
     lp["60"], lp["70"] = math.log(0.25), math.log(0.75)  # renormalised: 0.25 * 60 + 0.75 * 70
     assert expected_score(lp) == pytest.approx(67.5)
     # unnormalised log-probabilities (very negative) give the same answer

@@ -174,3 +174,51 @@ def test_fallback_backend_is_recorded(make_video, monkeypatch):
     assert len(d.meta["decode_retries"]) == 2 and "decord says no" in d.meta["decode_retries"][0]
     with pytest.raises(DecodeError, match="decord says no"):
         sample_video(path, key_size=32, chunk_size=32, chunk_frames=8, backend="decord", fallback=None)
+
+
+def test_stream_info_is_the_probe_s_view_without_the_probe(make_video, tmp_path):
+    """decode.stream_info (its own reader; no import of the probe stage) gives what decoding took from
+    probe_video before: the same displayed size / rotation / codec / pixel format, and the same
+    message for a file that cannot be read."""
+    import ast
+    import inspect
+
+    from pipeline.probe import ProbeError, probe_video
+
+    tree = ast.parse(inspect.getsource(decode))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "probe" not in imported and "pipeline.probe" not in imported
+
+    src = make_video("src.mp4", n_frames=5, size=(96, 64))
+    files = [src, make_video("b.webm", codec="libvpx-vp9", n_frames=6, size=(64, 48), fps=24)]
+    if shutil.which("ffmpeg"):
+        rot = tmp_path / "r90.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", "-metadata:s:v", "rotate=90",
+                        str(rot)], check=True)
+        files.append(rot)
+    for f in files:
+        want = {k: probe_video(f)[k] for k in ("width", "height", "rotation", "codec", "pix_fmt")}
+        assert decode.stream_info(f) == want
+    if shutil.which("ffmpeg"):
+        assert decode.stream_info(rot)["rotation"] == 90 and decode.stream_info(rot)["width"] == 64
+
+    (tmp_path / "text.mp4").write_text("this is not a video\n")
+    (tmp_path / "trunc.mp4").write_bytes(src.read_bytes()[:400])
+    for name in ("text.mp4", "trunc.mp4"):
+        with pytest.raises(ProbeError) as probed:
+            probe_video(tmp_path / name)
+        with pytest.raises(DecodeError) as decoded:
+            decode.stream_info(tmp_path / name)
+        assert str(decoded.value) == str(probed.value)
+    with av.open(str(tmp_path / "audio.mp4"), "w") as out:  # a file without a video stream
+        s = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for i in range(4):
+            frame.pts = i * 1024
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    with pytest.raises(DecodeError, match="^no video stream$"):
+        decode.stream_info(tmp_path / "audio.mp4")

@@ -172,3 +172,12 @@ def test_experiment_table_csv_and_markdown(tmp_path):
     assert back.loc[1, "prob_plcc"] == pytest.approx(metrics[1]["methods"]["prob"]["plcc"], rel=1e-5)
     text = open(md).read()
     assert "| e " in text and "n/a" in text and "invalid" in text
+
+
+def test_invalid_flags_read_the_column_as_written_or_read_back():
+    from pipeline.metrics import invalid_flags
+
+    df = pd.DataFrame({"invalid": [True, False, "True", "false", "1", "0", " yes ", np.nan, "TRUE"]})
+    assert invalid_flags(df).tolist() == [True, False, True, False, True, False, True, False, True]
+    assert invalid_flags(df).dtype == bool
+    assert invalid_flags(pd.DataFrame({"score": [1.0, 2.0]})).tolist() == [False, False]

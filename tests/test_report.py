@@ -286,3 +286,15 @@ def test_report_fold_table_and_summary(tmp_path, monkeypatch):
     assert "fold" not in pd.read_csv(tmp_path / paths.experiment_table("single")).columns
     assert (tmp_path / "results/report/plots/cv--loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "fold 4" in html and str(paths.model_dir("cv", 4)) in html
+
+
+def test_report_page_renders_as_before_from_the_packaged_template():
+    """The page template lives in pipeline/data/report.html.j2 (package data). Rendered with a fixed
+    context (captured from `make_fold_run`'s report: plots, paths, time and versions replaced by
+    constants), it gives exactly the page the template gave when it was a string in report.py."""
+    from pipeline import report
+
+    data = REPO / "tests" / "data"
+    context = json.loads((data / "report_context.json").read_text())
+    assert report.TEMPLATE_PATH.is_file() and report.TEMPLATE_PATH.parent.name == "data"
+    assert report.render_html(**context) == (data / "report_golden.html").read_text(encoding="utf-8")

@@ -1,0 +1,29 @@
+"""Arguments several `lmmvqa` commands share, with one spelling of their flag, default and help.
+
+Each command module's `configure_parser(parser)` (see pipeline/cli.py) calls these where it takes
+the argument. A leaf module (argparse only), so a stage that uses them depends on nothing else here.
+"""
+from __future__ import annotations
+
+import argparse
+
+DTYPES = ["float32", "bfloat16", "float16"]
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: the config's)"
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="workflow config (YAML)")
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None, help: str = DEVICE_HELP) -> None:
+    """--device; None (the default) means the config's `device` (cli.main resolves cuda / auto)."""
+    parser.add_argument("--device", default=default, help=help)
+
+
+def add_dtype_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="load the LLM in this dtype (default: the dtype the model folder records from training)")
+
+
+def add_no_progress_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
