@@ -31,7 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
-LEVELS = ("poor", "fair", "good")  # worst to best; also the label order of the confusion matrix
+from .manifest import LEVELS
+
 # level -> its probability column (predictions.csv, `lmmvqa score` lines), best first: p_good, p_fair, p_poor
 LEVEL_PROB_COLUMNS = {lv: f"p_{lv}" for lv in reversed(LEVELS)}
 SCORE_MIN, SCORE_MAX = 0.0, 100.0

@@ -38,13 +38,15 @@ import pandas as pd
 
 from . import atomic
 from . import labels as L
-from .answers import LEVELS
 from .errors import UserError
 
 MANIFEST_COLUMNS = ["id", "path", "row", "mos_raw", "mos", "level", "split", "fold", "shard", "size_bytes",
                     "fingerprint", "group"]
 MISSING_COLUMNS = ["id", "path", "row", "reason"]
 SPLIT_SCHEMES = ("kfold", "official")
+# The quality levels the manifest assigns, worst to best: the one list of them (the level question's
+# answers, the confusion matrix's label order).
+LEVELS = ("poor", "fair", "good")
 FINGERPRINT_BYTES = 64 * 1024
 
 

@@ -6,7 +6,7 @@ and nothing else. What a stage runs is derived, not listed by hand: the stage's 
 inside functions included), plus the package data files those modules name (`presets.yaml`, the
 template bank, ...). A list kept by hand drifted: it missed modules a stage imported.
 
-This module itself is left out: it computes the hashes and changes no stage's output.
+This module is left out (and not followed): it computes the hashes and changes no stage's output.
 """
 from __future__ import annotations
 
@@ -83,11 +83,10 @@ def import_closure(module: str, root: Path = PACKAGE) -> list[str]:
     todo = [module]
     while todo:
         current = todo.pop()
-        if current in seen or _module_file(current, root) is None:
+        if current in seen or current == _SELF or _module_file(current, root) is None:
             continue
         seen.add(current)
         todo.extend(_imports(current, root) | set(_parents(current)))
-    seen.discard(_SELF)
     return sorted(seen)
 
 
