@@ -54,13 +54,6 @@ def default_split_scheme(fmt: str) -> str:
     return "official" if fmt == "lsvq" else "kfold"
 
 
-def missing_path(out) -> Path:
-    """`results/manifest/demo.csv` -> `results/manifest/demo.missing.csv`."""
-    out = Path(out)
-    stem = out.name[:-4] if out.name.lower().endswith(".csv") else out.name
-    return out.with_name(f"{stem}.missing.csv")
-
-
 def fold_of(video_id: str, k: int, seed: int = 0) -> int:
     """Seeded hash of the id -> fold in 0..k-1 (independent of row order and of the other ids)."""
     digest = hashlib.sha1(f"{int(seed)}:{video_id}".encode()).hexdigest()
@@ -248,12 +241,11 @@ def _safe_fingerprint(path: Path) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------------
 # Reading and writing
 # ---------------------------------------------------------------------------------------------------
-def write_manifest(manifest: pd.DataFrame, missing: pd.DataFrame, out) -> tuple[Path, Path]:
-    out = Path(out)
-    miss = missing_path(out)
-    atomic.write_csv(missing, miss)
+def write_manifest(manifest: pd.DataFrame, missing: pd.DataFrame, out, missing_out) -> tuple[Path, Path]:
+    """Both tables, atomically; the missing table first, so a complete manifest implies it."""
+    atomic.write_csv(missing, missing_out)
     atomic.write_csv(manifest, out)
-    return out, miss
+    return Path(out), Path(missing_out)
 
 
 def read_manifest(path) -> pd.DataFrame:
@@ -320,8 +312,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--videos", metavar="DIR", default=None,
                    help="folder holding the videos; rows whose file is absent and files with no label go to "
                         "the missing table. Without it every labelled row is listed and no file is checked")
-    p.add_argument("--out", required=True, metavar="FILE.csv",
-                   help="manifest CSV to write; the missing table goes beside it as <stem>.missing.csv")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="manifest CSV to write")
+    p.add_argument("--missing", required=True, metavar="FILE.csv",
+                   help="table of labelled videos with no file and files with no label, to write")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="videos per shard (default: 256)")
     p.add_argument("--k", type=int, default=5, help="number of folds for k-fold splits (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold hash (default: 0)")
@@ -332,14 +325,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    out = Path(args.out)
-    for stale in (out, missing_path(out)):  # a failed run must not leave an older, complete-looking table
+    out, missing_out = Path(args.out), Path(args.missing)
+    for stale in (out, missing_out):  # a failed run must not leave an older, complete-looking table
         if stale.is_file():
             stale.unlink()
     manifest, missing = build_manifest(args.format, args.labels, args.videos, shard_size=args.shard_size,
                                        k=args.k, seed=args.seed, split_scheme=args.split_scheme,
                                        mos_scale=args.mos_scale)
-    out, miss = write_manifest(manifest, missing, out)
+    out, miss = write_manifest(manifest, missing, out, missing_out)
     no_file = int((missing["reason"] != "no label").sum()) if len(missing) else 0
     no_label = len(missing) - no_file
     n_shards = len(shard_ids(manifest)) if len(manifest) else 0

@@ -38,8 +38,13 @@ def probe_failures(dataset: str, shard: int | str) -> Path:
     return RESULTS / "probe" / dataset / f"{shard_name(shard)}.failures.csv"
 
 
+def store_dir(dataset: str, settings_hash: str) -> Path:
+    """The feature stores of a dataset under one feature-settings hash (one per shard)."""
+    return CACHE / "features" / dataset / settings_hash
+
+
 def store(dataset: str, settings_hash: str, shard: int | str) -> Path:
-    return CACHE / "features" / dataset / settings_hash / f"{shard_name(shard)}.zarr"
+    return store_dir(dataset, settings_hash) / f"{shard_name(shard)}.zarr"
 
 
 def stats(dataset: str) -> Path:
@@ -69,6 +74,11 @@ def model_dir(experiment: str, fold: int | None = None) -> Path:
     """Model folder; one per fold of a `folds: all` experiment (`results/models/<experiment>/fold<f>`)."""
     base = RESULTS / "models" / experiment
     return base if fold is None else base / fold_part(fold)
+
+
+def train_log(experiment: str, fold: int | str | None = None) -> Path:
+    """The training log (step, loss, ...) in a model folder."""
+    return model_dir(experiment, fold) / "train_log.csv"
 
 
 def checkpoint_dir(experiment: str, fold: int | None = None) -> Path:

@@ -170,19 +170,13 @@ def probe_shard(manifest_df: pd.DataFrame, videos_dir, shard: int | None = None)
     return table_df, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
 
 
-def failures_path(out) -> Path:
-    """`results/probe/demo/shard-00000.csv` -> `results/probe/demo/shard-00000.failures.csv`."""
-    out = Path(out)
-    stem = out.name[:-4] if out.name.lower().endswith(".csv") else out.name
-    return out.with_name(f"{stem}.failures.csv")
-
-
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, metavar="FILE.csv", help="manifest CSV (lmmvqa manifest)")
     p.add_argument("--videos", required=True, metavar="DIR", help="folder the manifest's paths are relative to")
     p.add_argument("--shard", type=int, default=None, metavar="N", help="probe only this shard (default: all rows)")
-    p.add_argument("--out", required=True, metavar="FILE.csv",
-                   help="probe table to write; failures go beside it as <stem>.failures.csv")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="probe table to write")
+    p.add_argument("--failures", required=True, metavar="FILE.csv",
+                   help="table of the videos that failed to probe (id, path, stage, error), to write")
 
 
 def main(args) -> int:
@@ -190,8 +184,7 @@ def main(args) -> int:
     if args.shard is not None and int(args.shard) not in set(manifest["shard"].astype(int)):
         raise UserError(f"{args.manifest}: no shard {args.shard} in the manifest")
     table, failures = probe_shard(manifest, args.videos, args.shard)
-    out = Path(args.out)
-    fail = failures_path(out)
+    out, fail = Path(args.out), Path(args.failures)
     atomic.write_csv(failures, fail)
     atomic.write_csv(table, out)
     print(f"probe: {len(table)} videos probed, {len(failures)} failure(s) -> {out}, {fail}")

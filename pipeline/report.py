@@ -37,7 +37,7 @@ import yaml
 from jinja2 import Environment
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from . import paths
+from . import atomic, paths
 from .answers import LEVELS
 from .cli_args import add_config_arg
 from .config import load_config
@@ -102,7 +102,7 @@ def _git_commit() -> str | None:
 
 def _store_info(cfg: dict, dataset: str) -> dict:
     settings = feature_settings_hash(cfg)
-    folder = paths.CACHE / "features" / dataset / settings
+    folder = paths.store_dir(dataset, settings)
     stores = []
     for store in sorted(folder.glob("shard-*.zarr")) if folder.is_dir() else []:
         meta = _read_json(store / "zarr.json") or {}
@@ -443,13 +443,13 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
             table_csv, _ = write_table(table, paths.experiment_table(name))
         loss = None
         if folds is None:
-            log_path = paths.model_dir(name) / "train_log.csv"
+            log_path = paths.train_log(name)
             log = _read_csv(log_path)
             if log is not None and len(log) and {"step", "loss"} <= set(log.columns):
                 loss = _png(loss_plot(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
         else:
-            log_path = paths.model_dir(name, 0).parent / "fold*" / "train_log.csv"
-            logs = {f: _read_csv(paths.model_dir(name, f) / "train_log.csv") for f in folds}
+            log_path = paths.train_log(name, "{fold}")
+            logs = {f: _read_csv(paths.train_log(name, f)) for f in folds}
             logs = {f: lg for f, lg in logs.items() if lg is not None and len(lg) and {"step", "loss"} <= set(lg.columns)}
             if logs:
                 loss = _png(fold_loss_plot(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
@@ -480,10 +480,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         experiments=exps, provenance=provenance, fold_columns=FOLD_COLUMNS,
         summary={**summary_view(summary), "csv": str(summary_csv or paths.summary_table())},
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    atomic.write_text(out, html)
     return out
 
 

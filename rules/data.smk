@@ -58,7 +58,8 @@ checkpoint manifest:
         ENV
     shell:
         "lmmvqa manifest --format {params.fmt} --labels {input.labels} {params.videos} "
-        "--out {output.manifest} --shard-size {params.shard_size} --k {params.k} --seed {params.seed} "
+        "--out {output.manifest} --missing {output.missing} --shard-size {params.shard_size} --k {params.k} "
+        "--seed {params.seed} "
         "--split-scheme {params.split} {params.mos_scale} > {log} 2>&1"
 
 
@@ -82,4 +83,4 @@ rule probe:
         ENV
     shell:
         "lmmvqa probe --manifest {input.manifest} --videos {params.videos} --shard {wildcards.shard} "
-        "--out {output.table} > {log} 2>&1"
+        "--out {output.table} --failures {output.failures} > {log} 2>&1"

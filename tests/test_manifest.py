@@ -11,7 +11,7 @@ import pytest
 from pipeline.cli import main as cli
 from pipeline.errors import UserError
 from pipeline.manifest import (MANIFEST_COLUMNS, MISSING_COLUMNS, build_manifest, fingerprint, fold_of, group_folds,
-                               missing_path, read_manifest, shard_digest, shard_digests, shard_ids, write_manifest)
+                               read_manifest, shard_digest, shard_digests, shard_ids, write_manifest)
 
 
 def _labels(path, names, mos=None):
@@ -138,9 +138,9 @@ def test_write_and_read_roundtrip(tmp_path):
     labels = _labels(tmp_path / "l.csv", ["0001.mp4", "0002.mp4", "x/0003.mp4"])
     m, missing = build_manifest("generic", labels, None, shard_size=2)
     out = tmp_path / "results" / "manifest" / "demo.csv"
-    write_manifest(m, missing, out)
-    assert missing_path(out) == tmp_path / "results" / "manifest" / "demo.missing.csv"
-    assert missing_path(out).read_text() == "id,path,row,reason\n"
+    miss = out.with_name("demo.missing.csv")
+    assert write_manifest(m, missing, out, miss) == (out, miss)
+    assert miss.read_text() == "id,path,row,reason\n"
     back = read_manifest(out)
     assert back["id"].tolist() == ["0001", "0002", "x/0003"]  # ids stay strings (leading zeros kept)
     assert back["row"].dtype == np.int64 and back["mos"].dtype == np.float64 and back["size_bytes"].isna().all()
@@ -156,7 +156,8 @@ def test_cli_prints_counts(tmp_path, capsys):
     videos = _videos(tmp_path / "videos", ["a.mp4", "b.mp4", "stray.mp4"])
     out = tmp_path / "m" / "demo.csv"
     assert cli(["manifest", "--format", "generic", "--labels", str(labels), "--videos", str(videos),
-                "--out", str(out), "--shard-size", "2", "--k", "3", "--seed", "7"]) == 0
+                "--out", str(out), "--missing", str(tmp_path / "m" / "demo.missing.csv"), "--shard-size", "2",
+                "--k", "3", "--seed", "7"]) == 0
     text = capsys.readouterr().out
     assert "2 rows" in text and "2 missing" in text and "1 files without a label" in text
     m = read_manifest(out)
@@ -166,16 +167,17 @@ def test_cli_prints_counts(tmp_path, capsys):
 
 def test_cli_error_leaves_no_manifest(tmp_path, capsys):
     good = _labels(tmp_path / "labels.csv", ["a.mp4", "b.mp4"])
-    out = tmp_path / "demo.csv"
-    assert cli(["manifest", "--format", "generic", "--labels", str(good), "--out", str(out)]) == 0
-    assert out.exists() and missing_path(out).exists()
+    out, miss = tmp_path / "demo.csv", tmp_path / "demo.missing.csv"
+    outputs = ["--out", str(out), "--missing", str(miss)]
+    assert cli(["manifest", "--format", "generic", "--labels", str(good), *outputs]) == 0
+    assert out.exists() and miss.exists()
     bad = tmp_path / "bad.csv"
     bad.write_text("name,mos\na.mp4,50\nb.mp4,oops\n")
-    assert cli(["manifest", "--format", "generic", "--labels", str(bad), "--out", str(out)]) == 2
+    assert cli(["manifest", "--format", "generic", "--labels", str(bad), *outputs]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "row 2" in err and "'oops'" in err
-    assert not out.exists() and not missing_path(out).exists()
-    assert cli(["manifest", "--format", "nope", "--labels", str(good), "--out", str(out)]) == 2
+    assert not out.exists() and not miss.exists()
+    assert cli(["manifest", "--format", "nope", "--labels", str(good), *outputs]) == 2
     assert "unknown label format 'nope'" in capsys.readouterr().err
 
 
@@ -221,7 +223,7 @@ def test_group_column_keeps_each_group_in_one_fold(tmp_path):
         assert sorted(b["fold"].value_counts().tolist()) == [16, 16, 16]
     assert by_seed[0].groupby("group")["fold"].first().tolist() != by_seed[1].groupby("group")["fold"].first().tolist()
     # a manifest read back keeps the groups
-    write_manifest(m, pd.DataFrame(columns=MISSING_COLUMNS), tmp_path / "m.csv")
+    write_manifest(m, pd.DataFrame(columns=MISSING_COLUMNS), tmp_path / "m.csv", tmp_path / "m.missing.csv")
     assert read_manifest(tmp_path / "m.csv")["group"].tolist() == m["group"].tolist()
 
 

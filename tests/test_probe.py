@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main as cli
 from pipeline.manifest import build_manifest, write_manifest
-from pipeline.probe import (FAILURE_COLUMNS, PROBE_COLUMNS, PROBE_KEYS, ProbeError, failures_path, probe_shard,
+from pipeline.probe import (FAILURE_COLUMNS, PROBE_COLUMNS, PROBE_KEYS, ProbeError, probe_shard,
                             probe_video, to_display)
 
 REAL = {  # file: (width, height, duration, fps, n_frames) from the README / ffprobe
@@ -177,17 +177,17 @@ def test_probe_shard_and_cli(tmp_path, make_video, capsys):
     assert failures[["id", "stage"]].values.tolist() == [["zero", "open"]]
 
     mpath = tmp_path / "results" / "manifest" / "d.csv"
-    write_manifest(manifest, missing, mpath)
-    out = tmp_path / "results" / "probe" / "d" / "shard-00001.csv"
-    assert cli(["probe", "--manifest", str(mpath), "--videos", str(videos), "--shard", "1", "--out", str(out)]) == 0
+    write_manifest(manifest, missing, mpath, mpath.with_name("d.missing.csv"))
+    out, fails = tmp_path / "probe" / "shard-00001.csv", tmp_path / "probe" / "shard-00001.failures.csv"
+    outputs = ["--out", str(out), "--failures", str(fails)]
+    assert cli(["probe", "--manifest", str(mpath), "--videos", str(videos), "--shard", "1", *outputs]) == 0
     assert "2 videos probed, 2 failure(s)" in capsys.readouterr().out
     t = pd.read_csv(out)
     assert t["id"].tolist() == ["audio", "ok2"] and t["has_video"].tolist() == [False, True]
     assert (t.loc[1, "width"], t.loc[1, "height"], t.loc[1, "n_frames"]) == (64, 48, 7)
-    f = pd.read_csv(failures_path(out))
-    assert failures_path(out).name == "shard-00001.failures.csv"
+    f = pd.read_csv(fails)
     assert f[["id", "stage"]].values.tolist() == [["text", "open"], ["audio", "stream"]]
     assert f.loc[0, "error"].startswith("[Errno") and "Invalid data" in f.loc[0, "error"]
     assert f.loc[1, "error"] == "no video stream"
-    assert cli(["probe", "--manifest", str(mpath), "--videos", str(videos), "--shard", "9", "--out", str(out)]) == 2
+    assert cli(["probe", "--manifest", str(mpath), "--videos", str(videos), "--shard", "9", *outputs]) == 2
     assert "no shard 9" in capsys.readouterr().err
