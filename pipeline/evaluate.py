@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from . import atomic, paths
 from .answers import LEVEL_PROB_COLUMNS
-from .cli_args import add_config_arg, add_device_arg, add_dtype_arg
+from .cli_args import add_config_arg, add_device_arg, add_dtype_arg, add_stores_arg
 from .config import load_config
 from .errors import UserError
 from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment, with_holdout
@@ -24,30 +24,34 @@ PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "pr
                       *LEVEL_PROB_COLUMNS.values()]
 
 
-def test_videos(cfg: dict, experiment: str, dataset: str) -> pd.DataFrame:
-    """id, mos, level_true of the dataset's videos that the experiment tests on (from its prompt shards)."""
+def test_videos(cfg: dict, experiment: str, dataset: str, prompts_dir: str | Path | None = None) -> pd.DataFrame:
+    """id, mos, level_true of the dataset's videos that the experiment tests on (from its prompt shards,
+    in `prompts_dir`, default the dataset's prompt folder)."""
     exp = require_experiment(cfg, experiment)
     selectors = [s for s in exp["test"] if parse_selector(s)[0] == dataset]
     if not selectors:
         raise UserError(f"experiment '{experiment}' does not test on dataset '{dataset}'")
     parts = sorted({p for s in selectors for p in prompt_parts(cfg, s, exp["holdout_fold"])})
-    rows = read_prompts([paths.prompt_part(dataset, p) for p in parts])
+    folder = Path(prompts_dir) if prompts_dir else paths.prompts_dir(dataset)
+    rows = read_prompts([folder / paths.prompt_file(p) for p in parts])
     videos = {r["id"]: (float(r["mos"]), r["level"]) for r in rows}
     return pd.DataFrame([(vid, mos, lv) for vid, (mos, lv) in videos.items()], columns=["id", "mos", "level_true"])
 
 
 def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu",
-             dtype: str | None = None, fold: int | None = None) -> dict:
+             dtype: str | None = None, fold: int | None = None, model_dir: str | Path | None = None,
+             prompts_dir: str | Path | None = None, stores: list[str] | None = None) -> dict:
     """Predictions + metrics of one test dataset; `fold`: the model of that fold of a `folds: all`
-    experiment, on that fold's test videos."""
+    experiment, on that fold's test videos. The model folder, prompt folder and feature stores are
+    the ones the rule declares when given (else where paths.py puts them)."""
     if fold is not None:
         cfg = with_holdout(cfg, experiment, fold)
-    videos = test_videos(cfg, experiment, dataset)
-    features, _ = dataset_features(cfg, dataset)
+    videos = test_videos(cfg, experiment, dataset, prompts_dir)
+    features, _ = dataset_features(cfg, dataset, stores)
     has = videos["id"].isin(set(features.ids))
     no_features = videos.loc[~has, "id"].tolist()
     videos = videos[has].reset_index(drop=True)
-    model = LMMVQA.from_pretrained(paths.model_dir(experiment, fold), device=device, dtype=dtype)
+    model = LMMVQA.from_pretrained(model_dir or paths.model_dir(experiment, fold), device=device, dtype=dtype)
     ev = cfg["evaluation"]
     bank = load_templates(cfg["prompts"]["templates"])
     rows = []
@@ -82,12 +86,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_dtype_arg(parser)
     parser.add_argument("--fold", type=int, default=None,
                         help="evaluate the model of this fold of a `folds: all` experiment on that fold's test videos")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="model folder (default: the experiment's, results/models/<experiment>[/fold<F>])")
+    parser.add_argument("--prompts", default=None, metavar="DIR",
+                        help="the dataset's prompt shards (default: results/prompts/<dataset>)")
+    add_stores_arg(parser)
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
     device = args.device or cfg["device"]
-    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device, dtype=args.dtype, fold=args.fold)
+    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device, dtype=args.dtype, fold=args.fold,
+                       model_dir=args.model, prompts_dir=args.prompts, stores=args.stores)
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         print(f"{args.experiment}{'' if args.fold is None else f'/fold{args.fold}'}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "

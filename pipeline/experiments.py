@@ -12,6 +12,7 @@ says which folds an experiment runs.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pandas as pd
 
@@ -129,14 +130,20 @@ def part_of_row(row) -> str:
     return str(row["split"])
 
 
-def dataset_features(cfg: dict, dataset: str):
-    """(reader over the feature stores of a dataset that exist for the current feature settings, their paths)."""
+def dataset_features(cfg: dict, dataset: str, stores: list[str] | None = None):
+    """(reader over the feature stores of a dataset, their paths): `stores` as given (a rule's declared
+    inputs), else those of the manifest's shards that exist under the config's feature settings."""
     from .feature_store import DatasetFeatures  # zarr: not at import time (the Snakefile imports this module)
 
+    if stores:
+        absent = [s for s in stores if not Path(s).is_dir()]
+        if absent:
+            raise UserError(f"feature store(s) of '{dataset}' not found: {', '.join(absent[:5])}")
+        return DatasetFeatures(stores), [str(s) for s in stores]
     settings = feature_settings_hash(cfg)
     manifest = read_manifest(paths.manifest(dataset))
     stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
     present = [p for p in stores if p.exists()]
     if not present:
-        raise UserError(f"no feature store of '{dataset}' under {paths.store(dataset, settings, 0).parent}")
+        raise UserError(f"no feature store of '{dataset}' under {paths.store_dir(dataset, settings)}")
     return DatasetFeatures(present), [str(p) for p in present]

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 
 from . import atomic
-from .cli_args import add_config_arg
+from .cli_args import add_config_arg, add_stores_arg
 from .config import load_config
 from .errors import UserError
 from .experiments import dataset_features
@@ -92,13 +92,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name")
     parser.add_argument("--out", required=True, help="statistics JSON to write")
     parser.add_argument("--address", default=None, help="dask.distributed scheduler (default: config dask.address)")
+    add_stores_arg(parser)
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
     if args.dataset not in cfg["datasets"]:
         raise UserError(f"unknown dataset '{args.dataset}' (config has: {', '.join(cfg['datasets'])})")
-    features, _ = dataset_features(cfg, args.dataset)
+    features, _ = dataset_features(cfg, args.dataset, args.stores)
     stats = dict(dataset=args.dataset, **dataset_stats(features, args.address or cfg["dask"]["address"]))
     out = atomic.write_text(args.out, json.dumps(stats, indent=1) + "\n")
     print(f"feature-stats {args.dataset}: {stats['videos']} videos, {stats['keyframes']} key frames, "

@@ -56,9 +56,13 @@ def prompts_dir(dataset: str) -> Path:
     return RESULTS / "prompts" / dataset
 
 
+def prompt_file(part: str) -> str:
+    """File name of one JSONL shard of Q&A samples: part = 'fold<k>' (k-fold datasets) or a split name."""
+    return f"{part}.jsonl"
+
+
 def prompt_part(dataset: str, part: str) -> Path:
-    """One JSONL shard of Q&A samples: part = 'fold<k>' (k-fold datasets) or an official split name."""
-    return prompts_dir(dataset) / f"{part}.jsonl"
+    return prompts_dir(dataset) / prompt_file(part)
 
 
 def tokenizer_dir() -> Path:

@@ -28,7 +28,8 @@ rule evaluate:
         ENV
     shell:
         "lmmvqa evaluate --config {params.config} --experiment {wildcards.experiment} "
-        "--dataset {wildcards.dataset} {params.fold} --out {output.predictions} --device {params.device} > {log} 2>&1"
+        "--dataset {wildcards.dataset} {params.fold} --model {input.model} --prompts {input.prompts} "
+        "--stores {input.stores} --out {output.predictions} --device {params.device} > {log} 2>&1"
 
 
 use rule evaluate as evaluate_fold with:

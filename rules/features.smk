@@ -53,4 +53,5 @@ rule feature_stats:
     conda:
         ENV
     shell:
-        "lmmvqa feature-stats --config {params.config} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        "lmmvqa feature-stats --config {params.config} --dataset {wildcards.dataset} --stores {input.stores} "
+        "--out {output} > {log} 2>&1"

@@ -150,3 +150,17 @@ def test_feature_stats_on_a_distributed_scheduler(tmp_path):
     assert remote["scheduler"] == cluster.scheduler_address
     np.testing.assert_allclose(remote["spatial"]["channel_std"], local["spatial"]["channel_std"], rtol=1e-9)
     assert remote["motion"]["row_norm"] == local["motion"]["row_norm"]
+
+
+def test_dataset_features_reads_the_stores_it_is_given(tmp_path):
+    """The workflow hands evaluate / feature-stats the stores their rule declares (--stores): those are
+    read, with no manifest or config lookup, and a missing one is named."""
+    from pipeline.errors import UserError
+    from pipeline.experiments import dataset_features
+
+    stores = _two_shards(tmp_path)
+    feats, given = dataset_features({}, "any", [str(stores[1])])
+    assert given == [str(stores[1])] and feats.ids == DatasetFeatures([stores[1]]).ids
+    assert len(feats.failures) == 1
+    with pytest.raises(UserError, match="nope.zarr"):
+        dataset_features({}, "any", [str(stores[0]), str(tmp_path / "nope.zarr")])
