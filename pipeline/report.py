@@ -41,6 +41,7 @@ from .answers import LEVELS
 from .config import load_config
 from .experiments import experiment_folds, parse_selector
 from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, logistic, write_table
+from .plots import fold_loss_figure, loss_figure
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -178,48 +179,12 @@ def confusion_plot(level: dict, title: str):
 
 
 def loss_plot(log: pd.DataFrame, title: str):
-    fig = _figure(7, 3.6)
-    ax = fig.subplots()
-    step = pd.to_numeric(log["step"], errors="coerce")
-    loss = pd.to_numeric(log["loss"], errors="coerce")
-    ax.plot(step, loss, color="#1f77b4", lw=1, alpha=0.5, label="loss")
-    if len(loss) >= 10:
-        ax.plot(step, loss.rolling(max(len(loss) // 20, 2), min_periods=1).mean(), color="#1f77b4", lw=2,
-                label="loss (moving mean)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    if (loss > 0).all() and loss.max() / max(loss.min(), 1e-12) > 20:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if "lr" in log:
-        ax2 = ax.twinx()
-        ax2.plot(step, pd.to_numeric(log["lr"], errors="coerce"), color="#ff7f0e", lw=1, label="learning rate")
-        ax2.set_ylabel("learning rate", color="#ff7f0e")
-        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=10)
-    return fig
+    return loss_figure(log, title)
 
 
 def fold_loss_plot(logs: dict, title: str):
     """Training loss of every fold of an experiment, one curve (moving mean) per fold."""
-    fig = _figure(7, 3.6)
-    ax = fig.subplots()
-    positive = True
-    for fold, log in logs.items():
-        step = pd.to_numeric(log["step"], errors="coerce")
-        loss = pd.to_numeric(log["loss"], errors="coerce")
-        positive &= bool((loss > 0).all())
-        smooth = loss.rolling(max(len(loss) // 20, 2), min_periods=1).mean() if len(loss) >= 10 else loss
-        ax.plot(step, smooth, lw=1.5, label=f"fold {fold}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    if positive:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=10)
-    return fig
+    return fold_loss_figure(logs, title)
 
 
 # ------------------------------------------------------------------ page
