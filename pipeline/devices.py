@@ -38,6 +38,19 @@ LOCK_DIR_ENV = "LMMVQA_GPU_LOCK_DIR"
 _HELD: list["GpuLease"] = []  # leases of this process, kept open until it exits
 
 
+def resolve_device(device=None):
+    """The torch.device of a `device` setting: `auto` (or None) is `cuda` when CUDA is available,
+    else `cpu`; `cuda` / `cuda:N` where CUDA is not available is a UserError; anything else
+    (`cpu`, `cuda:N`, a torch.device) as given. Every stage resolves devices here."""
+    import torch  # heavy: this module is imported by `lmmvqa` before any stage needs torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' requested but CUDA is not available")
+    return torch.device(device)
+
+
 def lock_dir() -> Path:
     path = os.environ.get(LOCK_DIR_ENV) or str(Path(tempfile.gettempdir()) / f"lmmvqa-gpu-locks-{os.getuid()}")
     return Path(path)
