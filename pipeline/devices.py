@@ -22,6 +22,7 @@ one per GPU (DDP; see pipeline/train.py). With N <= 1 it runs the command in thi
 """
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import subprocess
@@ -159,7 +160,7 @@ def launch(n: int, argv: list[str], gpus: list[str] | None = None, directory: st
     if not argv:
         raise UserError("launch: no command given (lmmvqa launch --gpus N -- train ...)")
     if n <= 1:
-        from .cli import main
+        from .cli import main  # cli imports this module to assign devices: import cycle at the top
 
         return main(argv)
     if argv[0] != "train":
@@ -179,8 +180,6 @@ def launch(n: int, argv: list[str], gpus: list[str] | None = None, directory: st
 
 
 def configure_parser(parser) -> None:
-    import argparse
-
     parser.add_argument("--gpus", type=int, default=1,
                         help="GPUs for the command: >1 runs it under torchrun, one process per GPU (train only)")
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- the lmmvqa command and its arguments")

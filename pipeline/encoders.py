@@ -46,7 +46,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from . import weights
 from .devices import resolve_device  # the one device resolution (extract.py calls it as encoders.resolve_device)
@@ -144,8 +146,6 @@ class CNNStats(nn.Module):
 
 
 def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
-    import torchvision  # only for the CNN archs
-
     arch = spec["arch"]
     if arch not in CNN_ARCHS:
         raise ValueError(f"unknown vision arch {arch!r} (one of clip, {', '.join(CNN_ARCHS)})")
@@ -174,8 +174,6 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
     """-> (vision model in eval mode on device/dtype, info {source, config, tokens, width, image_size}).
 
     `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     device = resolve_device(device)
     dtype = resolve_dtype(dtype or spec.get("dtype"), device)
     if spec.get("arch") not in (None, "clip"):
