@@ -58,7 +58,7 @@ def main() -> int:
     from test_train import make_workspace
 
     from pipeline.lmm import LMMVQA
-    from pipeline.train import Collator, QADataset, epoch_batches, experiment_data, load_training_tokenizer
+    from pipeline.train_data import Collator, QADataset, epoch_batches, experiment_data, load_training_tokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_io-"))
     T, W, M = 197, 128, 288

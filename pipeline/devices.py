@@ -22,6 +22,7 @@ one per GPU (DDP; see pipeline/train.py). With N <= 1 it runs the command in thi
 """
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import subprocess
@@ -36,6 +37,19 @@ from .errors import UserError
 
 LOCK_DIR_ENV = "LMMVQA_GPU_LOCK_DIR"
 _HELD: list["GpuLease"] = []  # leases of this process, kept open until it exits
+
+
+def resolve_device(device=None):
+    """The torch.device of a `device` setting: `auto` (or None) is `cuda` when CUDA is available,
+    else `cpu`; `cuda` / `cuda:N` where CUDA is not available is a UserError; anything else
+    (`cpu`, `cuda:N`, a torch.device) as given. Every stage resolves devices here."""
+    import torch  # heavy: this module is imported by `lmmvqa` before any stage needs torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' requested but CUDA is not available")
+    return torch.device(device)
 
 
 def lock_dir() -> Path:
@@ -146,7 +160,7 @@ def launch(n: int, argv: list[str], gpus: list[str] | None = None, directory: st
     if not argv:
         raise UserError("launch: no command given (lmmvqa launch --gpus N -- train ...)")
     if n <= 1:
-        from .cli import main
+        from .cli import main  # cli imports this module to assign devices: import cycle at the top
 
         return main(argv)
     if argv[0] != "train":
@@ -166,8 +180,6 @@ def launch(n: int, argv: list[str], gpus: list[str] | None = None, directory: st
 
 
 def configure_parser(parser) -> None:
-    import argparse
-
     parser.add_argument("--gpus", type=int, default=1,
                         help="GPUs for the command: >1 runs it under torchrun, one process per GPU (train only)")
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- the lmmvqa command and its arguments")

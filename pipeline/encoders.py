@@ -41,11 +41,18 @@ and the distinct-frame rate (see `TemporalStats`).
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from . import weights
+from .devices import resolve_device  # the one device resolution (extract.py calls it as encoders.resolve_device)
+from .errors import UserError
 
 SEED = 1234
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,12 +61,6 @@ KINETICS_MEAN = 0.45
 KINETICS_STD = 0.225
 SLOWFAST_R50_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth"
 SLOWFAST_ARCHS = {"slowfast_r50": {"model_depth": 50}, "slowfast_r101": {"model_depth": 101}}
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def missing_weights_message(source, missing, unexpected=()) -> str:
@@ -82,8 +83,6 @@ def loading_missing(loading: dict) -> list[str]:
 
 def _check_loaded(source, missing, unexpected=()) -> None:
     if missing or unexpected:
-        from .errors import UserError
-
         raise UserError(missing_weights_message(source, sorted(missing), sorted(unexpected)))
 
 
@@ -147,10 +146,6 @@ class CNNStats(nn.Module):
 
 
 def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
-    import torchvision
-
-    from . import weights
-
     arch = spec["arch"]
     if arch not in CNN_ARCHS:
         raise ValueError(f"unknown vision arch {arch!r} (one of clip, {', '.join(CNN_ARCHS)})")
@@ -179,8 +174,6 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
     """-> (vision model in eval mode on device/dtype, info {source, config, tokens, width, image_size}).
 
     `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     device = resolve_device(device)
     dtype = resolve_dtype(dtype or spec.get("dtype"), device)
     if spec.get("arch") not in (None, "clip"):
@@ -340,8 +333,6 @@ def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed
     """-> (motion model in eval mode, info {source, config, dim, input_size, ...}).
 
     `arch` null / slowfast -> SlowFastTrunk; `temporal_stats` -> TemporalStats."""
-    import warnings
-
     if spec.get("arch") == "temporal_stats":
         config = dict(spec.get("config") or {})
         model = TemporalStats(int(config.get("input_size", 64)), slow_stride).to(resolve_device(device)).eval()

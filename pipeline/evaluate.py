@@ -15,7 +15,8 @@ from .cli_args import add_config_arg, add_device_arg, add_dtype_arg, add_stores_
 from .config import load_config
 from .errors import UserError
 from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment, with_holdout
-from .lmm import LMMVQA, collate_videos
+from .feature_store import collate_videos
+from .lmm import LMMVQA
 from .metrics import compute_metrics
 from .predict import predict_batch
 from .prompts import load_templates, read_prompts

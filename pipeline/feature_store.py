@@ -1,6 +1,7 @@
 """Reading the Zarr feature stores written by pipeline/store.py: one shard (FeatureStore) or all
 shards of a dataset (DatasetFeatures) as an id -> (spatial, motion) mapping, lazily per process,
-preloaded into memory when they fit, or as lazy dask arrays for out-of-core statistics.
+preloaded into memory when they fit, or as lazy dask arrays for out-of-core statistics; what the
+model needs to know of them (`feature_info`) and padded batches of their arrays (`collate_videos`).
 
 Kept apart from the writer so that a change here reruns training and evaluation, not extraction.
 """
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 import zarr
 
 from .store import FAILURE_COLUMNS
@@ -45,6 +47,12 @@ class FeatureStore:
         """Uncompressed size of the feature arrays."""
         g = self._arrays()
         return int(g["spatial"].nbytes + g["motion"].nbytes)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the stored arrays: spatial [key frames, tokens, width], motion [seconds, dim]."""
+        g = self._arrays()
+        return {"spatial": tuple(g["spatial"].shape), "motion": tuple(g["motion"].shape)}
 
     def preload(self) -> None:
         """Read both arrays into memory in one sequential pass (each chunk decompressed once).
@@ -169,3 +177,40 @@ def feature_moments(features: dict, ids: Iterable[tuple[str, str]], max_videos: 
         out[f"{role}_mean"] = mean.astype(np.float32)
         out[f"{role}_std"] = np.sqrt(np.maximum(q / max(n, 1) - mean * mean, 0)).astype(np.float32)
     return out
+
+
+def feature_info(features) -> dict:
+    """Vision width / tokens, motion dim (+ the models' specs) of a DatasetFeatures or FeatureStore,
+    from the store attributes, else from the arrays' shapes."""
+    stores = getattr(features, "stores", [features])
+    if not stores:
+        raise ValueError("no feature store")
+    attrs = stores[0].attrs
+    vision, motion = dict(attrs.get("vision") or {}), dict(attrs.get("motion") or {})
+    tokens, width, dim = vision.get("tokens"), vision.get("width"), motion.get("dim")
+    if tokens is None or width is None or dim is None:
+        shapes = stores[0].shapes
+        _, tokens, width = shapes["spatial"]
+        dim = shapes["motion"][1]
+    return {"vision_tokens": int(tokens), "vision_width": int(width), "motion_dim": int(dim),
+            "vision": {k: vision.get(k) for k in ("source", "config")},
+            "motion": {k: motion.get(k) for k in ("source", "config")}}
+
+
+def collate_videos(items: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """[(spatial [K, T, Wv], motion [S, M]), ...] -> padded float32 tensors with time masks."""
+    B = len(items)
+    K = max(len(s) for s, _ in items)
+    S = max(len(m) for _, m in items)
+    T, W = items[0][0].shape[1:]
+    M = items[0][1].shape[1]
+    spatial = torch.zeros(B, K, T, W)
+    motion = torch.zeros(B, S, M)
+    smask = torch.zeros(B, K, dtype=torch.bool)
+    mmask = torch.zeros(B, S, dtype=torch.bool)
+    for i, (s, m) in enumerate(items):
+        spatial[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
+        motion[i, : len(m)] = torch.from_numpy(np.asarray(m, dtype=np.float32))
+        smask[i, : len(s)] = True
+        mmask[i, : len(m)] = True
+    return {"spatial": spatial, "spatial_mask": smask, "motion": motion, "motion_mask": mmask}

@@ -14,10 +14,11 @@ Visual path (per video, see ../shared/SPEC.md step 3):
 No dimension is hard-coded: Wv, T and M come from the feature store (attrs `vision.width`,
 `vision.tokens`, `motion.dim`, or the arrays' shapes), the LLM width from the LLM's config.
 
-Prompt formatting lives in `PromptFormatter` only: the tiny tokenizer (no chat template) uses plain
-text `"<video> {question} Answer:"` followed by the answer tokens and eos; a tokenizer with a chat
-template (paper: Llama-3-8B-Instruct) gets the user turn `"<video>\\n{question}"` through
-`apply_chat_template(..., add_generation_prompt=True)` followed by the answer and its eos.
+Prompt formatting lives in `PromptFormatter` (pipeline/prompt_format.py) only: the tiny tokenizer
+(no chat template) uses plain text `"<video> {question} Answer:"` followed by the answer tokens and
+eos; a tokenizer with a chat template (paper: Llama-3-8B-Instruct) gets the user turn
+`"<video>\\n{question}"` through `apply_chat_template(..., add_generation_prompt=True)` followed by
+the answer and its eos. Batches of feature arrays are padded by `feature_store.collate_videos`.
 Batches are left-padded (answers end every row at the same position), position ids follow the
 attention mask, and the loss covers the answer tokens (+ eos) only.
 
@@ -33,6 +34,7 @@ Model folder (docs/DESIGN.md): `lmmvqa.json`, `projector.safetensors`, `llm/` (f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,53 +43,24 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig
 
+from .constrained import constraint_for, mask_logits, row_kinds
+from .devices import resolve_device
+from .encoders import loading_missing, missing_weights_message
 from .errors import UserError
-from .tokenizer import ANSWER_PREFIX, video_token
+from .feature_store import collate_videos
+from .prompt_format import PromptFormatter
+from .settings import model_spec
+from .tokenizer import load_tokenizer, video_token
 
 FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# ------------------------------------------------------------------ feature shapes and batches
-
-def feature_info(features) -> dict:
-    """Vision width / tokens, motion dim (+ the models' specs) of a DatasetFeatures or FeatureStore,
-    from the store attributes, else from the arrays' shapes."""
-    stores = getattr(features, "stores", [features])
-    if not stores:
-        raise ValueError("no feature store")
-    attrs = stores[0].attrs
-    vision, motion = dict(attrs.get("vision") or {}), dict(attrs.get("motion") or {})
-    tokens, width, dim = vision.get("tokens"), vision.get("width"), motion.get("dim")
-    if tokens is None or width is None or dim is None:
-        g = stores[0]._arrays()
-        _, tokens, width = g["spatial"].shape
-        dim = g["motion"].shape[1]
-    return {"vision_tokens": int(tokens), "vision_width": int(width), "motion_dim": int(dim),
-            "vision": {k: vision.get(k) for k in ("source", "config")},
-            "motion": {k: motion.get(k) for k in ("source", "config")}}
-
-
-def collate_videos(items: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """[(spatial [K, T, Wv], motion [S, M]), ...] -> padded float32 tensors with time masks."""
-    B = len(items)
-    K = max(len(s) for s, _ in items)
-    S = max(len(m) for _, m in items)
-    T, W = items[0][0].shape[1:]
-    M = items[0][1].shape[1]
-    spatial = torch.zeros(B, K, T, W)
-    motion = torch.zeros(B, S, M)
-    smask = torch.zeros(B, K, dtype=torch.bool)
-    mmask = torch.zeros(B, S, dtype=torch.bool)
-    for i, (s, m) in enumerate(items):
-        spatial[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.float32))
-        motion[i, : len(m)] = torch.from_numpy(np.asarray(m, dtype=np.float32))
-        smask[i, : len(s)] = True
-        mmask[i, : len(m)] = True
-    return {"spatial": spatial, "spatial_mask": smask, "motion": motion, "motion_mask": mmask}
-
+# ------------------------------------------------------------------ batches
 
 def _as_batch(videos) -> dict[str, torch.Tensor]:
     return videos if isinstance(videos, dict) else collate_videos(list(videos))
@@ -149,70 +122,6 @@ class Projector(nn.Module):
         return self.norm(self.proj(self.encoder(tokens)))
 
 
-# ------------------------------------------------------------------ prompts
-
-class PromptFormatter:
-    """Token ids of prompts (+ answers) with the placeholder expanded to the visual token count.
-    Picklable (DataLoader workers tokenize in the collate function)."""
-
-    def __init__(self, tokenizer, n_visual: int, placeholder: str | None = None):
-        self.tokenizer = tokenizer
-        self.n_visual = int(n_visual)
-        self.placeholder = placeholder or video_token(tokenizer)
-        self.video_id = tokenizer.convert_tokens_to_ids(self.placeholder)
-        if self.video_id is None or self.video_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {self.placeholder} token")
-        self.style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        self._cache: dict[str, list[int]] = {}
-
-    def prompt_text(self, question: str) -> str:
-        if self.style == "chat":
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": f"{self.placeholder}\n{question}"}],
-                                                      add_generation_prompt=True, tokenize=False)
-        return f"{self.placeholder} {question} {ANSWER_PREFIX}"
-
-    def prompt_ids(self, question: str) -> list[int]:
-        ids = self._cache.get(question)
-        if ids is None:
-            ids = self.tokenizer(self.prompt_text(question), add_special_tokens=False)["input_ids"]
-            if self.style == "plain" and self.tokenizer.bos_token_id is not None:
-                ids = [self.tokenizer.bos_token_id] + ids
-            if ids.count(self.video_id) != 1:
-                raise ValueError(f"prompt must hold exactly one {self.placeholder}: {question!r}")
-            p = ids.index(self.video_id)
-            ids = ids[:p] + [self.video_id] * self.n_visual + ids[p + 1:]
-            if len(self._cache) < 10000:
-                self._cache[question] = ids
-        return list(ids)
-
-    def answer_ids(self, answer: str, eos: bool = True) -> list[int]:
-        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return ids + [self.eos_id] if eos else ids
-
-    def batch(self, questions: Sequence[str], answers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Left-padded input_ids / attention_mask (+ answer_ids [B, A] padded with -100 on the left,
-        aligned with the last A positions)."""
-        prompts = [self.prompt_ids(q) for q in questions]
-        ans = [self.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
-        seqs = [p + a for p, a in zip(prompts, ans)]
-        L = max(map(len, seqs))
-        ids = torch.full((len(seqs), L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), L), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, L - len(s):] = torch.tensor(s)
-            mask[i, L - len(s):] = 1
-        out = {"input_ids": ids, "attention_mask": mask}
-        if answers is not None:
-            A = max(map(len, ans))
-            labels = torch.full((len(seqs), A), -100, dtype=torch.long)
-            for i, a in enumerate(ans):
-                labels[i, A - len(a):] = torch.tensor(a)
-            out["labels"] = labels
-        return out
-
-
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
@@ -240,8 +149,6 @@ class LMMVQA(nn.Module):
         projector starts at random init (seeded), the LLM at random init from the preset's config
         (source None) or from its pretrained source; or both continue from the model folder `init`
         (stage 2 after stage 1: its projector, and its LLM weights when it saved them)."""
-        from .settings import model_spec
-
         spec = model_spec(cfg, "llm")
         tr = cfg["training"]
         device = resolve_device(device)
@@ -290,7 +197,7 @@ class LMMVQA(nn.Module):
         model = cls(llm, tokenizer, projector, config)
         model.config["prompt_style"] = model.formatter.style
         if config["lora"]:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig, get_peft_model  # LoRA runs only
 
             torch.manual_seed(seed + 2)
             model.llm = get_peft_model(llm, LoraConfig(
@@ -376,8 +283,6 @@ class LMMVQA(nn.Module):
         row: the logits are masked at each step so that a constrained row's text is always a valid
         answer of that kind (pipeline.constrained); its text is the concatenation of its tokens'
         decoded pieces, stripped."""
-        from .constrained import constraint_for, mask_logits, row_kinds
-
         was_training = self.training
         self.eval()
         try:
@@ -505,8 +410,6 @@ class LMMVQA(nn.Module):
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write the model folder (into a temporary sibling, renamed into place)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -540,8 +443,6 @@ class LMMVQA(nn.Module):
         """Load a model folder onto `device` (cpu, cuda, cuda:N or auto), the LLM straight onto it, in
         `dtype` (default: the dtype recorded at training, `lmmvqa.json` `dtype`; float32 for folders
         that record none). Weights missing from any file are an error naming them."""
-        from .tokenizer import load_tokenizer
-
         path = Path(path)
         cfg = _read_model_config(path)
         device = resolve_device(device)
@@ -579,8 +480,6 @@ def _weight_parts(cfg: dict) -> list[str]:
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -590,8 +489,6 @@ def file_digest(path: Path) -> str:
 
 def _load_projector(path: Path) -> dict[str, torch.Tensor]:
     """The projector weights of a model folder, checked against the projector's keys."""
-    from safetensors.torch import load_file
-
     f = path / "projector.safetensors"
     if not f.exists():
         raise UserError(f"{path}: no projector.safetensors")
@@ -604,8 +501,6 @@ def _load_projector(path: Path) -> dict[str, torch.Tensor]:
 
 def check_missing(source, missing, unexpected=()) -> None:
     """One-line error naming the weights a checkpoint lacks (they would be left at random init)."""
-    from .encoders import missing_weights_message
-
     if missing or unexpected:
         raise UserError(missing_weights_message(source, missing, unexpected))
 
@@ -621,20 +516,11 @@ def _check_compatible(init, init_cfg: dict, config: dict, tokenizer) -> None:
                         f"this one's {config['llm']['source']!r}")
     init_tok = Path(init) / "tokenizer"
     if init_tok.exists():
-        from .tokenizer import load_tokenizer
-
         if load_tokenizer(init_tok).get_vocab() != tokenizer.get_vocab():
             raise UserError(f"{init}: cannot continue from this model: its tokenizer differs from this one's")
 
 
 # ------------------------------------------------------------------ LLM loading
-
-def resolve_device(device) -> torch.device:
-    """The one device resolution (`encoders.resolve_device`: auto -> cuda when available, else cpu)."""
-    from .encoders import resolve_device as _resolve
-
-    return _resolve(device if device is None or isinstance(device, str) else str(device))
-
 
 def resolve_train_llm(training: dict, spec: dict) -> bool:
     """training.train_llm; null (auto) = train the whole LLM when it is built at random init."""
@@ -688,17 +574,14 @@ def _device_map(device: torch.device) -> dict:
     return {"": str(device)}
 
 
-def _load_llm(spec: dict, tokenizer, dtype=torch.float32, device=None, weights: Path | None = None):
+def _load_llm(spec: dict, tokenizer, dtype=torch.float32, device: str | torch.device = "cpu",
+              weights: Path | None = None):
     """Random init from the preset config (source None; seed with torch.manual_seed first, built on the
     CPU so the weights do not depend on the device), or `from_pretrained` of `weights` (a model folder's
     `llm/`) or the source (hub id or local folder), loaded straight onto `device` in `dtype` (no full
     CPU copy). Weights the checkpoint lacks are an error. Embeddings grow to the tokenizer only when
-    it has more tokens than they have rows."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from .encoders import loading_missing
-
-    device = resolve_device(device)
+    it has more tokens than they have rows. `device` is a resolved device (`devices.resolve_device`)."""
+    device = torch.device(device)
     source = weights if weights is not None else spec.get("source")
     if source is None:
         conf = dict(spec.get("config") or {})
@@ -718,7 +601,7 @@ def _load_llm(spec: dict, tokenizer, dtype=torch.float32, device=None, weights: 
 
 def _load_adapter(llm, folder: Path):
     """peft LoRA adapter onto `llm`; adapter weights the folder lacks are an error."""
-    from peft import PeftConfig, get_peft_model
+    from peft import PeftConfig, get_peft_model  # LoRA runs only
 
     if not (folder / "adapter_config.json").exists():
         raise UserError(f"{folder}: no adapter_config.json")

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import yaml
 from jinja2 import Environment
-from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
 from . import atomic, paths
 from .answers import LEVELS
@@ -43,6 +42,7 @@ from .cli_args import add_config_arg
 from .config import load_config
 from .experiments import experiment_folds, parse_selector, require_experiment
 from .metrics import FOLD_STATS, METHODS, experiment_table, fit_logistic, invalid_flags, logistic, write_table
+from .plots import figure, fold_loss_figure, loss_figure
 from .settings import feature_settings_hash, model_spec
 from .versions import STAGES, code_version
 
@@ -115,10 +115,6 @@ def _store_info(cfg: dict, dataset: str) -> dict:
 
 # ------------------------------------------------------------------ plots
 
-def _figure(w=5.0, h=4.0):
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
-
-
 def _png(fig, path: Path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -130,7 +126,7 @@ def _png(fig, path: Path) -> str:
 
 def scatter_plot(pred: pd.DataFrame, metrics: dict | None, title: str):
     """Prediction vs MOS for both scoring methods, with the fitted 4-parameter logistic."""
-    fig = _figure(7.4, 3.5)
+    fig = figure(7.4, 3.5)
     axes = fig.subplots(1, 2)
     mos = pd.to_numeric(pred["mos"], errors="coerce").to_numpy(float)
     for ax, method, col in zip(axes, METHODS, ("score", "prob_score")):
@@ -161,7 +157,7 @@ def scatter_plot(pred: pd.DataFrame, metrics: dict | None, title: str):
 def confusion_plot(level: dict, title: str):
     labels = level.get("labels") or list(LEVELS)
     cm = np.asarray(level.get("confusion") or np.zeros((len(labels), len(labels))), dtype=float)
-    fig = _figure(3.8, 3.5)
+    fig = figure(3.8, 3.5)
     ax = fig.subplots()
     ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(cm.max(), 1))
     ax.set_xticks(range(len(labels)), labels)
@@ -174,51 +170,6 @@ def confusion_plot(level: dict, title: str):
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     acc = level.get("accuracy")
     ax.set_title(f"{title}\naccuracy {acc:.3f}" if acc is not None else f"{title}\naccuracy n/a", fontsize=10)
-    return fig
-
-
-def loss_plot(log: pd.DataFrame, title: str):
-    fig = _figure(7, 3.6)
-    ax = fig.subplots()
-    step = pd.to_numeric(log["step"], errors="coerce")
-    loss = pd.to_numeric(log["loss"], errors="coerce")
-    ax.plot(step, loss, color="#1f77b4", lw=1, alpha=0.5, label="loss")
-    if len(loss) >= 10:
-        ax.plot(step, loss.rolling(max(len(loss) // 20, 2), min_periods=1).mean(), color="#1f77b4", lw=2,
-                label="loss (moving mean)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    if (loss > 0).all() and loss.max() / max(loss.min(), 1e-12) > 20:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if "lr" in log:
-        ax2 = ax.twinx()
-        ax2.plot(step, pd.to_numeric(log["lr"], errors="coerce"), color="#ff7f0e", lw=1, label="learning rate")
-        ax2.set_ylabel("learning rate", color="#ff7f0e")
-        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=10)
-    return fig
-
-
-def fold_loss_plot(logs: dict, title: str):
-    """Training loss of every fold of an experiment, one curve (moving mean) per fold."""
-    fig = _figure(7, 3.6)
-    ax = fig.subplots()
-    positive = True
-    for fold, log in logs.items():
-        step = pd.to_numeric(log["step"], errors="coerce")
-        loss = pd.to_numeric(log["loss"], errors="coerce")
-        positive &= bool((loss > 0).all())
-        smooth = loss.rolling(max(len(loss) // 20, 2), min_periods=1).mean() if len(loss) >= 10 else loss
-        ax.plot(step, smooth, lw=1.5, label=f"fold {fold}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    if positive:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=10)
     return fig
 
 
@@ -446,13 +397,13 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
             log_path = paths.train_log(name)
             log = _read_csv(log_path)
             if log is not None and len(log) and {"step", "loss"} <= set(log.columns):
-                loss = _png(loss_plot(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
+                loss = _png(loss_figure(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
         else:
             log_path = paths.train_log(name, "{fold}")
             logs = {f: _read_csv(paths.train_log(name, f)) for f in folds}
             logs = {f: lg for f, lg in logs.items() if lg is not None and len(lg) and {"step", "loss"} <= set(lg.columns)}
             if logs:
-                loss = _png(fold_loss_plot(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
+                loss = _png(fold_loss_figure(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
         exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
                      "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
                      "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables})
@@ -485,4 +436,4 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
 
 
 __all__ = ["build_report", "configure_parser", "main", "metrics_rows", "scatter_plot", "confusion_plot",
-           "loss_plot", "experiment_test_datasets"]
+           "experiment_test_datasets"]

@@ -24,7 +24,8 @@ from .config import schema
 from .errors import UserError
 from .extract import Extractor
 from .labels import is_video_file
-from .lmm import LMMVQA, collate_videos
+from .feature_store import collate_videos
+from .lmm import LMMVQA
 from .predict import predict_batch
 from .prompts import load_templates
 

@@ -10,7 +10,8 @@ import torch
 
 from pipeline.answers import GRAMMARS, LEVELS, parse_level, parse_score
 from pipeline.constrained import TokenConstraint, constraint_for, mask_logits, token_pieces
-from pipeline.lmm import LMMVQA, collate_videos
+from pipeline.feature_store import collate_videos
+from pipeline.lmm import LMMVQA
 from pipeline.prompts import load_templates, question_for
 from pipeline.tokenizer import EOS, VIDEO_TOKEN, train_tokenizer
 
@@ -201,7 +202,7 @@ def test_random_logits_always_give_valid_answers(any_tok):
 def test_every_valid_answer_stays_reachable(any_tok):
     """The tokens of any valid answer, as the tokenizer spells it, are allowed step by step, then
     eos: the constraint never changes a greedy answer that was valid already."""
-    from pipeline.lmm import PromptFormatter
+    from pipeline.prompt_format import PromptFormatter
 
     tok = any_tok
     fmt = PromptFormatter(tok, 1)

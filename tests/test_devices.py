@@ -138,3 +138,31 @@ def test_launch_trains_with_ddp_through_torchrun(tmp_path):
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], digests
     assert (work / "results/models/ddp/lmmvqa.json").exists()
     assert devices._HELD == [] and os.environ.get("CUDA_VISIBLE_DEVICES") == visible_before  # the child's only
+
+
+def test_resolve_device_is_the_one_resolution(monkeypatch):
+    """auto -> cuda when CUDA is available, else cpu; cuda without CUDA is a UserError; encoders,
+    the model and training all use this one function."""
+    import torch
+
+    from pipeline import encoders, lmm, train
+
+    assert encoders.resolve_device is devices.resolve_device
+    assert lmm.resolve_device is devices.resolve_device and train.resolve_device is devices.resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device("auto") == torch.device("cpu") == devices.resolve_device(None)
+    assert devices.resolve_device("cpu") == torch.device("cpu")
+    assert devices.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for name in ("cuda", "cuda:1", torch.device("cuda", 0)):
+        with pytest.raises(UserError, match="CUDA is not available"):
+            devices.resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices.resolve_device("auto") == torch.device("cuda")
+    assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_devices_module_imports_without_torch():
+    """`lmmvqa` imports pipeline.devices before any stage: it must not pull in torch."""
+    code = "import sys, pipeline.devices; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from pipeline.config import validate
-from pipeline.lmm import LMMVQA, PromptFormatter, collate_videos, pool_time
+from pipeline.feature_store import collate_videos
+from pipeline.lmm import LMMVQA, pool_time
+from pipeline.prompt_format import PromptFormatter
 from pipeline.prompts import load_templates, question_for
 from pipeline.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer
 

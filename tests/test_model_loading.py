@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.config import validate
 from pipeline.errors import UserError
-from pipeline.lmm import LMMVQA, collate_videos, training_dtype
+from pipeline.feature_store import collate_videos
+from pipeline.lmm import LMMVQA, training_dtype
 from pipeline.prompts import load_templates, question_for
 from pipeline.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer, video_token
 
@@ -69,6 +70,27 @@ def test_from_pretrained_device_auto(tok, tmp_path):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert again.device.type == expected
     assert next(again.llm.parameters()).device.type == expected
+
+
+def test_from_pretrained_resolves_the_device_once(tok, tmp_path, monkeypatch):
+    """`auto` becomes cpu on a machine without CUDA before anything moves (no `.to("auto")`), and
+    `cuda` there is a UserError naming the device (devices.resolve_device), not a torch crash."""
+    model = LMMVQA.build(_cfg(), tok, INFO, seed=0)
+    model.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    moved = []
+    real_to = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        moved.extend(str(a) for a in (*args, *kwargs.values()))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    again = LMMVQA.from_pretrained(tmp_path / "m", device="auto")
+    assert again.device == torch.device("cpu") and next(again.llm.parameters()).device == torch.device("cpu")
+    assert moved and "auto" not in moved
+    with pytest.raises(UserError, match="device 'cuda' requested but CUDA is not available"):
+        LMMVQA.from_pretrained(tmp_path / "m", device="cuda")
 
 
 # ------------------------------------------------------------------ missing weights

@@ -70,9 +70,11 @@ def two_stage(tmp_path, monkeypatch):
 def test_stage2_continues_from_stage1(two_stage, tmp_path):
     from pipeline import paths
     from pipeline.cli import main
-    from pipeline.lmm import LMMVQA, feature_info
+    from pipeline.feature_store import feature_info
+    from pipeline.lmm import LMMVQA
     from pipeline.experiments import dataset_features
-    from pipeline.train import load_training_tokenizer, train
+    from pipeline.train import train
+    from pipeline.train_data import load_training_tokenizer
 
     cfg = two_stage
     with pytest.raises(UserError, match="exp.stage1, which is not a trained model folder"):
@@ -118,7 +120,7 @@ def test_stage2_continues_from_stage1(two_stage, tmp_path):
 
 
 def test_retrained_stage1_restarts_stage2_checkpoints(two_stage, tmp_path):
-    from pipeline.train import run_fingerprint
+    from pipeline.checkpoints import run_fingerprint
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d, text in ((a, '{"x": 1}'), (b, '{"x": 2}')):

@@ -164,3 +164,38 @@ def test_dataset_features_reads_the_stores_it_is_given(tmp_path):
     assert len(feats.failures) == 1
     with pytest.raises(UserError, match="nope.zarr"):
         dataset_features({}, "any", [str(stores[0]), str(tmp_path / "nope.zarr")])
+
+
+def test_feature_info_from_attrs_or_array_shapes(tmp_path):
+    """feature_info reads the store attributes, else the arrays' shapes (FeatureStore.shapes), also
+    when the store is preloaded; collate_videos pads to the longest video with time masks."""
+    from pipeline.feature_store import collate_videos, feature_info
+
+    p = tmp_path / "shard-00000.zarr"
+    with StoreWriter(p, token_shape=(5, 8), motion_dim=12,
+                     attrs={"vision": {"tokens": 5, "width": 8, "source": "s"}, "motion": {"dim": 12}}) as w:
+        for vid, sp, mo in _videos(3, n=2):
+            w.add(vid, sp, mo)
+    ds = DatasetFeatures([p])
+    info = feature_info(ds)
+    assert (info["vision_tokens"], info["vision_width"], info["motion_dim"]) == (5, 8, 12)
+    assert info["vision"] == {"source": "s", "config": None}
+    bare = tmp_path / "shard-00001.zarr"
+    with StoreWriter(bare, token_shape=(5, 8), motion_dim=12) as w:  # no model attributes
+        for vid, sp, mo in _videos(4, n=2):
+            w.add(vid, sp, mo)
+    store = FeatureStore(bare)
+    assert not store.attrs.get("motion") and not store.attrs.get("vision")  # so: from the shapes
+    assert store.shapes["spatial"][1:] == (5, 8) and store.shapes["motion"][1] == 12
+    assert feature_info(store)["motion_dim"] == 12
+    store.preload()
+    assert feature_info(store) == feature_info(FeatureStore(bare))
+    with pytest.raises(ValueError, match="no feature store"):
+        feature_info(DatasetFeatures([]))
+    (a, sa, ma), (b, sb, mb) = _videos(5, n=2)
+    batch = collate_videos([(sa, ma), (sb, mb)])
+    K, S = max(len(sa), len(sb)), max(len(ma), len(mb))
+    assert batch["spatial"].shape == (2, K, 5, 8) and batch["motion"].shape == (2, S, 12)
+    assert batch["spatial_mask"].sum(1).tolist() == [len(sa), len(sb)]
+    assert batch["motion_mask"].sum(1).tolist() == [len(ma), len(mb)]
+    np.testing.assert_array_equal(batch["spatial"][1, : len(sb)].numpy(), sb)

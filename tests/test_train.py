@@ -112,7 +112,7 @@ def workspace(tmp_path, monkeypatch):
 
 
 def test_split_validation_is_seeded_and_by_video():
-    from pipeline.train import split_validation
+    from pipeline.train_data import split_validation
 
     samples = [{"dataset": "d", "id": f"v{i}", "type": t} for i in range(20) for t in ("score", "level")]
     tr1, va1 = split_validation(samples, 0.2, 0)
@@ -123,7 +123,7 @@ def test_split_validation_is_seeded_and_by_video():
 
 
 def test_epoch_batches_cover_and_split_across_ranks():
-    from pipeline.train import epoch_batches
+    from pipeline.train_data import epoch_batches
 
     one = [i for b in epoch_batches(10, 3, 0, 0) for i in b]
     assert sorted(one) == list(range(10))
@@ -227,3 +227,102 @@ def test_ddp_two_processes_equal_weights(workspace, tmp_path):
     digests = dict(found)
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], digests
     assert (tmp_path / "results/models/ddp/lmmvqa.json").exists()
+
+
+# ------------------------------------------------------------------ the pieces of a run
+
+class _Answers:
+    """A stand-in model whose greedy answers are given per question."""
+
+    def __init__(self, answers: dict):
+        self.answers = answers
+
+    def generate(self, videos, questions, max_new_tokens):
+        assert videos["spatial"].shape[0] == len(questions)
+        return [self.answers[q] for q in questions]
+
+
+class _Features:
+    def spatial(self, vid):
+        return np.zeros((2, 3, 4), np.float32)
+
+    def motion(self, vid):
+        return np.zeros((2, 5), np.float32)
+
+
+def test_validate_reports_the_metrics_module_numbers():
+    """SRCC / PLCC (raw) of the valid score answers as scipy computes them (through pipeline.metrics),
+    invalid answers counted, level accuracy; null when undefined."""
+    from scipy import stats
+
+    from pipeline.validation import validate
+
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(0, 100, 12).round(3)
+    pred = (mos + rng.normal(0, 20, 12)).clip(0, 100).round(3)
+    samples = [{"dataset": "d", "id": f"v{i}", "type": "score", "question": f"q{i}", "mos": m}
+               for i, m in enumerate(mos)]
+    samples += [{"dataset": "d", "id": "v0", "type": "level", "question": "l0", "level": "good"},
+                {"dataset": "d", "id": "v1", "type": "level", "question": "l1", "level": "poor"},
+                {"dataset": "d", "id": "bad", "type": "score", "question": "qx", "mos": 50.0}]
+    answers = {f"q{i}": f"{p:.3f}" for i, p in enumerate(pred)} | {"l0": "good", "l1": "fair", "qx": "n/a"}
+    out = validate(_Answers(answers), samples, {"d": _Features()}, batch_size=5)
+    assert out["srcc"] == float(stats.spearmanr(pred, mos)[0])
+    assert out["plcc_raw"] == float(stats.pearsonr(pred, mos)[0])
+    assert (out["n_videos"], out["score_valid"], out["score_invalid"], out["level_accuracy"]) == (13, 12, 1, 0.5)
+    flat = validate(_Answers({f"q{i}": "50" for i in range(12)}), samples[:12], {"d": _Features()})
+    assert flat["srcc"] is None and flat["plcc_raw"] is None and flat["level_accuracy"] is None
+    assert validate(None, [], {})["n_videos"] == 0
+
+
+def test_checkpoint_round_trip(tmp_path):
+    """save_checkpoint -> latest_checkpoint -> load_checkpoint restores weights, optimizer, step,
+    log rows and the RNG states; a folder without a complete state is skipped."""
+    import random
+
+    import torch
+
+    from pipeline.checkpoints import checkpoint_run, latest_checkpoint, load_checkpoint, save_checkpoint
+    from pipeline.train import lr_lambda
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        lin = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW(lin.parameters(), lr=0.1)
+        return lin, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10, 2))
+
+    lin, opt, sched = parts(0)
+    lin(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, lin, opt, sched, [{"step": step}])
+    draws = (torch.rand(1).item(), np.random.rand(), random.random())
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000002", "step-0000003"]  # keep 2
+    (tmp_path / "step-0000004").mkdir()  # a step folder without state.json (killed mid-write)
+    last = latest_checkpoint(tmp_path)
+    assert last.name == "step-0000003" and checkpoint_run(tmp_path) is None
+    lin2, opt2, sched2 = parts(1)
+    assert load_checkpoint(last, lin2, opt2, sched2) == (3, [{"step": 3}])
+    assert torch.equal(lin2.weight, lin.weight) and sched2.last_epoch == sched.last_epoch
+    assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    assert (torch.rand(1).item(), np.random.rand(), random.random()) == draws
+
+
+def test_model_folder_loss_plot_is_the_report_figure(tmp_path):
+    """loss.png of a model folder is the report's training-loss figure of the same log, byte for
+    byte; an empty log still gives a figure."""
+    import io
+
+    from pipeline.model_folder import plot_loss, write_log
+    from pipeline.plots import loss_figure
+
+    rows = [{"step": i + 1, "loss": 3.0 / (i + 1) + 0.01 * (i % 3), "lr": 1e-3, "samples_per_s": 9.5}
+            for i in range(30)]
+    plot_loss(rows, tmp_path / "loss.png", "exp: training loss")
+    write_log(rows, tmp_path / "train_log.csv")
+    buf = io.BytesIO()
+    loss_figure(pd.read_csv(tmp_path / "train_log.csv"), "exp: training loss").savefig(buf, format="png")
+    assert (tmp_path / "loss.png").read_bytes() == buf.getvalue()
+    plot_loss([], tmp_path / "empty.png", "no steps")
+    assert (tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"
