@@ -134,14 +134,6 @@ def fold_option(wildcards):
     return "" if fold is None else f"--fold {fold}"
 
 
-def evaluation_inputs(wildcards):
-    return {
-        "model": str(paths.model_dir(wildcards.experiment, wildcard_fold(wildcards))),
-        "prompts": str(paths.prompts_dir(wildcards.dataset)),
-        "stores": store_paths(wildcards.dataset),
-    }
-
-
 def fold_metrics(wildcards):
     """Per-fold metrics and predictions that the aggregate of (experiment, dataset) reads."""
     e, d = wildcards.experiment, wildcards.dataset

@@ -3,8 +3,12 @@
 
 
 rule evaluate:
+    # one input function per name: the store list waits for the manifest checkpoint, and the command
+    # line names all three (one unpacked dict would leave every name unset in a dry run)
     input:
-        unpack(evaluation_inputs),
+        model=lambda w: str(paths.model_dir(w.experiment, wildcard_fold(w))),
+        prompts=str(paths.prompts_dir("{dataset}")),
+        stores=lambda w: store_paths(w.dataset),
     output:
         predictions=str(paths.predictions("{experiment}", "{dataset}")),
         metrics=str(paths.metrics("{experiment}", "{dataset}")),
