@@ -27,7 +27,7 @@ from typing import Iterable
 import pandas as pd
 import yaml
 
-from .answers import LEVELS
+from .manifest import LEVELS
 from .cli_args import add_config_arg
 from .config import load_config
 from .errors import UserError
