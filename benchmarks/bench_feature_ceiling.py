@@ -4,7 +4,7 @@
         --dataset demo --holdout 0 --out benchmarks/results/feature_ceiling.json [--no-torch] [--no-handcrafted]
 
 Why: the LMM (projector + small LLM) sees the video only through the cached encoder features
-(`cache/features/...`, read with `pipeline.experiments.dataset_features`). If a direct regression
+(`cache/features/...`, read with `pipeline.feature_store.dataset_features`). If a direct regression
 from those features to MOS cannot rank the videos well, no amount of LMM training will; if it can,
 the LMM training is the bottleneck. This script fits such direct readouts and reports what they reach.
 
@@ -96,7 +96,7 @@ def _pad(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def load_features(cfg: dict, dataset: str, ids: list[str]) -> dict:
     """Spatial tokens [n, kf, 197, d] and motion vectors [n, sec, m] (padded, float32) with masks."""
-    from pipeline.experiments import dataset_features
+    from pipeline.feature_store import dataset_features
 
     feats, stores = dataset_features(cfg, dataset)
     missing = [i for i in ids if i not in feats]

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .manifest import LEVELS
+from .levels import LEVELS
 
 # level -> its probability column (predictions.csv, `lmmvqa score` lines), best first: p_good, p_fair, p_poor
 LEVEL_PROB_COLUMNS = {lv: f"p_{lv}" for lv in reversed(LEVELS)}

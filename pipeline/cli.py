@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aggregate": ("pipeline.aggregate", "aggregate the folds of a `folds: all` experiment (each fold, mean, std, median)"),
     "report": ("pipeline.report", "write the HTML report of experiments"),
     "score": ("pipeline.score", "score video files with a trained model (decode -> features -> model)"),
-    "launch": ("pipeline.devices", "run a command on N GPUs of this machine (train: DDP through torchrun)"),
+    "launch": ("pipeline.launch", "run a command on N GPUs of this machine (train: DDP through torchrun)"),
 }
 
 

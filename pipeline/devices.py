@@ -1,4 +1,4 @@
-"""GPU assignment for jobs that share one machine, and `lmmvqa launch` (training on several GPUs).
+"""Device resolution, and GPU assignment for jobs that share one machine.
 
 Snakemake limits how many GPU jobs run at once (`--resources gpu=N`, see profiles/default), but it
 does not say *which* GPU a job gets: every job asking for `cuda` would land on GPU 0. So each
@@ -16,16 +16,12 @@ does not say *which* GPU a job gets: every job asking for `cuda` would land on G
 the locks are keyed by UUID, so jobs whose visible lists differ (SLURM allocations on one node) never
 block each other on the same index. An explicit `cuda:N` is used as given, without a lock.
 
-`lmmvqa launch --gpus N -- train ...` runs a command on N GPUs: it takes N GPU locks as above, sets
-`CUDA_VISIBLE_DEVICES` to those GPUs and starts `torch.distributed.run` (torchrun) with N processes,
-one per GPU (DDP; see pipeline/train.py). With N <= 1 it runs the command in this process.
+`lmmvqa launch` (pipeline/launch.py) takes N of these locks to run training on N GPUs.
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -128,12 +124,12 @@ def acquire(n: int, gpus: list[str], directory: str | Path | None = None, wait: 
         time.sleep(poll)
 
 
-def _log(msg: str) -> None:
+def job_log(msg: str) -> None:
     print(f"lmmvqa: {msg}", file=sys.stderr, flush=True)
 
 
 def assign_device(device: str | None, gpus: list[str] | None = None, directory: str | Path | None = None,
-                  wait: bool = True, log: Callable[[str], None] = _log) -> str | None:
+                  wait: bool = True, log: Callable[[str], None] = job_log) -> str | None:
     """The device this process should use for `device` (see the module docstring)."""
     if device not in ("cuda", "auto") or "LOCAL_RANK" in os.environ:  # torchrun ranks use their local rank
         return device
@@ -146,44 +142,3 @@ def assign_device(device: str | None, gpus: list[str] | None = None, directory: 
     chosen = f"cuda:{lease.indices[0]}"
     log(f"device {device} -> {chosen} ({lease.ids[0]}; {len(gpus)} visible, lock in {directory or lock_dir()})")
     return chosen
-
-
-def torchrun_command(n: int, argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-            "-m", "pipeline.cli", *argv]
-
-
-def launch(n: int, argv: list[str], gpus: list[str] | None = None, directory: str | Path | None = None,
-           run: Callable[..., int] = subprocess.call, wait: bool = True) -> int:
-    """Run the `lmmvqa` command `argv` on `n` GPUs of this machine (see the module docstring)."""
-    argv = argv[1:] if argv[:1] == ["--"] else argv
-    if not argv:
-        raise UserError("launch: no command given (lmmvqa launch --gpus N -- train ...)")
-    if n <= 1:
-        from .cli import main  # cli imports this module to assign devices: import cycle at the top
-
-        return main(argv)
-    if argv[0] != "train":
-        raise UserError(f"launch --gpus {n}: only `train` runs on several GPUs (got `{argv[0]}`)")
-    gpus = visible_gpus() if gpus is None else gpus
-    if len(gpus) < n:
-        raise UserError(f"launch --gpus {n}: only {len(gpus)} GPU(s) visible")
-    lease = acquire(n, gpus, directory, wait=wait, log=_log)
-    parent = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    visible = ",".join(parent[i] if i < len(parent) else str(i) for i in lease.indices)
-    _log(f"launch: {n} processes on GPUs {visible} ({', '.join(lease.ids)})")
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible)
-    try:
-        return int(run(torchrun_command(n, argv), env=env))
-    finally:
-        lease.release()
-
-
-def configure_parser(parser) -> None:
-    parser.add_argument("--gpus", type=int, default=1,
-                        help="GPUs for the command: >1 runs it under torchrun, one process per GPU (train only)")
-    parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- the lmmvqa command and its arguments")
-
-
-def main(args) -> int:
-    return launch(args.gpus, list(args.argv))

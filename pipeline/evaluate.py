@@ -14,7 +14,8 @@ from .answers import LEVEL_PROB_COLUMNS
 from .cli_args import add_config_arg, add_device_arg, add_dtype_arg, add_stores_arg
 from .config import load_config
 from .errors import UserError
-from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment, with_holdout
+from .experiments import parse_selector, prompt_parts, require_experiment, with_holdout
+from .feature_store import dataset_features
 from .feature_store import collate_videos
 from .lmm import LMMVQA
 from .metrics import compute_metrics

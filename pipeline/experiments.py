@@ -12,7 +12,6 @@ says which folds an experiment runs.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pandas as pd
 
@@ -20,7 +19,6 @@ from . import paths
 from .errors import UserError
 from .labels import split_from_filename
 from .manifest import read_manifest
-from .settings import feature_settings_hash
 
 
 def require_experiment(cfg: dict, experiment: str) -> dict:
@@ -128,22 +126,3 @@ def part_of_row(row) -> str:
     if pd.notna(fold) and int(fold) >= 0:
         return f"fold{int(fold)}"
     return str(row["split"])
-
-
-def dataset_features(cfg: dict, dataset: str, stores: list[str] | None = None):
-    """(reader over the feature stores of a dataset, their paths): `stores` as given (a rule's declared
-    inputs), else those of the manifest's shards that exist under the config's feature settings."""
-    from .feature_store import DatasetFeatures  # zarr: not at import time (the Snakefile imports this module)
-
-    if stores:
-        absent = [s for s in stores if not Path(s).is_dir()]
-        if absent:
-            raise UserError(f"feature store(s) of '{dataset}' not found: {', '.join(absent[:5])}")
-        return DatasetFeatures(stores), [str(s) for s in stores]
-    settings = feature_settings_hash(cfg)
-    manifest = read_manifest(paths.manifest(dataset))
-    stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
-    present = [p for p in stores if p.exists()]
-    if not present:
-        raise UserError(f"no feature store of '{dataset}' under {paths.store_dir(dataset, settings)}")
-    return DatasetFeatures(present), [str(p) for p in present]

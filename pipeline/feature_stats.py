@@ -24,7 +24,7 @@ from . import atomic
 from .cli_args import add_config_arg, add_stores_arg
 from .config import load_config
 from .errors import UserError
-from .experiments import dataset_features
+from .feature_store import dataset_features
 
 
 @contextlib.contextmanager

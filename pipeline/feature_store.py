@@ -16,7 +16,10 @@ import pandas as pd
 import torch
 import zarr
 
-from .store import FAILURE_COLUMNS
+from . import paths
+from .errors import FAILURE_COLUMNS, UserError
+from .manifest import read_manifest
+from .settings import feature_settings_hash
 
 
 class IncompleteStoreError(RuntimeError):
@@ -214,3 +217,20 @@ def collate_videos(items: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, 
         smask[i, : len(s)] = True
         mmask[i, : len(m)] = True
     return {"spatial": spatial, "spatial_mask": smask, "motion": motion, "motion_mask": mmask}
+
+
+def dataset_features(cfg: dict, dataset: str, stores: list[str] | None = None):
+    """(reader over the feature stores of a dataset, their paths): `stores` as given (a rule's declared
+    inputs), else those of the manifest's shards that exist under the config's feature settings."""
+    if stores:
+        absent = [s for s in stores if not Path(s).is_dir()]
+        if absent:
+            raise UserError(f"feature store(s) of '{dataset}' not found: {', '.join(absent[:5])}")
+        return DatasetFeatures(stores), [str(s) for s in stores]
+    settings = feature_settings_hash(cfg)
+    manifest = read_manifest(paths.manifest(dataset))
+    stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
+    present = [p for p in stores if p.exists()]
+    if not present:
+        raise UserError(f"no feature store of '{dataset}' under {paths.store_dir(dataset, settings)}")
+    return DatasetFeatures(present), [str(p) for p in present]

@@ -38,15 +38,14 @@ import pandas as pd
 
 from . import atomic
 from . import labels as L
+from .levels import levels
 from .errors import UserError
 
 MANIFEST_COLUMNS = ["id", "path", "row", "mos_raw", "mos", "level", "split", "fold", "shard", "size_bytes",
                     "fingerprint", "group"]
 MISSING_COLUMNS = ["id", "path", "row", "reason"]
 SPLIT_SCHEMES = ("kfold", "official")
-# The quality levels the manifest assigns, worst to best: the one list of them (the level question's
-# answers, the confusion matrix's label order).
-LEVELS = ("poor", "fair", "good")
+
 FINGERPRINT_BYTES = 64 * 1024
 
 
@@ -83,19 +82,6 @@ def group_folds(ids, groups, k: int, seed: int = 0, where: str = "labels") -> li
         fold[g] = f
         load[f] += sizes[g]
     return [fold[key] for key in keys]
-
-
-def levels(mos) -> np.ndarray:
-    """good / fair / poor by the 33rd / 66th percentiles (`mos <= p33` poor, `<= p66` fair); '' for NaN."""
-    mos = np.asarray(mos, dtype=float)
-    out = np.full(len(mos), "", dtype=object)
-    ok = np.isfinite(mos)
-    if not ok.any():
-        return out
-    p33, p66 = np.percentile(mos[ok], [33, 66])
-    poor, fair, good = LEVELS
-    out[ok] = np.where(mos[ok] <= p33, poor, np.where(mos[ok] <= p66, fair, good))
-    return out
 
 
 def folder_state(folder) -> str:

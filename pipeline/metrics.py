@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .answers import LEVELS
+from .levels import LEVELS
 
 METHODS = ("text", "prob")
 METRIC_KEYS = ("n", "srcc", "krcc", "plcc", "plcc_raw", "rmse", "srcc_ci", "plcc_ci", "note")

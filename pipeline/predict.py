@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .answers import LEVEL_PROB_COLUMNS, LEVELS, expected_score, level_probabilities, parse_level, parse_score
+from .answers import LEVEL_PROB_COLUMNS, expected_score, level_probabilities, parse_level, parse_score
+from .levels import LEVELS
 from .prompts import question_for
 
 SCORE_CANDIDATES = [f"{i}." for i in range(101)]

@@ -27,12 +27,12 @@ from typing import Iterable
 import pandas as pd
 import yaml
 
-from .answers import LEVELS
+from .levels import LEVELS
 from .cli_args import add_config_arg
 from .config import load_config
 from .errors import UserError
 from .experiments import official_split_names, part_of_row
-from .manifest import levels as manifest_levels
+from .levels import levels as manifest_levels
 from .manifest import read_manifest
 
 BANK_PATH = Path(__file__).with_name("data") / "templates.yaml"
@@ -80,7 +80,7 @@ def score_answer(mos: float) -> str:
 
 def levels_from_mos(mos: pd.Series) -> pd.Series:
     """good / fair / poor by the dataset's 33rd / 66th percentiles: the manifest's rule
-    (manifest.levels), for manifests written without a level column."""
+    (levels.levels), for manifests written without a level column."""
     return pd.Series(manifest_levels(mos), index=mos.index)
 
 

@@ -37,7 +37,7 @@ import yaml
 from jinja2 import Environment
 
 from . import atomic, paths
-from .answers import LEVELS
+from .levels import LEVELS
 from .cli_args import add_config_arg
 from .config import load_config
 from .experiments import experiment_folds, parse_selector, require_experiment

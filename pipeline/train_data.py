@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from . import paths
 from .errors import UserError
-from .experiments import dataset_features, parse_selector, prompt_parts, require_experiment
+from .experiments import parse_selector, prompt_parts, require_experiment
+from .feature_store import dataset_features
 from .feature_store import collate_videos
 from .prompts import read_prompts
 from .settings import model_spec

@@ -19,7 +19,7 @@ from .cli import COMMANDS
 
 PACKAGE = Path(__file__).parent
 PACKAGE_NAME = PACKAGE.name
-_SELF = f"{PACKAGE_NAME}.versions"
+_SELF = __name__
 
 
 def stage_module(stage: str) -> str:

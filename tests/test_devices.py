@@ -9,7 +9,7 @@ import types
 import pytest
 
 from conftest import REPO
-from pipeline import cli, devices
+from pipeline import cli, devices, launch
 from pipeline.errors import UserError
 
 GPUS = ["GPU-aaaa", "GPU-bbbb"]
@@ -79,16 +79,16 @@ def test_launch_runs_torchrun_on_free_gpus_of_the_visible_list(tmp_path, monkeyp
         return 0
 
     argv = ["--", "train", "--config", "c.yaml", "--experiment", "e", "--out", "m", "--device", "cuda"]
-    assert devices.launch(2, argv, gpus=gpus, directory=tmp_path, run=fake_run) == 0
+    assert launch.launch(2, argv, gpus=gpus, directory=tmp_path, run=fake_run) == 0
     assert seen["visible"] == "5,7"
     assert seen["cmd"][1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     assert seen["cmd"][6:] == ["pipeline.cli", *argv[1:]]
     assert ["GPU-5", "GPU-7"] in seen["held"]
     assert devices._HELD == [taken]  # released after the run
     with pytest.raises(UserError, match="only `train`"):
-        devices.launch(2, ["evaluate", "--device", "cuda"], gpus=gpus, directory=tmp_path, run=fake_run)
+        launch.launch(2, ["evaluate", "--device", "cuda"], gpus=gpus, directory=tmp_path, run=fake_run)
     with pytest.raises(UserError, match="only 3 GPU"):
-        devices.launch(4, argv, gpus=gpus, directory=tmp_path, run=fake_run)
+        launch.launch(4, argv, gpus=gpus, directory=tmp_path, run=fake_run)
 
 
 def test_cli_assigns_the_device_before_the_command_runs(tmp_path, monkeypatch):
@@ -132,7 +132,7 @@ def test_launch_trains_with_ddp_through_torchrun(tmp_path):
     argv = ["--", "train", "--config", "cfg.yaml", "--experiment", "exp", "--out", "results/models/ddp",
             "--max-steps", "2", "--no-progress", "--device", "cpu"]
     visible_before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    rc = devices.launch(2, argv, gpus=GPUS, directory=tmp_path / "locks", run=run)
+    rc = launch.launch(2, argv, gpus=GPUS, directory=tmp_path / "locks", run=run)
     assert rc == 0, outputs[-1][-3000:]
     digests = dict(re.findall(r"rank (\d)/2: step 2, final weights sha1 ([0-9a-f]{16})", outputs[-1]))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], digests

@@ -72,7 +72,7 @@ def test_stage2_continues_from_stage1(two_stage, tmp_path):
     from pipeline.cli import main
     from pipeline.feature_store import feature_info
     from pipeline.lmm import LMMVQA
-    from pipeline.experiments import dataset_features
+    from pipeline.feature_store import dataset_features
     from pipeline.train import train
     from pipeline.train_data import load_training_tokenizer
 

@@ -156,7 +156,7 @@ def test_dataset_features_reads_the_stores_it_is_given(tmp_path):
     """The workflow hands evaluate / feature-stats the stores their rule declares (--stores): those are
     read, with no manifest or config lookup, and a missing one is named."""
     from pipeline.errors import UserError
-    from pipeline.experiments import dataset_features
+    from pipeline.feature_store import dataset_features
 
     stores = _two_shards(tmp_path)
     feats, given = dataset_features({}, "any", [str(stores[1])])
