@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_decode_pool.py [--videos DIR] [--copies 4] [--repeat 2]
                                                       [--configs 1:1 2:2 1:2 0:2] [--chunk-size 112]
 
-What runs: `pipeline.extract.extract_shard` itself (decode pool, in-order consumption, shared-memory
+What runs: `pipeline.features.extract.extract_shard` itself (decode pool, in-order consumption, shared-memory
 slots, host staging buffers, store writer) on a manifest of the real clips (each listed `--copies`
-times), with `pipeline.encoders.encode_keyframes` / `encode_chunks` replaced in this process by a
+times), with `pipeline.features.encoders.encode_keyframes` / `encode_chunks` replaced in this process by a
 stub that records a CRC-32 of every frame it is fed and returns zeros. So the figure is what the
 CPUs can feed to the encoders (on a GPU box the encoders take ~10-30 ms per video and the decode
 side is the limit), and the frame digests prove that the per-video input of the encoders (hence the
@@ -74,9 +74,9 @@ def rows_of(manifest) -> list:
 
 def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Path) -> dict:
     """One shard through extract_shard with the encoders stubbed."""
-    from pipeline import encoders
-    from pipeline.extract import extract_shard
-    from pipeline.feature_store import FeatureStore
+    from pipeline.features import encoders
+    from pipeline.features.extract import extract_shard
+    from pipeline.features.store_reader import FeatureStore
 
     stub = StubEncoders()
     saved = encoders.encode_keyframes, encoders.encode_chunks
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from pipeline.config import validate
+    from pipeline.core.config import validate
 
     configs = [tuple(int(x) for x in c.split(":")) for c in args.configs]
     torch.set_num_threads(max(t for _, t in configs))

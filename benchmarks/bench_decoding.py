@@ -8,7 +8,7 @@ datasets): run `snakemake --cores 2` there first. When the model folder is absen
 workflow on the 10-video test config (tests/test_workflow.py `MINI`, with `--max-steps` training
 steps) in a temporary folder and uses that model instead.
 
-Each test dataset is evaluated twice through `pipeline.evaluate.evaluate`, once per
+Each test dataset is evaluated twice through `pipeline.evaluation.evaluate.evaluate`, once per
 `evaluation.decoding` (free, constrained); everything else is the workflow's config. Prints, per
 decoding, the text method's n / SRCC / PLCC / KRCC / RMSE, the invalid answers, level accuracy and
 invalid level answers (the probability score, which does not depend on decoding, for reference),
@@ -79,10 +79,10 @@ def main() -> int:
     import pandas as pd
     import torch
 
-    from pipeline import paths
-    from pipeline.config import load_config
-    from pipeline.evaluate import evaluate
-    from pipeline.experiments import parse_selector
+    from pipeline.core import paths
+    from pipeline.core.config import load_config
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.prompts.experiments import parse_selector
 
     torch.set_num_threads(torch_threads)
     out_json = Path(args.out).resolve()

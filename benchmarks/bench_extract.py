@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_extract.py [--videos DIR] [--n-tiny 6] [--n-paper 1] [--threads 2]
     .venv/bin/python benchmarks/bench_extract.py --quality-probe      # tiny CLIP configs vs distortions
 
-Throughput: `pipeline.extract.Extractor` (decode once + both encoders) over real clips, reporting
+Throughput: `pipeline.features.extract.Extractor` (decode once + both encoders) over real clips, reporting
 videos/s, seconds per video-second and the split decode / vision / motion. FLOP/s: the forward FLOPs
 of each encoder (torch.utils.flop_counter) over its measured time, against a plain fp32 torch matmul
 on the same threads. The paper-sized architectures (CLIP ViT-L/14, SlowFast R50 at 224) are built
@@ -40,7 +40,7 @@ PAPER_MOTION = {"input_size": 224, "model_depth": 50, "stem_dim_out": 64, "slowf
 
 
 def _cfg(paper_sized: bool) -> dict:
-    from pipeline.config import validate
+    from pipeline.core.config import validate
 
     cfg = {"datasets": {"x": {"format": "generic", "labels": "x.csv"}}, "models": {"preset": "tiny"}}
     if paper_sized:
@@ -67,8 +67,8 @@ def matmul_flops(threads: int, n: int = 2048, reps: int = 5) -> float:
 
 
 def bench_preset(name: str, videos: list[Path], threads: int) -> dict:
-    from pipeline import encoders
-    from pipeline.extract import Extractor
+    from pipeline.features import encoders
+    from pipeline.features.extract import Extractor
 
     cfg = _cfg(name == "paper-sized")
     ex = Extractor(cfg, "cpu", threads)
@@ -146,8 +146,8 @@ def _ridge_loco(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alpha: float =
 def quality_probe(threads: int, frames_per_clip: int = 4) -> dict:
     from scipy.stats import spearmanr
 
-    from pipeline.decode import sample_video
-    from pipeline.encoders import encode_keyframes, load_vision
+    from pipeline.features.decode import sample_video
+    from pipeline.features.encoders import encode_keyframes, load_vision
 
     torch.set_num_threads(threads)
     clips = sorted(REAL.glob("*.mp4"))

@@ -4,14 +4,14 @@
         --dataset demo --holdout 0 --out benchmarks/results/feature_ceiling.json [--no-torch] [--no-handcrafted]
 
 Why: the LMM (projector + small LLM) sees the video only through the cached encoder features
-(`cache/features/...`, read with `pipeline.feature_store.dataset_features`). If a direct regression
+(`cache/features/...`, read with `pipeline.features.store_reader.dataset_features`). If a direct regression
 from those features to MOS cannot rank the videos well, no amount of LMM training will; if it can,
 the LMM training is the bottleneck. This script fits such direct readouts and reports what they reach.
 
 Protocol: only the non-holdout folds are used (the holdout fold is the experiment's test fold and is
 never read). Outer cross-validation leaves one non-holdout fold out at a time; every hyper-parameter
 (ridge alpha, kernel width, early-stopping epoch) is chosen by an inner split of the training folds
-only. Reported per readout: SRCC / PLCC (after the VQEG logistic, `pipeline.metrics.score_metrics`)
+only. Reported per readout: SRCC / PLCC (after the VQEG logistic, `pipeline.core.metrics.score_metrics`)
 of the out-of-fold predictions pooled over all CV videos, and the mean / sd of the per-fold SRCC.
 
 Readouts (same outer splits for all, seeded):
@@ -71,8 +71,8 @@ PROBE_SETS = ("spatial (mean+std+cls)", "sp_std+tok_std+grid_diff", "motion (mea
 
 def load_table(cfg: dict, dataset: str, holdout: int) -> pd.DataFrame:
     """Manifest rows of the non-holdout folds joined with the label file (distortions, strengths)."""
-    from pipeline import paths
-    from pipeline.manifest import read_manifest
+    from pipeline.core import paths
+    from pipeline.ingest.manifest import read_manifest
 
     manifest = read_manifest(paths.manifest(dataset))
     labels = pd.read_csv(REPO / cfg["datasets"][dataset]["labels"])
@@ -96,7 +96,7 @@ def _pad(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def load_features(cfg: dict, dataset: str, ids: list[str]) -> dict:
     """Spatial tokens [n, kf, 197, d] and motion vectors [n, sec, m] (padded, float32) with masks."""
-    from pipeline.feature_store import dataset_features
+    from pipeline.features.store_reader import dataset_features
 
     feats, stores = dataset_features(cfg, dataset)
     missing = [i for i in ids if i not in feats]
@@ -162,7 +162,7 @@ def pooled_sets(data: dict) -> dict[str, np.ndarray]:
 
 def metrics(pred: np.ndarray, mos: np.ndarray, folds: np.ndarray) -> dict:
     """Pooled out-of-fold metrics plus per-fold SRCC."""
-    from pipeline.metrics import score_metrics
+    from pipeline.core.metrics import score_metrics
 
     m = score_metrics(pred, mos, bootstrap=0)
     per_fold = [float(stats.spearmanr(pred[folds == f], mos[folds == f]).statistic) for f in np.unique(folds)]
@@ -383,7 +383,7 @@ def _chunk_stats(chunks: np.ndarray) -> list[float]:
 
 def handcrafted_features(table: pd.DataFrame, videos_dir: Path, cfg: dict, threads: int) -> np.ndarray:
     """Per-video mean over key frames of _frame_stats plus _chunk_stats (decoded like the pipeline)."""
-    from pipeline.decode import sample_video
+    from pipeline.features.decode import sample_video
 
     s = cfg["sampling"]
     rows = []
@@ -497,7 +497,7 @@ def main(argv=None) -> int:
                     help="decode the videos for the handcrafted-statistics reference (~30 s)")
     args = ap.parse_args(argv)
 
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
 
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)

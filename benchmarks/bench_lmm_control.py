@@ -36,8 +36,8 @@ def main() -> int:
 
     from test_train import make_workspace
 
-    from pipeline.evaluate import evaluate
-    from pipeline.train import train
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.training.train import train
 
     out_path = Path(args.out).resolve()
     root = Path(tempfile.mkdtemp(prefix="bench_lmm_control-"))

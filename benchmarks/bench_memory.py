@@ -26,10 +26,10 @@ import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads({threads})
-from pipeline.config import validate
+from pipeline.core.config import validate
 cfg = validate({{"datasets": {{"x": {{"format": "generic", "labels": "x.csv"}}}}, "models": {{"preset": "tiny"}},
                  "sampling": {{"backend": {backend!r}}}}})
-from pipeline.extract import Extractor, extract_shard
+from pipeline.features.extract import Extractor, extract_shard
 video = {video!r}
 t0 = time.perf_counter()
 if video:

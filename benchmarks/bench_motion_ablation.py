@@ -8,7 +8,7 @@ settings), pools each video into one vector (spatial: the mean over key frames o
 tokens; motion: mean and std over seconds), and fits a ridge readout with cross-validation: folds by
 the label file's `group` column when it has one (content-separated), else 5 seeded random folds.
 The ridge alpha of each outer fold is chosen by inner cross-validation on its training folds only.
-Reported: SRCC / PLCC (pipeline.metrics, logistic fit) of the pooled out-of-fold predictions, overall
+Reported: SRCC / PLCC (pipeline.core.metrics, logistic fit) of the pooled out-of-fold predictions, overall
 and on the videos with temporal distortions (demo: `distortions` holds stutter, drops or judder;
 realset-dev: `distortion` is stutter or combo_lowfps_crf), for spatial only and spatial + motion.
 A readout, not the LMM: it isolates what the features carry.
@@ -28,10 +28,10 @@ from scipy.linalg import solve
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import paths  # noqa: E402
-from pipeline.feature_store import DatasetFeatures  # noqa: E402
-from pipeline.metrics import score_metrics  # noqa: E402
-from pipeline.settings import feature_settings_hash  # noqa: E402
+from pipeline.core import paths  # noqa: E402
+from pipeline.core.metrics import score_metrics  # noqa: E402
+from pipeline.core.specs import feature_settings_hash  # noqa: E402
+from pipeline.features.store_reader import DatasetFeatures  # noqa: E402
 
 TEMPORAL = {"distortions": ("stutter", "drops", "judder"), "distortion": ("stutter", "combo_lowfps_crf")}
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)

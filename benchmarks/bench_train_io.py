@@ -57,8 +57,8 @@ def main() -> int:
 
     from test_train import make_workspace
 
-    from pipeline.lmm import LMMVQA
-    from pipeline.train_data import Collator, QADataset, epoch_batches, experiment_data, load_training_tokenizer
+    from pipeline.model.lmm import LMMVQA
+    from pipeline.training.data import Collator, QADataset, epoch_batches, experiment_data, load_training_tokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_io-"))
     T, W, M = 197, 128, 288
@@ -77,7 +77,7 @@ def main() -> int:
         for i, sec in enumerate(zarr_feats.motion(vid)):
             np.save(d / f"sec_{i:03d}.npy", sec)
     n_files = sum(1 for _ in npy_root.rglob("*.npy"))
-    from pipeline.feature_store import DatasetFeatures
+    from pipeline.features.store_reader import DatasetFeatures
 
     preloaded = DatasetFeatures([s.path for s in zarr_feats.stores])
     t0 = time.perf_counter()

@@ -9,22 +9,22 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from pipeline.core.errors import UserError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("pipeline.demo_data", "generate the synthetic demo dataset (videos + generic label CSV)"),
-    "manifest": ("pipeline.manifest", "label file + video folder -> manifest table (+ missing table)"),
-    "probe": ("pipeline.probe", "probe the videos of a manifest (duration, fps, size, codec, ...)"),
-    "extract": ("pipeline.extract", "decode a shard of videos once; CLIP + SlowFast features into a Zarr store"),
-    "feature-stats": ("pipeline.feature_stats", "dataset-level feature statistics with dask (out of core, optionally distributed)"),
-    "prompts": ("pipeline.prompts", "build Q&A prompt shards (JSONL) for a dataset"),
-    "tokenizer": ("pipeline.tokenizer", "train the tiny preset's tokenizer on prompt shards"),
-    "train": ("pipeline.train", "train the projector (+ LoRA / LLM) from cached features and prompts"),
-    "evaluate": ("pipeline.evaluate", "predict scores for a test set from cached features, with metrics"),
-    "aggregate": ("pipeline.aggregate", "aggregate the folds of a `folds: all` experiment (each fold, mean, std, median)"),
-    "report": ("pipeline.report", "write the HTML report of experiments"),
-    "score": ("pipeline.score", "score video files with a trained model (decode -> features -> model)"),
+    "demo-data": ("pipeline.ingest.demo_data", "generate the synthetic demo dataset (videos + generic label CSV)"),
+    "manifest": ("pipeline.ingest.manifest", "label file + video folder -> manifest table (+ missing table)"),
+    "probe": ("pipeline.ingest.probe", "probe the videos of a manifest (duration, fps, size, codec, ...)"),
+    "extract": ("pipeline.features.extract", "decode a shard of videos once; CLIP + SlowFast features into a Zarr store"),
+    "feature-stats": ("pipeline.features.stats", "dataset-level feature statistics with dask (out of core, optionally distributed)"),
+    "prompts": ("pipeline.prompts.shards", "build Q&A prompt shards (JSONL) for a dataset"),
+    "tokenizer": ("pipeline.model.tokenizer", "train the tiny preset's tokenizer on prompt shards"),
+    "train": ("pipeline.training.train", "train the projector (+ LoRA / LLM) from cached features and prompts"),
+    "evaluate": ("pipeline.evaluation.evaluate", "predict scores for a test set from cached features, with metrics"),
+    "aggregate": ("pipeline.evaluation.aggregate", "aggregate the folds of a `folds: all` experiment (each fold, mean, std, median)"),
+    "report": ("pipeline.evaluation.report", "write the HTML report of experiments"),
+    "score": ("pipeline.evaluation.score_files", "score video files with a trained model (decode -> features -> model)"),
     "launch": ("pipeline.launch", "run a command on N GPUs of this machine (train: DDP through torchrun)"),
 }
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         if getattr(args, "device", None) in ("cuda", "auto"):
-            from .devices import assign_device
+            from pipeline.core.devices import assign_device
 
             args.device = assign_device(args.device)  # a GPU of its own when the box has several
         return int(module.main(args) or 0)

@@ -1,7 +1,7 @@
 """`lmmvqa launch --gpus N -- train ...`: run a command on N GPUs of this machine.
 
-It takes N GPU locks (pipeline/devices.py), sets `CUDA_VISIBLE_DEVICES` to those GPUs and starts
-`torch.distributed.run` (torchrun) with N processes, one per GPU (DDP; see pipeline/train.py). With
+It takes N GPU locks (pipeline/core/devices.py), sets `CUDA_VISIBLE_DEVICES` to those GPUs and starts
+`torch.distributed.run` (torchrun) with N processes, one per GPU (DDP; see pipeline/training/train.py). With
 N <= 1 it runs the command in this process.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .cli import main as run_command
-from .devices import acquire, job_log, visible_gpus
-from .errors import UserError
+from pipeline.cli import main as run_command
+from pipeline.core.devices import acquire, job_log, visible_gpus
+from pipeline.core.errors import UserError
 
 
 def torchrun_command(n: int, argv: list[str]) -> list[str]:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from . import atomic, paths
-from .config import stable_hash, validate
-from .experiments import experiment_folds, parse_selector
-from .prompts import BANK_PATH
-from .settings import model_spec
+from pipeline.core import atomic, paths
+from pipeline.core.config import stable_hash, validate
+from pipeline.core.specs import model_spec
+from pipeline.prompts.experiments import experiment_folds, parse_selector
+from pipeline.prompts.shards import BANK_PATH
 
 # stages whose jobs run on a GPU when the config asks for one
 GPU_STAGES = ("extract", "train", "evaluate")

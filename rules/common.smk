@@ -8,11 +8,11 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from pipeline import manifest as pipeline_manifest
-from pipeline import paths
+from pipeline.ingest import manifest as pipeline_manifest
+from pipeline.core import paths
 from pipeline import workflow as pipeline_workflow
-from pipeline.settings import feature_settings, feature_settings_hash, model_spec
-from pipeline.versions import code_version
+from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec
+from pipeline.core.versions import code_version
 
 min_version("9.0")
 
@@ -66,7 +66,7 @@ def videos_dir(dataset):
 
 
 def videos_state(dataset):
-    """Rerun trigger of the manifest for videos replaced in place (pipeline.manifest.folder_state).
+    """Rerun trigger of the manifest for videos replaced in place (pipeline.ingest.manifest.folder_state).
     Not for generated datasets: their folder is the demo_data rule's output, tracked by Snakemake."""
     if not videos_dir(dataset) or dataset_cfg(dataset).get("generate"):
         return ""
@@ -102,6 +102,16 @@ def shard_digest(wildcards):
 
 def dataset_digest(wildcards):
     return pipeline_workflow.manifest_digest(manifest_df(wildcards.dataset))
+
+
+def after_manifest(path_of):
+    """An input function giving `path_of(wildcards)` once the dataset's manifest checkpoint has run."""
+
+    def input_function(wildcards):
+        shards(wildcards.dataset)
+        return path_of(wildcards)
+
+    return input_function
 
 
 def store_paths(dataset):

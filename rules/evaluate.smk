@@ -3,11 +3,12 @@
 
 
 rule evaluate:
-    # one input function per name: the store list waits for the manifest checkpoint, and the command
-    # line names all three (one unpacked dict would leave every name unset in a dry run)
+    # one input function per name, each waiting for the manifest checkpoint as the store list does: the
+    # command line names all three (one unpacked dict would leave every name unset in a dry run), and a
+    # plain pattern would mark this job outdated before the checkpoint is resolved
     input:
-        model=lambda w: str(paths.model_dir(w.experiment, wildcard_fold(w))),
-        prompts=str(paths.prompts_dir("{dataset}")),
+        model=after_manifest(lambda w: str(paths.model_dir(w.experiment, wildcard_fold(w)))),
+        prompts=after_manifest(lambda w: str(paths.prompts_dir(w.dataset))),
         stores=lambda w: store_paths(w.dataset),
     output:
         predictions=str(paths.predictions("{experiment}", "{dataset}")),

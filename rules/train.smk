@@ -1,25 +1,25 @@
 # Training per experiment (per fold for `folds: all` experiments), from cached features and prompt
 # shards only. A two-stage experiment (`stage1:` set) trains `results/models/<E>.stage1` first; an
-# experiment with `init_from:` or a stage 1 continues from that model (pipeline.train.init_model_dir).
-from pipeline import stages as pipeline_stages
+# experiment with `init_from:` or a stage 1 continues from that model (pipeline.training.train.init_model_dir).
+from pipeline.training import runs as pipeline_runs
 
-pipeline_stages.check_experiments(config)
+pipeline_runs.check_experiments(config)
 
 
 rule train_stage1:
     input:
         unpack(training_inputs),
     output:
-        directory(str(paths.model_dir(pipeline_stages.run_name("{experiment}", 1)))),
+        directory(str(paths.model_dir(pipeline_runs.run_name("{experiment}", 1)))),
     log:
-        str(paths.log("train", pipeline_stages.run_name("{experiment}", 1))),
+        str(paths.log("train", pipeline_runs.run_name("{experiment}", 1))),
     benchmark:
-        str(paths.benchmark("train", pipeline_stages.run_name("{experiment}", 1)))
+        str(paths.benchmark("train", pipeline_runs.run_name("{experiment}", 1)))
     wildcard_constraints:
         experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("train"),
-        training=lambda w: json.dumps(pipeline_stages.experiment_training(config, w.experiment, 1), sort_keys=True),
+        training=lambda w: json.dumps(pipeline_runs.experiment_training(config, w.experiment, 1), sort_keys=True),
         experiment=lambda w: json.dumps(config["experiments"][w.experiment], sort_keys=True),
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],
@@ -37,7 +37,7 @@ rule train_stage1:
 
 rule train:
     input:
-        unpack(lambda w: {**training_inputs(w), **pipeline_stages.init_inputs(config, w.experiment)}),
+        unpack(lambda w: {**training_inputs(w), **pipeline_runs.init_inputs(config, w.experiment)}),
     output:
         directory(str(paths.model_dir("{experiment}"))),
     log:
@@ -48,7 +48,7 @@ rule train:
         experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("train"),
-        training=lambda w: json.dumps(pipeline_stages.experiment_training(config, w.experiment), sort_keys=True),
+        training=lambda w: json.dumps(pipeline_runs.experiment_training(config, w.experiment), sort_keys=True),
         experiment=lambda w: json.dumps(config["experiments"][w.experiment], sort_keys=True),
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],

@@ -1,7 +1,7 @@
 """Strict parsing of generated answers: numbers in [0, 100], level words; adversarial inputs."""
 import pytest
 
-from pipeline.answers import parse_level, parse_score
+from pipeline.model.answers import parse_level, parse_score
 
 
 @pytest.mark.parametrize(
@@ -100,8 +100,8 @@ def test_invalid_levels(text, why):
 def test_expected_score_from_candidate_logprobs():
     import math
 
-    from pipeline.answers import expected_score
-    from pipeline.predict import SCORE_CANDIDATES
+    from pipeline.evaluation.predict import SCORE_CANDIDATES
+    from pipeline.model.answers import expected_score
 
     # the candidates end in "." (so "6" does not also count "63"); expected_score takes the numbers
     assert len(SCORE_CANDIDATES) == 101 and SCORE_CANDIDATES[0] == "0." and SCORE_CANDIDATES[-1] == "100."
@@ -117,7 +117,7 @@ def test_expected_score_from_candidate_logprobs():
 def test_level_probabilities_renormalised():
     import math
 
-    from pipeline.answers import level_probabilities
+    from pipeline.model.answers import level_probabilities
 
     p = level_probabilities({"good": math.log(0.2), "fair": math.log(0.1), "poor": math.log(0.1), "other": 0.0})
     assert p == pytest.approx({"good": 0.5, "fair": 0.25, "poor": 0.25})
@@ -126,11 +126,11 @@ def test_level_probabilities_renormalised():
 
 
 def test_every_constrained_answer_parses_to_its_value():
-    """Constrained decoding (pipeline.constrained) only produces numbers 0..100 with at most three
+    """Constrained decoding (pipeline.model.constrained) only produces numbers 0..100 with at most three
     decimals and no leading zeros; the strict parser must accept each of them as exactly its value."""
     import re
 
-    from pipeline.answers import GRAMMARS
+    from pipeline.model.answers import GRAMMARS
 
     grammar = GRAMMARS["score"]
     texts = [str(i) for i in range(101)] + ["100.0", "100.00", "100.000"]

@@ -3,12 +3,11 @@ import copy
 
 import pytest
 import yaml
-
-from pipeline.config import load_config, stable_hash, validate
-from pipeline.errors import UserError
-from pipeline.settings import feature_settings_hash, model_spec
-
 from conftest import REPO
+
+from pipeline.core.config import load_config, stable_hash, validate
+from pipeline.core.errors import UserError
+from pipeline.core.specs import feature_settings_hash, model_spec
 
 
 def default_cfg():

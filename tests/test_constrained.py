@@ -7,15 +7,14 @@ import re
 import numpy as np
 import pytest
 import torch
-
-from pipeline.answers import GRAMMARS, LEVELS, parse_level, parse_score
-from pipeline.constrained import TokenConstraint, constraint_for, mask_logits, token_pieces
-from pipeline.feature_store import collate_videos
-from pipeline.lmm import LMMVQA
-from pipeline.prompts import load_templates, question_for
-from pipeline.tokenizer import EOS, VIDEO_TOKEN, train_tokenizer
-
 from test_lmm import INFO, _cfg
+
+from pipeline.features.store_reader import collate_videos
+from pipeline.model.answers import GRAMMARS, LEVELS, parse_level, parse_score
+from pipeline.model.constrained import TokenConstraint, constraint_for, mask_logits, token_pieces
+from pipeline.model.lmm import LMMVQA
+from pipeline.model.tokenizer import EOS, VIDEO_TOKEN, train_tokenizer
+from pipeline.prompts.shards import load_templates, question_for
 
 CANONICAL = re.compile(r"(?:0|[1-9][0-9]?|100)(?:\.[0-9]{1,3})?")
 
@@ -202,7 +201,7 @@ def test_random_logits_always_give_valid_answers(any_tok):
 def test_every_valid_answer_stays_reachable(any_tok):
     """The tokens of any valid answer, as the tokenizer spells it, are allowed step by step, then
     eos: the constraint never changes a greedy answer that was valid already."""
-    from pipeline.prompt_format import PromptFormatter
+    from pipeline.model.prompt_format import PromptFormatter
 
     tok = any_tok
     fmt = PromptFormatter(tok, 1)
@@ -279,7 +278,7 @@ def test_per_row_constraint_leaves_other_rows_alone(tiny_tok, bank):
 
 
 def test_predict_batch_decoding_setting(tiny_tok, bank):
-    from pipeline.predict import predict_batch
+    from pipeline.evaluation.predict import predict_batch
 
     torch.manual_seed(2)
     model = LMMVQA.build(_cfg(), tiny_tok, INFO, seed=2)
@@ -300,9 +299,9 @@ def test_predict_batch_decoding_setting(tiny_tok, bank):
 
 
 def test_config_decoding_default_and_check():
-    from pipeline.config import validate
-    from pipeline.errors import UserError
-    from pipeline.score import default_decoding
+    from pipeline.core.config import validate
+    from pipeline.core.errors import UserError
+    from pipeline.evaluation.score_files import default_decoding
 
     cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}})
     assert cfg["evaluation"]["decoding"] == "constrained" == default_decoding()
@@ -316,10 +315,10 @@ def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
     import json
 
     import pandas as pd
-
-    from pipeline.evaluate import evaluate
-    from pipeline.train import train
     from test_train import make_workspace
+
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.training.train import train
 
     cfg = make_workspace(tmp_path, n_videos=10, k=2, training={"batch_size": 4, "val_fraction": 0.0})
     cfg["evaluation"]["bootstrap"] = 0

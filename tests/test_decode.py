@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import decode
-from pipeline.decode import DecodeError, chunk_times, frame_at, keyframe_times, sample_video
+from pipeline.features import decode
+from pipeline.features.decode import DecodeError, chunk_times, frame_at, keyframe_times, sample_video
 
 BACKENDS = ["decord", "pyav"]
 
@@ -183,11 +183,11 @@ def test_stream_info_is_the_probe_s_view_without_the_probe(make_video, tmp_path)
     import ast
     import inspect
 
-    from pipeline.probe import ProbeError, probe_video
+    from pipeline.ingest.probe import ProbeError, probe_video
 
     tree = ast.parse(inspect.getsource(decode))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert "probe" not in imported and "pipeline.probe" not in imported
+    assert "probe" not in imported and "pipeline.ingest.probe" not in imported
 
     src = make_video("src.mp4", n_frames=5, size=(96, 64))
     files = [src, make_video("b.webm", codec="libvpx-vp9", n_frames=6, size=(64, 48), fps=24)]

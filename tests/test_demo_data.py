@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline import demo_data as dd
+from pipeline.ingest import demo_data as dd
 
 N = 8
 

@@ -1,4 +1,4 @@
-"""GPU assignment on a shared machine (pipeline/devices.py), with fake GPU lists: runs on CPU."""
+"""GPU assignment on a shared machine (pipeline/core/devices.py), with fake GPU lists: runs on CPU."""
 from __future__ import annotations
 
 import subprocess
@@ -7,10 +7,11 @@ import textwrap
 import types
 
 import pytest
-
 from conftest import REPO
-from pipeline import cli, devices, launch
-from pipeline.errors import UserError
+
+from pipeline import cli, launch
+from pipeline.core import devices
+from pipeline.core.errors import UserError
 
 GPUS = ["GPU-aaaa", "GPU-bbbb"]
 
@@ -53,7 +54,7 @@ def test_lock_is_held_by_another_process_and_freed_when_it_is_killed(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from pipeline import devices
+        from pipeline.core import devices
         print(devices.assign_device("cuda", {GPUS!r}, {str(tmp_path)!r}, log=lambda m: None), flush=True)
         time.sleep(600)
         """)], stdout=subprocess.PIPE, text=True)
@@ -145,7 +146,9 @@ def test_resolve_device_is_the_one_resolution(monkeypatch):
     the model and training all use this one function."""
     import torch
 
-    from pipeline import encoders, lmm, train
+    from pipeline.features import encoders
+    from pipeline.model import lmm
+    from pipeline.training import train
 
     assert encoders.resolve_device is devices.resolve_device
     assert lmm.resolve_device is devices.resolve_device and train.resolve_device is devices.resolve_device
@@ -162,7 +165,7 @@ def test_resolve_device_is_the_one_resolution(monkeypatch):
 
 
 def test_devices_module_imports_without_torch():
-    """`lmmvqa` imports pipeline.devices before any stage: it must not pull in torch."""
-    code = "import sys, pipeline.devices; print('torch' in sys.modules)"
+    """`lmmvqa` imports pipeline.core.devices before any stage: it must not pull in torch."""
+    code = "import sys, pipeline.core.devices; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

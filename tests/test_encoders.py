@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.encoders import encode_chunks, encode_keyframes, load_motion, load_vision
-from pipeline.settings import presets
+from pipeline.core.specs import presets
+from pipeline.features.encoders import encode_chunks, encode_keyframes, load_motion, load_vision
 
 torch.set_num_threads(2)
 

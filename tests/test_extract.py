@@ -17,12 +17,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline import extract
 from pipeline.cli import main as cli_main
-from pipeline.config import validate
-from pipeline.extract import CODE_VERSION, DecodePool, Extractor, decode_worker_count, extract_shard
-from pipeline.settings import feature_settings_hash
-from pipeline.feature_store import FeatureStore, IncompleteStoreError
+from pipeline.core.config import validate
+from pipeline.core.specs import feature_settings_hash
+from pipeline.features import extract
+from pipeline.features.extract import CODE_VERSION, DecodePool, Extractor, decode_worker_count, extract_shard
+from pipeline.features.store_reader import FeatureStore, IncompleteStoreError
 
 torch.set_num_threads(2)
 
@@ -157,7 +157,7 @@ def test_decode_pool_uses_processes_and_keeps_order(order_dir):
 def _fake_decode(self, path):
     """Stands in for Extractor.decode in forked workers: a video named *crash* kills its process the
     way a segfaulting decoder does; the others decode to frames filled with their number."""
-    from pipeline.decode import DecodedVideo
+    from pipeline.features.decode import DecodedVideo
 
     name = Path(path).stem
     if "crash" in name:
@@ -249,10 +249,10 @@ def test_host_buffers_pinned_only_for_cuda(monkeypatch):
     ex = Extractor.decode_only({"device": torch.device("cuda", 0)})
     ex.vision = ex.motion = None
     ex.sampling, ex.batch_size = {"slow_stride": 4}, 8
-    from pipeline import encoders
+    from pipeline.features import encoders
     monkeypatch.setattr(encoders, "encode_keyframes", lambda m, kf, dev, bs: np.zeros((len(kf), 2, 3), np.float32))
     monkeypatch.setattr(encoders, "encode_chunks", lambda m, ch, st, dev, bs, frame_ids=None: np.zeros((len(ch), 5), np.float32))
-    from pipeline.decode import DecodedVideo
+    from pipeline.features.decode import DecodedVideo
     d = DecodedVideo(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 4, 4, 4, 3), np.uint8))
     outs, _, _ = ex.encode([d, d])
     assert devices == [torch.device("cuda", 0)] * 2 and [o[0].shape for o in outs] == [(2, 2, 3)] * 2

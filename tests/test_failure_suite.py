@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import validate
-from pipeline.extract import extract_shard
-from pipeline.feature_store import FeatureStore
+from pipeline.core.config import validate
+from pipeline.features.extract import extract_shard
+from pipeline.features.store_reader import FeatureStore
 
 torch.set_num_threads(2)
 

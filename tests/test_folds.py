@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import paths
 from pipeline.cli import main as cli_main
-from pipeline.config import validate
-from pipeline.errors import UserError
-from pipeline.experiments import experiment_folds, prompt_parts, with_holdout
-from pipeline.metrics import aggregate_folds, compute_metrics, experiment_table
+from pipeline.core import paths
+from pipeline.core.config import validate
+from pipeline.core.errors import UserError
+from pipeline.core.metrics import aggregate_folds, compute_metrics, experiment_table
+from pipeline.prompts.experiments import experiment_folds, prompt_parts, with_holdout
 
 
 def _cfg(experiments, k=3, other_k=3):

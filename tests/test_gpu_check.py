@@ -71,9 +71,9 @@ def _gpu_check_module():
 
 def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
     """The GPU run's config (not run here): valid against the schema, paper shapes, bf16 on CUDA, batch 16."""
-    from pipeline.config import validate
-    from pipeline.settings import model_spec
-    from pipeline.stages import experiment_training, init_model_dir
+    from pipeline.core.config import validate
+    from pipeline.core.specs import model_spec
+    from pipeline.training.runs import experiment_training, init_model_dir
 
     gc = _gpu_check_module()
     cfg = validate(gc.make_config(gc.parse_args([])), "gpu_check")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.labels import FORMATS, id_and_path, read_labels, split_from_filename
+from pipeline.core.errors import UserError
+from pipeline.ingest.labels import FORMATS, id_and_path, read_labels, split_from_filename
 
 REAL = [  # format, files, rows, (low, high) of mos_raw, scale factor
     ("konvid", ["KoNViD_1k_mos.csv"], 1200, 20),

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import validate
-from pipeline.feature_store import collate_videos
-from pipeline.lmm import LMMVQA, pool_time
-from pipeline.prompt_format import PromptFormatter
-from pipeline.prompts import load_templates, question_for
-from pipeline.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer
+from pipeline.core.config import validate
+from pipeline.features.store_reader import collate_videos
+from pipeline.model.lmm import LMMVQA, pool_time
+from pipeline.model.prompt_format import PromptFormatter
+from pipeline.model.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer
+from pipeline.prompts.shards import load_templates, question_for
 
 INFO = {"vision_tokens": 6, "vision_width": 32, "motion_dim": 12}
 SMALL_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -9,9 +9,20 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main as cli
-from pipeline.errors import UserError
-from pipeline.manifest import (MANIFEST_COLUMNS, MISSING_COLUMNS, build_manifest, fingerprint, fold_of, group_folds,
-                               read_manifest, shard_digest, shard_digests, shard_ids, write_manifest)
+from pipeline.core.errors import UserError
+from pipeline.ingest.manifest import (
+    MANIFEST_COLUMNS,
+    MISSING_COLUMNS,
+    build_manifest,
+    fingerprint,
+    fold_of,
+    group_folds,
+    read_manifest,
+    shard_digest,
+    shard_digests,
+    shard_ids,
+    write_manifest,
+)
 
 
 def _labels(path, names, mos=None):

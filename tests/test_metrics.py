@@ -7,8 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import (compute_metrics, experiment_table, fit_logistic, level_metrics, logistic,
-                              score_metrics, write_table)
+from pipeline.core.metrics import (
+    compute_metrics,
+    experiment_table,
+    fit_logistic,
+    level_metrics,
+    logistic,
+    score_metrics,
+    write_table,
+)
 
 
 def predictions(mos, score, prob=None, level_true=None, level=None, invalid=None):
@@ -175,7 +182,7 @@ def test_experiment_table_csv_and_markdown(tmp_path):
 
 
 def test_invalid_flags_read_the_column_as_written_or_read_back():
-    from pipeline.metrics import invalid_flags
+    from pipeline.core.metrics import invalid_flags
 
     df = pd.DataFrame({"invalid": [True, False, "True", "false", "1", "0", " yes ", np.nan, "TRUE"]})
     assert invalid_flags(df).tolist() == [True, False, True, False, True, False, True, False, True]

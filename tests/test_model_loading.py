@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import validate
-from pipeline.errors import UserError
-from pipeline.feature_store import collate_videos
-from pipeline.lmm import LMMVQA, training_dtype
-from pipeline.prompts import load_templates, question_for
-from pipeline.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer, video_token
+from pipeline.core.config import validate
+from pipeline.core.errors import UserError
+from pipeline.features.store_reader import collate_videos
+from pipeline.model.lmm import LMMVQA, training_dtype
+from pipeline.model.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer, video_token
+from pipeline.prompts.shards import load_templates, question_for
 
 INFO = {"vision_tokens": 4, "vision_width": 32, "motion_dim": 8}
 SMALL_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -142,7 +142,7 @@ def test_random_init_llm_without_saved_weights_is_refused(tok, tmp_path):
 def test_missing_vision_weight_is_named(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from pipeline.encoders import load_vision
+    from pipeline.features.encoders import load_vision
 
     conf = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
                 patch_size=16)
@@ -155,7 +155,7 @@ def test_missing_vision_weight_is_named(tmp_path):
 
 
 def test_missing_motion_weight_is_named(tmp_path):
-    from pipeline.encoders import load_motion
+    from pipeline.features.encoders import load_motion
 
     spec = {"source": None, "config": {"input_size": 32, "model_depth": 18, "stem_dim_out": 8,
                                        "slowfast_channel_reduction_ratio": 4}}
@@ -212,7 +212,7 @@ def test_float16_llm_weights_that_train_are_refused(tok):
 def test_float16_uses_a_grad_scaler():
     """fp16: the loss is scaled, a finite step applies the unscaled gradient, an overflowing one is
     skipped (weights unchanged) and halves the scale."""
-    from pipeline.train import Precision
+    from pipeline.training.train import Precision
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(4, 1)
@@ -246,7 +246,7 @@ def _reserved_tokenizer():
     from tokenizers import Tokenizer, decoders, models, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from pipeline.tokenizer import _pre_tokenizer, corpus
+    from pipeline.model.tokenizer import _pre_tokenizer, corpus
 
     bank = load_templates()
     samples = [{"question": q, "answer": "12.5"} for q in bank["score"] + bank["level"]]
@@ -324,7 +324,7 @@ def test_pretrained_llm_is_loaded_straight_onto_its_device(tok, tmp_path, monkey
     CPU copy per DDP rank), in the requested dtype."""
     import transformers
 
-    from pipeline import lmm
+    from pipeline.model import lmm
 
     hub, _ = _hub(tmp_path, tok)
     seen = {}
@@ -343,10 +343,10 @@ def test_pretrained_llm_is_loaded_straight_onto_its_device(tok, tmp_path, monkey
 def test_evaluate_and_score_load_in_the_recorded_or_given_dtype(tmp_path, monkeypatch):
     from test_train import make_workspace
 
-    from pipeline import paths
     from pipeline.cli import main
-    from pipeline.score import Scorer
-    from pipeline.train import train
+    from pipeline.core import paths
+    from pipeline.evaluation.score_files import Scorer
+    from pipeline.training.train import train
 
     cfg = make_workspace(tmp_path, training={"batch_size": 4, "val_fraction": 0.0})
     monkeypatch.chdir(tmp_path)

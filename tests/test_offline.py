@@ -2,20 +2,17 @@
 sampling and the temporal-statistics motion role."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 import torchvision
-
-from pipeline import encoders, weights
-from pipeline.errors import UserError
-from pipeline.config import load_config
-from pipeline.decode import centre_crop, fragments, sample_video, spatial_view
-from pipeline.settings import feature_settings_hash, model_spec
-
 from conftest import REPO, write_video
+
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.core.specs import feature_settings_hash, model_spec
+from pipeline.features import encoders, weights
+from pipeline.features.decode import centre_crop, fragments, sample_video, spatial_view
 
 MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
@@ -179,8 +176,8 @@ def test_temporal_stats_skip_frames_repeated_by_resampling():
 def test_projector_standardisation_removes_channel_scales():
     """With moments from the data, a projector sees the same standardised input whatever the scale
     and offset of each feature channel (CNN statistics and temporal statistics differ by 1000x)."""
-    from pipeline.feature_store import feature_moments
-    from pipeline.lmm import Projector
+    from pipeline.features.store_reader import feature_moments
+    from pipeline.model.lmm import Projector
 
     rng = np.random.default_rng(0)
     base = {f"v{i}": (rng.normal(size=(3, 5, 8)).astype(np.float32), rng.normal(size=(2, 4)).astype(np.float32))

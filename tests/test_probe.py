@@ -11,9 +11,16 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main as cli
-from pipeline.manifest import build_manifest, write_manifest
-from pipeline.probe import (FAILURE_COLUMNS, PROBE_COLUMNS, PROBE_KEYS, ProbeError, probe_shard,
-                            probe_video, to_display)
+from pipeline.ingest.manifest import build_manifest, write_manifest
+from pipeline.ingest.probe import (
+    FAILURE_COLUMNS,
+    PROBE_COLUMNS,
+    PROBE_KEYS,
+    ProbeError,
+    probe_shard,
+    probe_video,
+    to_display,
+)
 
 REAL = {  # file: (width, height, duration, fps, n_frames) from the README / ffprobe
     "konvid_10053703034.mp4": (960, 540, 8.0, 29.97, 240),

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
-from pipeline import config as pipeline_config
-from pipeline.experiments import parse_selector
+
+from pipeline.core import config as pipeline_config
+from pipeline.prompts.experiments import parse_selector
 
 BIN = Path(sys.executable).parent
 PAPER = REPO / "config" / "paper-lsvq.yaml"

@@ -7,9 +7,17 @@ import re
 import numpy as np
 import pandas as pd
 
-from pipeline.config import validate
-from pipeline.prompts import (build_prompts, build_samples, levels_from_mos, load_templates, question_for,
-                              read_prompts, score_answer, template_index)
+from pipeline.core.config import validate
+from pipeline.prompts.shards import (
+    build_prompts,
+    build_samples,
+    levels_from_mos,
+    load_templates,
+    question_for,
+    read_prompts,
+    score_answer,
+    template_index,
+)
 
 
 def _cfg(k=5, scheme="kfold", **prompts):

@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from pipeline import paths
-from pipeline.cli import main as cli_main
-from pipeline.metrics import compute_metrics
-
 from conftest import REPO
+
+from pipeline.cli import main as cli_main
+from pipeline.core import paths
+from pipeline.core.metrics import compute_metrics
 
 
 def make_run(root, experiments=("demo",), datasets=("demo", "other"), invalid=2, seed=0):
@@ -191,7 +190,7 @@ class Attrs(HTMLParser):
 def make_fold_run(root, k=5):
     """`single` (one held-out fold) and `cv` (folds: all) on the demo dataset, with per-fold results
     aggregated as `lmmvqa aggregate` does."""
-    from pipeline.metrics import aggregate_folds
+    from pipeline.core.metrics import aggregate_folds
 
     cfg_path = make_run(root, experiments=("single",), datasets=("demo",))
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -292,7 +291,7 @@ def test_report_page_renders_as_before_from_the_packaged_template():
     """The page template lives in pipeline/data/report.html.j2 (package data). Rendered with a fixed
     context (captured from `make_fold_run`'s report: plots, paths, time and versions replaced by
     constants), it gives exactly the page the template gave when it was a string in report.py."""
-    from pipeline import report
+    from pipeline.evaluation import report
 
     data = REPO / "tests" / "data"
     context = json.loads((data / "report_context.json").read_text())

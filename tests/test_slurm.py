@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fake_slurm
 import pytest
 import yaml
-
-import fake_slurm
 from conftest import REPO
 from test_workflow import MINI, write_config
 
@@ -26,8 +25,9 @@ def slurm_profile() -> dict:
 
 def test_profile_keeps_gpu_options_out_of_slurm_extra():
     """The plugin (>= 1.9) refuses --gres / --gpus in slurm_extra: GPUs come from the `gpu` resource."""
-    from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
     import re
+
+    from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
 
     profile = slurm_profile()
     for rule, res in (profile.get("set-resources") or {}).items():

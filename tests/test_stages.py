@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from pipeline.config import validate
-from pipeline.errors import UserError
-from pipeline.stages import check_experiments, experiment_training, init_model_dir, run_name
 from test_train import make_workspace
+
+from pipeline.core.config import validate
+from pipeline.core.errors import UserError
+from pipeline.training.runs import check_experiments, experiment_training, init_model_dir, run_name
 
 LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
 
@@ -68,13 +68,12 @@ def two_stage(tmp_path, monkeypatch):
 
 
 def test_stage2_continues_from_stage1(two_stage, tmp_path):
-    from pipeline import paths
     from pipeline.cli import main
-    from pipeline.feature_store import feature_info
-    from pipeline.lmm import LMMVQA
-    from pipeline.feature_store import dataset_features
-    from pipeline.train import train
-    from pipeline.train_data import load_training_tokenizer
+    from pipeline.core import paths
+    from pipeline.features.store_reader import dataset_features, feature_info
+    from pipeline.model.lmm import LMMVQA
+    from pipeline.training.data import load_training_tokenizer
+    from pipeline.training.train import train
 
     cfg = two_stage
     with pytest.raises(UserError, match="exp.stage1, which is not a trained model folder"):
@@ -120,7 +119,7 @@ def test_stage2_continues_from_stage1(two_stage, tmp_path):
 
 
 def test_retrained_stage1_restarts_stage2_checkpoints(two_stage, tmp_path):
-    from pipeline.checkpoints import run_fingerprint
+    from pipeline.training.checkpoints import run_fingerprint
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d, text in ((a, '{"x": 1}'), (b, '{"x": 2}')):

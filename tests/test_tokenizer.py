@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.prompts import load_templates
-from pipeline.tokenizer import EOS, PAD, BOS, UNK, VIDEO_TOKEN, load_tokenizer, train_tokenizer, write_tokenizer
+from pipeline.model.tokenizer import BOS, EOS, PAD, UNK, VIDEO_TOKEN, load_tokenizer, train_tokenizer, write_tokenizer
+from pipeline.prompts.shards import load_templates
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,8 @@ def test_tokenizer_cli(tmp_path):
     import pandas as pd
 
     from pipeline.cli import main
-    from pipeline.config import validate
-    from pipeline.prompts import build_prompts
+    from pipeline.core.config import validate
+    from pipeline.prompts.shards import build_prompts
 
     pd.DataFrame({"id": ["a", "b", "c"], "path": ["a.mp4", "b.mp4", "c.mp4"], "shard": 0, "mos": [10.0, 50, 90], "split": "kfold", "fold": [0, 1, 2],
                   "level": ["poor", "fair", "good"]}).to_csv(tmp_path / "m.csv", index=False)

@@ -38,13 +38,12 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
                    missing: int = 0, chunk_mb: float = 0.05) -> dict:
     """Write results/manifest, results/prompts, results/tokenizer and cache/features under `root`
     (paths are relative: run with cwd = root). Returns the validated config."""
-    from pipeline import paths
-    from pipeline.config import validate
-    from pipeline.prompts import build_prompts
-    from pipeline.settings import feature_settings_hash
-    from pipeline.store import StoreWriter
-    from pipeline.tokenizer import train_tokenizer, write_tokenizer
-    from pipeline.prompts import read_prompts
+    from pipeline.core import paths
+    from pipeline.core.config import validate
+    from pipeline.core.specs import feature_settings_hash
+    from pipeline.features.store_writer import StoreWriter
+    from pipeline.model.tokenizer import train_tokenizer, write_tokenizer
+    from pipeline.prompts.shards import build_prompts, read_prompts
 
     root = Path(root)
     cwd = os.getcwd()
@@ -112,7 +111,7 @@ def workspace(tmp_path, monkeypatch):
 
 
 def test_split_validation_is_seeded_and_by_video():
-    from pipeline.train_data import split_validation
+    from pipeline.training.data import split_validation
 
     samples = [{"dataset": "d", "id": f"v{i}", "type": t} for i in range(20) for t in ("score", "level")]
     tr1, va1 = split_validation(samples, 0.2, 0)
@@ -123,7 +122,7 @@ def test_split_validation_is_seeded_and_by_video():
 
 
 def test_epoch_batches_cover_and_split_across_ranks():
-    from pipeline.train_data import epoch_batches
+    from pipeline.training.data import epoch_batches
 
     one = [i for b in epoch_batches(10, 3, 0, 0) for i in b]
     assert sorted(one) == list(range(10))
@@ -135,9 +134,9 @@ def test_epoch_batches_cover_and_split_across_ranks():
 
 
 def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
-    from pipeline import paths
-    from pipeline.lmm import LMMVQA
-    from pipeline.train import train
+    from pipeline.core import paths
+    from pipeline.model.lmm import LMMVQA
+    from pipeline.training.train import train
 
     res = train(workspace, "exp", tmp_path / "model", max_steps=3, progress=False)
     out = tmp_path / "model"
@@ -159,7 +158,7 @@ def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
 
 
 def test_kill_and_resume_equals_uninterrupted(workspace, tmp_path):
-    from pipeline.train import train
+    from pipeline.training.train import train
 
     full = train(workspace, "exp", tmp_path / "a", max_steps=5, checkpoint_dir=tmp_path / "ck_a", progress=False)
     part = train(workspace, "exp", tmp_path / "b", max_steps=5, checkpoint_dir=tmp_path / "ck_b",
@@ -183,7 +182,7 @@ def test_resume_ignores_checkpoints_of_another_run(workspace, tmp_path, capsys):
     be continued (it would silently mix two trainings)."""
     import copy
 
-    from pipeline.train import train
+    from pipeline.training.train import train
 
     part = train(workspace, "exp", tmp_path / "x", max_steps=5, checkpoint_dir=tmp_path / "ck", stop_after=4,
                  progress=False)
@@ -251,11 +250,11 @@ class _Features:
 
 
 def test_validate_reports_the_metrics_module_numbers():
-    """SRCC / PLCC (raw) of the valid score answers as scipy computes them (through pipeline.metrics),
+    """SRCC / PLCC (raw) of the valid score answers as scipy computes them (through pipeline.core.metrics),
     invalid answers counted, level accuracy; null when undefined."""
     from scipy import stats
 
-    from pipeline.validation import validate
+    from pipeline.training.validation import validate
 
     rng = np.random.default_rng(0)
     mos = rng.uniform(0, 100, 12).round(3)
@@ -282,8 +281,8 @@ def test_checkpoint_round_trip(tmp_path):
 
     import torch
 
-    from pipeline.checkpoints import checkpoint_run, latest_checkpoint, load_checkpoint, save_checkpoint
-    from pipeline.train import lr_lambda
+    from pipeline.training.checkpoints import checkpoint_run, latest_checkpoint, load_checkpoint, save_checkpoint
+    from pipeline.training.train import lr_lambda
 
     def parts(seed):
         torch.manual_seed(seed)
@@ -314,8 +313,8 @@ def test_model_folder_loss_plot_is_the_report_figure(tmp_path):
     byte; an empty log still gives a figure."""
     import io
 
-    from pipeline.model_folder import plot_loss, write_log
-    from pipeline.plots import loss_figure
+    from pipeline.training.model_folder import plot_loss, write_log
+    from pipeline.training.plots import loss_figure
 
     rows = [{"step": i + 1, "loss": 3.0 / (i + 1) + 0.01 * (i % 3), "lr": 1e-3, "samples_per_s": 9.5}
             for i in range(30)]

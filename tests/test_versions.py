@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from pipeline import versions
-from pipeline.versions import PACKAGE, STAGES, code_version, import_closure, stage_sources
+from pipeline.core import versions
+from pipeline.core.versions import PACKAGE, STAGES, code_version, import_closure, stage_sources
 
 
 @pytest.fixture
@@ -30,20 +30,20 @@ def _touch(root, rel):
 
 def test_stage_sources_follow_the_imports():
     """The modules each stage imports (directly, through others, or inside a function) are in it."""
-    assert {"tokenizer.py", "settings.py", "experiments.py", "feature_store.py", "lmm.py"} <= set(stage_sources("train"))
-    assert {"predict.py", "answers.py", "metrics.py", "constrained.py"} <= set(stage_sources("evaluate"))
-    assert {"decode.py", "encoders.py", "store.py", "weights.py", "presets.yaml"} <= set(stage_sources("extract"))
+    assert {"model/tokenizer.py", "core/specs.py", "prompts/experiments.py", "features/store_reader.py", "model/lmm.py"} <= set(stage_sources("train"))
+    assert {"evaluation/predict.py", "model/answers.py", "core/metrics.py", "model/constrained.py"} <= set(stage_sources("evaluate"))
+    assert {"features/decode.py", "features/encoders.py", "features/store_writer.py", "features/weights.py", "core/presets.yaml"} <= set(stage_sources("extract"))
     assert "data/templates.yaml" in stage_sources("prompts")
-    assert "versions.py" not in stage_sources("extract")  # computes the hashes, changes no output
+    assert "core/versions.py" not in stage_sources("extract")  # computes the hashes, changes no output
 
 
 def test_reader_changes_do_not_rerun_extraction():
     """Re-extracting LSVQ costs GPU-days: only what decides a store's bytes belongs to extraction."""
-    assert "feature_store.py" not in stage_sources("extract")
-    assert "feature_store.py" in stage_sources("train") and "feature_store.py" in stage_sources("evaluate")
+    assert "features/store_reader.py" not in stage_sources("extract")
+    assert {"features/store_reader.py"} <= set(stage_sources("train")) & set(stage_sources("evaluate"))
 
 
-@pytest.mark.parametrize("edited", ["tokenizer.py", "feature_store.py", "metrics.py", "decode.py", "presets.yaml"])
+@pytest.mark.parametrize("edited", ["model/tokenizer.py", "features/store_reader.py", "core/metrics.py", "features/decode.py", "core/presets.yaml"])
 def test_a_module_edit_reruns_exactly_the_stages_that_import_it(package_copy, edited):
     before = _versions(package_copy)
     _touch(package_copy, edited)
@@ -77,4 +77,4 @@ def test_import_forms_are_all_followed(tmp_path):
 def test_code_version_is_a_stable_short_hash():
     assert code_version("extract") == code_version("extract") and len(code_version("extract")) == 12
     assert code_version("extract") != code_version("train")
-    assert versions.stage_module("demo_data") == versions.stage_module("demo-data") == "pipeline.demo_data"
+    assert versions.stage_module("demo_data") == versions.stage_module("demo-data") == "pipeline.ingest.demo_data"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -270,7 +269,7 @@ def test_additions_touch_only_their_shards(demo_run, tmp_path):
 
 
 def test_changing_the_prompt_bank_reruns_prompts_to_evaluation_not_features(demo_run):
-    from pipeline.prompts import BANK_PATH
+    from pipeline.prompts.shards import BANK_PATH
 
     work = demo_run
     bank = yaml.safe_load(BANK_PATH.read_text())
@@ -334,7 +333,7 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
 
     import numpy as np
 
-    from pipeline.feature_store import DatasetFeatures
+    from pipeline.features.store_reader import DatasetFeatures
 
     write_config(tmp_path, MINI)
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")

@@ -6,8 +6,9 @@ import os
 import pytest
 import yaml
 
-from pipeline import paths, workflow
-from pipeline.errors import UserError
+from pipeline import workflow
+from pipeline.core import paths
+from pipeline.core.errors import UserError
 
 
 def _cfg(**overrides):

@@ -1,0 +1,93 @@
+"""Load and validate the workflow config; the JSON schema (YAML) holds every default."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from pipeline.core.errors import UserError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _with_defaults(validator_class):
+    """A validator that also fills defaults, the way snakemake.utils.validate(set_default=True) does."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, sch):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "$ref" in sub:
+                    sub = _resolve(sub["$ref"])
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, sch)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _resolve(ref: str) -> dict:
+    assert ref.startswith("#/$defs/"), ref
+    return schema()["$defs"][ref.split("/")[-1]]
+
+
+_Validator = _with_defaults(Draft202012Validator)
+
+
+def _error_line(err) -> str:
+    where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    if err.validator == "additionalProperties":
+        return f"config key error at '{where}': {err.message} (see pipeline/core/config.schema.yaml)"
+    return f"config error at '{where}': {err.message}"
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate in place, filling defaults (twice: defaults of defaults). Raises UserError naming the key."""
+    cfg = cfg if cfg is not None else {}
+    if not isinstance(cfg, dict):
+        raise UserError(f"{source}: the config must be a mapping, got {type(cfg).__name__}")
+    for _ in range(3):
+        errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+        if errors:
+            raise UserError(f"{source}: " + _error_line(errors[0]))
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return validate(cfg, str(path))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def stable_hash(obj: Any, n: int = 10) -> str:
+    """Short hash of a JSON-able value, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]

@@ -1,0 +1,82 @@
+"""`lmmvqa aggregate`: every fold of a `folds: all` experiment on one test dataset -> one result.
+
+`lmmvqa aggregate --config C --experiment E --dataset D --out results/eval/E/D/metrics.json`
+
+reads the per-fold results `results/eval/E/fold<f>/D/{metrics.json,predictions.csv}` (written by
+`lmmvqa evaluate --fold f`) and writes beside `--out`:
+
+* `metrics.json`: the aggregate of pipeline.core.metrics.aggregate_folds -- each fold (`fold_metrics`),
+  mean / std / median / min / max over folds (`aggregate`), and the usual fields (`methods`: the mean
+  over folds) so the report and the experiment table read it like any metrics.json;
+* `predictions.csv`: every fold's predictions pooled, with a `fold` column, for the report's scatter
+  plot (a k-fold test selector gives each video once, as the folds' test sets are disjoint; a
+  fold-independent one such as `other:all` gives each video once per fold's model).
+
+A missing per-fold file is an error naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.cli_args import add_config_arg
+from pipeline.core import atomic, paths
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.core.metrics import aggregate_folds
+from pipeline.prompts.experiments import experiment_folds, require_experiment
+
+
+def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path) -> dict:
+    require_experiment(cfg, experiment)
+    folds = experiment_folds(cfg, experiment)
+    if folds is None:
+        raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); nothing to aggregate")
+    per_fold, preds = [], []
+    for f in folds:
+        mpath, ppath = paths.metrics(experiment, dataset, f), paths.predictions(experiment, dataset, f)
+        for p in (mpath, ppath):
+            if not p.is_file():
+                raise UserError(f"fold {f} of experiment '{experiment}' on '{dataset}': {p} not found "
+                                "(run `lmmvqa evaluate --fold` first)")
+        try:
+            m = json.loads(mpath.read_text())
+        except ValueError as exc:
+            raise UserError(f"{mpath}: not valid JSON ({exc})") from None
+        m["fold"] = f
+        per_fold.append(m)
+        df = pd.read_csv(ppath, dtype={"id": str, "text": str}, keep_default_na=True)
+        df.insert(1, "fold", f)
+        preds.append(df)
+    metrics = aggregate_folds(per_fold, experiment, dataset)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out.with_name("predictions.csv"), pd.concat(preds, ignore_index=True).to_csv(index=False))
+    atomic.write_text(out, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return metrics
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add_config_arg(parser)
+    parser.add_argument("--experiment", required=True, help="a `folds: all` experiment of the config")
+    parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
+    parser.add_argument("--out", required=True, help="aggregate metrics.json; pooled predictions.csv goes beside it")
+
+
+def main(args) -> int:
+    cfg = load_config(args.config)
+    m = aggregate(cfg, args.experiment, args.dataset, args.out)
+    for method in ("text", "prob"):
+        agg = m["aggregate"][method]
+        cells = []
+        for key in ("srcc", "plcc"):
+            s = agg[key]
+            cells.append("n/a" if s["mean"] is None else
+                         f"{key.upper()} {s['mean']:.4f} ± {s['std'] if s['std'] is not None else float('nan'):.4f} "
+                         f"(median {s['median']:.4f})")
+        print(f"{args.experiment}/{args.dataset} {method:>4} over {m['folds']} folds: {'; '.join(cells)}")
+    print(f"invalid answers: {m['invalid']} (all folds)")
+    return 0

@@ -1,0 +1,448 @@
+"""`lmmvqa report`: one self-contained HTML page of every experiment of a config.
+
+The page holds the experiment tables (generated from the metrics.json files, numbers only from
+there), for each (experiment, test dataset) a prediction-vs-MOS scatter with the fitted logistic
+curve and the level confusion matrix, the training loss curve of each experiment, the invalid-answer
+counts, and the provenance of the run (config, model ids, code versions, feature stores).
+
+Plots are PNGs embedded as base64 (no external assets, no scripts), and also written as files into
+`<report folder>/plots/` (`<experiment>--<dataset>--scatter.png`, `...--confusion.png`,
+`<experiment>--loss.png`) for Snakemake's `report()`. The experiment table of each experiment is
+also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pipeline.core.paths).
+
+The page opens with a cross-experiment summary (experiments x test datasets: SRCC / PLCC of both
+scoring methods, mean ± std over folds for `folds: all` experiments, and the invalid count), also
+written as CSV + Markdown to `results/eval/summary.{csv,md}`. A `folds: all` experiment's section
+shows, per test dataset, a fold table: every fold, then mean, std and median over the folds (from
+its aggregate metrics.json); its main table holds the means with ± std beside them, and its loss
+plot overlays the folds' training curves.
+
+Inputs are found through pipeline.core.paths relative to the working directory; a missing metrics file
+or training log is shown as missing on the page rather than failing the report.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import math
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from jinja2 import Environment
+
+from pipeline import DATA_DIR
+from pipeline.cli_args import add_config_arg
+from pipeline.core import atomic, paths
+from pipeline.core.config import load_config
+from pipeline.core.levels import LEVELS
+from pipeline.core.metrics import (
+    FOLD_STATS,
+    METHODS,
+    experiment_table,
+    fit_logistic,
+    invalid_flags,
+    logistic,
+    write_table,
+)
+from pipeline.core.specs import feature_settings_hash, model_spec
+from pipeline.core.versions import STAGES, code_version
+from pipeline.prompts.experiments import experiment_folds, parse_selector, require_experiment
+from pipeline.training.plots import figure, fold_loss_figure, loss_figure
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    add_config_arg(p)
+    p.add_argument("--out", default=str(paths.report()), help="HTML file to write (default %(default)s)")
+    p.add_argument("--experiment", action="append", default=None,
+                   help="only this experiment (repeatable; default: every experiment of the config)")
+
+
+def main(args) -> int:
+    cfg = load_config(args.config)
+    out = build_report(cfg, args.out, experiments=args.experiment, config_path=args.config)
+    print(f"report written: {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ inputs
+
+def experiment_test_datasets(cfg: dict, experiment: str) -> list[str]:
+    """Test datasets of an experiment, in the order of its selectors, each once."""
+    seen: list[str] = []
+    for sel in cfg["experiments"][experiment]["test"]:
+        d = parse_selector(sel)[0]
+        if d not in seen:
+            seen.append(d)
+    return seen
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path, dtype={"id": str, "text": str}, keep_default_na=True)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        if res.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).parent)
+        return res.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _store_info(cfg: dict, dataset: str) -> dict:
+    settings = feature_settings_hash(cfg)
+    folder = paths.store_dir(dataset, settings)
+    stores = []
+    for store in sorted(folder.glob("shard-*.zarr")) if folder.is_dir() else []:
+        meta = _read_json(store / "zarr.json") or {}
+        attrs = meta.get("attributes") or {}
+        stores.append({"path": str(store), "videos": len(attrs.get("ids") or []),
+                       "code_version": attrs.get("code_version"), "complete": attrs.get("complete")})
+    stats = _read_json(paths.stats(dataset)) or {}
+    return {"dataset": dataset, "settings_hash": settings, "folder": str(folder), "stores": stores, "stats": stats}
+
+
+# ------------------------------------------------------------------ plots
+
+def _png(fig, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return base64.b64encode(data).decode("ascii")
+
+
+def scatter_plot(pred: pd.DataFrame, metrics: dict | None, title: str):
+    """Prediction vs MOS for both scoring methods, with the fitted 4-parameter logistic."""
+    fig = figure(7.4, 3.5)
+    axes = fig.subplots(1, 2)
+    mos = pd.to_numeric(pred["mos"], errors="coerce").to_numpy(float)
+    for ax, method, col in zip(axes, METHODS, ("score", "prob_score")):
+        x = pd.to_numeric(pred[col], errors="coerce").to_numpy(float) if col in pred else np.full(len(mos), np.nan)
+        ok = np.isfinite(x) & np.isfinite(mos)
+        if method == "text":
+            ok &= ~invalid_flags(pred).to_numpy(dtype=bool)
+        ax.scatter(x[ok], mos[ok], s=14, alpha=0.7, color="#1f77b4", edgecolors="none", label="videos")
+        params = fit_logistic(x[ok], mos[ok]) if ok.sum() else None
+        if params is not None:
+            grid = np.linspace(np.nanmin(x[ok]), np.nanmax(x[ok]), 200)
+            ax.plot(grid, logistic(grid, *params), color="#d62728", lw=2, label="4-parameter logistic fit")
+        m = ((metrics or {}).get("methods") or {}).get(method) or {}
+        label = "generated text score" if method == "text" else "probability score"
+        stats_txt = ", ".join(f"{k.upper()} {m[k]:.3f}" for k in ("srcc", "plcc") if m.get(k) is not None) or "n/a"
+        n_bad = int((~ok).sum())
+        ax.set_title(f"{label}\n{stats_txt} (n={int(ok.sum())}" + (f", {n_bad} invalid/missing)" if n_bad else ")"),
+                     fontsize=10)
+        ax.set_xlabel(f"predicted ({col})")
+        ax.set_ylabel("MOS (0-100)")
+        ax.grid(alpha=0.3)
+        if ok.sum():
+            ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def confusion_plot(level: dict, title: str):
+    labels = level.get("labels") or list(LEVELS)
+    cm = np.asarray(level.get("confusion") or np.zeros((len(labels), len(labels))), dtype=float)
+    fig = figure(3.8, 3.5)
+    ax = fig.subplots()
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(cm.max(), 1))
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted level")
+    ax.set_ylabel("true level")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    acc = level.get("accuracy")
+    ax.set_title(f"{title}\naccuracy {acc:.3f}" if acc is not None else f"{title}\naccuracy n/a", fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------------ page
+
+def _cell(value, digits=3) -> dict:
+    """A table cell: display text plus the exact value (data-value) it came from."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return {"text": "n/a", "value": ""}
+    if isinstance(value, bool):
+        return {"text": str(value), "value": str(value)}
+    if isinstance(value, int):
+        return {"text": str(value), "value": str(value)}
+    if isinstance(value, float):
+        return {"text": f"{value:.{digits}f}", "value": repr(value)}
+    return {"text": str(value), "value": str(value)}
+
+
+def metrics_rows(metrics_list: list[dict]) -> list[dict]:
+    """Rows of the HTML experiment table, straight from the metrics JSON."""
+    rows = []
+    for m in metrics_list:
+        level = m.get("level") or {}
+        methods = []
+        for method in METHODS:
+            mm = (m.get("methods") or {}).get(method) or {}
+            cells = [("n", _cell(mm.get("n")))]
+            for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse"):
+                cells.append((key, _cell(mm.get(key), 2 if key == "rmse" else 3)))
+            cis = {k: mm.get(k) for k in ("srcc_ci", "plcc_ci")}
+            agg = (m.get("aggregate") or {}).get(method)
+            stds = {k: (agg.get(k) or {}).get("std") for k in ("srcc", "krcc", "plcc", "plcc_raw", "rmse")} if agg else None
+            methods.append({"name": method, "cells": cells, "cis": cis, "note": mm.get("note"), "stds": stds})
+        rows.append({"dataset": m.get("dataset"), "n": _cell(m.get("n")), "invalid": _cell(m.get("invalid")),
+                     "level_accuracy": _cell(level.get("accuracy")), "level_invalid": _cell(level.get("invalid")),
+                     "methods": methods})
+    return rows
+
+
+def _stat(metrics: dict | None, method: str | None, key: str) -> tuple:
+    """(value, std over folds or None) of a metric of a metrics.json: the mean and std of an aggregate
+    over folds, else the single value. method None: top-level `invalid` / level accuracy."""
+    if not metrics:
+        return None, None
+    agg = metrics.get("aggregate")
+    if method is None:
+        if key == "invalid":
+            return metrics.get("invalid"), None
+        value = (metrics.get("level") or {}).get("accuracy")
+        return value, ((agg or {}).get("level_accuracy") or {}).get("std") if agg else None
+    mm = (metrics.get("methods") or {}).get(method) or {}
+    if agg:
+        a = (agg.get(method) or {}).get(key) or {}
+        return a.get("mean", mm.get(key)), a.get("std")
+    return mm.get(key), None
+
+
+def summary_table(entries: list[tuple[str, str, dict | None]]) -> pd.DataFrame:
+    """Long form of the cross-experiment summary: one row per (experiment, test dataset) with the folds
+    count (empty for a single held-out fold), SRCC / PLCC of both methods (mean and std over folds
+    for `folds: all` experiments), the invalid count and the level accuracy."""
+    rows = []
+    for experiment, dataset, m in entries:
+        row = {"experiment": experiment, "dataset": dataset, "folds": (m or {}).get("folds")}
+        for method in ("prob", "text"):
+            for key in ("srcc", "plcc"):
+                row[f"{method}_{key}"], row[f"{method}_{key}_std"] = _stat(m, method, key)
+        row["invalid"] = _stat(m, None, "invalid")[0]
+        row["level_accuracy"], row["level_accuracy_std"] = _stat(m, None, "level")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["folds"] = pd.to_numeric(df["folds"], errors="coerce").astype("Int64")
+        df["invalid"] = pd.to_numeric(df["invalid"], errors="coerce").astype("Int64")
+    return df
+
+
+def write_summary(df: pd.DataFrame, csv_path: Path) -> None:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv_path, index=False, float_format="%.6g")
+
+    def pm(v, sd):
+        if v is None or pd.isna(v):
+            return "n/a"
+        return f"{v:.3f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.3f}")
+
+    lines = ["| experiment | dataset | folds | prob SRCC | prob PLCC | text SRCC | text PLCC | invalid | level acc |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in df.to_dict("records"):
+        folds = "holdout" if pd.isna(r["folds"]) else str(r["folds"])
+        cells = [pm(r[f"{m}_{k}"], r[f"{m}_{k}_std"]) for m in ("prob", "text") for k in ("srcc", "plcc")]
+        invalid = "n/a" if pd.isna(r["invalid"]) else str(r["invalid"])
+        lines.append(f"| {r['experiment']} | {r['dataset']} | {folds} | {' | '.join(cells)} | {invalid} | "
+                     f"{pm(r['level_accuracy'], r['level_accuracy_std'])} |")
+    csv_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def summary_view(df: pd.DataFrame) -> dict:
+    """The summary as a matrix for the page: rows = experiments, columns = test datasets."""
+    datasets = list(dict.fromkeys(df["dataset"])) if not df.empty else []
+    rows = []
+    for experiment in (dict.fromkeys(df["experiment"]) if not df.empty else []):
+        sub = df[df["experiment"] == experiment].set_index("dataset")
+        cells = []
+        for d in datasets:
+            if d not in sub.index:
+                cells.append(None)
+                continue
+            r = sub.loc[d]
+            cell = {"dataset": d, "invalid": _cell(None if pd.isna(r["invalid"]) else int(r["invalid"]))}
+            for m in ("prob", "text"):
+                for k in ("srcc", "plcc"):
+                    v, sd = r[f"{m}_{k}"], r[f"{m}_{k}_std"]
+                    cell[f"{m}_{k}"] = _cell(None if v is None or pd.isna(v) else float(v))
+                    cell[f"{m}_{k}_std"] = _cell(None if sd is None or pd.isna(sd) else float(sd))
+            cells.append(cell)
+        folds = sub["folds"].dropna()
+        rows.append({"experiment": experiment, "folds": int(folds.iloc[0]) if len(folds) else None, "cells": cells})
+    return {"datasets": datasets, "rows": rows}
+
+
+FOLD_COLUMNS = (("videos", None, "n"), ("invalid", None, "invalid"), ("prob SRCC", "prob", "srcc"),
+                ("prob PLCC", "prob", "plcc"), ("prob KRCC", "prob", "krcc"), ("prob RMSE", "prob", "rmse"),
+                ("text SRCC", "text", "srcc"), ("text PLCC", "text", "plcc"), ("level accuracy", None, "level"))
+
+
+def fold_rows(metrics: dict) -> list[dict]:
+    """Rows of a dataset's fold table: each fold, then mean / std / median (from the aggregate)."""
+    agg = metrics["aggregate"]
+    rows = []
+    for f in metrics.get("fold_metrics") or []:
+        cells = []
+        for title, method, key in FOLD_COLUMNS:
+            if method:
+                v = (f["methods"].get(method) or {}).get(key)
+            elif key == "level":
+                v = (f.get("level") or {}).get("accuracy")
+            else:
+                v = f.get(key)
+            cells.append({"col": f"{method}.{key}" if method else key,
+                          **_cell(v, 2 if key == "rmse" else 3)})
+        rows.append({"fold": str(f["fold"]), "cells": cells})
+    for stat in FOLD_STATS:
+        cells = []
+        for title, method, key in FOLD_COLUMNS:
+            a = agg[method][key] if method else agg["level_accuracy" if key == "level" else key]
+            cells.append({"col": f"{method}.{key}" if method else key,
+                          **_cell(a.get(stat), 2 if key == "rmse" else 3)})
+        rows.append({"fold": stat, "cells": cells})
+    return rows
+
+
+TEMPLATE_PATH = DATA_DIR / "report.html.j2"  # package data (pyproject package-data)
+
+
+def render_html(**context) -> str:
+    """The page: the Jinja2 template `pipeline/data/report.html.j2` rendered with HTML autoescaping."""
+    return Environment(autoescape=True).from_string(TEMPLATE_PATH.read_text(encoding="utf-8")).render(**context)
+
+
+def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
+    """Model ids / sources per role: from the model folder's lmmvqa.json, else from the config."""
+    out = {}
+    for role in ("vision", "motion", "llm"):
+        spec = None
+        if isinstance(model_cfg, dict):
+            spec = model_cfg.get(role) or model_cfg.get(f"{role}_spec")
+        if spec is None:
+            spec = model_spec(cfg, role)
+            spec = {"source": spec.get("source"), "from": "config"}
+        if isinstance(spec, dict):
+            src = spec.get("source")
+            spec = (src if src else f"random init ({cfg['models']['preset']} preset)") + \
+                (" [config]" if spec.get("from") == "config" else "")
+        out[role] = str(spec)
+    return out
+
+
+def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
+                 config_path: str | None = None) -> Path:
+    out = Path(out)
+    plots_dir = out.parent / "plots"
+    names = experiments or list(cfg["experiments"])
+    exps, models, feature_datasets, summary_entries = [], [], [], []
+    for name in names:
+        exp_cfg = require_experiment(cfg, name)
+        folds = experiment_folds(cfg, name)
+        metrics_list, missing, datasets, fold_tables = [], [], [], []
+        for dataset in experiment_test_datasets(cfg, name):
+            if dataset not in feature_datasets:
+                feature_datasets.append(dataset)
+            metrics = _read_json(paths.metrics(name, dataset))
+            summary_entries.append((name, dataset, metrics))
+            if metrics is None:
+                missing.append(str(paths.metrics(name, dataset)))
+            else:
+                metrics.setdefault("experiment", name)
+                metrics.setdefault("dataset", dataset)
+                metrics_list.append(metrics)
+                if metrics.get("fold_metrics") and metrics.get("aggregate"):
+                    fold_tables.append({"dataset": dataset, "k": metrics.get("folds"), "rows": fold_rows(metrics)})
+            pred = _read_csv(paths.predictions(name, dataset))
+            entry = {"name": dataset, "predictions": str(paths.predictions(name, dataset)), "scatter": None,
+                     "confusion": None, "invalid_examples": [], "invalid_count": 0,
+                     "n": (metrics or {}).get("n")}
+            stem = f"{name}--{dataset}"
+            if pred is not None and len(pred):
+                entry["scatter"] = _png(scatter_plot(pred, metrics, f"{name} \u2192 {dataset}: prediction vs MOS"),
+                                        plots_dir / f"{stem}--scatter.png")
+                if "invalid" in pred:
+                    bad = pred[invalid_flags(pred)]
+                    entry["invalid_count"] = int(len(bad))
+                    entry["invalid_examples"] = [{"id": r["id"], "text": "" if pd.isna(r.get("text")) else str(r["text"])[:200]}
+                                                 for _, r in bad.head(5).iterrows()]
+            if metrics and metrics.get("level"):
+                entry["confusion"] = _png(confusion_plot(metrics["level"], f"{name} \u2192 {dataset}: level"),
+                                          plots_dir / f"{stem}--confusion.png")
+            datasets.append(entry)
+        table = experiment_table(metrics_list)
+        table_csv = None
+        if not table.empty:
+            table_csv, _ = write_table(table, paths.experiment_table(name))
+        loss = None
+        if folds is None:
+            log_path = paths.train_log(name)
+            log = _read_csv(log_path)
+            if log is not None and len(log) and {"step", "loss"} <= set(log.columns):
+                loss = _png(loss_figure(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
+        else:
+            log_path = paths.train_log(name, "{fold}")
+            logs = {f: _read_csv(paths.train_log(name, f)) for f in folds}
+            logs = {f: lg for f, lg in logs.items() if lg is not None and len(lg) and {"step", "loss"} <= set(lg.columns)}
+            if logs:
+                loss = _png(fold_loss_figure(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
+        exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
+                     "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
+                     "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables})
+        for fold in folds if folds is not None else [None]:
+            model_cfg = _read_json(paths.model_dir(name, fold) / "lmmvqa.json")
+            models.append({"experiment": name if fold is None else f"{name} fold {fold}",
+                           "dir": str(paths.model_dir(name, fold)),
+                           "config": json.dumps(model_cfg, indent=2, sort_keys=True) if model_cfg else None,
+                           "sources": _model_sources(model_cfg, cfg)})
+    summary = summary_table(summary_entries)
+    summary_csv = None
+    if not summary.empty and experiments is None:  # the whole config's summary, not a --experiment subset
+        summary_csv = paths.summary_table()
+        write_summary(summary, summary_csv)
+    provenance = {
+        "config_path": str(config_path) if config_path else "(in memory)",
+        "config_yaml": yaml.safe_dump(cfg, sort_keys=True),
+        "git": _git_commit(),
+        "preset": cfg["models"]["preset"],
+        "code_versions": {stage: code_version(stage) for stage in STAGES},
+        "models": models,
+        "features": [_store_info(cfg, d) for d in feature_datasets],
+    }
+    html = render_html(
+        experiments=exps, provenance=provenance, fold_columns=FOLD_COLUMNS,
+        summary={**summary_view(summary), "csv": str(summary_csv or paths.summary_table())},
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    atomic.write_text(out, html)
+    return out
+
+
+__all__ = ["build_report", "configure_parser", "main", "metrics_rows", "scatter_plot", "confusion_plot",
+           "experiment_test_datasets"]

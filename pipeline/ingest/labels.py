@@ -1,0 +1,275 @@
+"""Label-file readers: one function per dataset format, all returning the same table.
+
+`read_labels(fmt, label_files, mos_scale=None) -> DataFrame` with columns
+
+    id        video id (string): KoNViD flickr id, LSVQ name as written (`yfcc-batch1/747`), else the
+              name without its video extension (`A001.mp4` -> `A001`)
+    path      file path relative to the videos folder: KoNViD and LSVQ always `<id>.mp4` (LSVQ names such
+              as `ia-batch12/xmas.flv` are stored as `xmas.flv.mp4`); others the name, plus `.mp4` when
+              it has no video extension
+    row       1-based data row number in its label file (the header is row 0)
+    mos_raw   MOS as written in the label file (float; NaN for the unlabeled `folder` format)
+    mos       MOS on 0-100 (1-5 scales x 20)
+    split     LSVQ: `train` / `test` / `test_1080p` (from `is_test` and the file name); generic with a
+              `split` column: its value (a fixed train/test assignment); others `kfold`
+    group     generic with a `group` column: its value (content group, e.g. the source clip a variant
+              was made from; k-fold keeps a group in one fold), else '' (no group)
+    label_file  the label file the row came from (several files are concatenated in order)
+
+Formats (`FORMATS`): konvid (`flickr_id`, `mos` 1-5), lsvq (`name`, `mos` 0-100, many other
+columns, `is_test` where present), youtube_ugc (`name`, `mos` 1-5), live_vqc (`name`, `mos` 0-100),
+live_gaming (`name` without extension, `mos` 0-100), generic (`name`, `mos`, extra columns allowed;
+0-100 unless `mos_scale="1-5"`; optional `group` and `split` columns, see above) and folder (the "label file" is a folder of videos: every video file
+in it, recursively, with an empty MOS; for scoring only).
+
+Every problem a user can fix raises `UserError` with one line naming the file, the row and what is
+wrong; nothing is returned until every row of every file has been checked.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.errors import UserError
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
+                    ".m2ts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m")
+SCALES = {"0-100": (0.0, 100.0, 1.0), "1-5": (1.0, 5.0, 20.0)}  # name -> (low, high, factor to 0-100)
+COLUMNS = ["id", "path", "row", "mos_raw", "mos", "split", "group", "label_file"]
+# split names a `split` column may not use: `all` is the selector of every split, `kfold` marks k-fold rows
+RESERVED_SPLITS = ("all", "kfold")
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Format:
+    id_column: str
+    mos_column: str | None
+    scale: str
+
+
+FORMATS: dict[str, Format] = {
+    "konvid": Format("flickr_id", "mos", "1-5"),
+    "lsvq": Format("name", "mos", "0-100"),
+    "youtube_ugc": Format("name", "mos", "1-5"),
+    "live_vqc": Format("name", "mos", "0-100"),
+    "live_gaming": Format("name", "mos", "0-100"),
+    "generic": Format("name", "mos", "0-100"),
+    "folder": Format("", None, "0-100"),
+}
+
+
+def is_video_file(name: str) -> bool:
+    return Path(name).suffix.lower() in VIDEO_EXTENSIONS and not Path(name).name.startswith(".")
+
+
+def split_from_filename(path) -> str:
+    """Official split name a label file stands for (LSVQ conventions): test_1080p, test, train or all."""
+    low = Path(str(path)).name.lower()
+    if "1080p" in low:
+        return "test_1080p"
+    if "test" in low:
+        return "test"
+    if "train" in low:
+        return "train"
+    return "all"
+
+
+def check_relative(name: str, where: str) -> str:
+    """The label's path as a clean relative POSIX path; UserError if absolute or escaping with `..`."""
+    if re.match(r"^([A-Za-z]:)?[\\/]", name) or name.startswith("~"):
+        raise UserError(f"{where}: video path '{name}' is absolute; label paths must be relative to the videos folder")
+    parts = re.split(r"[\\/]+", name)
+    if ".." in parts:
+        raise UserError(f"{where}: video path '{name}' escapes the videos folder with '..'")
+    parts = [p for p in parts if p not in ("", ".")]
+    if not parts:
+        raise UserError(f"{where}: empty video name")
+    return "/".join(parts)
+
+
+def id_and_path(name: str, where: str) -> tuple[str, str]:
+    """(id, path) from a label's name: the id drops a video extension, the path adds `.mp4` if none."""
+    rel = check_relative(name, where)
+    suffix = PurePosixPath(rel).suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return rel[: -len(suffix)], rel
+    return rel, rel + ".mp4"
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise UserError(f"label file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a label file (use --format folder for a folder of videos)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: empty label file (no header, no rows)") from None
+    except pd.errors.ParserError as exc:
+        msg = " ".join(str(exc).split())
+        raise UserError(f"{path}: not a readable CSV file: {msg}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text CSV file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the label file: {exc.strerror or exc}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if len(df) == 0:
+        raise UserError(f"{path}: empty label file (a header but no data rows)")
+    return df
+
+
+def _column(df: pd.DataFrame, name: str, path: Path) -> pd.Series:
+    lower = {c.lower(): c for c in df.columns}
+    if name.lower() not in lower:
+        cols = ", ".join(df.columns[:12]) + (", ..." if len(df.columns) > 12 else "")
+        raise UserError(f"{path}: missing label column '{name}' (columns: {cols})")
+    return df[lower[name.lower()]].astype(str).str.strip()
+
+
+def _mos(raw: pd.Series, path: Path, column: str, scale: str) -> tuple[np.ndarray, np.ndarray]:
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        i = int(bad[0])
+        text = raw.iloc[i]
+        what = "is empty" if text == "" else (f"is '{text}', not a number" if np.isnan(values[i]) else f"is '{text}'")
+        raise UserError(f"{path}: row {i + 1}: MOS (column '{column}') {what}")
+    lo, hi, factor = SCALES[scale]
+    out = np.flatnonzero((values < lo) | (values > hi))
+    if len(out):
+        i = int(out[0])
+        raise UserError(f"{path}: row {i + 1}: MOS (column '{column}') {raw.iloc[i]} is outside the {scale} scale "
+                        f"[{lo:g}, {hi:g}] (set mos_scale / --mos-scale if the scale is different)")
+    return values, np.round(values * factor, 6)
+
+
+def _lsvq_split(df: pd.DataFrame, path: Path) -> list[str]:
+    from_name = split_from_filename(path)
+    if from_name == "test_1080p":
+        return ["test_1080p"] * len(df)
+    lower = {c.lower(): c for c in df.columns}
+    if "is_test" in lower:
+        out = []
+        for i, v in enumerate(df[lower["is_test"]].astype(str).str.strip().str.lower()):
+            if v in ("true", "1", "1.0", "yes"):
+                out.append("test")
+            elif v in ("false", "0", "0.0", "no"):
+                out.append("train")
+            else:
+                raise UserError(f"{path}: row {i + 1}: column 'is_test' is '{v}', expected True or False")
+        return out
+    return [from_name if from_name != "all" else "train"] * len(df)
+
+
+def read_label_file(fmt: str, path, mos_scale: str | None = None) -> pd.DataFrame:
+    """One label file of a format -> the common table (see the module docstring)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown label format '{fmt}' (one of: {', '.join(FORMATS)})")
+    if mos_scale is not None and mos_scale not in SCALES:
+        raise UserError(f"unknown MOS scale '{mos_scale}' (one of: {', '.join(SCALES)})")
+    path = Path(path)
+    if fmt == "folder":
+        return read_folder(path)
+    spec = FORMATS[fmt]
+    df = _read_csv(path)
+    names = _column(df, spec.id_column, path)
+    raw = _column(df, spec.mos_column, path)
+    ids, rels = [], []
+    for i, name in enumerate(names):
+        where = f"{path}: row {i + 1}"
+        if fmt in ("konvid", "lsvq"):  # the file is always `<name>.mp4` (LSVQ has names like `x.mov`)
+            ident = check_relative(name.strip("\"'"), where)
+            rel = ident + ".mp4"
+        else:
+            ident, rel = id_and_path(name, where)
+        ids.append(ident)
+        rels.append(rel)
+    scale = mos_scale or spec.scale
+    mos_raw, mos = _mos(raw, path, spec.mos_column, scale)
+    split = _lsvq_split(df, path) if fmt == "lsvq" else ["kfold"] * len(df)
+    group = [""] * len(df)
+    if fmt == "generic":
+        lower = {c.lower(): c for c in df.columns}
+        if "split" in lower:
+            split = _split_column(df[lower["split"]], path)
+        if "group" in lower:
+            group = df[lower["group"]].astype(str).str.strip().tolist()
+    return pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
+                         "row": np.arange(1, len(df) + 1), "mos_raw": mos_raw, "mos": mos,
+                         "split": split, "group": pd.array(group, dtype=object), "label_file": str(path)})
+
+
+def _split_column(raw: pd.Series, path: Path) -> list[str]:
+    """Values of a generic label file's `split` column: split names usable in experiment selectors."""
+    out = []
+    for i, v in enumerate(raw.astype(str).str.strip()):
+        if v == "":
+            raise UserError(f"{path}: row {i + 1}: column 'split' is empty (a split name such as train or test)")
+        if not SPLIT_NAME.match(v):
+            raise UserError(f"{path}: row {i + 1}: column 'split' is '{v}'; split names use letters, digits and _ only")
+        if v.lower() in RESERVED_SPLITS:
+            raise UserError(f"{path}: row {i + 1}: column 'split' is '{v}', a reserved name "
+                            f"({', '.join(RESERVED_SPLITS)}); use e.g. train / test")
+        out.append(v)
+    return out
+
+
+def read_folder(folder) -> pd.DataFrame:
+    """Every video file under a folder (recursively, sorted), unlabeled: mos NaN, split `all`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"videos folder not found: {folder}")
+    rels = scan_videos(folder)
+    if not rels:
+        raise UserError(f"{folder}: no video files ({', '.join(VIDEO_EXTENSIONS[:5])}, ...) in the folder")
+    ids = [id_and_path(r, str(folder))[0] for r in rels]
+    return pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
+                         "row": np.arange(1, len(rels) + 1), "mos_raw": np.nan, "mos": np.nan,
+                         "split": "all", "group": "", "label_file": str(folder)})
+
+
+def scan_videos(folder) -> list[str]:
+    """Relative POSIX paths of the video files under a folder (hidden files and folders skipped), sorted."""
+    folder = Path(folder)
+    out = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel_root = Path(root).relative_to(folder)
+        for f in files:
+            if is_video_file(f):
+                out.append((rel_root / f).as_posix())
+    return sorted(out)
+
+
+def read_labels(fmt: str, label_files, mos_scale: str | None = None) -> pd.DataFrame:
+    """Read and concatenate label files of one format; ids must be unique over all of them."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown label format '{fmt}' (one of: {', '.join(FORMATS)})")
+    if isinstance(label_files, (str, os.PathLike)):
+        label_files = [label_files]
+    label_files = list(label_files)
+    if not label_files:
+        raise UserError("no label file given")
+    parts = [read_label_file(fmt, f, mos_scale) for f in label_files]
+    df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    _check_unique(df, "id", "id")
+    _check_unique(df, "path", "video path")
+    return df[COLUMNS]
+
+
+def _check_unique(df: pd.DataFrame, column: str, what: str) -> None:
+    dup = df[column].duplicated(keep=False)
+    if not dup.any():
+        return
+    value = df.loc[dup, column].iloc[0]
+    rows = df.index[df[column] == value]
+    first, second = df.loc[rows[0]], df.loc[rows[1]]
+    other = "" if first["label_file"] == second["label_file"] else f" of {first['label_file']}"
+    raise UserError(f"{second['label_file']}: row {second['row']}: duplicate {what} '{value}' "
+                    f"(already at row {first['row']}{other})")

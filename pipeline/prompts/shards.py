@@ -1,0 +1,197 @@
+"""Q&A prompt shards: every video of a dataset becomes a *score* and a *level* instruction sample.
+
+`lmmvqa prompts --config C --dataset D --manifest M --out-dir DIR` writes one JSONL file per part
+(`fold<k>` for k-fold datasets, the official split name otherwise) into DIR, see docs/DESIGN.md:
+one JSON object per line with `id, dataset, part, type, template, question, answer, mos, level`.
+
+* The question is a template of the bank (`pipeline/data/templates.yaml`, or `prompts.templates`),
+  chosen deterministically per (video id, seed, question type) by a hash — stable when videos are
+  added or removed, independent of row order and of the Python hash seed.
+* Score answers are the MOS on 0-100 as text with three decimals (`"63.215"`); level answers are
+  the manifest's `level` column (the dataset's 33rd / 66th MOS percentiles), recomputed the same
+  way only when a manifest lacks the column.
+* The folder is written into a temporary sibling and renamed into place, so a reader never sees
+  half a set of shards.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import yaml
+
+from pipeline import DATA_DIR
+from pipeline.cli_args import add_config_arg
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.core.levels import LEVELS
+from pipeline.core.levels import levels as manifest_levels
+from pipeline.ingest.manifest import read_manifest
+from pipeline.prompts.experiments import official_split_names, part_of_row
+
+BANK_PATH = DATA_DIR / "templates.yaml"
+QUESTION_TYPES = ("score", "level")
+FIELDS = ("id", "dataset", "part", "type", "template", "question", "answer", "mos", "level")
+
+
+@lru_cache(maxsize=8)
+def _load_bank(path: str) -> dict[str, tuple[str, ...]]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"template bank not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    bank = {}
+    for qtype in QUESTION_TYPES:
+        items = data.get(qtype)
+        if not isinstance(items, list) or not items or not all(isinstance(t, str) and t.strip() for t in items):
+            raise UserError(f"{p}: '{qtype}' must be a non-empty list of template strings")
+        bank[qtype] = tuple(" ".join(t.split()) for t in items)
+    return bank
+
+
+def load_templates(path: str | Path | None = None) -> dict[str, tuple[str, ...]]:
+    """{'score': (...), 'level': (...)} from a YAML bank (None = the bank shipped in the package)."""
+    return _load_bank(str(path or BANK_PATH))
+
+
+def template_index(video_id: str, seed: int, qtype: str, n_templates: int, k: int = 0) -> int:
+    """Deterministic template choice for a video; `k` > 0 gives the k-th alternative (for asking
+    with several templates at evaluation time)."""
+    digest = hashlib.sha256(f"{int(seed)}\x1f{qtype}\x1f{video_id}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") + int(k)) % n_templates
+
+
+def question_for(video_id: str, qtype: str, seed: int = 0, bank: dict | None = None, k: int = 0) -> tuple[int, str]:
+    """(template index, question text) of a video's `qtype` question."""
+    bank = bank or load_templates()
+    idx = template_index(video_id, seed, qtype, len(bank[qtype]), k)
+    return idx, bank[qtype][idx]
+
+
+def score_answer(mos: float) -> str:
+    return f"{float(mos):.3f}"
+
+
+def levels_from_mos(mos: pd.Series) -> pd.Series:
+    """good / fair / poor by the dataset's 33rd / 66th percentiles: the manifest's rule
+    (levels.levels), for manifests written without a level column."""
+    return pd.Series(manifest_levels(mos), index=mos.index)
+
+
+def part_names(cfg: dict, dataset: str, manifest: pd.DataFrame) -> list[str]:
+    """Every part of a dataset: all k folds for k-fold datasets (empty ones included), else the split names."""
+    ds = cfg["datasets"][dataset]
+    present = sorted(set(manifest.apply(part_of_row, axis=1))) if len(manifest) else []
+    if ds["split"]["scheme"] == "kfold" and (not present or all(p.startswith("fold") for p in present)):
+        return sorted(set(present) | {f"fold{f}" for f in range(ds["split"]["k"])}, key=_part_key)
+    return sorted(set(present) | set(official_split_names(ds)) - {"all"} if present else official_split_names(ds))
+
+
+def _part_key(name: str):
+    return (0, int(name[4:])) if name.startswith("fold") and name[4:].isdigit() else (1, name)
+
+
+def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
+                  questions: Iterable[str] = QUESTION_TYPES, bank: dict | None = None) -> list[dict]:
+    """The Q&A samples of a manifest, in manifest row order (score then level per video)."""
+    bank = bank or load_templates()
+    questions = [q for q in QUESTION_TYPES if q in set(questions)]
+    if not len(manifest):
+        return []
+    df = manifest.copy()
+    for col in ("id", "mos"):
+        if col not in df.columns:
+            raise UserError(f"manifest of '{dataset}' has no '{col}' column")
+    df["mos"] = pd.to_numeric(df["mos"], errors="raise").astype(float)
+    if "level" not in df.columns or (df["level"].astype(str) == "").any():
+        df["level"] = levels_from_mos(df["mos"])
+    bad = df[~df["level"].isin(LEVELS)]
+    if len(bad):
+        raise UserError(f"manifest of '{dataset}': level '{bad['level'].iloc[0]}' of video {bad['id'].iloc[0]} "
+                        f"is not one of {', '.join(LEVELS)}")
+    df["part"] = df.apply(part_of_row, axis=1)
+    samples = []
+    for row in df.itertuples(index=False):
+        vid = str(row.id)
+        for qtype in questions:
+            idx, question = question_for(vid, qtype, seed, bank)
+            answer = score_answer(row.mos) if qtype == "score" else str(row.level)
+            samples.append({"id": vid, "dataset": dataset, "part": row.part, "type": qtype, "template": idx,
+                            "question": question, "answer": answer, "mos": round(float(row.mos), 6),
+                            "level": str(row.level)})
+    return samples
+
+
+def write_shards(samples: list[dict], parts: list[str], out_dir: str | Path) -> dict[str, int]:
+    """Write `<part>.jsonl` for every part (atomically, the whole folder). Returns part -> sample count."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    by_part: dict[str, list[dict]] = {p: [] for p in parts}
+    for s in samples:
+        by_part.setdefault(s["part"], []).append(s)
+    for part, rows in by_part.items():
+        with open(tmp / f"{part}.jsonl", "w") as f:
+            for s in rows:
+                f.write(json.dumps({k: s[k] for k in FIELDS}, ensure_ascii=False) + "\n")
+    if out_dir.exists():
+        old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return {p: len(r) for p, r in by_part.items()}
+
+
+def read_prompts(paths: Iterable[str | Path]) -> list[dict]:
+    """Samples of JSONL shards; a folder argument reads every `*.jsonl` in it (sorted)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(p.glob("*.jsonl"), key=lambda f: _part_key(f.stem)) if p.is_dir() else [p]
+        for f in files:
+            if not f.exists():
+                raise UserError(f"prompt shard not found: {f}")
+            with open(f) as fh:
+                for n, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            out.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise UserError(f"{f}:{n}: not valid JSON ({exc})") from None
+    return out
+
+
+def build_prompts(cfg: dict, dataset: str, manifest_path: str | Path, out_dir: str | Path) -> dict[str, int]:
+    if dataset not in cfg["datasets"]:
+        raise UserError(f"unknown dataset '{dataset}' (config has: {', '.join(cfg['datasets'])})")
+    manifest = read_manifest(manifest_path)
+    bank = load_templates(cfg["prompts"]["templates"])
+    samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank)
+    return write_shards(samples, part_names(cfg, dataset, manifest), out_dir)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add_config_arg(parser)
+    parser.add_argument("--dataset", required=True, help="dataset name in the config")
+    parser.add_argument("--manifest", required=True, help="the dataset's manifest CSV")
+    parser.add_argument("--out-dir", required=True, help="folder for <part>.jsonl shards (replaced atomically)")
+
+
+def main(args) -> int:
+    cfg = load_config(args.config)
+    counts = build_prompts(cfg, args.dataset, args.manifest, args.out_dir)
+    total = sum(counts.values())
+    print(f"prompts: {args.dataset}: {total} samples in {len(counts)} shards -> {args.out_dir} "
+          f"({', '.join(f'{p}={n}' for p, n in counts.items())})")
+    return 0

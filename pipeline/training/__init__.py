@@ -1,0 +1,1 @@
+"""Training the projector (+ LoRA / LLM) from cached features and prompt shards."""

@@ -1,0 +1,120 @@
+"""Training inputs: an experiment's samples and feature stores, the validation split, the per-epoch
+batch order and the DataLoader pieces (dataset, collate function), and the tokenizer to train with.
+
+* Samples: the prompt shards of the experiment's train selectors (`paths.prompt_part`) whose videos
+  have features in the dataset's stores (`experiments.dataset_features`); the others are skipped and
+  counted per dataset. A video selected twice (overlapping selectors) trains once.
+* Validation: a seeded `training.val_fraction` of the training *videos* (both their questions),
+  never the test fold.
+* Order: a seeded permutation per epoch, padded to a multiple of the world size, strided across
+  processes and cut into batches, so a resumed run can skip exactly the batches already done.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from pipeline.core import paths
+from pipeline.core.errors import UserError
+from pipeline.core.specs import model_spec
+from pipeline.features.store_reader import collate_videos, dataset_features
+from pipeline.model.tokenizer import load_tokenizer
+from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment
+from pipeline.prompts.shards import read_prompts
+
+
+class QADataset(Dataset):
+    """Samples (prompt shard rows) with their features, read lazily per item from the stores
+    (each DataLoader worker process opens its own zarr handles: FeatureStore reopens per pid)."""
+
+    def __init__(self, samples: list[dict], features: dict):
+        self.samples = samples
+        self.features = features  # dataset name -> DatasetFeatures
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        f = self.features[s["dataset"]]
+        return f.spatial(s["id"]), f.motion(s["id"]), s["question"], s["answer"]
+
+
+class Collator:
+    """Pads videos (time masks) and left-pads token sequences to the longest in the batch."""
+
+    def __init__(self, formatter):
+        self.formatter = formatter
+
+    def __call__(self, items):
+        videos = collate_videos([(s, m) for s, m, _, _ in items])
+        enc = self.formatter.batch([q for _, _, q, _ in items], [a for _, _, _, a in items])
+        return videos, enc["input_ids"], enc["attention_mask"], enc["labels"]
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This process's batches of one epoch: a seeded permutation, padded to a multiple of world
+    size, strided across processes, cut into batches (every process gets the same count)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    if world > 1 and len(perm) % world:
+        perm += perm[: world - len(perm) % world]
+    mine = perm[rank::world]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def split_validation(samples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, val): a seeded fraction of the videos (per dataset), all their samples together."""
+    if fraction <= 0:
+        return samples, []
+    keys = sorted({(s["dataset"], s["id"]) for s in samples})
+    rng = np.random.default_rng(seed)
+    n_val = int(round(fraction * len(keys)))
+    if len(keys) >= 2:
+        n_val = min(max(n_val, 1), len(keys) - 1)
+    else:
+        n_val = 0
+    val_keys = {keys[i] for i in rng.permutation(len(keys))[:n_val]}
+    train = [s for s in samples if (s["dataset"], s["id"]) not in val_keys]
+    val = [s for s in samples if (s["dataset"], s["id"]) in val_keys]
+    return train, val
+
+
+def experiment_data(cfg: dict, experiment: str) -> dict:
+    """Training samples and feature stores of an experiment (its train selectors)."""
+    exp = require_experiment(cfg, experiment)
+    samples, features, skipped, files, stores = [], {}, {}, [], {}
+    for selector in exp["train"]:
+        dataset, _ = parse_selector(selector)
+        parts = prompt_parts(cfg, selector, exp["holdout_fold"])
+        if dataset not in features:
+            features[dataset], stores[dataset] = dataset_features(cfg, dataset)
+        shard_files = [paths.prompt_part(dataset, p) for p in parts]
+        for f in shard_files:
+            if not f.exists():
+                raise UserError(f"prompt shard not found: {f} (run `lmmvqa prompts` first)")
+        rows = read_prompts(shard_files)
+        files += [str(f) for f in shard_files]
+        ok = [s for s in rows if s["id"] in features[dataset]]
+        missing = {s["id"] for s in rows if s["id"] not in features[dataset]}
+        skipped[dataset] = skipped.get(dataset, 0) + len(missing)
+        samples += ok
+    seen, unique = set(), []
+    for s in samples:  # a video selected twice (overlapping selectors) trains once
+        key = (s["dataset"], s["id"], s["type"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    return {"samples": unique, "features": features, "skipped_videos": skipped, "prompt_files": files, "stores": stores}
+
+
+def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):
+    """The LLM's own tokenizer (pretrained source), or the tiny preset's trained one (`lmmvqa tokenizer`)."""
+    spec = model_spec(cfg, "llm")
+    if spec["source"]:
+        return load_tokenizer(spec["source"])
+    tdir = Path(tokenizer_dir or paths.tokenizer_dir())
+    if not (tdir / "tokenizer.json").exists():
+        raise UserError(f"tokenizer for the random-init LLM not found in {tdir} (run `lmmvqa tokenizer` first)")
+    return load_tokenizer(tdir)

@@ -1,0 +1,113 @@
+"""The model folder's training artefacts, written next to what `LMMVQA.save_pretrained` writes
+(docs/DESIGN.md "Model folder"): `lmmvqa.json` extras (experiment, stage, validation, train summary,
+code version and the scoring settings `lmmvqa score` rebuilds inputs from), `templates.yaml` (the
+question bank trained with), `train_log.csv` (step, loss, lr, samples_per_s), `loss.png` (the
+training loss figure the report also draws, pipeline/training/plots.py) and the model card `README.md`.
+`write_model_folder` assembles them in a staging sibling and renames it into place."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipeline.core.versions import code_version
+from pipeline.prompts.shards import load_templates
+from pipeline.training.plots import loss_figure
+
+LOG_COLUMNS = ["step", "loss", "lr", "samples_per_s"]
+
+
+def write_model_folder(out: str | Path, model, cfg: dict, experiment: str, stage: int | None, data: dict,
+                       val: dict, summary: dict, log_rows: list[dict]) -> Path:
+    """The trained model + its artefacts into `out` (replaced), via a staging folder beside it."""
+    out = Path(out)
+    staging = out.with_name(f"{out.name}.staging-{os.getpid()}")
+    model.save_pretrained(staging, extra={"experiment": experiment, "stage": stage or "final", "validation": val,
+                                          "train_summary": summary, "code_version": code_version("train"),
+                                          **scoring_settings(cfg)})
+    (staging / "templates.yaml").write_text(yaml.safe_dump(
+        {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"]).items()}, sort_keys=False, width=200))
+    write_log(log_rows, staging / "train_log.csv")
+    plot_loss(log_rows, staging / "loss.png", f"{experiment}: training loss")
+    (staging / "README.md").write_text(model_card(experiment, cfg, model, data, val, summary))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out
+
+
+def scoring_settings(cfg: dict) -> dict:
+    """What `lmmvqa score` needs to rebuild this model's inputs from a video: the feature extraction
+    settings (models, sampling, store dtypes) and the prompt/evaluation settings."""
+    return {"extraction": {k: cfg[k] for k in ("models", "sampling", "features")},
+            "prompts_seed": cfg["prompts"]["seed"], "evaluation": cfg["evaluation"]}
+
+
+def write_log(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in w.fieldnames})
+
+
+def plot_loss(rows: list[dict], path: Path, title: str) -> None:
+    """loss.png of the log rows (the report's loss figure)."""
+    loss_figure(pd.DataFrame(rows, columns=LOG_COLUMNS), title).savefig(path)
+
+
+def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary: dict) -> str:
+    """README.md of a model folder: data, model, training and validation in a page."""
+    tr = cfg["training"]
+    lines = [
+        f"# LMM-VQA model `{experiment}`", "",
+        "Video quality assessment as question answering: pooled CLIP key-frame tokens + one SlowFast motion "
+        "token through the spatiotemporal projector replace the `<video>` token of the prompt; the LLM answers "
+        "the quality score (0-100, three decimals) or level (good / fair / poor).", "",
+        "## Data", "",
+        f"- train selectors: {', '.join(cfg['experiments'][experiment]['train'])} "
+        f"(holdout fold {cfg['experiments'][experiment]['holdout_fold']} never used)",
+        f"- training samples: {summary['n_train']} ({summary['n_train_videos']} videos); validation: "
+        f"{summary['n_val']} samples ({val.get('n_videos', 0)} videos, seeded {tr['val_fraction']:g} of the training videos)",
+        f"- videos without features (skipped): {sum(data['skipped_videos'].values())} "
+        f"{json.dumps(data['skipped_videos'])}",
+        f"- prompt shards: {', '.join(data['prompt_files'])}",
+        f"- feature stores: {', '.join(s for v in data['stores'].values() for s in v)}", "",
+        "## Model", "",
+        f"- LLM: {model.config['llm']['source'] or 'random init (' + cfg['models']['preset'] + ' preset)'}; "
+        f"width {model.config['llm_width']}; LLM weights saved: {' + '.join(model.weight_parts()) or 'none (reloaded from the source)'}; "
+        f"dtype {model.config.get('dtype')}",
+        f"- vision width {model.config['vision_width']}, {model.config['vision_tokens']} tokens per key frame, "
+        f"motion dim {model.config['motion_dim']}, pooling {model.config['pooling']} -> "
+        f"{model.config['vision_tokens'] + 1} visual tokens",
+        f"- trainable parameters: {summary['trainable']:,} of {summary['total']:,} "
+        f"(train_llm={model.config['train_llm']}, LoRA={'yes' if model.config.get('lora') else 'no'})",
+        *([f"- continued from `{model.config['init_from']['path']}` (experiment "
+           f"{model.config['init_from'].get('experiment')}): its projector and LLM weights are the starting point"]
+          if model.config.get("init_from") else []), "",
+        "## Training", "",
+        f"- {summary['steps']} optimizer steps ({summary['epochs']:.2f} epochs), batch {tr['batch_size']} x accum "
+        f"{tr['grad_accum']} x {summary['world_size']} process(es), lr {tr['lr']:g} (LLM {tr['llm_lr'] or tr['lr']:g}), "
+        f"warmup {tr['warmup_ratio']:g} + cosine, weight decay {tr['weight_decay']:g}, clip {tr['max_grad_norm']:g}, "
+        f"seed {tr['seed']}, dtype {summary['dtype']}, device {summary['device']}",
+        f"- final loss (mean of the last 10 steps): {summary['final_loss']:.4f}; wall time {summary['seconds']:.0f} s, "
+        f"{summary['samples_per_s']:.1f} samples/s", "",
+        "## Validation (greedy answers)", "",
+        f"- score answers: SRCC {_fmt(val.get('srcc'))}, PLCC (raw) {_fmt(val.get('plcc_raw'))}, "
+        f"valid {val.get('score_valid', 0)}, invalid {val.get('score_invalid', 0)}",
+        f"- level accuracy: {_fmt(val.get('level_accuracy'))}", "",
+        "Files: `lmmvqa.json`, `projector.safetensors`, `llm/` or `adapter/`, `tokenizer/`, `train_log.csv`, `loss.png`. "
+        "Load with `pipeline.model.lmm.LMMVQA.from_pretrained(folder, device=...)`.",
+    ]
+    if val.get("note"):
+        lines.append(f"\nNote: {val['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

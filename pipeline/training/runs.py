@@ -1,0 +1,94 @@
+"""Training runs of an experiment: its training settings (top-level `training` + the experiment's
+overrides), its optional stage 1, and the model a run continues from (`init_from` / stage 1).
+
+    experiments:
+      lsvq:                                  # one experiment, two rules (train_stage1, train)
+        train: [LSVQ:train]
+        test: [LSVQ:test, KoNViD:all]
+        stage1: {lr: 1.0e-3, epochs: 1}      # stage 1: LoRA off + these overrides -> results/models/lsvq.stage1
+        training: {lora: {enabled: true}, lr: 2.0e-5}   # stage 2 continues from stage 1 -> results/models/lsvq
+      lsvq-lora:                             # or: a second experiment continuing from another one's model
+        train: [LSVQ:train]
+        test: [LSVQ:test]
+        init_from: lsvq-proj
+        training: {lora: {enabled: true}}
+
+No torch here: the Snakefile imports this module to build the DAG.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+
+from pipeline.core import paths
+from pipeline.core.config import deep_merge, schema
+from pipeline.core.errors import UserError
+from pipeline.prompts.experiments import require_experiment
+
+STAGE1_SUFFIX = ".stage1"
+
+
+def run_name(experiment: str, stage: int | None = None) -> str:
+    """Name of a training run's model folder and checkpoints: the experiment, or `<experiment>.stage1`
+    for stage 1 of a two-stage experiment (experiment names hold no dot, so the two never clash)."""
+    return experiment + STAGE1_SUFFIX if stage == 1 else experiment
+
+
+def experiment_training(cfg: dict, experiment: str, stage: int | None = None) -> dict:
+    """The training settings of an experiment's run: the top-level `training`, then the experiment's
+    `training` overrides; for its stage 1 (`stage=1`) then `lora.enabled: false` and the `stage1`
+    overrides. Nested objects (lora) merge key by key; the result is checked against the schema."""
+    exp = require_experiment(cfg, experiment)
+    tr = deep_merge(cfg["training"], exp.get("training") or {})
+    where = f"experiments.{experiment}.training"
+    if stage == 1:
+        if exp.get("stage1") is None:
+            raise UserError(f"experiment '{experiment}' has no stage 1 (set experiments.{experiment}.stage1)")
+        tr = deep_merge(deep_merge(tr, {"lora": {"enabled": False}}), exp["stage1"])
+        where = f"experiments.{experiment}.stage1"
+    errors = sorted(Draft202012Validator(schema()["properties"]["training"]).iter_errors(tr),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        key = ".".join([where, *map(str, errors[0].absolute_path)])
+        raise UserError(f"config error at '{key}': {errors[0].message} (see the `training` keys in "
+                        "pipeline/core/config.schema.yaml)")
+    return tr
+
+
+def init_model_dir(cfg: dict, experiment: str, stage: int | None = None) -> Path | None:
+    """The model folder a run continues from: none for stage 1; `<experiment>.stage1` for the second
+    stage of a two-stage experiment; the `init_from` experiment's model; else none."""
+    exp = cfg["experiments"][experiment]
+    if stage == 1:
+        return None
+    if exp.get("stage1") is not None:
+        return paths.model_dir(run_name(experiment, 1))
+    if exp.get("init_from"):
+        return paths.model_dir(exp["init_from"])
+    return None
+
+
+def init_inputs(cfg: dict, experiment: str) -> dict[str, str]:
+    """{"init": model folder} of a run that continues from one (a Snakemake input), else {}."""
+    init = init_model_dir(cfg, experiment)
+    return {"init": str(init)} if init is not None else {}
+
+
+def check_experiments(cfg: dict) -> None:
+    """Every experiment's training settings (both stages) and `init_from` chain, checked up front."""
+    exps = cfg["experiments"]
+    for name, exp in exps.items():
+        experiment_training(cfg, name)
+        if exp.get("stage1") is not None:
+            experiment_training(cfg, name, 1)
+            if exp.get("init_from"):
+                raise UserError(f"experiments.{name}: set either stage1 or init_from, not both")
+        seen, cur = [name], exp.get("init_from")
+        while cur:
+            if cur not in exps:
+                raise UserError(f"experiments.{name}.init_from: unknown experiment '{cur}'")
+            if cur in seen:
+                raise UserError(f"experiments.{name}.init_from: a cycle ({' -> '.join(seen + [cur])})")
+            seen.append(cur)
+            cur = exps[cur].get("init_from")
