@@ -48,7 +48,7 @@ def main() -> int:
     t0 = time.perf_counter()
     trained = train(cfg, "exp", "results/models/exp", progress=False)
     train_s = time.perf_counter() - t0
-    metrics = evaluate(cfg, "exp", "syn", "results/eval/exp/syn/predictions.csv")
+    metrics = evaluate(cfg, "exp", "syn", "results/eval/exp/syn/predictions.csv", "results/eval/exp/syn/metrics.json")
     rows = {m: {k: metrics["methods"][m][k] for k in ("n", "srcc", "plcc", "krcc", "rmse")} for m in ("text", "prob")}
     result = {"videos": args.videos, "epochs": args.epochs, "train_s": round(train_s, 1),
               "validation": trained.get("validation"), "test": rows, "invalid": metrics["invalid"],

@@ -13,7 +13,6 @@ import yaml
 
 from pipeline.core import atomic, paths
 from pipeline.core.config import stable_hash, validate
-from pipeline.core.specs import model_spec
 from pipeline.prompts.experiments import experiment_folds, parse_selector
 from pipeline.prompts.shards import BANK_PATH
 
@@ -38,12 +37,6 @@ def gpu_count(cfg: dict, stage: str) -> int:
     if not on_gpu(cfg) or stage not in GPU_STAGES:
         return 0
     return cfg["training"]["gpus"] if stage == "train" else 1
-
-
-def needs_tokenizer(cfg: dict) -> bool:
-    """An LLM built at random init (no `source`) uses a tokenizer trained on the prompts (the tokenizer
-    rule); a pretrained one brings its own."""
-    return model_spec(cfg, "llm")["source"] is None
 
 
 def folds(cfg: dict) -> dict[str, list[int]]:

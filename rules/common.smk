@@ -11,7 +11,7 @@ from snakemake.utils import min_version
 from pipeline.ingest import manifest as pipeline_manifest
 from pipeline.core import paths
 from pipeline import workflow as pipeline_workflow
-from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec
+from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.core.versions import code_version
 
 min_version("9.0")
@@ -128,7 +128,7 @@ def training_inputs(wildcards):
         "prompts": [str(paths.prompts_dir(d)) for d in datasets],
         "stores": [p for d in datasets for p in store_paths(d)],
     }
-    if pipeline_workflow.needs_tokenizer(config):
+    if trains_tokenizer(config):
         inputs["tokenizer"] = str(paths.tokenizer_dir())
     return inputs
 

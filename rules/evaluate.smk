@@ -34,7 +34,8 @@ rule evaluate:
     shell:
         "lmmvqa evaluate --config {params.config} --experiment {wildcards.experiment} "
         "--dataset {wildcards.dataset} {params.fold} --model {input.model} --prompts {input.prompts} "
-        "--stores {input.stores} --out {output.predictions} --device {params.device} > {log} 2>&1"
+        "--stores {input.stores} --out {output.predictions} --metrics {output.metrics} --device {params.device} "
+        "> {log} 2>&1"
 
 
 use rule evaluate as evaluate_fold with:
@@ -70,4 +71,4 @@ rule aggregate:
         ENV
     shell:
         "lmmvqa aggregate --config {params.config} --experiment {wildcards.experiment} "
-        "--dataset {wildcards.dataset} --out {output.metrics} > {log} 2>&1"
+        "--dataset {wildcards.dataset} --out {output.metrics} --predictions {output.predictions} > {log} 2>&1"

@@ -9,6 +9,7 @@ import yaml
 from pipeline import workflow
 from pipeline.core import paths
 from pipeline.core.errors import UserError
+from pipeline.core.specs import trains_tokenizer
 
 
 def _cfg(**overrides):
@@ -37,8 +38,8 @@ def test_gpu_count_per_stage_and_device():
 
 
 def test_tokenizer_needed_only_for_a_random_init_llm():
-    assert workflow.needs_tokenizer(_cfg(models={"preset": "tiny"}))
-    assert not workflow.needs_tokenizer(_cfg(models={"preset": "tiny", "llm": {"source": "some/hub-id"}}))
+    assert trains_tokenizer(_cfg(models={"preset": "tiny"}))
+    assert not trains_tokenizer(_cfg(models={"preset": "tiny", "llm": {"source": "some/hub-id"}}))
 
 
 def test_targets_and_tests():

@@ -33,6 +33,7 @@ does not converge) are `None` (JSON null) with a `note` that starts "not defined
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from pipeline.core import atomic
 from pipeline.core.levels import LEVELS
 
 METHODS = ("text", "prob")
@@ -429,6 +431,12 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
             out[f"{method} {key.upper().replace('_RAW', ' raw')}"] = list(cells)
     out["level acc"] = df["level_accuracy"].map(_fmt)
     return out
+
+
+def write_results(preds: pd.DataFrame, metrics: dict, predictions_path: str | Path, metrics_path: str | Path) -> None:
+    """The predictions table and metrics.json of one (experiment, dataset), each written atomically."""
+    atomic.write_text(predictions_path, preds.to_csv(index=False))
+    atomic.write_text(metrics_path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
 
 
 def write_table(df: pd.DataFrame, csv_path) -> tuple[str, str]:

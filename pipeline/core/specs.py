@@ -41,6 +41,12 @@ def model_spec(cfg: dict, role: str) -> dict:
     return preset
 
 
+def trains_tokenizer(cfg: dict) -> bool:
+    """Whether the LLM uses a tokenizer trained on the prompts (the tokenizer rule): an LLM built at
+    random init has no `source` to bring its own. Training and the workflow both ask this."""
+    return model_spec(cfg, "llm")["source"] is None
+
+
 def feature_settings(cfg: dict) -> dict:
     """Everything that changes the numbers in a feature store."""
     f = cfg["features"]

@@ -1,9 +1,10 @@
 """`lmmvqa aggregate`: every fold of a `folds: all` experiment on one test dataset -> one result.
 
-`lmmvqa aggregate --config C --experiment E --dataset D --out results/eval/E/D/metrics.json`
+`lmmvqa aggregate --config C --experiment E --dataset D --out results/eval/E/D/metrics.json
+--predictions results/eval/E/D/predictions.csv`
 
 reads the per-fold results `results/eval/E/fold<f>/D/{metrics.json,predictions.csv}` (written by
-`lmmvqa evaluate --fold f`) and writes beside `--out`:
+`lmmvqa evaluate --fold f`) and writes:
 
 * `metrics.json`: the aggregate of pipeline.core.metrics.aggregate_folds -- each fold (`fold_metrics`),
   mean / std / median / min / max over folds (`aggregate`), and the usual fields (`methods`: the mean
@@ -23,14 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli_args import add_config_arg
-from pipeline.core import atomic, paths
+from pipeline.core import paths
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.core.metrics import aggregate_folds
+from pipeline.core.metrics import aggregate_folds, write_results
 from pipeline.prompts.experiments import experiment_folds, require_experiment
 
 
-def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path) -> dict:
+def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path, predictions_out: str | Path) -> dict:
     require_experiment(cfg, experiment)
     folds = experiment_folds(cfg, experiment)
     if folds is None:
@@ -52,10 +53,7 @@ def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path) -> dict
         df.insert(1, "fold", f)
         preds.append(df)
     metrics = aggregate_folds(per_fold, experiment, dataset)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out.with_name("predictions.csv"), pd.concat(preds, ignore_index=True).to_csv(index=False))
-    atomic.write_text(out, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    write_results(pd.concat(preds, ignore_index=True), metrics, predictions_out, out)
     return metrics
 
 
@@ -63,12 +61,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_config_arg(parser)
     parser.add_argument("--experiment", required=True, help="a `folds: all` experiment of the config")
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
-    parser.add_argument("--out", required=True, help="aggregate metrics.json; pooled predictions.csv goes beside it")
+    parser.add_argument("--out", required=True, metavar="JSON", help="aggregate metrics.json to write")
+    parser.add_argument("--predictions", required=True, metavar="CSV",
+                        help="every fold's predictions pooled (a `fold` column), to write")
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
-    m = aggregate(cfg, args.experiment, args.dataset, args.out)
+    m = aggregate(cfg, args.experiment, args.dataset, args.out, args.predictions)
     for method in ("text", "prob"):
         agg = m["aggregate"][method]
         cells = []

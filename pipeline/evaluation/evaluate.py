@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.cli_args import add_config_arg, add_device_arg, add_dtype_arg, add_stores_arg
-from pipeline.core import atomic, paths
+from pipeline.core import paths
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.core.metrics import compute_metrics
+from pipeline.core.metrics import compute_metrics, write_results
 from pipeline.evaluation.predict import predict_batch
 from pipeline.features.store_reader import collate_videos, dataset_features
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
@@ -39,7 +38,7 @@ def test_videos(cfg: dict, experiment: str, dataset: str, prompts_dir: str | Pat
     return pd.DataFrame([(vid, mos, lv) for vid, (mos, lv) in videos.items()], columns=["id", "mos", "level_true"])
 
 
-def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: str = "cpu",
+def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, metrics_out: str | Path, device: str = "cpu",
              dtype: str | None = None, fold: int | None = None, model_dir: str | Path | None = None,
              prompts_dir: str | Path | None = None, stores: list[str] | None = None) -> dict:
     """Predictions + metrics of one test dataset; `fold`: the model of that fold of a `folds: all`
@@ -71,10 +70,7 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, device: 
     if fold is not None:
         metrics["fold"] = int(fold)
     metrics["no_features"] = {"count": len(no_features), "ids": no_features[:50]}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out, preds.to_csv(index=False))
-    atomic.write_text(out.with_name("metrics.json"), json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    write_results(preds, metrics, out, metrics_out)
     return metrics
 
 
@@ -82,7 +78,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_config_arg(parser)
     parser.add_argument("--experiment", required=True, help="experiment name (config `experiments`)")
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
-    parser.add_argument("--out", required=True, help="predictions CSV; metrics.json is written beside it")
+    parser.add_argument("--out", required=True, metavar="CSV", help="predictions table to write")
+    parser.add_argument("--metrics", required=True, metavar="JSON", help="metrics.json to write")
     add_device_arg(parser, help="cpu, cuda or cuda:N (default: config `device`)")
     add_dtype_arg(parser)
     parser.add_argument("--fold", type=int, default=None,
@@ -97,7 +94,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     cfg = load_config(args.config)
     device = args.device or cfg["device"]
-    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, device=device, dtype=args.dtype, fold=args.fold,
+    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, args.metrics, device=device, dtype=args.dtype, fold=args.fold,
                        model_dir=args.model, prompts_dir=args.prompts, stores=args.stores)
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731

@@ -71,7 +71,10 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
+import pandas as pd
+from scipy.ndimage import gaussian_filter1d
 
 from pipeline.core.errors import UserError
 
@@ -516,7 +519,6 @@ class _Distorter:
         if p["s_exposure"] > 0:
             img = _exposure(img, p["s_exposure"], p["exposure_mode"])
         if p["s_blur"] > 0:
-            from scipy.ndimage import gaussian_filter1d
             sig = 0.4 + 2.6 * p["s_blur"]
             img = gaussian_filter1d(img, sig * self.sy, axis=0, mode="nearest", truncate=3.0)
             img = gaussian_filter1d(img, sig * self.sx, axis=1, mode="nearest", truncate=3.0)
@@ -548,8 +550,6 @@ def _encoder(codec: str, crf: float, fps: int) -> tuple[str, dict]:
 
 def render_video(params: dict, path: Path) -> None:
     """Render, distort and encode one video to `path` (written to a temp name, then renamed)."""
-    import av
-
     rng = _rng(params["seed"], params["index"], 1)
     w, h, fps = params["width"], params["height"], params["fps"]
     content = _Content(params["content"], rng, w, h, params["n_frames"])
@@ -595,8 +595,6 @@ def _work(job: tuple[int, int, str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 def generate(out_dir, n_videos: int = 240, seed: int = 0, workers: int = 2, verbose: bool = False):
     """Write the demo dataset to out_dir (videos/ + labels.csv); return the label DataFrame."""
-    import pandas as pd
-
     if int(n_videos) < 1:
         raise UserError(f"demo-data: --n-videos must be >= 1 (got {n_videos})")
     out = Path(out_dir)

@@ -22,16 +22,24 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from pipeline.core.errors import UserError
+from pipeline.core.levels import LEVELS
+from pipeline.prompts.shards import read_prompts
+
 VIDEO_TOKEN = "<video>"
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, VIDEO_TOKEN]
 ANSWER_PREFIX = "Answer:"  # the tiny prompt format: "<video> {question} Answer:" then the answer tokens
-ALWAYS = "0 1 2 3 4 5 6 7 8 9 . : good fair poor Good Fair Poor " + ANSWER_PREFIX
+# always in the vocabulary: digits, the number punctuation, the level words (best first, lower and
+# capitalised) and the answer prefix
+ALWAYS = " ".join(["0 1 2 3 4 5 6 7 8 9 . :", *reversed(LEVELS), *(w.capitalize() for w in reversed(LEVELS)),
+                   ANSWER_PREFIX])
 
 
 def _pre_tokenizer():
-    from tokenizers import pre_tokenizers
-
     return pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never"),
         pre_tokenizers.Digits(individual_digits=True),
@@ -50,9 +58,6 @@ def corpus(samples: list[dict]) -> list[str]:
 
 def train_tokenizer(samples: list[dict]):
     """A PreTrainedTokenizerFast trained on the questions and answers of `samples`."""
-    from tokenizers import Tokenizer, decoders, models, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="never")
@@ -117,7 +122,6 @@ def load_tokenizer(source: str | Path):
     """Any tokenizer folder or hub id (the paper LLM's own tokenizer, chat template included), with a
     video placeholder (`video_token`: `<video>`, or a reserved special token the tokenizer already has,
     so the vocabulary keeps its size; else `<video>` is added) and a pad token set."""
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(source))
     if video_token(tok) not in tok.get_vocab():
@@ -134,9 +138,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from pipeline.core.errors import UserError
-    from pipeline.prompts.shards import read_prompts
-
     samples = read_prompts(args.prompts)
     if not samples:
         raise UserError("no prompt samples in " + " ".join(args.prompts))

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.specs import model_spec
+from pipeline.core.specs import model_spec, trains_tokenizer
 from pipeline.features.store_reader import collate_videos, dataset_features
 from pipeline.model.tokenizer import load_tokenizer
 from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment
@@ -111,9 +111,8 @@ def experiment_data(cfg: dict, experiment: str) -> dict:
 
 def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):
     """The LLM's own tokenizer (pretrained source), or the tiny preset's trained one (`lmmvqa tokenizer`)."""
-    spec = model_spec(cfg, "llm")
-    if spec["source"]:
-        return load_tokenizer(spec["source"])
+    if not trains_tokenizer(cfg):
+        return load_tokenizer(model_spec(cfg, "llm")["source"])
     tdir = Path(tokenizer_dir or paths.tokenizer_dir())
     if not (tdir / "tokenizer.json").exists():
         raise UserError(f"tokenizer for the random-init LLM not found in {tdir} (run `lmmvqa tokenizer` first)")
