@@ -29,8 +29,8 @@ def add_no_progress_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def add_stores_arg(parser: argparse.ArgumentParser) -> None:
+def add_stores_arg(parser: argparse.ArgumentParser, whose: str = "the dataset") -> None:
     """--stores: the feature stores a rule declares as its inputs, handed to the command as they are."""
     parser.add_argument("--stores", nargs="+", default=None, metavar="STORE",
-                        help="feature stores (Zarr) of the dataset (default: the shards of its manifest that "
+                        help=f"feature stores (Zarr) of {whose} (default: the shards of its manifest that "
                              "exist under the config's feature settings)")

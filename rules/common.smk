@@ -133,6 +133,16 @@ def training_inputs(wildcards):
     return inputs
 
 
+def training_input_args(declared):
+    """The flags that hand a training job the inputs declared for it (its feature stores, the
+    trained tokenizer and the model it continues from, where it has them)."""
+    names = declared.keys()
+    args = ["--stores", *declared.stores] if "stores" in names else []
+    args += ["--tokenizer", declared.tokenizer] if "tokenizer" in names else []
+    args += ["--init", declared.init] if "init" in names else []
+    return " ".join(args)
+
+
 def wildcard_fold(wildcards):
     """The fold of a per-fold job (None for single-fold jobs)."""
     return int(wildcards.fold) if "fold" in wildcards.keys() else None

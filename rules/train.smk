@@ -24,6 +24,7 @@ rule train_stage1:
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],
         config=RESOLVED_CONFIG,
+        inputs=lambda w, input: training_input_args(input),
     threads: 2
     resources:
         mem_mb=8000,
@@ -32,7 +33,7 @@ rule train_stage1:
         ENV
     shell:
         "lmmvqa train --config {params.config} --experiment {wildcards.experiment} --stage1 --out {output} "
-        "--device {params.device} --resume > {log} 2>&1"
+        "--device {params.device} {params.inputs} --resume > {log} 2>&1"
 
 
 rule train:
@@ -54,6 +55,7 @@ rule train:
         device=config["device"],
         config=RESOLVED_CONFIG,
         fold=fold_option,
+        inputs=lambda w, input: training_input_args(input),
     threads: 2
     resources:
         mem_mb=8000,
@@ -62,7 +64,8 @@ rule train:
         ENV
     shell:
         "lmmvqa launch --gpus {resources.gpu} -- train --config {params.config} "
-        "--experiment {wildcards.experiment} {params.fold} --out {output} --device {params.device} --resume > {log} 2>&1"
+        "--experiment {wildcards.experiment} {params.fold} --out {output} --device {params.device} {params.inputs} "
+        "--resume > {log} 2>&1"
 
 
 # One model per fold of a `folds: all` experiment: the same job, holding out fold {fold}.

@@ -325,3 +325,26 @@ def test_model_folder_loss_plot_is_the_report_figure(tmp_path):
     assert (tmp_path / "loss.png").read_bytes() == buf.getvalue()
     plot_loss([], tmp_path / "empty.png", "no steps")
     assert (tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_reads_the_stores_it_is_given(tmp_path, monkeypatch):
+    """The train rule hands its declared stores to the command (--stores): each dataset reads the ones
+    in its store folder, the same data as finding them from the manifest; stores of no training
+    dataset are an error naming the folder expected."""
+    from pipeline.core import paths
+    from pipeline.core.specs import feature_settings_hash
+    from pipeline.core.errors import UserError
+    from pipeline.training.data import experiment_data
+
+    cfg = make_workspace(tmp_path, n_videos=20, shard_size=8)
+    monkeypatch.chdir(tmp_path)
+    folder = paths.store_dir("syn", feature_settings_hash(cfg))
+    stores = sorted(str(p) for p in folder.glob("shard-*.zarr"))
+    assert len(stores) == 3
+    found, given = experiment_data(cfg, "exp"), experiment_data(cfg, "exp", stores)
+    assert given["stores"] == found["stores"] == {"syn": stores}
+    assert given["samples"] == found["samples"] and len(given["samples"]) > 0
+    one = experiment_data(cfg, "exp", stores[:1])  # only what was declared is read
+    assert one["stores"] == {"syn": stores[:1]} and len(one["samples"]) < len(found["samples"])
+    with pytest.raises(UserError, match=str(folder)):
+        experiment_data(cfg, "exp", ["cache/features/other/abc/shard-00000.zarr"])

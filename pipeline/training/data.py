@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.specs import model_spec, trains_tokenizer
+from pipeline.core.specs import feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.features.store_reader import collate_videos, dataset_features
 from pipeline.model.tokenizer import load_tokenizer
 from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment
@@ -81,15 +81,28 @@ def split_validation(samples: list[dict], fraction: float, seed: int) -> tuple[l
     return train, val
 
 
-def experiment_data(cfg: dict, experiment: str) -> dict:
-    """Training samples and feature stores of an experiment (its train selectors)."""
+def _stores_of(cfg: dict, dataset: str, stores: list[str] | None) -> list[str] | None:
+    """The given stores (a training rule's declared inputs) that belong to `dataset`: those in its
+    store folder under the config's feature settings (None: none given, find them from the manifest)."""
+    if stores is None:
+        return None
+    folder = paths.store_dir(dataset, feature_settings_hash(cfg))
+    mine = [s for s in stores if Path(s).parent == folder]
+    if not mine:
+        raise UserError(f"none of the given feature stores is one of '{dataset}' (expected under {folder})")
+    return mine
+
+
+def experiment_data(cfg: dict, experiment: str, stores: list[str] | None = None) -> dict:
+    """Training samples and feature stores of an experiment (its train selectors); `stores`: the
+    feature stores to read (default: each dataset's, found from its manifest)."""
     exp = require_experiment(cfg, experiment)
-    samples, features, skipped, files, stores = [], {}, {}, [], {}
+    samples, features, skipped, files, used = [], {}, {}, [], {}
     for selector in exp["train"]:
         dataset, _ = parse_selector(selector)
         parts = prompt_parts(cfg, selector, exp["holdout_fold"])
         if dataset not in features:
-            features[dataset], stores[dataset] = dataset_features(cfg, dataset)
+            features[dataset], used[dataset] = dataset_features(cfg, dataset, _stores_of(cfg, dataset, stores))
         shard_files = [paths.prompt_part(dataset, p) for p in parts]
         for f in shard_files:
             if not f.exists():
@@ -106,7 +119,7 @@ def experiment_data(cfg: dict, experiment: str) -> dict:
         if key not in seen:
             seen.add(key)
             unique.append(s)
-    return {"samples": unique, "features": features, "skipped_videos": skipped, "prompt_files": files, "stores": stores}
+    return {"samples": unique, "features": features, "skipped_videos": skipped, "prompt_files": files, "stores": used}
 
 
 def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):

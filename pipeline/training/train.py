@@ -51,7 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.cli_args import add_config_arg, add_device_arg, add_no_progress_arg
+from pipeline.cli_args import add_config_arg, add_device_arg, add_no_progress_arg, add_stores_arg
 from pipeline.core import paths
 from pipeline.core.config import load_config
 from pipeline.core.devices import resolve_device
@@ -137,9 +137,10 @@ def _dist_setup(device: str):
 def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_steps: int | None = None,
           resume: bool = False, tokenizer_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
           stop_after: int | None = None, progress: bool = True, stage: int | None = None,
-          init: str | Path | None = None) -> dict:
+          init: str | Path | None = None, stores: list[str] | None = None) -> dict:
     """Train an experiment's model into `out` (`stage=1`: stage 1 of a two-stage experiment). The run
-    continues from `init` (a model folder; default `init_model_dir`). `stop_after` (tests) ends the
+    continues from `init` (a model folder; default `init_model_dir`) and reads the feature stores
+    `stores` (default: found from each dataset's manifest). `stop_after` (tests) ends the
     process's work right after that optimizer step's checkpoint, as if it were killed there."""
     check_experiments(cfg)
     cfg = copy.deepcopy(cfg)
@@ -157,7 +158,7 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    data = experiment_data(cfg, experiment)
+    data = experiment_data(cfg, experiment, stores)
     train_samples, val_samples = split_validation(data["samples"], tr["val_fraction"], seed)
     if not train_samples:
         raise UserError(f"experiment '{experiment}': no training samples with features")
@@ -327,6 +328,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "experiment's own run, which continues from its stage 1 or init_from model")
     parser.add_argument("--init", default=None,
                         help="continue from this model folder (default: the experiment's stage 1 / init_from model)")
+    add_stores_arg(parser, whose="the training datasets")
     parser.add_argument("--fold", type=int, default=None,
                         help="train the model of this fold of a `folds: all` experiment (holding it out); "
                              "checkpoints default to cache/checkpoints/<experiment>/fold<F>")
@@ -340,7 +342,7 @@ def main(args) -> int:
         checkpoint_dir = checkpoint_dir or paths.checkpoint_dir(args.experiment, args.fold)
     train(cfg, args.experiment, args.out, device=args.device or cfg["device"], max_steps=args.max_steps,
           resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=checkpoint_dir,
-          progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init)
+          progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init, stores=args.stores)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if dist.is_initialized():
             dist.destroy_process_group()
