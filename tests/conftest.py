@@ -41,6 +41,22 @@ def write_video(path, n_frames=30, size=(96, 64), fps=25, codec="libx264", seed=
     return path
 
 
+def write_audio_only(path) -> Path:
+    """A small file with an audio stream and no video stream."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for i in range(10):
+            frame.pts = i * 1024
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
 @pytest.fixture
 def make_video(tmp_path):
     def _make(name="v.mp4", **kw):

@@ -8,6 +8,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import write_audio_only
 
 from pipeline.features import decode
 from pipeline.features.decode import DecodeError, chunk_times, frame_at, keyframe_times, sample_video
@@ -210,15 +211,6 @@ def test_stream_info_is_the_probe_s_view_without_the_probe(make_video, tmp_path)
         with pytest.raises(DecodeError) as decoded:
             decode.stream_info(tmp_path / name)
         assert str(decoded.value) == str(probed.value)
-    with av.open(str(tmp_path / "audio.mp4"), "w") as out:  # a file without a video stream
-        s = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for i in range(4):
-            frame.pts = i * 1024
-            for p in s.encode(frame):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    write_audio_only(tmp_path / "audio.mp4")  # a file without a video stream
     with pytest.raises(DecodeError, match="^no video stream$"):
         decode.stream_info(tmp_path / "audio.mp4")

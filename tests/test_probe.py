@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_audio_only
 
 from pipeline.cli import main as cli
 from pipeline.ingest.manifest import build_manifest, write_manifest
@@ -121,26 +122,12 @@ def test_other_containers(make_video):
     assert (mkv["codec"], mkv["fps"], mkv["n_frames"]) == ("h264", 30.0, 30)
 
 
-def _audio_only(path):
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for i in range(10):
-            frame.pts = i * 1024
-            for p in s.encode(frame):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
-
-
 def test_unreadable_files(tmp_path, make_video):
     (tmp_path / "zero.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("this is not a video\n")
     good = make_video("good.mp4", n_frames=10)
     (tmp_path / "trunc.mp4").write_bytes(good.read_bytes()[:400])
-    _audio_only(tmp_path / "audio.mp4")
+    write_audio_only(tmp_path / "audio.mp4")
     with pytest.raises(ProbeError, match="empty file") as info:
         probe_video(tmp_path / "zero.mp4")
     assert info.value.stage == "open"
@@ -173,7 +160,7 @@ def test_probe_shard_and_cli(tmp_path, make_video, capsys):
         make_video(f"videos/ok{i}.mp4", n_frames=5 + i, size=(64, 48))
     (videos / "zero.mp4").write_bytes(b"")
     (videos / "text.mp4").write_text("hello\n")
-    _audio_only(videos / "audio.mp4")
+    write_audio_only(videos / "audio.mp4")
     names = ["ok0.mp4", "zero.mp4", "ok1.mp4", "text.mp4", "audio.mp4", "ok2.mp4"]
     pd.DataFrame({"name": names, "mos": np.linspace(10, 90, 6)}).to_csv(tmp_path / "labels.csv", index=False)
     manifest, missing = build_manifest("generic", tmp_path / "labels.csv", videos, shard_size=3)
