@@ -144,10 +144,11 @@ def _halve(frames: np.ndarray) -> np.ndarray:
     s >>= 6
     out = np.empty((n, h, w, c), np.uint8)
     out[:, 1 : h - 1, 1 : w - 1] = s.transpose(0, 1, 3, 2)
-    out[:, 0] = _resize_float(frames[:, :4], 2, w)[:, 0]
-    out[:, h - 1] = _resize_float(frames[:, hh - 4 :], 2, w)[:, 1]
-    out[:, :, 0] = _resize_float(frames[:, :, :4], h, 2)[:, :, 0]
-    out[:, :, w - 1] = _resize_float(frames[:, :, ww - 4 :], h, 2)[:, :, 1]
+    # border rows: first + last 4 rows side by side -> 4 rows, of which the first and last are the borders
+    rows = _resize_float(np.concatenate([frames[:, :4], frames[:, hh - 4 :]], axis=1), 4, w)
+    out[:, 0], out[:, h - 1] = rows[:, 0], rows[:, 3]
+    cols = _resize_float(np.concatenate([frames[:, :, :4], frames[:, :, ww - 4 :]], axis=2), h, 4)
+    out[:, :, 0], out[:, :, w - 1] = cols[:, :, 0], cols[:, :, 3]
     return out
 
 
