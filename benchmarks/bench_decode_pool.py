@@ -18,8 +18,9 @@ ratio measures the pool, not the decoder's own threading); 1:2 shows one worker 
 as decoder threads, 0:2 the in-process thread.
 Throughput = videos / (total_s - load_s) of the shard (the pool starts while the models load).
 Also reported: the decode workers' CPU seconds per video (process time of each worker, decoder
-threads included) and a "capacity" ratio = workers / CPU-s-per-video relative to the first config,
-which stays meaningful when other jobs share the CPUs (the wall-clock ratio then does not).
+threads included), the feeding process's own CPU seconds per video (getrusage, all its threads) and
+a "capacity" ratio = workers / CPU-s-per-video relative to the first config, which stays
+meaningful when other jobs share the CPUs (the wall-clock ratio then does not).
 The configs run alternately, `--repeat` times each, after one warm-up run (which starts the fork
 server); the best run of each is reported, and the ratios of the best to the first config's.
 Writes benchmarks/results/decode_pool.json.
@@ -31,6 +32,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -83,8 +85,10 @@ def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Pat
     encoders.encode_keyframes, encoders.encode_chunks = stub.keyframes, stub.chunks
     try:
         out = out_dir / f"w{workers}-{time.monotonic_ns()}.zarr"
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         s = extract_shard(cfg, "bench", manifest, videos_dir, 0, out, device="cpu", threads=threads, progress=False,
                           decode_workers=workers)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
         encoders.encode_keyframes, encoders.encode_chunks = saved
     ids = FeatureStore(out).ids
@@ -94,6 +98,8 @@ def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Pat
             "decode_wait_s": s["decode_wait_s"], "load_s": s["load_s"], "ids": ids,
             "decode_cpu_s": s.get("decode_cpu_s"),
             "cpu_s_per_video": round(s["decode_cpu_s"] / len(rows_of(manifest)), 4) if s.get("decode_cpu_s") else None,
+            "main_cpu_s_per_video": round((r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+                                          / len(rows_of(manifest)), 4),
             "frames_digest": hashlib.sha256("".join(stub.digests).encode()).hexdigest()[:16],
             "n_frames_fed": len(stub.digests)}
 
@@ -151,16 +157,18 @@ def main(argv=None) -> int:
     base = best[names[0]]["videos_per_s"]
     print(f"\n{len(rows)} videos ({len(clips)} clips x {args.copies}), chunk size {args.chunk_size or 'tiny (112)'}")
     print(f"{'workers:threads':>15s} {'videos/s':>9s} {'feed s':>7s} {'decode s':>9s} {'waited s':>9s} "
-          f"{'x vs ' + names[0]:>8s} {'cpu s/video':>11s} {'capacity x':>10s}")
+          f"{'x vs ' + names[0]:>8s} {'cpu s/video':>11s} {'capacity x':>10s} {'main cpu s/video':>16s}")
     cap0 = capacity(best[names[0]])
     for n in names:
         b = best[n]
         cap = capacity(b)
         print(f"{n:>15s} {b['videos_per_s']:9.3f} {b['feed_s']:7.2f} {b['decode_s']:9.2f} {b['decode_wait_s']:9.2f} "
               f"{b['videos_per_s'] / base:8.2f} {b['cpu_s_per_video'] or float('nan'):11.3f} "
-              f"{(cap / cap0) if cap and cap0 else float('nan'):10.2f}")
+              f"{(cap / cap0) if cap and cap0 else float('nan'):10.2f} {b['main_cpu_s_per_video']:16.4f}")
     print("capacity x: workers / decode CPU seconds per video, relative to the first config: the speed-up the\n"
-          "pool would give with one free core per worker (insensitive to other load on the machine)")
+          "pool would give with one free core per worker (insensitive to other load on the machine)\n"
+          "main cpu s/video: CPU time of this (the feeding) process per video, all its threads, encoder stub,\n"
+          "model loading and store writing included")
     print(f"per-video encoder input identical across all runs: {identical} "
           f"({best[names[0]]['n_frames_fed']} frames / chunks, digest {runs[0]['frames_digest']})")
     out = {"machine": platform.machine(), "cpus": os.cpu_count(), "videos": len(rows), "clips": len(clips),

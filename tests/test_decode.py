@@ -214,3 +214,18 @@ def test_stream_info_is_the_probe_s_view_without_the_probe(make_video, tmp_path)
     write_audio_only(tmp_path / "audio.mp4")  # a file without a video stream
     with pytest.raises(DecodeError, match="^no video stream$"):
         decode.stream_info(tmp_path / "audio.mp4")
+
+
+@pytest.mark.parametrize("h,w,c", [(3, 3, 3), (3, 7, 3), (4, 5, 3), (17, 40, 1), (56, 96, 3), (112, 112, 3)])
+def test_halving_fast_path_gives_the_float_path_s_bytes(h, w, c):
+    """`_halve` (integer arithmetic inside, the float path on the border strips) = torch's float32
+    antialiased bilinear resize rounded half to even, byte for byte: random pixels, values that hit
+    the exact halves, black / white patterns, and a strided (non-contiguous) input."""
+    rng = np.random.default_rng(h * 1000 + w)
+    for x in (rng.integers(0, 256, (5, 2 * h, 2 * w, c), dtype=np.uint8),
+              rng.integers(0, 4, (5, 2 * h, 2 * w, c), dtype=np.uint8),
+              (rng.integers(0, 2, (5, 2 * h, 2 * w, c)) * 255).astype(np.uint8),
+              rng.integers(0, 256, (3, 2 * h + 5, 2 * w + 3, c), dtype=np.uint8)[:, 2 : 2 + 2 * h, 1 : 1 + 2 * w]):
+        fast = decode._resize_to(x, h, w)
+        assert fast.dtype == np.uint8 and fast.shape == (len(x), h, w, c)
+        np.testing.assert_array_equal(fast, decode._resize_float(x, h, w))

@@ -145,6 +145,14 @@ def test_decode_pool_uses_processes_and_keeps_order(order_dir):
         handles = [pool.submit(p) for p in paths]
         got = [pool.result(h) for h in handles]
         pids = pool.worker_pids()
+        assert sorted(pool.free) == [0, 1, 2, 3]
+        held = pool.submit(paths[0])  # hold=True: views on the slot, which stays taken until release
+        d, _, _ = pool.result(held, hold=True)
+        assert not d.keyframes.flags.owndata and held.slot is not None and len(pool.free) == 3
+        np.testing.assert_array_equal(d.chunks, got[0][0].chunks)
+        pool.release(held)
+        assert held.slot is None and len(pool.free) == 4
+        del d  # no view may outlive the shared memory
     assert len(pids) == 2 and os.getpid() not in pids
     direct = ex.decode(paths[0])
     np.testing.assert_array_equal(got[0][0].keyframes, direct.keyframes)
@@ -257,6 +265,59 @@ def test_host_buffers_pinned_only_for_cuda(monkeypatch):
     outs, _, _ = ex.encode([d, d])
     assert devices == [torch.device("cuda", 0)] * 2 and [o[0].shape for o in outs] == [(2, 2, 3)] * 2
 
+
+
+def test_batch_stage_feeds_the_encoders_what_encode_would(monkeypatch):
+    """BatchStage copies each video once into reused host buffers (pinned for CUDA) and hands the
+    encoders the same arrays, batches and per-video split as Extractor.encode; a video larger than
+    the buffers foresee grows them; the buffers are reused for the next batch."""
+    from pipeline.features import encoders
+    from pipeline.features.decode import DecodedVideo
+
+    fed = []
+
+    def kf_enc(m, kf, dev, bs):
+        fed.append(("kf", np.array(kf)))
+        return kf.reshape(len(kf), -1)[:, :3].astype(np.float32)
+
+    def ch_enc(m, ch, st, dev, bs, frame_ids=None):
+        fed.append(("ch", np.array(ch), None if frame_ids is None else np.array(frame_ids)))
+        return ch.reshape(len(ch), -1)[:, :2].astype(np.float32)
+
+    monkeypatch.setattr(encoders, "encode_keyframes", kf_enc)
+    monkeypatch.setattr(encoders, "encode_chunks", ch_enc)
+    pinned = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, dtype=None, pin_memory=False: pinned.append(pin_memory)
+                        or real_empty(*a, dtype=dtype))
+    ex = Extractor.decode_only({"device": torch.device("cuda", 0)})
+    ex.vision = ex.motion = None
+    ex.sampling, ex.batch_size = {"slow_stride": 4, "max_keyframes": 2, "max_seconds": 2}, 3
+    rng = np.random.default_rng(0)
+
+    def video(k, c):
+        return DecodedVideo(rng.integers(0, 256, (k, 4, 4, 3), dtype=np.uint8),
+                            rng.integers(0, 256, (c, 2, 4, 4, 3), dtype=np.uint8), {"k": k},
+                            rng.integers(0, 99, (c, 2)))
+
+    batches = [[video(1, 2), video(2, 1)], [video(5, 1), video(1, 1)]]  # 5 key frames: more than foreseen
+    stage = extract.BatchStage(ex)
+    got = []
+    for batch in batches:
+        for i, d in enumerate(batch):
+            stage.add(f"v{i}", d)
+        got.append(stage.encode(ex)[0])
+    staged, fed[:] = fed[:], []
+    want = [ex.encode(batch)[0] for batch in batches]
+    assert all(pinned) and len(pinned) >= 2
+    for a, b in zip(staged, fed):
+        assert a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
+    for g, w, batch in zip(got, want, batches):
+        assert [(vid, meta) for vid, meta, _, _ in g] == [(f"v{i}", d.meta) for i, d in enumerate(batch)]
+        for (_, _, sp, mo), (wsp, wmo) in zip(g, w):
+            np.testing.assert_array_equal(sp, wsp)
+            np.testing.assert_array_equal(mo, wmo)
+    assert stage.n_kf == stage.n_ch == 0 and not stage.videos
 
 def _processes_with(marker: str) -> list[int]:
     pids = []

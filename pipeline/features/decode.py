@@ -106,7 +106,54 @@ def frame_at(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 
 def _resize_to(frames: np.ndarray, h: int, w: int) -> np.ndarray:
-    """uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] (antialiased bilinear)."""
+    """uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] (antialiased bilinear). Halving both sides (e.g. 224-px
+    decoded frames -> 112-px chunks) takes `_halve`, the same bytes ~3x faster."""
+    if frames.shape[1] == 2 * h and frames.shape[2] == 2 * w and h >= 3 and w >= 3:
+        return _halve(frames)
+    return _resize_float(frames, h, w)
+
+
+def _halve(frames: np.ndarray) -> np.ndarray:
+    """`_resize_float(frames, H / 2, W / 2)`, byte for byte, in integer arithmetic. At scale 2 torch's
+    antialiased bilinear weights away from the border are exactly 1/8, 3/8, 3/8, 1/8 per axis (input
+    pixels 2i-1 .. 2i+2 for output i), so the float path computes S / 64 exactly, S = the integer sum
+    of the 4 x 4 pixels weighted by (1, 3, 3, 1) x (1, 3, 3, 1) (at most 16320: int16), and rounds it
+    half to even; that is done here on int16 (row pass first, on whole rows). The border rows and
+    columns (renormalised, inexact weights) come from the float path on the 4-pixel strips that
+    feed them: torch computes the weights of an output pixel from its position relative to the input
+    edge and the scale (2 in both), so the strip gives the same bytes as the whole frame."""
+    frames = np.ascontiguousarray(frames)
+    n, hh, ww, c = frames.shape
+    h, w = hh // 2, ww // 2
+    x = frames
+    v = np.add(x[:, 1 : hh - 4 : 2], x[:, 4 : hh - 1 : 2], dtype=np.int16)  # rows 2i-1 + 2i+2, i = 1 .. h-2
+    mid = np.add(x[:, 2 : hh - 3 : 2], x[:, 3 : hh - 2 : 2], dtype=np.int16)  # rows 2i + 2i+1
+    mid *= 3
+    v += mid
+    # planar [n, h-2, c, column parity, w] so that the column pass runs on contiguous rows
+    v = np.ascontiguousarray(v.reshape(n, h - 2, w, 2, c).transpose(0, 1, 4, 3, 2))
+    even, odd = v[:, :, :, 0], v[:, :, :, 1]  # columns 2j, 2j+1
+    s = odd[..., : w - 2] + even[..., 2:]  # columns 2j-1 + 2j+2, j = 1 .. w-2
+    mid = even[..., 1 : w - 1] + odd[..., 1 : w - 1]
+    mid *= 3
+    s += mid
+    odd_q = s >> 6  # round(S / 64) half to even: (S + 31 + (S // 64) % 2) // 64
+    odd_q &= 1
+    s += 31
+    s += odd_q
+    s >>= 6
+    out = np.empty((n, h, w, c), np.uint8)
+    out[:, 1 : h - 1, 1 : w - 1] = s.transpose(0, 1, 3, 2)
+    # border rows: first + last 4 rows side by side -> 4 rows, of which the first and last are the borders
+    rows = _resize_float(np.concatenate([frames[:, :4], frames[:, hh - 4 :]], axis=1), 4, w)
+    out[:, 0], out[:, h - 1] = rows[:, 0], rows[:, 3]
+    cols = _resize_float(np.concatenate([frames[:, :, :4], frames[:, :, ww - 4 :]], axis=2), h, 4)
+    out[:, :, 0], out[:, :, w - 1] = cols[:, :, 0], cols[:, :, 3]
+    return out
+
+
+def _resize_float(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+    """`_resize_to` in torch: float32 antialiased bilinear, rounded half to even."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

@@ -15,8 +15,9 @@ one-second chunks (SlowFast), write one Zarr feature store (see pipeline/feature
   order, so the store (order of videos, bytes of the features, batches of the forward passes) is
   identical whatever the worker count. See "Decode workers" below.
 * Key frames / chunks of consecutive videos are batched together for the forward passes
-  (`features.batch_size` frames or chunks per pass): they are gathered into one host staging buffer
-  per batch, page-locked (pinned) when the device is CUDA, so the encoders' host-to-device copies
+  (`features.batch_size` frames or chunks per pass): each video is copied, as it arrives, into the
+  host staging buffers of the next batch (`BatchStage`, reused batch after batch), page-locked
+  (pinned) when the device is CUDA, so the encoders' host-to-device copies
   (`.to(device, non_blocking=True)`, one per forward pass) are asynchronous DMA.
 * A video that cannot be decoded (corrupt, truncated, empty, not a video, missing) is written to the
   store's failures table with the message (the worker process catches the error and returns it);
@@ -46,17 +47,20 @@ Decode workers
   `Extractor.decode`, with torch at 1 thread and the decoder at max(1, threads // workers) threads.
 * Decoded frames come back through shared memory: one block of `in-flight` slots, each sized for
   the largest possible output (max_keyframes key frames + max_seconds chunks); the worker copies
-  its uint8 arrays into its slot and returns only shapes + metadata; this process copies them out
-  and frees the slot. Measured here: passing an 80 MB decoded video (paper sizes: 16 chunks of
+  its uint8 arrays into its slot and returns only shapes + metadata; this process copies them once,
+  from the slot straight into the batch's staging buffers (`result(hold=True)`, `BatchStage.add`),
+  and frees the slot before submitting the next video. Measured here: passing an 80 MB decoded video (paper sizes: 16 chunks of
   32 x 224 x 224 x 3) back through the pool's pipe costs this process ~250 ms of CPU per video,
   through shared memory ~14 ms. The block is reserved with posix_fallocate when created; where
   /dev/shm is too small (e.g. a default 64 MB Docker container) the pool says so on stderr and
   returns arrays through the pipe instead (same results, slower). An output larger than a slot
   also goes through the pipe.
-* Known limit: copying a decoded video out of its slot, staging the batch and writing the store run
-  on this process's one thread, serially with the encoders (~25 ms for an 80 MB video here); at
-  many workers per GPU that thread, not the decoders, may become the limit (`decode_wait_s` near
-  0 in the timings says so).
+* Known limit: staging a decoded video (one copy, slot -> batch buffer; two copies before
+  `BatchStage`) and writing the store run on this process's one thread, serially with the encoders;
+  at many workers per GPU that thread, not the decoders, may become the limit (`decode_wait_s` near
+  0 in the timings says so). On 2 cores with the encoders stubbed it is ~5 ms of CPU per 21 MB
+  tiny-preset video (plus the stub's CRC) against ~0.5 s in a decode worker
+  (`benchmarks/bench_decode_pool.py`).
 * A worker that dies (a decoder crash, e.g. a segfault on a broken file) loses every video in
   flight: the pool restarts and decodes those again one at a time, in order; a video that kills
   its worker again goes to the failures table ("the decoder process died ..."), the others are
@@ -122,6 +126,57 @@ def stack_host(arrays: list[np.ndarray], device) -> np.ndarray:
     return out
 
 
+class BatchStage:
+    """The next forward-pass batch, gathered in two host staging buffers (`host_buffer`: pinned on
+    CUDA) as the decoded videos arrive in manifest order: `add` copies a video's key frames and chunks
+    ONCE, from wherever the pool returned them (a view on its shared-memory slot, or an array) to the
+    end of the batch, so the slot can be reused at once and `Extractor.encode_staged` reads the batch
+    in place. The buffers are sized for a full batch (batch_size - 1 + the largest video) and reused
+    batch after batch: the encoders return only when their input is consumed (the features are copied
+    back to the host). Same batches, same bytes as `Extractor.encode` of the videos."""
+
+    def __init__(self, ex: "Extractor"):
+        self.device = ex.device
+        self.room = (ex.batch_size - 1 + int(ex.sampling["max_keyframes"]),
+                     ex.batch_size - 1 + int(ex.sampling["max_seconds"]))
+        self.kf = self.ch = None
+        self.n_kf = self.n_ch = 0
+        self.videos: list[tuple[str, dict, np.ndarray | None]] = []  # (id, meta, chunk_ids) per video
+        self.counts: tuple[list[int], list[int]] = ([], [])
+
+    def _put(self, buf, n: int, arr: np.ndarray, room: int):
+        if buf is None or n + len(arr) > len(buf):  # first video, or an unforeseen size: a larger buffer
+            if buf is not None and buf.shape[1:] != arr.shape[1:]:
+                raise ValueError(f"decoded frames of shape {arr.shape[1:]} in a batch of {buf.shape[1:]}")
+            grown = host_buffer((max(room, n + len(arr)), *arr.shape[1:]), self.device)
+            if n:
+                grown[:n] = buf[:n]
+            buf = grown
+        buf[n : n + len(arr)] = arr
+        return buf
+
+    def add(self, vid: str, d: DecodedVideo) -> None:
+        self.kf = self._put(self.kf, self.n_kf, d.keyframes, self.room[0])
+        self.ch = self._put(self.ch, self.n_ch, d.chunks, self.room[1])
+        self.n_kf += len(d.keyframes)
+        self.n_ch += len(d.chunks)
+        self.counts[0].append(len(d.keyframes))
+        self.counts[1].append(len(d.chunks))
+        self.videos.append((vid, d.meta, d.chunk_ids))
+
+    def full(self, batch_size: int) -> bool:
+        return self.n_kf >= batch_size or self.n_ch >= batch_size
+
+    def encode(self, ex: "Extractor"):
+        """-> ([(id, meta, spatial, motion)], vision_s, motion_s) of the staged videos; empties the stage."""
+        outs, vs, ms = ex.encode_staged(self.kf[: self.n_kf], self.ch[: self.n_ch], *self.counts,
+                                        [ids for _, _, ids in self.videos])
+        done = [(vid, meta, sp, mo) for (vid, meta, _), (sp, mo) in zip(self.videos, outs)]
+        self.n_kf = self.n_ch = 0
+        self.videos, self.counts = [], ([], [])
+        return done, vs, ms
+
+
 class Extractor:
     """Both encoders + the decode settings of a config; decode once, encode many."""
 
@@ -161,15 +216,21 @@ class Extractor:
         """Encode several decoded videos in shared batches -> ([(spatial, motion)], vision_s, motion_s)."""
         kf = stack_host([d.keyframes for d in decoded], self.device)  # pinned on CUDA
         ch = stack_host([d.chunks for d in decoded], self.device)
+        return self.encode_staged(kf, ch, [len(d.keyframes) for d in decoded], [len(d.chunks) for d in decoded],
+                                  [d.chunk_ids for d in decoded])
+
+    def encode_staged(self, kf: np.ndarray, ch: np.ndarray, n_kf: list[int], n_ch: list[int],
+                      chunk_ids: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
+        """`encode` of videos already staged one after the other in host buffers (`host_buffer`): key
+        frames `kf`, chunks `ch`, `n_kf` / `n_ch` of them per video, and each video's chunk_ids."""
         t0 = time.perf_counter()
         spatial = encoders.encode_keyframes(self.vision, kf, self.device, self.batch_size)
         t1 = time.perf_counter()
-        ids = np.concatenate([d.chunk_ids for d in decoded]) if all(d.chunk_ids is not None for d in decoded) else None
+        ids = np.concatenate(chunk_ids) if all(i is not None for i in chunk_ids) else None
         motion = encoders.encode_chunks(self.motion, ch, self.sampling["slow_stride"], self.device, self.batch_size,
                                         frame_ids=ids)
         t2 = time.perf_counter()
-        kf_split = np.cumsum([len(d.keyframes) for d in decoded])[:-1]
-        ch_split = np.cumsum([len(d.chunks) for d in decoded])[:-1]
+        kf_split, ch_split = np.cumsum(n_kf)[:-1], np.cumsum(n_ch)[:-1]
         return list(zip(np.split(spatial, kf_split), np.split(motion, ch_split))), t1 - t0, t2 - t1
 
     def decode_state(self) -> dict:
@@ -451,8 +512,10 @@ class DecodePool:
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.pool = self._new_pool()
 
-    def result(self, task: "_Task"):
-        """-> (DecodedVideo or None, error message or None, decode seconds), for the oldest task."""
+    def result(self, task: "_Task", hold: bool = False):
+        """-> (DecodedVideo or None, error message or None, decode seconds), for the oldest task.
+        hold=True: the frames are views on the task's shared-memory slot (no copy), valid until
+        `release(task)`, which must follow before the next `submit` can have the slot."""
         slot = task.slot
         try:
             if task.done is None:
@@ -471,12 +534,23 @@ class DecodePool:
             _, kf_shape, ch_shape, meta, chunk_ids = payload
             off = slot * self.slot
             n_kf, n_ch = int(np.prod(kf_shape)), int(np.prod(ch_shape))
-            kf = np.frombuffer(self.shm.buf, np.uint8, n_kf, off).reshape(kf_shape).copy()
-            ch = np.frombuffer(self.shm.buf, np.uint8, n_ch, off + n_kf).reshape(ch_shape).copy()
+            kf = np.frombuffer(self.shm.buf, np.uint8, n_kf, off).reshape(kf_shape)
+            ch = np.frombuffer(self.shm.buf, np.uint8, n_ch, off + n_kf).reshape(ch_shape)
+            if not hold:
+                kf, ch = kf.copy(), ch.copy()
             return DecodedVideo(kf, ch, meta, chunk_ids), None, dt
+        except BaseException:
+            self.release(task)
+            raise
         finally:
-            if slot is not None:
-                self.free.append(slot)
+            if not hold:
+                self.release(task)
+
+    def release(self, task: "_Task") -> None:
+        """Give the task's shared-memory slot back (after `result(task, hold=True)`)."""
+        if task.slot is not None:
+            self.free.append(task.slot)
+            task.slot = None
 
     def close(self) -> None:
         self._launcher.join()
@@ -530,24 +604,21 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
         )
         totals = {"load_s": ex.load_s, "decode_s": 0.0, "decode_wait_s": 0.0, "vision_s": 0.0, "motion_s": 0.0,
                   "write_s": 0.0, "decode_workers": workers}
-        pending: list[tuple[str, object]] = []
+        stage = BatchStage(ex)  # the next batch, staged as the videos arrive
 
         def flush():
-            if not pending:
+            if not stage.videos:
                 return
-            decoded = [d for _, d in pending]
-            outs, vs, ms = ex.encode(decoded)
+            n_kf, n_ch = stage.n_kf, stage.n_ch
+            done, vs, ms = stage.encode(ex)
             totals["vision_s"] += vs
             totals["motion_s"] += ms
-            n_kf = sum(len(d.keyframes) for d in decoded)
-            n_ch = sum(len(d.chunks) for d in decoded)
             t0 = time.perf_counter()
-            for (vid, d), (spatial, motion) in zip(pending, outs):
-                meta = dict(d.meta, vision_s=round(vs * len(d.keyframes) / n_kf, 4),
-                            motion_s=round(ms * len(d.chunks) / n_ch, 4))
+            for vid, meta, spatial, motion in done:
+                meta = dict(meta, vision_s=round(vs * len(spatial) / n_kf, 4),
+                            motion_s=round(ms * len(motion) / n_ch, 4))
                 writer.add(vid, spatial, motion, meta)
             totals["write_s"] += time.perf_counter() - t0
-            pending.clear()
 
         def video_path(row) -> str:
             return str((videos_dir / row["path"]) if videos_dir else Path(row["path"]))
@@ -563,20 +634,23 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
             while queue:  # manifest order, whatever order the workers finish in
                 row, handle = queue.popleft()
                 t0 = time.perf_counter()
-                decoded, error, dt = decoders.result(handle)
+                decoded, error, dt = decoders.result(handle, hold=True)  # frames: views on the slot
                 totals["decode_wait_s"] += time.perf_counter() - t0
+                try:
+                    if decoded is not None:
+                        stage.add(str(row["id"]), decoded)  # the one copy, slot -> staging buffer
+                finally:
+                    decoders.release(handle)
+                ok, decoded = decoded is not None, None  # the views are invalid from here on
                 if nxt < len(records):
                     queue.append((records[nxt], decoders.submit(video_path(records[nxt]))))
                     nxt += 1
                 totals["decode_s"] += dt
-                if decoded is None:
+                if not ok:
                     writer.add_failure(row["id"], row["path"], "decode", error)
                     print(f"failed: {row['id']} ({row['path']}): {error}", file=sys.stderr)
-                else:
-                    pending.append((str(row["id"]), decoded))
-                    if (sum(len(d.keyframes) for _, d in pending) >= ex.batch_size
-                            or sum(len(d.chunks) for _, d in pending) >= ex.batch_size):
-                        flush()
+                elif stage.full(ex.batch_size):
+                    flush()
                 bar.update(1)
             flush()
             bar.close()
