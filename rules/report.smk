@@ -32,4 +32,4 @@ rule report:
     conda:
         ENV
     shell:
-        "lmmvqa report --config {params.config} --out {output.html} > {log} 2>&1"
+        "lmmvqa report --config {params.config} --out {output.html} --plots {output.plots} > {log} 2>&1"

@@ -1,5 +1,6 @@
 """The HTML report: written from synthetic predictions / metrics / training logs, self-contained,
 its tables equal to the metrics JSON, plots also written as PNG files."""
+import base64
 import json
 import re
 from html.parser import HTMLParser
@@ -151,6 +152,20 @@ def test_report_with_missing_inputs_and_undefined_metrics(tmp_path, monkeypatch)
     assert "not defined: fewer than 3 valid predictions" in html
     text = re.sub(r'src="data:image/png;base64,[^"]*"', "", html)
     assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+
+
+def test_report_writes_its_plots_where_it_is_told(tmp_path, monkeypatch):
+    """`--plots` (the report rule's declared plots folder) receives the PNG files; nothing is written
+    into the default folder beside the page then; the page embeds the same images either way."""
+    monkeypatch.chdir(tmp_path)
+    cfg_path = make_run(tmp_path, datasets=("demo",))
+    out, plots = tmp_path / "page" / "index.html", tmp_path / "elsewhere" / "plots"
+    assert cli_main(["report", "--config", str(cfg_path), "--out", str(out), "--plots", str(plots)]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["demo--demo--confusion.png", "demo--demo--scatter.png",
+                                                       "demo--loss.png"]
+    assert not (out.parent / "plots").exists()
+    embedded = re.findall(r'src="data:image/png;base64,([^"]*)"', out.read_text())
+    assert sorted(embedded) == sorted(base64.b64encode(p.read_bytes()).decode() for p in plots.iterdir())
 
 
 def test_report_unknown_experiment_is_a_user_error(tmp_path, monkeypatch, capsys):

@@ -116,7 +116,8 @@ def report() -> Path:
 
 
 def report_plots() -> Path:
-    return RESULTS / "report" / "plots"
+    """The report's plots as PNG files, beside its page."""
+    return report().parent / "plots"
 
 
 def resolved_config() -> Path:

@@ -6,7 +6,7 @@ curve and the level confusion matrix, the training loss curve of each experiment
 counts, and the provenance of the run (config, model ids, code versions, feature stores).
 
 Plots are PNGs embedded as base64 (no external assets, no scripts), and also written as files into
-`<report folder>/plots/` (`<experiment>--<dataset>--scatter.png`, `...--confusion.png`,
+`--plots` (default `<report folder>/plots/`; `<experiment>--<dataset>--scatter.png`, `...--confusion.png`,
 `<experiment>--loss.png`) for Snakemake's `report()`. The experiment table of each experiment is
 also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pipeline.core.paths).
 
@@ -59,13 +59,15 @@ from pipeline.training.plots import figure, fold_loss_figure, loss_figure
 def configure_parser(p: argparse.ArgumentParser) -> None:
     add_config_arg(p)
     p.add_argument("--out", default=str(paths.report()), help="HTML file to write (default %(default)s)")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="folder for the plots as PNG files (default: `plots/` beside --out)")
     p.add_argument("--experiment", action="append", default=None,
                    help="only this experiment (repeatable; default: every experiment of the config)")
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
-    out = build_report(cfg, args.out, experiments=args.experiment, config_path=args.config)
+    out = build_report(cfg, args.out, experiments=args.experiment, config_path=args.config, plots_dir=args.plots)
     print(f"report written: {out}")
     return 0
 
@@ -358,9 +360,9 @@ def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
 
 
 def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
-                 config_path: str | None = None) -> Path:
+                 config_path: str | None = None, plots_dir: str | Path | None = None) -> Path:
     out = Path(out)
-    plots_dir = out.parent / "plots"
+    plots_dir = Path(plots_dir) if plots_dir else out.parent / "plots"
     names = experiments or list(cfg["experiments"])
     exps, models, feature_datasets, summary_entries = [], [], [], []
     for name in names:
