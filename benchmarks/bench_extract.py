@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_extract.py [--videos DIR] [--n-tiny 6] [--n-paper 1] [--threads 2]
     .venv/bin/python benchmarks/bench_extract.py --quality-probe      # tiny CLIP configs vs distortions
 
-Throughput: `pipeline.features.extract.Extractor` (decode once + both encoders) over real clips, reporting
+Throughput: `pipeline.features.extractor.Extractor` (decode once + both encoders) over real clips, reporting
 videos/s, seconds per video-second and the split decode / vision / motion. FLOP/s: the forward FLOPs
 of each encoder (torch.utils.flop_counter) over its measured time, against a plain fp32 torch matmul
 on the same threads. The paper-sized architectures (CLIP ViT-L/14, SlowFast R50 at 224) are built
@@ -68,7 +68,7 @@ def matmul_flops(threads: int, n: int = 2048, reps: int = 5) -> float:
 
 def bench_preset(name: str, videos: list[Path], threads: int) -> dict:
     from pipeline.features import encoders
-    from pipeline.features.extract import Extractor
+    from pipeline.features.extractor import Extractor
 
     cfg = _cfg(name == "paper-sized")
     ex = Extractor(cfg, "cpu", threads)

@@ -29,7 +29,8 @@ torch.set_num_threads({threads})
 from pipeline.core.config import validate
 cfg = validate({{"datasets": {{"x": {{"format": "generic", "labels": "x.csv"}}}}, "models": {{"preset": "tiny"}},
                  "sampling": {{"backend": {backend!r}}}}})
-from pipeline.features.extract import Extractor, extract_shard
+from pipeline.features.extract import extract_shard
+from pipeline.features.extractor import Extractor
 video = {video!r}
 t0 = time.perf_counter()
 if video:

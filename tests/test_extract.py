@@ -20,8 +20,10 @@ import yaml
 from pipeline.cli import main as cli_main
 from pipeline.core.config import validate
 from pipeline.core.specs import feature_settings_hash
-from pipeline.features import extract
-from pipeline.features.extract import CODE_VERSION, DecodePool, Extractor, decode_worker_count, extract_shard
+from pipeline.features import decode_pool, extractor, staging
+from pipeline.features.decode_pool import DecodePool, decode_worker_count
+from pipeline.features.extract import CODE_VERSION, extract_shard
+from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import FeatureStore, IncompleteStoreError
 
 torch.set_num_threads(2)
@@ -125,7 +127,7 @@ def test_store_identical_whatever_the_decode_workers(order_dir, monkeypatch):
                           decode_workers=workers)
         assert s["decode_workers"] == workers and s["n_videos"] == 5 and s["n_failed"] == 1
         stores[workers] = _store_bytes(out)
-    monkeypatch.setattr(extract, "_reserve_shm", lambda nbytes: None)
+    monkeypatch.setattr(decode_pool, "_reserve_shm", lambda nbytes: None)
     out = root / "pipe" / "shard-00000.zarr"
     extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False, decode_workers=2)
     stores["pipe"] = _store_bytes(out)
@@ -198,14 +200,14 @@ def test_a_crashing_decoder_fails_only_its_video(monkeypatch):
     assert got == [0, 1, died, 3, 4, died, 6, 7]
 
 
-@pytest.mark.skipif(not extract.SHM_DIR.is_dir(), reason="no /dev/shm")
+@pytest.mark.skipif(not decode_pool.SHM_DIR.is_dir(), reason="no /dev/shm")
 def test_stale_shared_memory_of_dead_extractions_is_removed():
     """A block left by a process group killed with -9 (tracker included) is unlinked by the next pool;
     those of live processes stay."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = extract.SHM_DIR / f"{extract.SHM_PREFIX}{dead.pid}-{uuid.uuid4().hex[:8]}"
-    live = extract.SHM_DIR / f"{extract.SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stale = decode_pool.SHM_DIR / f"{decode_pool.SHM_PREFIX}{dead.pid}-{uuid.uuid4().hex[:8]}"
+    live = decode_pool.SHM_DIR / f"{decode_pool.SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     stale.write_bytes(b"x" * 64)
     live.write_bytes(b"x" * 64)
     try:
@@ -214,9 +216,9 @@ def test_stale_shared_memory_of_dead_extractions_is_removed():
         with DecodePool(1) as pool:
             pool.start(ex)
             name = pool.shm.name
-            assert name.startswith(f"{extract.SHM_PREFIX}{os.getpid()}-") and (extract.SHM_DIR / name).exists()
+            assert name.startswith(f"{decode_pool.SHM_PREFIX}{os.getpid()}-") and (decode_pool.SHM_DIR / name).exists()
         assert not stale.exists() and live.exists()
-        assert not (extract.SHM_DIR / name).exists()  # this pool's block is gone after close
+        assert not (decode_pool.SHM_DIR / name).exists()  # this pool's block is gone after close
     finally:
         for f in (stale, live):
             f.unlink(missing_ok=True)
@@ -229,7 +231,7 @@ def test_decode_worker_count():
     assert decode_worker_count(cfg, threads=3, decode_workers=0) == 0
     assert decode_worker_count(validate({**cfg, "threads": 5})) == 5
     assert decode_worker_count(validate({**cfg, "features": {"decode_workers": 4}}), threads=3) == 4
-    assert decode_worker_count(cfg) == extract.available_cpus()
+    assert decode_worker_count(cfg) == decode_pool.available_cpus()
     with pytest.raises(Exception, match="decode_workers"):
         validate({**cfg, "features": {"decode_workers": -1}})
 
@@ -245,15 +247,15 @@ def test_host_buffers_pinned_only_for_cuda(monkeypatch):
         return real_empty(*shape, dtype=dtype)  # no CUDA driver here: record, do not pin
 
     monkeypatch.setattr(torch, "empty", fake_empty)
-    a = extract.host_buffer((2, 3), "cuda:1")
-    b = extract.host_buffer((2, 3), torch.device("cpu"))
+    a = staging.host_buffer((2, 3), "cuda:1")
+    b = staging.host_buffer((2, 3), torch.device("cpu"))
     assert asked == [True, False] and a.dtype == np.uint8 and b.shape == (2, 3)
     x = [np.full((2, 4), 7, np.uint8), np.arange(4, dtype=np.uint8)[None]]
-    np.testing.assert_array_equal(extract.stack_host(x, "cuda"), np.concatenate(x))
+    np.testing.assert_array_equal(staging.stack_host(x, "cuda"), np.concatenate(x))
     assert asked[-1] is True
 
     devices = []
-    monkeypatch.setattr(extract, "stack_host", lambda arrays, device: devices.append(device) or np.concatenate(arrays))
+    monkeypatch.setattr(extractor, "stack_host", lambda arrays, device: devices.append(device) or np.concatenate(arrays))
     ex = Extractor.decode_only({"device": torch.device("cuda", 0)})
     ex.vision = ex.motion = None
     ex.sampling, ex.batch_size = {"slow_stride": 4}, 8
@@ -301,7 +303,7 @@ def test_batch_stage_feeds_the_encoders_what_encode_would(monkeypatch):
                             rng.integers(0, 99, (c, 2)))
 
     batches = [[video(1, 2), video(2, 1)], [video(5, 1), video(1, 1)]]  # 5 key frames: more than foreseen
-    stage = extract.BatchStage(ex)
+    stage = staging.BatchStage(ex)
     got = []
     for batch in batches:
         for i, d in enumerate(batch):

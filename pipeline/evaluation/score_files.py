@@ -5,7 +5,7 @@
 
 Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
-constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extract.Extractor,
+constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extractor.Extractor,
 predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
 invalid), prob_score, level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed.
@@ -22,7 +22,7 @@ from pipeline.cli_args import add_device_arg, add_dtype_arg
 from pipeline.core.config import schema
 from pipeline.core.errors import UserError
 from pipeline.evaluation.predict import predict_batch
-from pipeline.features.extract import Extractor
+from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import collate_videos
 from pipeline.ingest.labels import is_video_file
 from pipeline.model.answers import LEVEL_PROB_COLUMNS

@@ -51,7 +51,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from pipeline.core.devices import (
-    resolve_device,  # the one device resolution (extract.py calls it as encoders.resolve_device)
+    resolve_device,  # the one device resolution (extractor.py calls it as encoders.resolve_device)
 )
 from pipeline.core.errors import UserError
 from pipeline.features import weights

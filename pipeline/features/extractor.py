@@ -1,0 +1,95 @@
+"""The two frozen encoders and the sampling settings of a config: decode a video once, encode many.
+
+`Extractor(cfg, device, threads)` loads the vision and motion models once (`encoders.load_vision` /
+`load_motion` from the resolved model specs, on `device`: fp32 on CPU, fp16 on CUDA unless the spec
+sets `dtype`); `.decode(path)` samples key frames and one-second chunks (`decode.sample_video`, the
+configured backend then the fallback), `.encode(decoded videos)` runs them through both encoders in
+shared batches of `features.batch_size` frames or chunks, and `.features(path)` does both for one
+video (`lmmvqa score` uses it for videos outside a manifest). `lmmvqa extract` (extract.py) drives it
+over a shard, with the decoding in worker processes (decode_pool.py).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from pipeline.core.specs import SAMPLING_KEYS, model_spec
+from pipeline.features import encoders
+from pipeline.features.decode import sample_video
+from pipeline.features.staging import stack_host
+
+
+class Extractor:
+    """Both encoders + the decode settings of a config; decode once, encode many."""
+
+    def __init__(self, cfg: dict, device: str | None = None, threads: int | None = None):
+        self.cfg = cfg
+        threads = int(threads or cfg.get("threads") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.threads = threads
+        self.device = encoders.resolve_device(device or cfg.get("device", "cpu"))
+        s = cfg["sampling"]
+        self.sampling = {k: s[k] for k in SAMPLING_KEYS}
+        self.backend, self.fallback = s.get("backend", "decord"), s.get("fallback_backend", "pyav")
+        self.batch_size = int(cfg["features"]["batch_size"])
+        t0 = time.perf_counter()
+        self.vision, self.vision_info = encoders.load_vision(model_spec(cfg, "vision"), self.device)
+        self.motion, self.motion_info = encoders.load_motion(model_spec(cfg, "motion"), self.device,
+                                                             slow_stride=self.sampling["slow_stride"])
+        self.load_s = time.perf_counter() - t0
+        self.key_size = int(self.vision_info["image_size"])
+        self.chunk_size = int(self.motion_info["input_size"])
+
+    @property
+    def sampling_attrs(self) -> dict:
+        return {**self.sampling, "key_size": self.key_size, "chunk_size": self.chunk_size,
+                "backend": self.backend, "fallback_backend": self.fallback}
+
+    def decode(self, path):
+        s = self.sampling
+        return sample_video(path, keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"],
+                            chunk_frames=s["chunk_frames"], max_seconds=s["max_seconds"], key_size=self.key_size,
+                            chunk_size=self.chunk_size, backend=self.backend, fallback=self.fallback,
+                            threads=self.threads, keyframe_mode=s["keyframe_mode"],
+                            fragment_grid=s["fragment_grid"])
+
+    def encode(self, decoded: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
+        """Encode several decoded videos in shared batches -> ([(spatial, motion)], vision_s, motion_s)."""
+        kf = stack_host([d.keyframes for d in decoded], self.device)  # pinned on CUDA
+        ch = stack_host([d.chunks for d in decoded], self.device)
+        return self.encode_staged(kf, ch, [len(d.keyframes) for d in decoded], [len(d.chunks) for d in decoded],
+                                  [d.chunk_ids for d in decoded])
+
+    def encode_staged(self, kf: np.ndarray, ch: np.ndarray, n_kf: list[int], n_ch: list[int],
+                      chunk_ids: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
+        """`encode` of videos already staged one after the other in host buffers (`host_buffer`): key
+        frames `kf`, chunks `ch`, `n_kf` / `n_ch` of them per video, and each video's chunk_ids."""
+        t0 = time.perf_counter()
+        spatial = encoders.encode_keyframes(self.vision, kf, self.device, self.batch_size)
+        t1 = time.perf_counter()
+        ids = np.concatenate(chunk_ids) if all(i is not None for i in chunk_ids) else None
+        motion = encoders.encode_chunks(self.motion, ch, self.sampling["slow_stride"], self.device, self.batch_size,
+                                        frame_ids=ids)
+        t2 = time.perf_counter()
+        kf_split, ch_split = np.cumsum(n_kf)[:-1], np.cumsum(n_ch)[:-1]
+        return list(zip(np.split(spatial, kf_split), np.split(motion, ch_split))), t1 - t0, t2 - t1
+
+    def decode_state(self) -> dict:
+        """Everything but the models: what `decode` reads, picklable (sent to decode workers)."""
+        return {k: v for k, v in vars(self).items() if not isinstance(v, torch.nn.Module)}
+
+    @classmethod
+    def decode_only(cls, state: dict) -> "Extractor":
+        """A model-less Extractor from `decode_state()`: its `decode` is the same method."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(state)
+        return obj
+
+    def features(self, path) -> tuple[np.ndarray, np.ndarray, dict]:
+        d = self.decode(path)
+        outs, vs, ms = self.encode([d])
+        spatial, motion = outs[0]
+        return spatial, motion, dict(d.meta, vision_s=round(vs, 4), motion_s=round(ms, 4))
