@@ -3,7 +3,10 @@
 The single source of artifact paths: the Snakemake rules build their input, output, log and benchmark
 patterns from these functions (called with wildcard names such as `"{dataset}"`), and the commands
 get the paths a rule declared as arguments, so a rule's files and what its command reads and writes
-cannot drift apart (tests/test_paths.py checks that no rule spells a path by hand).
+cannot drift apart (tests/test_paths.py checks that no rule spells a path by hand). A command's side
+outputs (`--missing`, `--failures`, `--metrics`, `--predictions`, `--plots`) default to the paths
+beside its main output that the `*_beside` / `*_table` functions give, the same ones the rules declare,
+so a stage also runs by hand with only its inputs and `--out`.
 """
 from __future__ import annotations
 
@@ -27,7 +30,12 @@ def manifest(dataset: str) -> Path:
 
 
 def missing(dataset: str) -> Path:
-    return RESULTS / "manifest" / f"{dataset}.missing.csv"
+    return missing_table(manifest(dataset))
+
+
+def missing_table(manifest_csv: str | Path) -> Path:
+    """The missing-videos table beside a manifest (`m.csv` -> `m.missing.csv`)."""
+    return Path(manifest_csv).with_suffix(".missing.csv")
 
 
 def probe(dataset: str, shard: int | str) -> Path:
@@ -35,7 +43,12 @@ def probe(dataset: str, shard: int | str) -> Path:
 
 
 def probe_failures(dataset: str, shard: int | str) -> Path:
-    return RESULTS / "probe" / dataset / f"{shard_name(shard)}.failures.csv"
+    return failures_table(probe(dataset, shard))
+
+
+def failures_table(table_csv: str | Path) -> Path:
+    """The failures table beside a probe table (`p.csv` -> `p.failures.csv`)."""
+    return Path(table_csv).with_suffix(".failures.csv")
 
 
 def store_dir(dataset: str, settings_hash: str) -> Path:
@@ -99,7 +112,17 @@ def predictions(experiment: str, dataset: str, fold: int | None = None) -> Path:
 
 def metrics(experiment: str, dataset: str, fold: int | None = None) -> Path:
     """metrics.json; for a `folds: all` experiment the fold-less path is the aggregate over folds."""
-    return predictions(experiment, dataset, fold).with_name("metrics.json")
+    return metrics_beside(predictions(experiment, dataset, fold))
+
+
+def metrics_beside(predictions_csv: str | Path) -> Path:
+    """The metrics.json that goes with a predictions table: in the same folder."""
+    return Path(predictions_csv).with_name("metrics.json")
+
+
+def predictions_beside(metrics_json: str | Path) -> Path:
+    """The predictions table that goes with a metrics.json: in the same folder."""
+    return Path(metrics_json).with_name("predictions.csv")
 
 
 def experiment_table(experiment: str) -> Path:
@@ -116,8 +139,12 @@ def report() -> Path:
 
 
 def report_plots() -> Path:
-    """The report's plots as PNG files, beside its page."""
-    return report().parent / "plots"
+    return plots_beside(report())
+
+
+def plots_beside(page: str | Path) -> Path:
+    """The report's plots as PNG files: a `plots/` folder beside its page."""
+    return Path(page).parent / "plots"
 
 
 def resolved_config() -> Path:

@@ -1,7 +1,7 @@
 """`lmmvqa aggregate`: every fold of a `folds: all` experiment on one test dataset -> one result.
 
 `lmmvqa aggregate --config C --experiment E --dataset D --out results/eval/E/D/metrics.json
---predictions results/eval/E/D/predictions.csv`
+[--predictions results/eval/E/D/predictions.csv]` (default: beside --out)
 
 reads the per-fold results `results/eval/E/fold<f>/D/{metrics.json,predictions.csv}` (written by
 `lmmvqa evaluate --fold f`) and writes:
@@ -62,13 +62,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="a `folds: all` experiment of the config")
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
     parser.add_argument("--out", required=True, metavar="JSON", help="aggregate metrics.json to write")
-    parser.add_argument("--predictions", required=True, metavar="CSV",
-                        help="every fold's predictions pooled (a `fold` column), to write")
+    parser.add_argument("--predictions", default=None, metavar="CSV",
+                        help="every fold's predictions pooled (a `fold` column), to write "
+                             "(default: predictions.csv beside --out)")
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
-    m = aggregate(cfg, args.experiment, args.dataset, args.out, args.predictions)
+    m = aggregate(cfg, args.experiment, args.dataset, args.out, args.predictions or paths.predictions_beside(args.out))
     for method in ("text", "prob"):
         agg = m["aggregate"][method]
         cells = []

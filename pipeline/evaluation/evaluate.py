@@ -79,7 +79,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="experiment name (config `experiments`)")
     parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
     parser.add_argument("--out", required=True, metavar="CSV", help="predictions table to write")
-    parser.add_argument("--metrics", required=True, metavar="JSON", help="metrics.json to write")
+    parser.add_argument("--metrics", default=None, metavar="JSON",
+                        help="metrics.json to write (default: metrics.json beside --out)")
     add_device_arg(parser, help="cpu, cuda or cuda:N (default: config `device`)")
     add_dtype_arg(parser)
     parser.add_argument("--fold", type=int, default=None,
@@ -94,7 +95,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     cfg = load_config(args.config)
     device = args.device or cfg["device"]
-    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, args.metrics, device=device, dtype=args.dtype, fold=args.fold,
+    metrics_out = args.metrics or paths.metrics_beside(args.out)
+    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, metrics_out, device=device, dtype=args.dtype, fold=args.fold,
                        model_dir=args.model, prompts_dir=args.prompts, stores=args.stores)
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731

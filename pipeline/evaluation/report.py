@@ -362,7 +362,7 @@ def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
 def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
                  config_path: str | None = None, plots_dir: str | Path | None = None) -> Path:
     out = Path(out)
-    plots_dir = Path(plots_dir) if plots_dir else out.parent / "plots"
+    plots_dir = Path(plots_dir) if plots_dir else paths.plots_beside(out)
     names = experiments or list(cfg["experiments"])
     exps, models, feature_datasets, summary_entries = [], [], [], []
     for name in names:

@@ -1,10 +1,10 @@
 """Manifest stage: label file(s) + videos folder -> one table per dataset (+ a missing table).
 
-`lmmvqa manifest --format F --labels FILE [FILE...] [--videos DIR] --out FILE.csv [--shard-size N]
-[--k K] [--seed S] [--split-scheme kfold|official] [--mos-scale 0-100|1-5]`
+`lmmvqa manifest --format F --labels FILE [FILE...] [--videos DIR] --out FILE.csv [--missing M.csv]
+[--shard-size N] [--k K] [--seed S] [--split-scheme kfold|official] [--mos-scale 0-100|1-5]`
 
-writes FILE.csv (columns `MANIFEST_COLUMNS`, contract in docs/DESIGN.md) and `<stem>.missing.csv`
-beside it (`id, path, row, reason`), each through a temp file + `os.replace`, and prints the row and
+writes FILE.csv (columns `MANIFEST_COLUMNS`, contract in docs/DESIGN.md) and the missing table (default
+`<stem>.missing.csv` beside it) (`id, path, row, reason`), each through a temp file + `os.replace`, and prints the row and
 missing counts. Any `UserError` leaves no output (old outputs are removed first).
 
 - `level`: good / fair / poor by the 33rd / 66th percentiles of the MOS of every labelled row
@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline.core import atomic
+from pipeline.core import atomic, paths
 from pipeline.core.errors import UserError
 from pipeline.core.levels import levels
 from pipeline.ingest import labels as L
@@ -299,8 +299,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="folder holding the videos; rows whose file is absent and files with no label go to "
                         "the missing table. Without it every labelled row is listed and no file is checked")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="manifest CSV to write")
-    p.add_argument("--missing", required=True, metavar="FILE.csv",
-                   help="table of labelled videos with no file and files with no label, to write")
+    p.add_argument("--missing", default=None, metavar="FILE.csv",
+                   help="table of labelled videos with no file and files with no label, to write "
+                        "(default: beside --out, OUT.missing.csv)")
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="videos per shard (default: 256)")
     p.add_argument("--k", type=int, default=5, help="number of folds for k-fold splits (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold hash (default: 0)")
@@ -311,7 +312,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    out, missing_out = Path(args.out), Path(args.missing)
+    out = Path(args.out)
+    missing_out = Path(args.missing) if args.missing else paths.missing_table(out)
     for stale in (out, missing_out):  # a failed run must not leave an older, complete-looking table
         if stale.is_file():
             stale.unlink()

@@ -1,7 +1,7 @@
 """Probe stage: container and video-stream metadata of each video of a manifest shard (PyAV).
 
-`lmmvqa probe --manifest M --videos DIR [--shard N] --out FILE.csv` writes FILE.csv (`PROBE_COLUMNS`,
-one row per file that opened) and FILE.failures.csv (`id, path, stage, error`), each atomically.
+`lmmvqa probe --manifest M --videos DIR [--shard N] --out FILE.csv [--failures F.csv]` writes FILE.csv
+(`PROBE_COLUMNS`, one row per file that opened) and the failures table (default FILE.failures.csv) (`id, path, stage, error`), each atomically.
 
 `probe_video(path) -> dict` with keys `PROBE_KEYS`:
 
@@ -31,7 +31,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from pipeline.core import atomic
+from pipeline.core import atomic, paths
 from pipeline.core.errors import FAILURE_COLUMNS, UserError
 from pipeline.ingest.manifest import read_manifest
 from pipeline.ingest.streams import display_info, error_text
@@ -174,8 +174,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--videos", required=True, metavar="DIR", help="folder the manifest's paths are relative to")
     p.add_argument("--shard", type=int, default=None, metavar="N", help="probe only this shard (default: all rows)")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="probe table to write")
-    p.add_argument("--failures", required=True, metavar="FILE.csv",
-                   help="table of the videos that failed to probe (id, path, stage, error), to write")
+    p.add_argument("--failures", default=None, metavar="FILE.csv",
+                   help="table of the videos that failed to probe (id, path, stage, error), to write "
+                        "(default: beside --out, OUT.failures.csv)")
 
 
 def main(args) -> int:
@@ -183,7 +184,8 @@ def main(args) -> int:
     if args.shard is not None and int(args.shard) not in set(manifest["shard"].astype(int)):
         raise UserError(f"{args.manifest}: no shard {args.shard} in the manifest")
     table, failures = probe_shard(manifest, args.videos, args.shard)
-    out, fail = Path(args.out), Path(args.failures)
+    out = Path(args.out)
+    fail = Path(args.failures) if args.failures else paths.failures_table(out)
     atomic.write_csv(failures, fail)
     atomic.write_csv(table, out)
     print(f"probe: {len(table)} videos probed, {len(failures)} failure(s) -> {out}, {fail}")
