@@ -151,6 +151,11 @@ def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
     assert "validation" in meta and res["validation"]["n_videos"] >= 1
     card = (out / "README.md").read_text()
     assert "skipped" in card and '"syn": 1' in card  # the failed video is counted
+    assert "- LLM: Llama-architecture LLM (width 64, 1 layer): trained from scratch here (random init from the " \
+           "preset's config (seed 0))" in card
+    assert "- vision: not recorded" in card  # these synthetic stores carry no provenance records
+    assert meta["provenance"]["llm"] == {"arch": "llama", "detail": "width 64, 1 layer", "trained": "all",
+                                         "weights": {"kind": "random_init", "seed": 0}, "continued_from": None}
     # checkpoints were written in cache/checkpoints/<exp>
     assert list(paths.checkpoint_dir("exp").glob("step-*"))
     model = LMMVQA.from_pretrained(out)

@@ -50,6 +50,7 @@ from pipeline.core.metrics import (
     logistic,
     write_table,
 )
+from pipeline.core.provenance import ARCH_NAMES, describe_roles, describe_weights
 from pipeline.core.specs import feature_settings_hash, model_spec
 from pipeline.core.versions import STAGES, code_version
 from pipeline.prompts.experiments import experiment_folds, parse_selector, require_experiment
@@ -341,21 +342,29 @@ def render_html(**context) -> str:
     return Environment(autoescape=True).from_string(TEMPLATE_PATH.read_text(encoding="utf-8")).render(**context)
 
 
+DEFAULT_ARCH = {"vision": "clip", "motion": "slowfast", "llm": "llama"}
+
+
 def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
-    """Model ids / sources per role: from the model folder's lmmvqa.json, else from the config."""
+    """What each role was built from, one line per role: the model folder's record (`provenance` in
+    lmmvqa.json: architecture, weights file + sha256 / hub id + revision / random init, how the LLM was
+    trained), else what the config asks for, marked as such (no trained model to read it from)."""
+    if isinstance(model_cfg, dict) and model_cfg.get("provenance"):
+        return describe_roles(model_cfg["provenance"])
     out = {}
     for role in ("vision", "motion", "llm"):
-        spec = None
-        if isinstance(model_cfg, dict):
-            spec = model_cfg.get(role) or model_cfg.get(f"{role}_spec")
-        if spec is None:
-            spec = model_spec(cfg, role)
-            spec = {"source": spec.get("source"), "from": "config"}
-        if isinstance(spec, dict):
-            src = spec.get("source")
-            spec = (src if src else f"random init ({cfg['models']['preset']} preset)") + \
-                (" [config]" if spec.get("from") == "config" else "")
-        out[role] = str(spec)
+        spec = model_spec(cfg, role)
+        arch = ARCH_NAMES.get(spec.get("arch") or DEFAULT_ARCH[role], spec.get("arch"))
+        w = spec.get("weights") or {}
+        if spec.get("source"):
+            what = f"pretrained weights from {spec['source']}"
+        elif w.get("package"):
+            what = f"weights file {w['file']} of the installed package {w['package']} (expected sha256 {w.get('sha256')})"
+        elif spec.get("arch") == "temporal_stats":
+            what = describe_weights({"kind": "none"})
+        else:
+            what = f"random init from the {cfg['models']['preset']} preset's config"
+        out[role] = f"{arch}: {what} [from the config: no trained model folder]"
     return out
 
 

@@ -8,7 +8,8 @@ its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.deco
 constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extractor.Extractor,
 predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
 invalid), prob_score, level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
-line with `error` and the others still score; the exit code is 1 when any failed.
+line with `error` and the others still score; the exit code is 1 when any failed. Before scoring, stderr
+names the model folder, its preset and what each role was built from (its recorded `provenance`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from pipeline.cli_args import add_device_arg, add_dtype_arg
 from pipeline.core.config import schema
 from pipeline.core.errors import UserError
+from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
 from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import collate_videos
@@ -62,6 +64,18 @@ class Scorer:
         self.seed = int(cfg.get("prompts_seed", 0))
         self.evaluation = cfg.get("evaluation") or {}
         self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()
+        self.model_dir = model_dir
+
+    def describe(self) -> str:
+        """What scores the videos: the model folder, its preset, and what each role was built from."""
+        cfg = self.model.config
+        preset = ((cfg.get("extraction") or {}).get("models") or {}).get("preset")
+        lines = [f"lmmvqa score: model {self.model_dir} (preset {preset}, experiment {cfg.get('experiment')})"]
+        if not cfg.get("provenance"):
+            lines.append("  (the model folder does not record what its roles were built from: trained by an older version)")
+        else:
+            lines += [f"  {role}: {text}" for role, text in describe_roles(cfg["provenance"]).items()]
+        return "\n".join(lines)
 
     def score(self, path) -> dict:
         t0 = time.perf_counter()
@@ -95,6 +109,7 @@ def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int 
     """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed."""
     out = out or sys.stdout
     scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding)
+    print(scorer.describe(), file=sys.stderr, flush=True)
     failed = 0
     for path in expand_inputs(videos):
         try:

@@ -1,10 +1,17 @@
-"""The two frozen encoders: a CLIP vision tower (key frames) and a SlowFast trunk (one-second chunks).
+"""The two frozen encoders: the vision role (key frames) and the motion role (one-second chunks).
 
-Both presets go through the same functions; only the spec differs (`settings.model_spec`):
+Every preset goes through the same functions; only the spec differs (`specs.model_spec`). The spec's
+`arch` picks the family: CLIP vision tower or an ImageNet CNN's statistics (`mobilenet_v2`) for the
+vision role, SlowFast trunk or parameter-free temporal statistics (`temporal_stats`) for the motion role:
 
-* `source: null` -> the preset's `config` is built at random init from a fixed seed (`tiny`), so the
-  features are identical across runs and machines (CPU, fp32);
+* no `source` and no `weights` -> the preset's `config` is built at random init from a fixed seed
+  (`tiny`), so the features are identical across runs and machines (CPU, fp32);
+* `weights` -> a weight file inside an installed package, sha256-checked (`offline`);
 * otherwise `source` is a hub id or a local folder/file with pretrained weights (`paper`).
+
+Each loader returns the model and an info dict that the feature store keeps as its attributes, with
+the role's provenance (`arch`, `detail`, `weights`: file + sha256, folder, hub id + revision, random
+init or none; pipeline/core/provenance.py).
 
 Vision: transformers `CLIPVisionModel`. Random init: `CLIPVisionConfig(**config)`; pretrained:
 `CLIPVisionModel.from_pretrained(source)` (a full CLIP checkpoint such as openai/clip-vit-large-patch14
@@ -53,6 +60,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from pipeline.core.devices import (
     resolve_device,  # the one device resolution (extractor.py calls it as encoders.resolve_device)
 )
+from pipeline.core import provenance
 from pipeline.core.errors import UserError
 from pipeline.features import weights
 
@@ -161,7 +169,9 @@ def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
                      conf.get("image_size", 224))
     info = {"source": str(path), "arch": arch, "config": conf, "tokens": model.tokens, "width": model.width,
             "image_size": model.image_size, "grid": model.grid, "blocks": model.blocks,
-            "sha256": (spec.get("weights") or {}).get("sha256")}
+            "detail": f"mean and std of every channel of blocks {', '.join(map(str, model.blocks))}: whole frame + "
+                      f"{model.grid} x {model.grid} cells",
+            "weights": provenance.file_weights(path)}
     return model, info
 
 
@@ -199,7 +209,9 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
         "source": source, "config": overrides if not source else {**overrides, "model_type": c.model_type},
         "tokens": (c.image_size // c.patch_size) ** 2 + 1, "width": c.hidden_size,
         "image_size": c.image_size, "patch_size": c.patch_size, "layers": c.num_hidden_layers,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""), "arch": "clip",
+        "detail": f"patch {c.patch_size}, width {c.hidden_size}, {c.num_hidden_layers} layers, {c.image_size} px",
+        "weights": provenance.pretrained_weights(source) if source else provenance.random_init(seed),
     }
     return model, info
 
@@ -339,7 +351,9 @@ def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed
         config = dict(spec.get("config") or {})
         model = TemporalStats(int(config.get("input_size", 64)), slow_stride).to(resolve_device(device)).eval()
         return model, {"source": None, "arch": "temporal_stats", "config": config, "dim": TemporalStats.dim,
-                       "input_size": model.input_size, "slow_stride": slow_stride, "dtype": "float32"}
+                       "input_size": model.input_size, "slow_stride": slow_stride, "dtype": "float32",
+                       "detail": "frame-difference statistics of each one-second chunk",
+                       "weights": provenance.no_weights()}
     if spec.get("arch") not in (None, "slowfast"):
         raise ValueError(f"unknown motion arch {spec.get('arch')!r} (slowfast or temporal_stats)")
 
@@ -358,17 +372,22 @@ def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed
         net = create_slowfast(**kwargs)
     finally:
         ctx.__exit__(None, None, None)
+    record = provenance.random_init(seed)
     if source:
         if str(source) in SLOWFAST_ARCHS:
             if source != "slowfast_r50":
                 raise ValueError(f"no known checkpoint for {source}: give a local checkpoint path as source")
             state = torch.hub.load_state_dict_from_url(SLOWFAST_R50_URL, map_location="cpu", weights_only=True)
             state = state.get("model_state", state)
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(SLOWFAST_R50_URL).name
+            record = {"kind": "url", "url": SLOWFAST_R50_URL, "file": str(cached),
+                      "sha256": provenance.sha256_of(cached) if cached.is_file() else None}
         else:
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"SlowFast checkpoint not found: {path} (a file saved with torch.save)")
             state = _read_state_dict(path)
+            record = provenance.file_weights(path)
         result = net.load_state_dict(state, strict=False)
         _check_loaded(source, result.missing_keys, result.unexpected_keys)
     model = SlowFastTrunk(net, slow_stride, slow_dim, fast_dim, input_size)
@@ -376,7 +395,9 @@ def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed
     info = {
         "source": source, "config": config, "dim": slow_dim + fast_dim, "slow_dim": slow_dim,
         "fast_dim": fast_dim, "input_size": input_size, "slow_stride": slow_stride,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""), "arch": "slowfast",
+        "detail": f"depth {kwargs['model_depth']}, {input_size} px chunks, slow + fast pathways pooled",
+        "weights": record,
     }
     return model, info
 

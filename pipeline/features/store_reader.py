@@ -182,8 +182,12 @@ def feature_moments(features: dict, ids: Iterable[tuple[str, str]], max_videos: 
     return out
 
 
+ROLE_KEYS = ("source", "config", "arch", "detail", "weights")  # what training keeps of an encoder's record
+
+
 def feature_info(features) -> dict:
-    """Vision width / tokens, motion dim (+ the models' specs) of a DatasetFeatures or FeatureStore,
+    """Vision width / tokens, motion dim and each encoder's record (source, config, and the provenance
+    `arch`, `detail`, `weights`; pipeline/core/provenance.py) of a DatasetFeatures or FeatureStore,
     from the store attributes, else from the arrays' shapes."""
     stores = getattr(features, "stores", [features])
     if not stores:
@@ -196,8 +200,8 @@ def feature_info(features) -> dict:
         _, tokens, width = shapes["spatial"]
         dim = shapes["motion"][1]
     return {"vision_tokens": int(tokens), "vision_width": int(width), "motion_dim": int(dim),
-            "vision": {k: vision.get(k) for k in ("source", "config")},
-            "motion": {k: motion.get(k) for k in ("source", "config")}}
+            "vision": {k: vision.get(k) for k in ROLE_KEYS},
+            "motion": {k: motion.get(k) for k in ROLE_KEYS}}
 
 
 def collate_videos(items: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:

@@ -11,30 +11,15 @@ stops with a message that says which file and what to do.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-from functools import lru_cache
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.core.provenance import sha256_of
 
 
 class WeightsError(UserError):
     """A weight file is missing or is not the file the preset names (hash mismatch)."""
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_of(path: str | Path) -> str:
-    st = Path(path).stat()
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
 def package_file(package: str, rel: str) -> Path:

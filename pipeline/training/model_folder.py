@@ -1,6 +1,7 @@
 """The model folder's training artefacts, written next to what `LMMVQA.save_pretrained` writes
 (docs/DESIGN.md "Model folder"): `lmmvqa.json` extras (experiment, stage, validation, train summary,
-code version and the scoring settings `lmmvqa score` rebuilds inputs from), `templates.yaml` (the
+code version, the scoring settings `lmmvqa score` rebuilds inputs from, and `provenance`: what each
+role was built from, pipeline/core/provenance.py), `templates.yaml` (the
 question bank trained with), `train_log.csv` (step, loss, lr, samples_per_s), `loss.png` (the
 training loss figure the report also draws, pipeline/training/plots.py) and the model card `README.md`.
 `write_model_folder` assembles them in a staging sibling and renames it into place."""
@@ -15,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline.core import provenance
 from pipeline.core.versions import code_version
+from pipeline.prompts.experiments import fold_dependent, parse_selector
 from pipeline.prompts.shards import load_templates
 from pipeline.training.plots import loss_figure
 
@@ -29,7 +32,7 @@ def write_model_folder(out: str | Path, model, cfg: dict, experiment: str, stage
     staging = out.with_name(f"{out.name}.staging-{os.getpid()}")
     model.save_pretrained(staging, extra={"experiment": experiment, "stage": stage or "final", "validation": val,
                                           "train_summary": summary, "code_version": code_version("train"),
-                                          **scoring_settings(cfg)})
+                                          "provenance": model_provenance(model), **scoring_settings(cfg)})
     (staging / "templates.yaml").write_text(yaml.safe_dump(
         {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"]).items()}, sort_keys=False, width=200))
     write_log(log_rows, staging / "train_log.csv")
@@ -48,6 +51,32 @@ def scoring_settings(cfg: dict) -> dict:
             "prompts_seed": cfg["prompts"]["seed"], "evaluation": cfg["evaluation"]}
 
 
+def model_provenance(model) -> dict:
+    """Each role's record (pipeline/core/provenance.py): the encoders' as their feature stores recorded
+    them, and the LLM's: its architecture, where its weights came from and how it was trained here."""
+    c = model.config
+    spec = c["llm"]
+    llm_conf = getattr(model.llm, "config", None)
+    layers = getattr(llm_conf, "num_hidden_layers", None)
+    llm = {
+        "arch": getattr(llm_conf, "model_type", None) or "llama",
+        "detail": f"width {c['llm_width']}" + (f", {layers} layer{'s' if layers != 1 else ''}" if layers else ""),
+        "weights": (provenance.pretrained_weights(spec["source"]) if spec["source"]
+                    else provenance.random_init(c["training"]["seed"])),
+        "trained": "all" if c.get("train_llm") else ("lora" if c.get("lora") else "none"),
+        "continued_from": (c.get("init_from") or {}).get("path"),
+    }
+    roles = {role: {k: (c.get(role) or {}).get(k) for k in ("arch", "detail", "weights")} for role in ("vision", "motion")}
+    return {**roles, "llm": llm}
+
+
+def holdout_note(cfg: dict, experiment: str) -> str:
+    """' (holdout fold F never used: ...)' when a k-fold `train` selector leaves a fold out, else ''."""
+    exp = cfg["experiments"][experiment]
+    held = [parse_selector(s)[0] for s in exp["train"] if fold_dependent(cfg, s)]
+    return f" (holdout fold {exp['holdout_fold']} never used: {', '.join(held)})" if held else ""
+
+
 def write_log(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
@@ -64,14 +93,15 @@ def plot_loss(rows: list[dict], path: Path, title: str) -> None:
 def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary: dict) -> str:
     """README.md of a model folder: data, model, training and validation in a page."""
     tr = cfg["training"]
+    roles = provenance.describe_roles(model_provenance(model))
     lines = [
         f"# LMM-VQA model `{experiment}`", "",
-        "Video quality assessment as question answering: pooled CLIP key-frame tokens + one SlowFast motion "
-        "token through the spatiotemporal projector replace the `<video>` token of the prompt; the LLM answers "
-        "the quality score (0-100, three decimals) or level (good / fair / poor).", "",
+        "Video quality assessment as question answering: the vision role's key-frame tokens and one motion "
+        "token per second, pooled over time, go through the spatiotemporal projector and replace the video "
+        f"placeholder token (`{model.config.get('placeholder_token')}`) of the prompt; the LLM answers the quality "
+        "score (0-100, three decimals) or level (good / fair / poor).", "",
         "## Data", "",
-        f"- train selectors: {', '.join(cfg['experiments'][experiment]['train'])} "
-        f"(holdout fold {cfg['experiments'][experiment]['holdout_fold']} never used)",
+        f"- train selectors: {', '.join(cfg['experiments'][experiment]['train'])}{holdout_note(cfg, experiment)}",
         f"- training samples: {summary['n_train']} ({summary['n_train_videos']} videos); validation: "
         f"{summary['n_val']} samples ({val.get('n_videos', 0)} videos, seeded {tr['val_fraction']:g} of the training videos)",
         f"- videos without features (skipped): {sum(data['skipped_videos'].values())} "
@@ -79,9 +109,11 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"- prompt shards: {', '.join(data['prompt_files'])}",
         f"- feature stores: {', '.join(s for v in data['stores'].values() for s in v)}", "",
         "## Model", "",
-        f"- LLM: {model.config['llm']['source'] or 'random init (' + cfg['models']['preset'] + ' preset)'}; "
-        f"width {model.config['llm_width']}; LLM weights saved: {' + '.join(model.weight_parts()) or 'none (reloaded from the source)'}; "
-        f"dtype {model.config.get('dtype')}",
+        f"- preset `{cfg['models']['preset']}`",
+        f"- vision: {roles['vision']}",
+        f"- motion: {roles['motion']}",
+        f"- LLM: {roles['llm']}; LLM weights saved in this folder: "
+        f"{' + '.join(model.weight_parts()) or 'none (reloaded from the source)'}; dtype {model.config.get('dtype')}",
         f"- vision width {model.config['vision_width']}, {model.config['vision_tokens']} tokens per key frame, "
         f"motion dim {model.config['motion_dim']}, pooling {model.config['pooling']} -> "
         f"{model.config['vision_tokens'] + 1} visual tokens",
