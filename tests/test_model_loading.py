@@ -1,4 +1,4 @@
-"""Loading models as a GPU user would (issue 11, defects 2, 4, 5, 6 and device "auto"): weights
+"""Loading models as a GPU user would (and device "auto"): weights
 missing from a folder are errors naming them; the dtype is recorded and used on load; a reserved
 special token serves as the video placeholder (no vocabulary resize); activation checkpointing
 changes memory, not numbers; a pretrained LLM is loaded straight onto its device."""

@@ -1,4 +1,4 @@
-"""Stage 1 -> stage 2 (issue 11, defect 3): per-experiment training overrides, `init_from`, and one
+"""Stage 1 -> stage 2: per-experiment training overrides, `init_from`, and one
 experiment running both stages (`stage1:`), stage 2 starting from stage 1's weights."""
 from __future__ import annotations
 

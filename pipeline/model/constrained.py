@@ -20,7 +20,7 @@ constraint checked.
 The allowed-token sets are built from the tokenizer's vocabulary: every token id is decoded once
 (`batch_decode` of single ids), and the pieces, the candidate tokens per grammar and the allowed ids
 per (state, steps left) are cached per tokenizer object. This works for word-level tokenizers (the
-tiny preset's one digit per token) and for byte-level BPE vocabularies (Llama-3: multi-digit tokens
+trained tokenizer's one digit per token) and for byte-level BPE vocabularies (Llama-3: multi-digit tokens
 such as `"63"`, `" 63"`, `".2"`; partial UTF-8 bytes decode to U+FFFD and are never candidates).
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Tokenizers: the `tiny` preset's word-level tokenizer trained on the prompt shards, and the
-`paper` preset's LLM tokenizer with a video placeholder (one of its reserved special tokens where it
+"""Tokenizers: the word-level tokenizer trained on the prompt shards for an LLM built at random init
+(the `tiny` and `offline` presets), and a pretrained LLM's tokenizer (`paper`) with a video placeholder (one of its reserved special tokens where it
 has them, e.g. Llama-3's `<|reserved_special_token_0|>`, else an added `<video>`).
 
-Tiny tokenizer (`lmmvqa tokenizer --prompts FILE_OR_DIR... --out DIR`): a `tokenizers` WordLevel
+Trained tokenizer (`lmmvqa tokenizer --prompts FILE_OR_DIR... --out DIR`): a `tokenizers` WordLevel
 model trained on every question and answer of the shards. Spaces become a `▁` word prefix
 (Metaspace), every digit is a token of its own, punctuation is split off, so
 

@@ -123,7 +123,8 @@ def experiment_data(cfg: dict, experiment: str, stores: list[str] | None = None)
 
 
 def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):
-    """The LLM's own tokenizer (pretrained source), or the tiny preset's trained one (`lmmvqa tokenizer`)."""
+    """The LLM's own tokenizer (pretrained source), or the one trained on the prompts for an LLM built
+    at random init (`lmmvqa tokenizer`)."""
     if not trains_tokenizer(cfg):
         return load_tokenizer(model_spec(cfg, "llm")["source"])
     tdir = Path(tokenizer_dir or paths.tokenizer_dir())

@@ -320,7 +320,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_device_arg(parser)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides training.max_steps / epochs)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in cache/checkpoints/<run>")
-    parser.add_argument("--tokenizer", default=None, help="tiny preset tokenizer folder (default results/tokenizer)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer trained on the prompts, for an LLM built at random init (default results/tokenizer)")
     parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default cache/checkpoints/<experiment>)")
     add_no_progress_arg(parser)
     parser.add_argument("--stage1", action="store_true",
