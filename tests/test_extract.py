@@ -21,6 +21,7 @@ from pipeline.cli import main as cli_main
 from pipeline.core.config import validate
 from pipeline.core.specs import feature_settings_hash
 from pipeline.features import decode_pool, extractor, staging
+from pipeline.features.decode import VideoSampler
 from pipeline.features.decode_pool import DecodePool, decode_worker_count
 from pipeline.features.extract import CODE_VERSION, extract_shard
 from pipeline.features.extractor import Extractor
@@ -142,7 +143,7 @@ def test_decode_pool_uses_processes_and_keeps_order(order_dir):
     ex = Extractor(tiny_config(), "cpu", 2)
     paths = [str(vids / p) for p in ("long.mp4", "s0.mp4", "bad.mp4", "s1.mp4")]
     with DecodePool(2) as pool:
-        pool.start(ex)
+        pool.start(ex.sampler)
         assert pool.in_flight == 4 and pool.shm is not None
         handles = [pool.submit(p) for p in paths]
         got = [pool.result(h) for h in handles]
@@ -165,7 +166,7 @@ def test_decode_pool_uses_processes_and_keeps_order(order_dir):
 
 
 def _fake_decode(self, path):
-    """Stands in for Extractor.decode in forked workers: a video named *crash* kills its process the
+    """Stands in for VideoSampler.decode in forked workers: a video named *crash* kills its process the
     way a segfaulting decoder does; the others decode to frames filled with their number."""
     from pipeline.features.decode import DecodedVideo
 
@@ -180,13 +181,13 @@ def test_a_crashing_decoder_fails_only_its_video(monkeypatch):
     """A worker that dies loses the videos in flight: they are decoded again one at a time, the one
     that kills its worker again becomes a failure, the others come back in order, and the pool goes
     on. (Fork start method so the workers inherit the stand-in decoder.)"""
-    monkeypatch.setattr(Extractor, "decode", _fake_decode)
-    ex = Extractor.decode_only({"sampling": {"max_keyframes": 2, "max_seconds": 2, "chunk_frames": 4},
-                                "key_size": 4, "chunk_size": 2, "threads": 2})
+    monkeypatch.setattr(VideoSampler, "decode", _fake_decode)
+    sampler = VideoSampler(keyframe_fps=1.0, max_keyframes=2, max_seconds=2, chunk_frames=4, key_size=4, chunk_size=2,
+                           threads=2)
     names = ["v0", "v1", "crash", "v3", "v4", "crash2", "v6", "v7"]
     got = []
     with DecodePool(2, start_method="fork") as pool:
-        pool.start(ex)
+        pool.start(sampler)
         queue = [pool.submit(f"/nowhere/{n}.mp4") for n in names[: pool.in_flight]]
         nxt = len(queue)
         while queue:
@@ -211,10 +212,10 @@ def test_stale_shared_memory_of_dead_extractions_is_removed():
     stale.write_bytes(b"x" * 64)
     live.write_bytes(b"x" * 64)
     try:
-        ex = Extractor.decode_only({"sampling": {"max_keyframes": 1, "max_seconds": 1, "chunk_frames": 4},
-                                    "key_size": 4, "chunk_size": 2, "threads": 1})
+        sampler = VideoSampler(keyframe_fps=1.0, max_keyframes=1, max_seconds=1, chunk_frames=4, key_size=4,
+                               chunk_size=2, threads=1)
         with DecodePool(1) as pool:
-            pool.start(ex)
+            pool.start(sampler)
             name = pool.shm.name
             assert name.startswith(f"{decode_pool.SHM_PREFIX}{os.getpid()}-") and (decode_pool.SHM_DIR / name).exists()
         assert not stale.exists() and live.exists()
@@ -256,7 +257,8 @@ def test_host_buffers_pinned_only_for_cuda(monkeypatch):
 
     devices = []
     monkeypatch.setattr(extractor, "stack_host", lambda arrays, device: devices.append(device) or np.concatenate(arrays))
-    ex = Extractor.decode_only({"device": torch.device("cuda", 0)})
+    ex = Extractor.__new__(Extractor)  # no models: the encoders are stubbed
+    ex.device = torch.device("cuda", 0)
     ex.vision = ex.motion = None
     ex.sampling, ex.batch_size = {"slow_stride": 4}, 8
     from pipeline.features import encoders
@@ -292,7 +294,8 @@ def test_batch_stage_feeds_the_encoders_what_encode_would(monkeypatch):
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, dtype=None, pin_memory=False: pinned.append(pin_memory)
                         or real_empty(*a, dtype=dtype))
-    ex = Extractor.decode_only({"device": torch.device("cuda", 0)})
+    ex = Extractor.__new__(Extractor)  # no models: the encoders are stubbed
+    ex.device = torch.device("cuda", 0)
     ex.vision = ex.motion = None
     ex.sampling, ex.batch_size = {"slow_stride": 4, "max_keyframes": 2, "max_seconds": 2}, 3
     rng = np.random.default_rng(0)

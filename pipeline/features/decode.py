@@ -467,3 +467,34 @@ def sample_video(
                 meta["decode_retries"] = attempts
             return DecodedVideo(col.keyframes, col.chunks, meta, np.asarray(col.chunk_ids))
     raise DecodeError("; ".join(attempts))
+
+
+@dataclass(frozen=True)
+class VideoSampler:
+    """How one extraction samples every video: the sampling settings, the two frame sizes its encoders
+    take, the backends and decoder threads. Small and picklable, so a decode worker process decodes with
+    exactly the settings of the extraction that started it without loading (or importing) any model."""
+
+    keyframe_fps: float
+    max_keyframes: int
+    chunk_frames: int
+    max_seconds: int
+    key_size: int
+    chunk_size: int
+    keyframe_mode: str = "stretch"
+    fragment_grid: int = 7
+    backend: str = "decord"
+    fallback: str | None = "pyav"
+    threads: int = 0
+
+    def decode(self, path) -> DecodedVideo:
+        return sample_video(path, keyframe_fps=self.keyframe_fps, max_keyframes=self.max_keyframes,
+                            chunk_frames=self.chunk_frames, max_seconds=self.max_seconds, key_size=self.key_size,
+                            chunk_size=self.chunk_size, backend=self.backend, fallback=self.fallback,
+                            threads=self.threads, keyframe_mode=self.keyframe_mode, fragment_grid=self.fragment_grid)
+
+    @property
+    def max_bytes(self) -> int:
+        """Bytes of the largest decoded output: max_keyframes key frames + max_seconds chunks, uint8 RGB."""
+        return (int(self.max_keyframes) * self.key_size**2 * 3
+                + int(self.max_seconds) * int(self.chunk_frames) * self.chunk_size**2 * 3)

@@ -15,8 +15,10 @@ threads).
   after decoding 720p clips into 224-px chunks: ~100 MB private memory per worker; with spawn ~4 s
   of imports and ~360 MB private memory per worker). The pool is started from a helper thread
   before the models load, so the fork server's imports overlap the model loading.
-* Each worker rebuilds a model-less `Extractor` from `Extractor.decode_state()` and calls the same
-  `Extractor.decode`, with torch at 1 thread and the decoder at max(1, threads // workers) threads.
+* Each worker decodes with the extraction's `decode.VideoSampler` (the same settings and frame sizes,
+  `VideoSampler.decode`), with torch at 1 thread and the decoder at max(1, threads // workers)
+  threads. The workers import the decode stack only, never the encoders' libraries (transformers,
+  torchvision), so they start quickly.
 * Decoded frames come back through shared memory: one block of `in-flight` slots, each sized for
   the largest possible output (max_keyframes key frames + max_seconds chunks); the worker copies
   its uint8 arrays into its slot and returns only shapes + metadata; this process copies them once,
@@ -45,6 +47,7 @@ threads).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import multiprocessing
 import os
@@ -63,8 +66,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.features.decode import DecodedVideo
-from pipeline.features.extractor import Extractor
+from pipeline.features.decode import DecodedVideo, VideoSampler
 
 # modules a fork server imports once for all decode workers (see "Start method" above)
 WORKER_PRELOAD = ["pipeline.features.decode_pool", "pipeline.features.decode", "torch", "decord", "av"]
@@ -89,12 +91,9 @@ def decode_worker_count(cfg: dict, threads: int | None = None, decode_workers: i
     return int(decode_workers)
 
 
-def _slot_bytes(ex: Extractor) -> int:
+def _slot_bytes(sampler: VideoSampler) -> int:
     """Bytes of the largest decoded output (max_keyframes key frames + max_seconds chunks), 64-aligned."""
-    s = ex.sampling
-    n = (int(s["max_keyframes"]) * ex.key_size**2 * 3
-         + int(s["max_seconds"]) * int(s["chunk_frames"]) * ex.chunk_size**2 * 3)
-    return -(-n // 64) * 64
+    return -(-sampler.max_bytes // 64) * 64
 
 
 _WORKER: dict = {}
@@ -132,15 +131,13 @@ def _worker_shm(name: str):
     return _WORKER["shm"]
 
 
-def _worker_decode(state: dict, path: str, shm_name: str | None, offset: int, capacity: int):
+def _worker_decode(sampler: VideoSampler, path: str, shm_name: str | None, offset: int, capacity: int):
     """-> (payload, error, seconds, cpu seconds of the worker incl. decoder threads); payload
     ("shm", kf_shape, ch_shape, meta, chunk_ids) with the frames in the slot at `offset`, ("inline",
     DecodedVideo), or None when the video failed (error = message)."""
-    if _WORKER.get("state") != state:
-        _WORKER.update(state=state, decoder=Extractor.decode_only(state))
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        d = _WORKER["decoder"].decode(path)
+        d = sampler.decode(path)
     except Exception as exc:  # DecodeError and anything a broken file provokes in a decoder
         return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, time.process_time() - c0
     dt = time.perf_counter() - t0
@@ -153,10 +150,10 @@ def _worker_decode(state: dict, path: str, shm_name: str | None, offset: int, ca
     return ("shm", d.keyframes.shape, d.chunks.shape, d.meta, d.chunk_ids), None, dt, time.process_time() - c0
 
 
-def _decode_here(ex: Extractor, path: str):
+def _decode_here(sampler: VideoSampler, path: str):
     t0 = time.perf_counter()
     try:
-        return ("inline", ex.decode(path)), None, time.perf_counter() - t0, None
+        return ("inline", sampler.decode(path)), None, time.perf_counter() - t0, None
     except Exception as exc:  # DecodeError and anything a broken file provokes in a decoder
         return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, None
 
@@ -227,7 +224,7 @@ class DecodePool:
     """Decodes videos ahead of the encoders, `workers` processes (0: one thread of this process),
     at most `in_flight` videos decoding or decoded-and-waiting; `result` returns them in the order
     they were submitted. Start it before loading the models (the workers start meanwhile), then
-    `start(extractor)`, then `submit(path)` / `result(task)` (oldest first); `close()` in all cases."""
+    `start(sampler)`, then `submit(path)` / `result(task)` (oldest first); `close()` in all cases."""
 
     def __init__(self, workers: int, prefetch: int | None = None, start_method: str | None = None):
         self.workers = int(workers)
@@ -269,17 +266,16 @@ class DecodePool:
         except BaseException as exc:  # re-raised by start()
             self._launch_error = exc
 
-    def start(self, ex: Extractor) -> None:
+    def start(self, sampler: VideoSampler) -> None:
+        """Decode with `sampler` (the extraction's, `Extractor.sampler`); the workers split its threads."""
         self._launcher.join()
         if self._launch_error is not None:
             raise RuntimeError(f"could not start {self.workers} decode workers: {self._launch_error}") from None
-        self.ex = ex
+        self.sampler = sampler
         if not self.workers:
             return
-        state = ex.decode_state()
-        state["threads"] = max(1, (ex.threads or available_cpus()) // self.workers)
-        self.state = state
-        self.slot = _slot_bytes(ex)
+        self.sampler = dataclasses.replace(sampler, threads=max(1, (sampler.threads or available_cpus()) // self.workers))
+        self.slot = _slot_bytes(sampler)
         self.shm = _reserve_shm(self.slot * self.in_flight)
         self.free = deque(range(self.in_flight))
 
@@ -291,12 +287,12 @@ class DecodePool:
 
     def _submit_task(self, task: "_Task"):
         shm_name = self.shm.name if self.shm is not None else None
-        return self.pool.submit(_worker_decode, self.state, task.path, shm_name, task.slot * self.slot, self.slot)
+        return self.pool.submit(_worker_decode, self.sampler, task.path, shm_name, task.slot * self.slot, self.slot)
 
     def submit(self, path: str) -> "_Task":
         if not self.workers:
             task = _Task(path, None)
-            task.future = self.pool.submit(_decode_here, self.ex, path)
+            task.future = self.pool.submit(_decode_here, self.sampler, path)
             return task
         task = _Task(path, self.free.popleft())  # never empty: at most in_flight tasks are outstanding
         self.outstanding.append(task)

@@ -66,7 +66,7 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
     workers = min(decode_worker_count(cfg, threads, decode_workers), len(records))
     with DecodePool(workers, prefetch) as decoders:  # workers start while the models load
         ex = Extractor(cfg, device, threads)
-        decoders.start(ex)
+        decoders.start(ex.sampler)
         f = cfg["features"]
         attrs = {
             "dataset": dataset, "shard": int(shard), "vision": ex.vision_info, "motion": ex.motion_info,

@@ -2,8 +2,9 @@
 
 `Extractor(cfg, device, threads)` loads the vision and motion models once (`encoders.load_vision` /
 `load_motion` from the resolved model specs, on `device`: fp32 on CPU, fp16 on CUDA unless the spec
-sets `dtype`); `.decode(path)` samples key frames and one-second chunks (`decode.sample_video`, the
-configured backend then the fallback), `.encode(decoded videos)` runs them through both encoders in
+sets `dtype`); `.decode(path)` samples key frames and one-second chunks with its `sampler`
+(`decode.VideoSampler`: the sampling settings and the frame sizes of these encoders, the configured
+backend then the fallback), `.encode(decoded videos)` runs them through both encoders in
 shared batches of `features.batch_size` frames or chunks, and `.features(path)` does both for one
 video (`lmmvqa score` uses it for videos outside a manifest). `lmmvqa extract` (extract.py) drives it
 over a shard, with the decoding in worker processes (decode_pool.py).
@@ -17,7 +18,7 @@ import torch
 
 from pipeline.core.specs import SAMPLING_KEYS, model_spec
 from pipeline.features import encoders
-from pipeline.features.decode import sample_video
+from pipeline.features.decode import VideoSampler
 from pipeline.features.staging import stack_host
 
 
@@ -42,6 +43,12 @@ class Extractor:
         self.load_s = time.perf_counter() - t0
         self.key_size = int(self.vision_info["image_size"])
         self.chunk_size = int(self.motion_info["input_size"])
+        s = self.sampling
+        self.sampler = VideoSampler(
+            keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"], chunk_frames=s["chunk_frames"],
+            max_seconds=s["max_seconds"], key_size=self.key_size, chunk_size=self.chunk_size,
+            keyframe_mode=s["keyframe_mode"], fragment_grid=s["fragment_grid"], backend=self.backend,
+            fallback=self.fallback, threads=self.threads)
 
     @property
     def sampling_attrs(self) -> dict:
@@ -49,12 +56,7 @@ class Extractor:
                 "backend": self.backend, "fallback_backend": self.fallback}
 
     def decode(self, path):
-        s = self.sampling
-        return sample_video(path, keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"],
-                            chunk_frames=s["chunk_frames"], max_seconds=s["max_seconds"], key_size=self.key_size,
-                            chunk_size=self.chunk_size, backend=self.backend, fallback=self.fallback,
-                            threads=self.threads, keyframe_mode=s["keyframe_mode"],
-                            fragment_grid=s["fragment_grid"])
+        return self.sampler.decode(path)
 
     def encode(self, decoded: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
         """Encode several decoded videos in shared batches -> ([(spatial, motion)], vision_s, motion_s)."""
@@ -76,17 +78,6 @@ class Extractor:
         t2 = time.perf_counter()
         kf_split, ch_split = np.cumsum(n_kf)[:-1], np.cumsum(n_ch)[:-1]
         return list(zip(np.split(spatial, kf_split), np.split(motion, ch_split))), t1 - t0, t2 - t1
-
-    def decode_state(self) -> dict:
-        """Everything but the models: what `decode` reads, picklable (sent to decode workers)."""
-        return {k: v for k, v in vars(self).items() if not isinstance(v, torch.nn.Module)}
-
-    @classmethod
-    def decode_only(cls, state: dict) -> "Extractor":
-        """A model-less Extractor from `decode_state()`: its `decode` is the same method."""
-        obj = cls.__new__(cls)
-        obj.__dict__.update(state)
-        return obj
 
     def features(self, path) -> tuple[np.ndarray, np.ndarray, dict]:
         d = self.decode(path)
