@@ -46,7 +46,7 @@ MINI = {
             "split": {"scheme": "kfold", "k": 2, "seed": 0},
         }
     },
-    "sampling": {"max_keyframes": 2, "max_seconds": 2},
+    "sampling": {"max_keyframes": 2, "max_seconds": 2, "keyframe_mode": "fragments"},  # the demo's, small
     "features": {"shard_size": 4},
     "training": {"max_steps": 3, "batch_size": 4, "val_fraction": 0.2, "checkpoint_every": 2},
     "evaluation": {"bootstrap": 20},
@@ -110,6 +110,38 @@ def test_end_to_end_produces_report_and_metrics(demo_run):
     assert "demo" in html and "<table" in html
     assert (work / "results/models/demo/lmmvqa.json").exists()
     assert planned_rules(work) == {}, "a second run must have nothing to do"
+
+
+MOBILENET = ("MobileNetV2 (mean and std of every channel of blocks 1, 3, 6, 13, 17: whole frame + 3 x 3 cells): "
+             "ImageNet-1k (torchvision MobileNet_V2_Weights.IMAGENET1K_V1) weights, file ")
+MOBILENET_SHA = "sha256 b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+TEMPORAL = "temporal statistics (frame-difference statistics of each one-second chunk): no weights (parameter-free, computed)"
+SCRATCH = "Llama-architecture LLM (width 192, 2 layers): trained from scratch here (random init from the preset's config (seed 0))"
+
+
+def test_report_and_model_card_say_what_the_default_preset_loaded(demo_run):
+    """The default (`offline`) preset's roles, in the report's Models table and the model card: ImageNet
+    MobileNetV2 with its weight file and sha256, parameter-free temporal statistics, an LLM trained from
+    scratch; the store attributes and lmmvqa.json hold the records they are written from."""
+    import html as html_lib
+
+    work = demo_run
+    page = html_lib.unescape((work / "results/report/index.html").read_text())
+    card = (work / "results/models/demo/README.md").read_text()
+    for text in (page, card):
+        assert MOBILENET in text and MOBILENET_SHA in text and "mobilenet_v2-b0353104.pth" in text
+        assert TEMPORAL in text and SCRATCH in text
+        assert "random init (offline preset)" not in text
+    assert "CLIP" not in card and "SlowFast" not in card
+    assert "- preset `offline`" in card and "(holdout fold 0 never used: demo)" in card
+    meta = json.loads((work / "results/models/demo/lmmvqa.json").read_text())
+    assert meta["provenance"]["vision"]["weights"]["sha256"] == MOBILENET_SHA.split()[1]
+    assert meta["provenance"]["motion"]["weights"] == {"kind": "none"}
+    assert meta["provenance"]["llm"]["trained"] == "all" and meta["provenance"]["llm"]["weights"]["kind"] == "random_init"
+    store = next((work / "cache/features/demo").glob("*/shard-00000.zarr"))
+    attrs = json.loads((store / "zarr.json").read_text())["attributes"]
+    assert attrs["vision"]["arch"] == "mobilenet_v2" and attrs["vision"]["weights"] == meta["provenance"]["vision"]["weights"]
+    assert attrs["motion"]["arch"] == "temporal_stats"
 
 
 def test_changing_evaluation_reruns_only_evaluation(demo_run):
@@ -180,6 +212,9 @@ def test_score_command_matches_evaluation_and_reports_bad_files(demo_run, tmp_pa
     proc = lmmvqa("score", *map(str, videos), str(broken), "--model", "results/models/demo", "--out", str(out),
                   cwd=work)
     assert proc.returncode == 1, proc.stderr
+    assert "lmmvqa score: model results/models/demo (preset offline, experiment demo)" in proc.stderr
+    assert f"  vision: {MOBILENET}" in proc.stderr and f"  motion: {TEMPORAL}" in proc.stderr
+    assert f"  llm: {SCRATCH}" in proc.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 3
     assert lines[2]["video"] == str(broken) and "error" in lines[2]
@@ -393,19 +428,32 @@ BAD_LABELS = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_LABELS))
-def test_bad_labels_stop_the_workflow_naming_file_and_row(tmp_path, case):
-    text, expected = BAD_LABELS[case]
-    (tmp_path / "videos").mkdir()
+@pytest.fixture(scope="module")
+def bad_labels_run(tmp_path_factory):
+    """Every bad label file as a dataset of its own, all manifests asked for in one Snakemake run
+    (--keep-going: each manifest job fails on its own)."""
+    work = tmp_path_factory.mktemp("bad-labels")
+    (work / "videos").mkdir()
     for name in ("a.mp4", "b.mp4", "c.mp4"):
-        (tmp_path / "videos" / name).write_bytes(b"placeholder")
-    (tmp_path / "labels.csv").write_text(text)
-    write_config(tmp_path, {"datasets": {"bad": {"format": "generic", "labels": "labels.csv", "videos": "videos"}}})
-    proc = snakemake(tmp_path, "results/manifest/bad.csv", check=False)
+        (work / "videos" / name).write_bytes(b"placeholder")
+    datasets = {}
+    for i, (text, _) in enumerate(BAD_LABELS.values()):
+        (work / f"labels{i}.csv").write_text(text)
+        datasets[f"bad{i}"] = {"format": "generic", "labels": f"labels{i}.csv", "videos": "videos"}
+    write_config(work, {"datasets": datasets})
+    proc = snakemake(work, "--keep-going", *[f"results/manifest/{d}.csv" for d in datasets], check=False)
+    return work, proc
+
+
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_bad_labels_stop_the_workflow_naming_file_and_row(bad_labels_run, case):
+    work, proc = bad_labels_run
+    i = list(BAD_LABELS).index(case)
+    _, expected = BAD_LABELS[case]
     assert proc.returncode != 0
-    log = (tmp_path / "results/logs/manifest/bad.log").read_text()
-    assert "labels.csv" in log and all(e in log for e in expected), log
-    assert not (tmp_path / "results/manifest/bad.csv").exists()
+    log = (work / f"results/logs/manifest/bad{i}.log").read_text()
+    assert f"labels{i}.csv" in log and all(e in log for e in expected), log
+    assert not (work / f"results/manifest/bad{i}.csv").exists()
 
 
 def test_a_wrong_format_name_stops_before_any_job(tmp_path):
