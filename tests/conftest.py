@@ -77,3 +77,13 @@ def real_clips():
     if not REAL_CLIPS.is_dir():
         pytest.skip(f"real clips not found at {REAL_CLIPS} (the ../shared folder is absent)")
     return REAL_CLIPS
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """The small workflow config (tests/workflow_run.py `MINI`) run once per session through the SLURM
+    profile against a fake SLURM: tests/test_slurm.py checks what was submitted, tests/test_workflow.py
+    reads (and extends) what it produced."""
+    from workflow_run import run_through_slurm
+
+    return run_through_slurm(tmp_path_factory.mktemp("workflow"), tmp_path_factory.mktemp("fake-slurm"))

@@ -4,18 +4,13 @@ their arguments and run the job)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import fake_slurm
 import pytest
 import yaml
 from conftest import REPO
-from test_workflow import MINI, write_config
 
-BIN = Path(sys.executable).parent
 GPU_RULES = {"extract", "train", "evaluate"}
 
 
@@ -38,24 +33,10 @@ def test_profile_keeps_gpu_options_out_of_slurm_extra():
 
 
 @pytest.fixture(scope="module")
-def slurm_run(tmp_path_factory):
-    """The 10-video workflow test config with `device: auto` (GPU stages ask for a GPU, and run on the
-    CPU here), submitted job by job through the slurm executor."""
-    work = tmp_path_factory.mktemp("slurm")
-    cfg = json.loads(json.dumps(MINI))
-    cfg["device"] = "auto"
-    write_config(work, cfg)
-    state = work / "fake-slurm"
-    fake_slurm.install(work / "fake-bin", state)
-    env = dict(os.environ, PATH=f"{work / 'fake-bin'}:{BIN}:{os.environ['PATH']}")
-    env.pop("SLURM_JOB_ID", None)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "config.yaml"), "--workflow-profile", str(REPO / "profiles/slurm"),
-           "--jobs", "2", "--latency-wait", "5", "--seconds-between-status-checks", "1",
-           "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs", "--retries", "0"]
-    # 14 jobs, each a Snakemake process of its own: ~5 min on 2 quiet cores
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    return work, state, proc
+def slurm_run(shared_run):
+    """The session's small workflow run (conftest.py `shared_run`: `device: auto`, so the GPU stages ask
+    for a GPU and run on the CPU here), submitted job by job through the slurm executor."""
+    return shared_run.work, shared_run.state, shared_run.proc
 
 
 def _submissions(state: Path) -> dict[str, list[list[str]]]:

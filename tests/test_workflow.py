@@ -1,4 +1,5 @@
-"""The Snakemake workflow end to end on a very small demo config, and what reruns when things change."""
+"""The Snakemake workflow end to end on a very small demo config (tests/workflow_run.py `MINI`, run once
+per session), and what reruns when things change."""
 from __future__ import annotations
 
 import json
@@ -11,51 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-
-BIN = Path(sys.executable).parent
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def planned_rules(workdir: Path) -> dict[str, int]:
-    """rule -> job count of a dry run (empty when everything is up to date)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules").stdout
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
-MINI = {
-    "datasets": {
-        "demo": {
-            "format": "generic",
-            "labels": "resources/demo/labels.csv",
-            "videos": "resources/demo/videos",
-            "generate": {"n_videos": 10, "seed": 3},
-            "split": {"scheme": "kfold", "k": 2, "seed": 0},
-        }
-    },
-    "sampling": {"max_keyframes": 2, "max_seconds": 2, "keyframe_mode": "fragments"},  # the demo's, small
-    "features": {"shard_size": 4},
-    "training": {"max_steps": 3, "batch_size": 4, "val_fraction": 0.2, "checkpoint_every": 2},
-    "evaluation": {"bootstrap": 20},
-    "experiments": {"demo": {"train": ["demo:train"], "test": ["demo:test"], "holdout_fold": 0}},
-}
-
-
-def write_config(workdir: Path, cfg: dict) -> None:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+from workflow_run import BIN, MINI, planned_rules, snakemake, write_config
 
 
 def test_lint_is_clean():
@@ -91,11 +48,12 @@ def test_a_users_config_replaces_the_default(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("workflow")
-    write_config(work, MINI)
-    snakemake(work)
-    return work
+def demo_run(shared_run):
+    """The session's run of MINI (conftest.py `shared_run`, every job through the SLURM profile); the
+    tests here read its outputs and run Snakemake on it locally (the default profile)."""
+    proc = shared_run.proc
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return shared_run.work
 
 
 def test_end_to_end_produces_report_and_metrics(demo_run):

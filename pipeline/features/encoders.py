@@ -55,7 +55,6 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from pipeline.core.devices import (
     resolve_device,  # the one device resolution (extractor.py calls it as encoders.resolve_device)
@@ -192,6 +191,8 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
         model, info = _load_cnn_stats(spec)
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         return model, {**info, "dtype": str(dtype).replace("torch.", "")}
+    from transformers import CLIPVisionConfig, CLIPVisionModel  # CLIP runs only: the offline preset never needs it
+
     source = spec.get("source")
     overrides = dict(spec.get("config") or {})
     if source:
