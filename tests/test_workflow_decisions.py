@@ -44,9 +44,9 @@ def test_tokenizer_needed_only_for_a_random_init_llm():
 
 def test_targets_and_tests():
     cfg = _cfg()
-    assert workflow.experiment_tests(cfg) == [("e", "demo"), ("e", "lsvq")]
+    assert workflow.experiment_tests(cfg) == [("e", "demo:test"), ("e", "lsvq:test")]
     assert workflow.targets(cfg) == [str(paths.manifest("demo")), str(paths.manifest("lsvq")),
-                                     str(paths.metrics("e", "demo")), str(paths.metrics("e", "lsvq")),
+                                     str(paths.metrics("e", "demo:test")), str(paths.metrics("e", "lsvq:test")),
                                      str(paths.experiment_table("e")), str(paths.report())]
     assert workflow.model_dirs(cfg) == [str(paths.model_dir("e"))]
     assert workflow.names_regex([]) == "(?!)" and workflow.names_regex(["b", "a"]) == "a|b"
