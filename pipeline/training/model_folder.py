@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from pipeline.core.versions import code_version
+from pipeline.prompts.experiments import fold_dependent
 from pipeline.prompts.shards import load_templates
 from pipeline.training.plots import loss_figure
 
@@ -70,8 +71,7 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         "token through the spatiotemporal projector replace the `<video>` token of the prompt; the LLM answers "
         "the quality score (0-100, three decimals) or level (good / fair / poor).", "",
         "## Data", "",
-        f"- train selectors: {', '.join(cfg['experiments'][experiment]['train'])} "
-        f"(holdout fold {cfg['experiments'][experiment]['holdout_fold']} never used)",
+        f"- train selectors: {', '.join(cfg['experiments'][experiment]['train'])}{_held_out(cfg, experiment)}",
         f"- training samples: {summary['n_train']} ({summary['n_train_videos']} videos); validation: "
         f"{summary['n_val']} samples ({val.get('n_videos', 0)} videos, seeded {tr['val_fraction']:g} of the training videos)",
         f"- videos without features (skipped): {sum(data['skipped_videos'].values())} "
@@ -107,6 +107,17 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
     if val.get("note"):
         lines.append(f"\nNote: {val['note']}")
     return "\n".join(lines) + "\n"
+
+
+def _held_out(cfg: dict, experiment: str) -> str:
+    """What the model never saw of its k-fold training data: the held-out fold, or (the model of a
+    `folds: all` experiment on every fold) nothing; '' when no train selector depends on folds."""
+    exp = cfg["experiments"][experiment]
+    if not any(fold_dependent(cfg, s) for s in exp["train"]):
+        return ""
+    if exp["holdout_fold"] is None:
+        return " (every fold: nothing held out; the per-fold models' results say what this model is worth)"
+    return f" (holdout fold {exp['holdout_fold']} never used)"
 
 
 def _fmt(v) -> str:
