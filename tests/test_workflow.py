@@ -192,6 +192,23 @@ def test_score_command_matches_evaluation_and_reports_bad_files(demo_run, tmp_pa
         assert line["seconds"] > 0
 
 
+def test_score_without_a_model_uses_the_configs_experiment(demo_run):
+    """No --model: the model of the working directory's config.yaml's first experiment, and what it is
+    worth (its held-out figures) on stderr."""
+    import pandas as pd
+
+    manifest = pd.read_csv(demo_run / "results/manifest/demo.csv", dtype={"id": str})
+    video = demo_run / "resources/demo/videos" / manifest["path"].iloc[0]
+    proc = lmmvqa("score", str(video), cwd=demo_run)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((demo_run / "results/eval/demo/demo/test/metrics.json").read_text())
+    srcc = metrics["methods"]["prob"]["srcc"]
+    worth = "n/a" if srcc is None else f"{srcc:.3f}"
+    assert f"model results/models/demo (experiment 'demo'" in proc.stderr
+    assert f"demo:test: prob SRCC {worth} (n={metrics['n']})" in proc.stderr
+    assert 0 <= json.loads(proc.stdout)["prob_score"] <= 100
+
+
 def test_score_command_on_real_clips(demo_run, real_clips):
     proc = lmmvqa("score", str(real_clips), "--model", "results/models/demo", cwd=demo_run)
     assert proc.returncode == 0, proc.stderr
@@ -467,6 +484,12 @@ def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_run
     assert 'data-shipped="cv"><code>results/models/cv/all</code>' in html
     assert (work / "results/eval/summary.csv").exists()
     assert planned_rules(work) == {}, "a second run must have nothing to do"
+    # with a stage 1: one per fold and one on every fold, each stage 2 after its own stage 1
+    cfg["experiments"]["cv"]["stage1"] = {"max_steps": 1}
+    write_config(work, cfg)
+    plan = planned_rules(work)
+    assert {r: plan.get(r) for r in ("train_stage1_fold", "train_stage1_all", "train_fold", "train_all")} == {
+        "train_stage1_fold": 2, "train_stage1_all": 1, "train_fold": 2, "train_all": 1}, plan
 
 
 def test_two_test_sets_of_one_dataset_are_evaluated_and_reported_apart(demo_run, tmp_path):
