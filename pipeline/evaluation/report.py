@@ -14,7 +14,7 @@ also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pi
 The page opens with a cross-experiment summary (experiments x test selectors: SRCC / PLCC of both
 scoring methods, mean ± std over folds for `folds: all` experiments, and the invalid count), also
 written as CSV + Markdown to `results/eval/summary.{csv,md}`. A `folds: all` experiment's section
-shows, per test dataset, a fold table: every fold, then mean, std and median over the folds (from
+shows, per test selector, a fold table: every fold, then mean, std and median over the folds (from
 its aggregate metrics.json); its main table holds the means with ± std beside them, and its loss
 plot overlays the folds' training curves. Its model trained on every fold (`results/models/<E>/all`,
 the one `lmmvqa score` uses) is listed with the figures that say what it is worth: the folds'.
