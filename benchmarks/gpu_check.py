@@ -5,9 +5,14 @@
 
 Nothing is downloaded: the models are the `tiny` preset with `models.<role>.config` overrides giving the
 paper's shapes (CLIP ViT-L/14, SlowFast R50, a Llama-3-8B-shaped LLM in bfloat16), built at random init.
-The script generates demo videos, writes a config with one two-stage experiment (stage 1: projector, LLM
-frozen; stage 2: LoRA continuing from stage 1) and runs the real Snakemake workflow (demo-data, manifest,
-probe, extract, prompts, tokenizer, train_stage1, train, evaluate, report), then `lmmvqa score` on one video.
+The script generates demo videos, writes a config with one experiment that follows the paper recipe of
+config/paper-lsvq.yaml (its stage 1: projector, LLM frozen; its stage 2: LoRA continuing from stage 1; the
+same learning rates and LoRA settings, fewer steps) and tests on two selectors of one dataset, each
+evaluated on its own (`demo:test`, the held-out fold, and `demo:train`, a second selector whose figures
+are on training videos: it checks that selectors stay apart, not accuracy). It runs the real Snakemake
+workflow (demo-data, manifest, probe, extract, prompts, tokenizer, train_stage1, train, evaluate x 2,
+report), then `lmmvqa score` on one video. `lmmvqa plan`'s memory estimate of each stage is printed
+beside the measured peak.
 
 Every `lmmvqa` command the workflow runs goes through a shim first on PATH (`gpu_check.py _measure`), which
 runs the command in-process (pipeline.cli.main) and records its wall time and peak memory
@@ -32,6 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "gpucheck"
+TESTS = ("demo:test", "demo:train")  # two selectors of one dataset, evaluated apart
+PAPER_CONFIG = REPO / "config" / "paper-lsvq.yaml"
 
 # Paper shapes (the `paper` preset's models), built at random init from the `tiny` preset.
 PAPER_SHAPES = {
@@ -78,6 +85,16 @@ def write_shim(bin_dir: Path, log: Path) -> None:
 
 # ------------------------------------------------------------------ the run
 
+def paper_recipe() -> tuple[dict, dict, dict]:
+    """(top-level training keys, stage 1 overrides, stage 2 overrides) of config/paper-lsvq.yaml's experiment."""
+    import yaml
+
+    paper = yaml.safe_load(PAPER_CONFIG.read_text())
+    exp = next(iter(paper["experiments"].values()))
+    keep = ("weight_decay", "warmup_ratio", "max_grad_norm", "lora", "gradient_checkpointing", "grad_accum")
+    return {k: v for k, v in paper["training"].items() if k in keep}, dict(exp["stage1"]), dict(exp["training"])
+
+
 def make_config(args) -> dict:
     small = args.small
     models = {"preset": "tiny"}
@@ -87,6 +104,7 @@ def make_config(args) -> dict:
             models["llm"]["config"]["num_hidden_layers"] = args.llm_layers
         models["llm"]["dtype"] = "bfloat16"
     on_cuda = args.device.startswith("cuda")
+    recipe, stage1, stage2 = paper_recipe()
     return {
         "datasets": {"demo": {"format": "generic", "labels": "resources/demo/labels.csv",
                               "videos": "resources/demo/videos", "generate": {"n_videos": args.videos, "seed": 0},
@@ -94,13 +112,13 @@ def make_config(args) -> dict:
         "sampling": {"max_keyframes": 2, "max_seconds": 2} if small else {},
         "models": models,
         "features": {"shard_size": max(args.videos, 1), "batch_size": 16, "decode_workers": args.decode_workers},
-        "training": {"batch_size": args.batch_size, "val_fraction": 0.1, "checkpoint_every": 1000,
+        "training": {**recipe, "batch_size": args.batch_size, "val_fraction": 0.1, "checkpoint_every": 1000,
                      "train_llm": False, "dtype": "bfloat16" if on_cuda else None},
         "evaluation": {"bootstrap": 20, "batch_size": 4 if small else 16},
         "experiments": {EXPERIMENT: {
-            "train": ["demo:train"], "test": ["demo:test"], "holdout_fold": 0,
-            "stage1": {"max_steps": args.stage1_steps},
-            "training": {"lora": {"enabled": True}, "max_steps": args.stage2_steps},
+            "train": ["demo:train"], "test": list(TESTS), "holdout_fold": 0,
+            "stage1": {**stage1, "epochs": 1, "max_steps": args.stage1_steps},
+            "training": {**stage2, "epochs": 1, "max_steps": args.stage2_steps},
         }},
         "device": args.device,
         "threads": 0,
@@ -108,10 +126,9 @@ def make_config(args) -> dict:
 
 
 def run_workflow(work: Path, env: dict, args) -> None:
-    # the experiment's metrics: demo-data .. extract, prompts, tokenizer, train_stage1, train, evaluate
-    target = f"results/eval/{EXPERIMENT}/demo/metrics.json"
+    # everything: demo-data .. extract, prompts, tokenizer, train_stage1, train, evaluate per selector, report
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "config.yaml"), "--cores", str(args.cores), target]
+           "--configfile", str(work / "config.yaml"), "--cores", str(args.cores)]
     if args.device.startswith("cuda"):
         cmd += ["--resources", "gpu=1"]  # one GPU job at a time: the figures are per job
     with open(work / "snakemake.log", "w") as log:
@@ -150,6 +167,7 @@ def training_figures(work: Path, run: str, rec: dict) -> dict:
         "train_loop_s": round(summary["seconds"], 3),
         "s_per_step_first": round(per_step[0], 4) if per_step else None,
         "s_per_step_median": round(statistics.median(steady), 4) if steady else None,
+        "lr": meta["training"]["lr"], "llm_lr": meta["training"]["llm_lr"],
         "final_loss": summary["final_loss"], "job_wall_s": rec["wall_s"], **peak(rec),
         "init_from": meta.get("init_from"),
     }
@@ -239,10 +257,23 @@ def main_run(args) -> dict:
     s1_projector = file_digest(work / "results" / "models" / f"{EXPERIMENT}.stage1" / "projector.safetensors")
     stage2["continued_from_stage1"] = bool(stage2["init_from"]) and stage2["init_from"]["projector_sha1"] == s1_projector
 
-    ev_rec = one("evaluate")
-    metrics = json.loads((work / "results" / "eval" / EXPERIMENT / "demo" / "metrics.json").read_text())
-    evaluation = {"job_wall_s": ev_rec["wall_s"], **peak(ev_rec),
-                  "n": metrics.get("n"), "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    from pipeline.core import paths
+
+    evaluation = {}
+    for test in TESTS:
+        ev_rec = one("evaluate", lambda r, t=test: t in r["argv"])
+        metrics = json.loads((work / paths.metrics(EXPERIMENT, test)).read_text())
+        evaluation[test] = {"job_wall_s": ev_rec["wall_s"], **peak(ev_rec), "n": metrics.get("n"),
+                            "test": metrics.get("test"),
+                            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                            "prob_srcc": metrics["methods"]["prob"]["srcc"]}
+    report = work / paths.report()
+    html = report.read_text() if report.exists() else ""
+    report_sections = [t for t in TESTS if f'<tr data-test="{t}">' in html]
+    estimates = plan_estimates(work, cfg)
+    for name, fig in (("stage1", stage1), ("stage2", stage2)):
+        fig["plan_estimate_gib"] = estimates[name]
+    evaluation_plan = estimates["evaluation"]
 
     sc_rec = one("score")
     lines = [json.loads(line) for line in score_out.read_text().splitlines() if line.strip()]
@@ -253,25 +284,49 @@ def main_run(args) -> dict:
         "mode": "small" if args.small else "paper-shaped", "device": args.device, "gpu": gpu_name,
         "models": cfg["models"], "videos": args.videos, "workdir": str(work),
         "workflow_s": round(workflow_s, 3),
-        "extraction": extraction, "stage1": stage1, "stage2": stage2, "evaluation": evaluation, "score": score,
+        "extraction": extraction, "stage1": stage1, "stage2": stage2, "evaluation": evaluation,
+        "evaluation_plan_estimate_gib": evaluation_plan, "report_sections": report_sections, "score": score,
         "commands": [{k: r[k] for k in ("command", "wall_s", "rc")} | peak(r) for r in records],
     }
+
+
+def plan_estimates(work: Path, cfg: dict) -> dict:
+    """`lmmvqa plan`'s GPU memory estimate (GiB) of each stage of this run's config, for the table's
+    comparison with the measured peaks (the same sequence length as the run: counted with its tokenizer)."""
+    import os as _os
+
+    from pipeline.core.config import validate
+    from pipeline.plan import plan
+
+    here = Path.cwd()
+    _os.chdir(work)  # the run's tokenizer and manifests
+    try:
+        p = plan(validate(json.loads(json.dumps(cfg)), "gpu_check"))
+    finally:
+        _os.chdir(here)
+    runs = {t["stage"]: t for t in p["training"] if t["configured"]}
+    gib = lambda b: round(b / 2**30, 3)  # noqa: E731
+    return {"stage1": gib(runs[1]["total"]), "stage2": gib(runs[2]["total"]), "evaluation": gib(p["evaluation"]["total"]),
+            "extraction": gib(p["extraction"]["total"])}
 
 
 def table(res: dict) -> str:
     def fmt(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
-    ex, s1, s2, ev, sc = res["extraction"], res["stage1"], res["stage2"], res["evaluation"], res["score"]
+    ex, s1, s2, sc = res["extraction"], res["stage1"], res["stage2"], res["score"]
     rows = [
         ("extraction", f"{ex['videos']} videos, {fmt(ex['videos_per_s_loop'])} videos/s (model build excluded), decode wait "
                        f"{fmt(ex['decode_wait_fraction'])} / encode {fmt(ex['encoder_busy_fraction'])} of the loop, "
                        f"decode-bound: {ex['decode_bound']}", ex["job_wall_s"], ex["peak_gpu_gib"], ex["peak_rss_gib"]),
-        ("stage 1", f"{s1['steps']} steps x batch {s1['batch_size']} ({s1['dtype']}), {fmt(s1['s_per_step_median'])} s/step",
-         s1["job_wall_s"], s1["peak_gpu_gib"], s1["peak_rss_gib"]),
+        ("stage 1", f"{s1['steps']} steps x batch {s1['batch_size']} ({s1['dtype']}), {fmt(s1['s_per_step_median'])} s/step, "
+                    f"plan {fmt(s1['plan_estimate_gib'])} GiB", s1["job_wall_s"], s1["peak_gpu_gib"], s1["peak_rss_gib"]),
         ("stage 2 (LoRA)", f"{s2['steps']} steps x batch {s2['batch_size']}, {fmt(s2['s_per_step_median'])} s/step, "
-                           f"from stage 1: {s2['continued_from_stage1']}", s2["job_wall_s"], s2["peak_gpu_gib"], s2["peak_rss_gib"]),
-        ("evaluate", f"{ev['n']} videos", ev["job_wall_s"], ev["peak_gpu_gib"], ev["peak_rss_gib"]),
+                           f"from stage 1: {s2['continued_from_stage1']}, plan {fmt(s2['plan_estimate_gib'])} GiB",
+         s2["job_wall_s"], s2["peak_gpu_gib"], s2["peak_rss_gib"]),
+        *((f"evaluate {t}", f"{ev['n']} videos, prob SRCC {fmt(ev['prob_srcc'])}, plan "
+                            f"{fmt(res['evaluation_plan_estimate_gib'])} GiB",
+           ev["job_wall_s"], ev["peak_gpu_gib"], ev["peak_rss_gib"]) for t, ev in res["evaluation"].items()),
         ("score", "; ".join(f"score {line.get('score')} level {line.get('level')}" for line in sc["lines"]),
          sc["job_wall_s"], sc["peak_gpu_gib"], sc["peak_rss_gib"]),
     ]

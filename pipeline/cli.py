@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipeline.core.errors import UserError
@@ -26,7 +27,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipeline.evaluation.report", "write the HTML report of experiments"),
     "score": ("pipeline.evaluation.score_files", "score video files with a trained model (decode -> features -> model)"),
     "launch": ("pipeline.launch", "run a command on N GPUs of this machine (train: DDP through torchrun)"),
+    "fetch-weights": ("pipeline.features.fetch", "download the pretrained weights a preset names (where there is "
+                      "internet), for offline runs"),
+    "plan": ("pipeline.plan", "what a config will cost: jobs per stage, disk per feature store, GPU memory per stage"),
 }
+# commands no rule runs (no code version of their own)
+TOOLS = ("score", "launch", "fetch-weights", "plan")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -57,6 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"lmmvqa {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not offline_weights_missing(exc):
+            raise
+        print(f"lmmvqa {args.command}: error: pretrained weights are not on this machine and jobs run offline "
+              "(HF_HUB_OFFLINE=1): run `lmmvqa fetch-weights --preset paper` where there is internet, then set "
+              f"HF_HOME / TORCH_HOME or models.<role>.source as it prints ({str(exc).splitlines()[0][:160]})",
+              file=sys.stderr)
+        return 2
+
+
+# what huggingface_hub / transformers say when an offline run lacks a model's files
+OFFLINE_MESSAGES = ("outgoing traffic has been disabled", "couldn't find them in the cached files",
+                    "offline mode", "local_files_only")
+
+
+def offline_weights_missing(exc: OSError) -> bool:
+    """Whether an error is a hub model missing from the local cache while offline."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    text = str(exc).lower()
+    return offline and (type(exc).__name__ == "LocalEntryNotFoundError" or any(m in text for m in OFFLINE_MESSAGES))
 
 
 if __name__ == "__main__":

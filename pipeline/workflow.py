@@ -7,13 +7,14 @@ build the DAG.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import yaml
 
 from pipeline.core import atomic, paths
 from pipeline.core.config import stable_hash, validate
-from pipeline.prompts.experiments import experiment_folds, parse_selector
+from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors
 from pipeline.prompts.shards import BANK_PATH
 
 # stages whose jobs run on a GPU when the config asks for one
@@ -23,6 +24,19 @@ GPU_STAGES = ("extract", "train", "evaluate")
 def load(config: dict) -> dict:
     """The workflow's config, validated against the package schema once, every default filled."""
     return validate(config, "config")
+
+
+# Jobs never download: pretrained weights come from `lmmvqa fetch-weights` (or local folders) beforehand.
+# A user who wants downloads on first use sets HF_HUB_OFFLINE=0 in the environment of `snakemake`.
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+def offline_jobs(environ=os.environ) -> dict:
+    """Set HF_HUB_OFFLINE=1 for the workflow's jobs (they inherit Snakemake's environment; cluster jobs
+    re-read the Snakefile) unless the environment already says otherwise; returns what is in effect."""
+    for key, value in OFFLINE.items():
+        environ.setdefault(key, value)
+    return {key: environ[key] for key in OFFLINE}
 
 
 def on_gpu(cfg: dict) -> bool:
@@ -55,14 +69,17 @@ def experiment_datasets(cfg: dict, experiment: str, role: str) -> list[str]:
 
 
 def experiment_tests(cfg: dict) -> list[tuple[str, str]]:
-    """(experiment, dataset) pairs that get predictions and metrics (for `folds: all`: the aggregate)."""
-    return [(e, d) for e in cfg["experiments"] for d in experiment_datasets(cfg, e, "test")]
+    """(experiment, test selector) pairs that get predictions and metrics of their own (for `folds: all`:
+    the aggregate over folds). Overlapping selectors stop here, at parse time (`test_selectors`)."""
+    return [(e, s) for e in cfg["experiments"] for s in test_selectors(cfg, e)]
 
 
 def model_dirs(cfg: dict) -> list[str]:
-    """Every model folder of the config: one per single-fold experiment, one per fold of the others."""
+    """Every model folder of the config: one per single-fold experiment; one per fold of the others
+    and their model trained on every fold (`results/models/<E>/all`, the one to ship)."""
     fold_map = folds(cfg)
-    return [str(paths.model_dir(e, f)) for e in cfg["experiments"] for f in fold_map.get(e, [None])]
+    return [str(paths.model_dir(e, f)) for e in cfg["experiments"]
+            for f in ([*fold_map[e], paths.FULL_MODEL] if e in fold_map else [None])]
 
 
 def targets(cfg: dict) -> list[str]:
@@ -71,7 +88,7 @@ def targets(cfg: dict) -> list[str]:
     already has a report would otherwise skip an experiment added to the config later."""
     out = [str(paths.manifest(d)) for d in cfg["datasets"]]
     if cfg["experiments"]:
-        out += [str(paths.metrics(e, d)) for e, d in experiment_tests(cfg)]
+        out += [str(paths.metrics(e, s)) for e, s in experiment_tests(cfg)]
         out += [str(paths.experiment_table(e)) for e in cfg["experiments"]]
         out.append(str(paths.report()))
     return out

@@ -13,6 +13,7 @@ from pipeline.core import paths
 from pipeline import workflow as pipeline_workflow
 from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.core.versions import code_version
+from pipeline.training import runs as pipeline_runs
 
 min_version("9.0")
 
@@ -21,6 +22,8 @@ min_version("9.0")
 config = pipeline_workflow.load(config)
 
 SETTINGS = feature_settings_hash(config)
+# jobs never touch the network (HF_HUB_OFFLINE=1): weights come from `lmmvqa fetch-weights`
+OFFLINE_ENV = pipeline_workflow.offline_jobs()
 ENV = "../environment.yml"
 # Rules run `lmmvqa`; when it is not on PATH (e.g. `.venv/bin/snakemake` run without activating the
 # venv), use the one installed beside this interpreter.
@@ -31,11 +34,15 @@ if not shutil.which("lmmvqa") and (Path(sys.executable).parent / "lmmvqa").exist
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     experiment=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    subset=r"[A-Za-z0-9_]+",
     shard=r"\d{5}",
     settings=r"[0-9a-f]{10}",
     fold=r"\d+",
 
 
+# A test selector `dataset:subset` as a pattern: results of each selector live apart
+# (results/eval/<experiment>/<dataset>/<subset>/).
+TEST = "{dataset}:{subset}"
 # Experiment -> its folds when it runs every fold (`folds: all`: one train + evaluate job per fold and an
 # aggregate per test dataset); experiments absent here hold out one fold. Checked at parse time, so a
 # `folds: all` experiment without a k-fold dataset stops before any job runs.
@@ -143,7 +150,7 @@ def training_input_args(declared):
     names = declared.keys()
     args = ["--stores", *declared.stores] if "stores" in names else []
     args += ["--tokenizer", declared.tokenizer] if "tokenizer" in names else []
-    args += ["--init", declared.init] if "init" in names else []
+    args += ["--init", declared.init] if "init" in names and declared.init else []
     return " ".join(args)
 
 
@@ -153,15 +160,29 @@ def wildcard_fold(wildcards):
 
 
 def fold_option(wildcards):
-    """`--fold F` for a per-fold job's command, '' for a single-fold one."""
+    """`--fold F` for a per-fold job's command, '' for a single-fold one (rules of the model trained on
+    every fold set `--fold all` in their params)."""
     fold = wildcard_fold(wildcards)
     return "" if fold is None else f"--fold {fold}"
 
 
 def fold_metrics(wildcards):
-    """Per-fold metrics and predictions that the aggregate of (experiment, dataset) reads."""
-    e, d = wildcards.experiment, wildcards.dataset
+    """Per-fold metrics and predictions that the aggregate of (experiment, test selector) reads."""
+    e, s = wildcards.experiment, f"{wildcards.dataset}:{wildcards.subset}"
     return {
-        "metrics": [str(paths.metrics(e, d, f)) for f in FOLDS[e]],
-        "predictions": [str(paths.predictions(e, d, f)) for f in FOLDS[e]],
+        "metrics": [str(paths.metrics(e, s, f)) for f in FOLDS[e]],
+        "predictions": [str(paths.predictions(e, s, f)) for f in FOLDS[e]],
     }
+
+
+def run_init(fold=None, stage=None):
+    """Input function of a training run's `init`: the model it continues from (its stage 1 or
+    `init_from` model; for a per-fold run, that fold's), [] for none. Apart from the data inputs, which
+    wait for the manifest checkpoint, so a dry run already plans stage 1 before stage 2. `fold`: the
+    run's fold where the job has no fold wildcard (`all`, the model trained on every fold)."""
+
+    def init(wildcards):
+        run_fold = wildcard_fold(wildcards) if fold is None else fold
+        return pipeline_runs.init_inputs(config, wildcards.experiment, stage, run_fold).get("init", [])
+
+    return init

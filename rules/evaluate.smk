@@ -1,5 +1,5 @@
-# Scoring of each test dataset of an experiment, metrics, and the experiment table; for `folds: all`
-# experiments per fold, then aggregated over the folds.
+# Scoring of each test selector of an experiment (`dataset:subset`, each on its own: lsvq:test and
+# lsvq:test_1080p apart), with metrics; for `folds: all` experiments per fold, then aggregated over the folds.
 
 
 rule evaluate:
@@ -11,12 +11,12 @@ rule evaluate:
         prompts=after_manifest(lambda w: str(paths.prompts_dir(w.dataset))),
         stores=lambda w: store_paths(w.dataset),
     output:
-        predictions=str(paths.predictions("{experiment}", "{dataset}")),
-        metrics=str(paths.metrics("{experiment}", "{dataset}")),
+        predictions=str(paths.predictions("{experiment}", TEST)),
+        metrics=str(paths.metrics("{experiment}", TEST)),
     log:
-        str(paths.log("evaluate", "{experiment}", "{dataset}")),
+        str(paths.log("evaluate", "{experiment}", "{dataset}", "{subset}")),
     benchmark:
-        str(paths.benchmark("evaluate", "{experiment}", "{dataset}"))
+        str(paths.benchmark("evaluate", "{experiment}", "{dataset}", "{subset}"))
     wildcard_constraints:
         experiment=SINGLE_EXPERIMENTS,
     params:
@@ -33,33 +33,33 @@ rule evaluate:
         ENV
     shell:
         "lmmvqa evaluate --config {params.config} --experiment {wildcards.experiment} "
-        "--dataset {wildcards.dataset} {params.fold} --model {input.model} --prompts {input.prompts} "
+        "--test {wildcards.dataset}:{wildcards.subset} {params.fold} --model {input.model} --prompts {input.prompts} "
         "--stores {input.stores} --out {output.predictions} --metrics {output.metrics} --device {params.device} "
         "> {log} 2>&1"
 
 
 use rule evaluate as evaluate_fold with:
     output:
-        predictions=str(paths.predictions("{experiment}", "{dataset}", "{fold}")),
-        metrics=str(paths.metrics("{experiment}", "{dataset}", "{fold}")),
+        predictions=str(paths.predictions("{experiment}", TEST, "{fold}")),
+        metrics=str(paths.metrics("{experiment}", TEST, "{fold}")),
     log:
-        str(paths.log("evaluate", "{experiment}", paths.fold_part("{fold}"), "{dataset}")),
+        str(paths.log("evaluate", "{experiment}", paths.fold_part("{fold}"), "{dataset}", "{subset}")),
     benchmark:
-        str(paths.benchmark("evaluate", "{experiment}", paths.fold_part("{fold}"), "{dataset}"))
+        str(paths.benchmark("evaluate", "{experiment}", paths.fold_part("{fold}"), "{dataset}", "{subset}"))
     wildcard_constraints:
         experiment=FOLD_EXPERIMENTS,
 
 
-# Every fold of a `folds: all` experiment on one test dataset: each fold, mean / std / median over
+# Every fold of a `folds: all` experiment on one test selector: each fold, mean / std / median over
 # folds (metrics.json) and the folds' predictions pooled.
 rule aggregate:
     input:
         unpack(fold_metrics),
     output:
-        predictions=str(paths.predictions("{experiment}", "{dataset}")),
-        metrics=str(paths.metrics("{experiment}", "{dataset}")),
+        predictions=str(paths.predictions("{experiment}", TEST)),
+        metrics=str(paths.metrics("{experiment}", TEST)),
     log:
-        str(paths.log("aggregate", "{experiment}", "{dataset}")),
+        str(paths.log("aggregate", "{experiment}", "{dataset}", "{subset}")),
     wildcard_constraints:
         experiment=FOLD_EXPERIMENTS,
     params:
@@ -71,4 +71,5 @@ rule aggregate:
         ENV
     shell:
         "lmmvqa aggregate --config {params.config} --experiment {wildcards.experiment} "
-        "--dataset {wildcards.dataset} --out {output.metrics} --predictions {output.predictions} > {log} 2>&1"
+        "--test {wildcards.dataset}:{wildcards.subset} --out {output.metrics} --predictions {output.predictions} "
+        "> {log} 2>&1"

@@ -3,7 +3,7 @@
 
 rule report:
     input:
-        metrics=[str(paths.metrics(e, d)) for e, d in pipeline_workflow.experiment_tests(config)],
+        metrics=[str(paths.metrics(e, s)) for e, s in pipeline_workflow.experiment_tests(config)],
         models=pipeline_workflow.model_dirs(config),
         stats=[str(paths.stats(d)) for d in config["datasets"]],
     output:

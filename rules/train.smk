@@ -1,7 +1,7 @@
-# Training per experiment (per fold for `folds: all` experiments), from cached features and prompt
-# shards only. A two-stage experiment (`stage1:` set) trains `results/models/<E>.stage1` first; an
-# experiment with `init_from:` or a stage 1 continues from that model (pipeline.training.train.init_model_dir).
-from pipeline.training import runs as pipeline_runs
+# Training per experiment (per fold for `folds: all` experiments, plus their model on every fold), from
+# cached features and prompt shards only. A two-stage experiment (`stage1:` set) trains
+# `results/models/<E>.stage1` first (per fold: `<E>.stage1/fold<F>`, and `<E>.stage1/all`); an experiment
+# with `init_from:` or a stage 1 continues from that model (pipeline.training.runs.init_model_dir).
 
 pipeline_runs.check_experiments(config)
 
@@ -24,6 +24,7 @@ rule train_stage1:
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],
         config=RESOLVED_CONFIG,
+        fold=fold_option,
         inputs=lambda w, input: training_input_args(input),
     threads: 2
     resources:
@@ -32,13 +33,39 @@ rule train_stage1:
     conda:
         ENV
     shell:
-        "lmmvqa train --config {params.config} --experiment {wildcards.experiment} --stage1 --out {output} "
-        "--device {params.device} {params.inputs} --resume > {log} 2>&1"
+        "lmmvqa train --config {params.config} --experiment {wildcards.experiment} --stage1 {params.fold} "
+        "--out {output} --device {params.device} {params.inputs} --resume > {log} 2>&1"
+
+
+# Stage 1 of each fold of a `folds: all` experiment, and of its model on every fold.
+use rule train_stage1 as train_stage1_fold with:
+    output:
+        directory(str(paths.model_dir(pipeline_runs.run_name("{experiment}", 1), "{fold}"))),
+    log:
+        str(paths.log("train", pipeline_runs.run_name("{experiment}", 1), paths.fold_part("{fold}"))),
+    benchmark:
+        str(paths.benchmark("train", pipeline_runs.run_name("{experiment}", 1), paths.fold_part("{fold}")))
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,
+
+
+use rule train_stage1 as train_stage1_all with:
+    output:
+        directory(str(paths.model_dir(pipeline_runs.run_name("{experiment}", 1), paths.FULL_MODEL))),
+    log:
+        str(paths.log("train", pipeline_runs.run_name("{experiment}", 1), paths.FULL_MODEL)),
+    benchmark:
+        str(paths.benchmark("train", pipeline_runs.run_name("{experiment}", 1), paths.FULL_MODEL))
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,
+    params:
+        fold=f"--fold {paths.FULL_MODEL}",
 
 
 rule train:
     input:
-        unpack(lambda w: {**training_inputs(w), **pipeline_runs.init_inputs(config, w.experiment)}),
+        unpack(training_inputs),
+        init=run_init(),
     output:
         directory(str(paths.model_dir("{experiment}"))),
     log:
@@ -78,3 +105,20 @@ use rule train as train_fold with:
         str(paths.benchmark("train", "{experiment}", paths.fold_part("{fold}")))
     wildcard_constraints:
         experiment=FOLD_EXPERIMENTS,
+
+
+# And its model on every fold (nothing held out): the one to ship, results/models/<E>/all.
+use rule train as train_all with:
+    input:
+        unpack(training_inputs),
+        init=run_init(fold=paths.FULL_MODEL),
+    output:
+        directory(str(paths.model_dir("{experiment}", paths.FULL_MODEL))),
+    log:
+        str(paths.log("train", "{experiment}", paths.FULL_MODEL)),
+    benchmark:
+        str(paths.benchmark("train", "{experiment}", paths.FULL_MODEL))
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,
+    params:
+        fold=f"--fold {paths.FULL_MODEL}",

@@ -19,7 +19,7 @@ SIDE_OUTPUTS = {
     "report": {"--plots": paths.plots_beside},
 }
 # what a command may require: what it reads, what it is about, and its main output
-INPUTS = {"--config", "--format", "--labels", "--manifest", "--videos", "--dataset", "--shard", "--experiment",
+INPUTS = {"--config", "--format", "--labels", "--manifest", "--videos", "--dataset", "--test", "--shard", "--experiment",
           "--prompts", "--model", "--out", "--out-dir", "videos", "argv"}
 
 
@@ -44,8 +44,8 @@ def test_side_outputs_are_optional_and_sit_beside_the_main_output():
     # the defaults are the rules' paths
     assert paths.missing_table(paths.manifest("d")) == paths.missing("d")
     assert paths.failures_table(paths.probe("d", 3)) == paths.probe_failures("d", 3)
-    assert paths.metrics_beside(paths.predictions("e", "d", 1)) == paths.metrics("e", "d", 1)
-    assert paths.predictions_beside(paths.metrics("e", "d")) == paths.predictions("e", "d")
+    assert paths.metrics_beside(paths.predictions("e", "d:test", 1)) == paths.metrics("e", "d:test", 1)
+    assert paths.predictions_beside(paths.metrics("e", "d:test")) == paths.predictions("e", "d:test")
     assert paths.plots_beside(paths.report()) == paths.report_plots()
 
 
@@ -84,7 +84,7 @@ def test_evaluate_and_aggregate_write_their_side_output_beside_out(tmp_path, mon
     module, name = function.rsplit(".", 1)
     seen = {}
 
-    def fake(cfg, experiment, dataset, out, second, **kw):
+    def fake(cfg, experiment, selector, out, second, **kw):
         seen.update(out=out, second=second)
         raise SystemExit(0)
 
@@ -92,5 +92,5 @@ def test_evaluate_and_aggregate_write_their_side_output_beside_out(tmp_path, mon
     monkeypatch.setattr(importlib.import_module(module), "load_config", lambda path: {"device": "cpu"})
     out = tmp_path / "eval" / ("predictions.csv" if command == "evaluate" else "metrics.json")
     with pytest.raises(SystemExit):
-        cli_main([command, "--config", "c.yaml", "--experiment", "e", "--dataset", "d", "--out", str(out)])
+        cli_main([command, "--config", "c.yaml", "--experiment", "e", "--test", "d:all", "--out", str(out)])
     assert str(seen["out"]) == str(out) and str(seen["second"]) == str(tmp_path / "eval" / side)

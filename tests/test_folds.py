@@ -132,25 +132,26 @@ def test_aggregate_command(tmp_path, monkeypatch, capsys):
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     folds = _fold_metrics(k=3)
-    out = paths.metrics("cv", "d")
+    out = paths.metrics("cv", "d:test")
     # a missing fold is an error naming its file
-    assert cli_main(["aggregate", "--config", "c.yaml", "--experiment", "cv", "--dataset", "d", "--out", str(out),
-                     "--predictions", str(paths.predictions("cv", "d"))]) == 2
-    assert "fold 0 of experiment 'cv' on 'd'" in capsys.readouterr().err
+    assert cli_main(["aggregate", "--config", "c.yaml", "--experiment", "cv", "--test", "d:test", "--out", str(out),
+                     "--predictions", str(paths.predictions("cv", "d:test"))]) == 2
+    assert "fold 0 of experiment 'cv' on 'd:test'" in capsys.readouterr().err
     for m, df in folds:
-        p = paths.predictions("cv", "d", m["fold"])
+        p = paths.predictions("cv", "d:test", m["fold"])
         p.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(p, index=False)
-        paths.metrics("cv", "d", m["fold"]).write_text(json.dumps({k: v for k, v in m.items() if k != "fold"}))
-    assert cli_main(["aggregate", "--config", "c.yaml", "--experiment", "cv", "--dataset", "d", "--out", str(out),
-                     "--predictions", str(paths.predictions("cv", "d"))]) == 0
+        paths.metrics("cv", "d:test", m["fold"]).write_text(json.dumps({k: v for k, v in m.items() if k != "fold"}))
+    assert cli_main(["aggregate", "--config", "c.yaml", "--experiment", "cv", "--test", "d:test", "--out", str(out),
+                     "--predictions", str(paths.predictions("cv", "d:test"))]) == 0
     agg = json.loads(out.read_text())
     assert [c["fold"] for c in agg["fold_metrics"]] == [0, 1, 2] and agg["n"] == 60
+    assert agg["test"] == "d:test" and agg["dataset"] == "d"
     assert agg["aggregate"]["prob"]["srcc"]["values"] == [m["methods"]["prob"]["srcc"] for m, _ in folds]
-    pooled = pd.read_csv(paths.predictions("cv", "d"))
+    pooled = pd.read_csv(paths.predictions("cv", "d:test"))
     assert len(pooled) == 60 and pooled["fold"].tolist() == [0] * 20 + [1] * 20 + [2] * 20
     assert "over 3 folds" in capsys.readouterr().out
-    assert cli_main(["aggregate", "--config", "c.yaml", "--experiment", "one", "--dataset", "d", "--out", "x.json",
+    assert cli_main(["aggregate", "--config", "c.yaml", "--experiment", "one", "--test", "d:test", "--out", "x.json",
                      "--predictions", "x.csv"]) == 2
     assert "nothing to aggregate" in capsys.readouterr().err
 

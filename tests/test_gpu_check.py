@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from conftest import REPO
 
 
@@ -16,7 +17,7 @@ def test_gpu_check_small_runs_every_stage(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--small", "--out", str(out),
                            "--workdir", str(tmp_path / "work")],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     res = json.loads(out.read_text())
     assert res["mode"] == "small" and res["device"] == "cpu" and res["videos"] == 6
@@ -41,9 +42,17 @@ def test_gpu_check_small_runs_every_stage(tmp_path):
     assert s2["init_from"]["path"].endswith("results/models/gpucheck.stage1")
     assert s2["continued_from_stage1"] is True  # its init projector is stage 1's file (sha1)
 
+    # two selectors of one dataset, each evaluated on its own and reported in its own row
     ev = res["evaluation"]
-    assert 1 <= ev["n"] < 6  # the held-out fold of the 6 videos
-    assert ev["job_wall_s"] > 0 and ev["metrics"]["invalid"] == 0
+    assert list(ev) == ["demo:test", "demo:train"] and [e["test"] for e in ev.values()] == list(ev)
+    assert 1 <= ev["demo:test"]["n"] < 6 and ev["demo:test"]["n"] + ev["demo:train"]["n"] == 6  # the 2 folds
+    assert all(e["job_wall_s"] > 0 and e["metrics"]["invalid"] == 0 for e in ev.values())
+    assert res["report_sections"] == ["demo:test", "demo:train"]
+    # the paper recipe (config/paper-lsvq.yaml): its stage learning rates, and the plan's estimate beside each stage
+    gc = _gpu_check_module()
+    _, paper_stage1, paper_stage2 = gc.paper_recipe()
+    assert s1["lr"] == paper_stage1["lr"] and s2["lr"] == paper_stage2["lr"]
+    assert s1["plan_estimate_gib"] > 0 and s2["plan_estimate_gib"] > 0 and res["evaluation_plan_estimate_gib"] > 0
 
     sc = res["score"]
     assert len(sc["lines"]) == 1
@@ -89,6 +98,11 @@ def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
     s1 = experiment_training(cfg, gc.EXPERIMENT, 1)
     s2 = experiment_training(cfg, gc.EXPERIMENT)
     assert not s1["lora"]["enabled"] and s2["lora"]["enabled"]
+    paper = yaml.safe_load((REPO / "config" / "paper-lsvq.yaml").read_text())
+    assert (s1["lr"], s2["lr"], s2["llm_lr"]) == (1.0e-3, 2.0e-5, 2.0e-4) == (
+        paper["experiments"]["lsvq_cross"]["stage1"]["lr"], paper["experiments"]["lsvq_cross"]["training"]["lr"],
+        paper["experiments"]["lsvq_cross"]["training"]["llm_lr"])
+    assert s2["lora"]["r"] == paper["training"]["lora"]["r"] and cfg["experiments"][gc.EXPERIMENT]["test"] == list(gc.TESTS)
     assert s1["batch_size"] == s2["batch_size"] == 16 and s1["dtype"] == "bfloat16" and not s2["train_llm"]
     assert str(init_model_dir(cfg, gc.EXPERIMENT)).endswith(f"{gc.EXPERIMENT}.stage1")
     assert gc.make_config(gc.parse_args(["--llm-layers", "4"]))["models"]["llm"]["config"]["num_hidden_layers"] == 4

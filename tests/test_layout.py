@@ -6,7 +6,7 @@ from pipeline.core.versions import PACKAGE, _imports
 
 # subpackage -> position in the data flow; the shared core (and the CLI's argument helpers) come first
 ORDER = ["core", "ingest", "features", "prompts", "model", "training", "evaluation"]
-ENTRY_POINTS = {"pipeline.cli", "pipeline.launch", "pipeline.workflow"}  # they run or wire every stage
+ENTRY_POINTS = {"pipeline.cli", "pipeline.launch", "pipeline.workflow", "pipeline.plan"}  # they run, wire or size every stage
 
 
 def _layer(module: str) -> int | None:

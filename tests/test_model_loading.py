@@ -362,7 +362,7 @@ def test_evaluate_and_score_load_in_the_recorded_or_given_dtype(tmp_path, monkey
         return model
 
     monkeypatch.setattr(LMMVQA, "from_pretrained", classmethod(spy))
-    args = ["evaluate", "--config", "cfg.yaml", "--experiment", "exp", "--dataset", "syn", "--out", "p.csv", "--metrics", "m.json"]
+    args = ["evaluate", "--config", "cfg.yaml", "--experiment", "exp", "--test", "syn:test", "--out", "p.csv", "--metrics", "m.json"]
     assert main(args) == 0 and main([*args, "--dtype", "bfloat16"]) == 0
     assert Scorer(paths.model_dir("exp"), dtype="bfloat16").model is not None
     assert loaded == [torch.float32, torch.bfloat16, torch.bfloat16]

@@ -53,14 +53,25 @@ def test_every_output_log_and_benchmark_comes_from_paths():
     (paths.probe("{dataset}", "{shard}"), dict(dataset="d", shard="00012"), paths.probe("d", 12)),
     (paths.probe_failures("{dataset}", "{shard}"), dict(dataset="d", shard="00000"), paths.probe_failures("d", 0)),
     (paths.model_dir("{experiment}", "{fold}"), dict(experiment="e", fold="2"), paths.model_dir("e", 2)),
-    (paths.predictions("{experiment}", "{dataset}", "{fold}"), dict(experiment="e", dataset="d", fold="1"),
-     paths.predictions("e", "d", 1)),
-    (paths.metrics("{experiment}", "{dataset}"), dict(experiment="e", dataset="d"), paths.metrics("e", "d")),
+    (paths.model_dir("{experiment}", paths.FULL_MODEL), dict(experiment="e"), paths.model_dir("e", "all")),
+    (paths.predictions("{experiment}", "{dataset}:{subset}", "{fold}"),
+     dict(experiment="e", dataset="d", subset="test", fold="1"), paths.predictions("e", "d:test", 1)),
+    (paths.metrics("{experiment}", "{dataset}:{subset}"), dict(experiment="e", dataset="lsvq", subset="test_1080p"),
+     paths.metrics("e", "lsvq:test_1080p")),
 ])
 def test_patterns_expand_to_the_paths_commands_use(pattern, wildcards, concrete):
     """A rule's pattern, its wildcards filled in as Snakemake fills them, is the path the package
     computes for the same values."""
     assert str(pattern).format(**wildcards) == str(concrete)
+
+
+def test_each_test_selector_has_its_own_results_folder():
+    assert str(paths.metrics("x", "lsvq:test")) == "results/eval/x/lsvq/test/metrics.json"
+    assert str(paths.predictions("x", "lsvq:test_1080p", 2)) == "results/eval/x/fold2/lsvq/test_1080p/predictions.csv"
+    assert str(paths.model_dir("x", "all")) == "results/models/x/all"
+    for bad in ("lsvq", "../x:test", "a:b/c", "a:..", "a:", ":b"):
+        with pytest.raises(ValueError, match="not a test selector"):
+            paths.metrics("x", bad)
 
 
 def test_log_and_benchmark_layout():

@@ -12,6 +12,7 @@ from conftest import REPO
 
 from pipeline.core import config as pipeline_config
 from pipeline.prompts.experiments import parse_selector
+from pipeline.training.runs import check_experiments, experiment_training, init_model_dir
 
 BIN = Path(sys.executable).parent
 PAPER = REPO / "config" / "paper-lsvq.yaml"
@@ -27,7 +28,7 @@ def test_local_profiles_limit_gpu_jobs():
 def test_paper_config_is_the_cross_dataset_protocol():
     cfg = pipeline_config.validate(yaml.safe_load(PAPER.read_text()), str(PAPER))
     assert cfg["models"]["preset"] == "paper" and cfg["device"] == "cuda"
-    assert cfg["training"]["dtype"] == "bfloat16" and cfg["training"]["lora"]["enabled"]
+    assert cfg["training"]["dtype"] == "bfloat16" and cfg["features"]["decode_workers"] == 8
     formats = {d: c["format"] for d, c in cfg["datasets"].items()}
     assert formats == {"lsvq": "lsvq", "konvid": "konvid", "live_vqc": "live_vqc", "youtube_ugc": "youtube_ugc"}
     assert [Path(p).name for p in [cfg["datasets"]["lsvq"]["labels"], *cfg["datasets"]["lsvq"]["extra_labels"]]] == [
@@ -36,6 +37,21 @@ def test_paper_config_is_the_cross_dataset_protocol():
     assert exp["train"] == ["lsvq:train"]
     assert sorted(parse_selector(s) for s in exp["test"]) == [
         ("konvid", "all"), ("live_vqc", "all"), ("lsvq", "test"), ("lsvq", "test_1080p"), ("youtube_ugc", "all")]
+    # the two stages: projector with the LLM frozen, then LoRA from stage 1's projector
+    stage1, stage2 = experiment_training(cfg, "lsvq_cross", 1), experiment_training(cfg, "lsvq_cross")
+    assert not stage1["lora"]["enabled"] and stage2["lora"]["enabled"] and stage2["llm_lr"] > stage2["lr"]
+    assert str(init_model_dir(cfg, "lsvq_cross")) == "results/models/lsvq_cross.stage1"
+    gpu_box = yaml.safe_load((REPO / "profiles" / "gpu-box" / "config.yaml").read_text())
+    assert gpu_box["set-threads"]["extract"] >= cfg["features"]["decode_workers"]
+
+
+def test_paper_intra_config_runs_every_fold_with_two_stages():
+    intra = REPO / "config" / "paper-intra.yaml"
+    cfg = pipeline_config.validate(yaml.safe_load(intra.read_text()), str(intra))
+    check_experiments(cfg)
+    exp = cfg["experiments"]["konvid_5fold"]
+    assert exp["folds"] == "all" and exp["stage1"] is not None and cfg["datasets"]["konvid"]["split"]["k"] == 5
+    assert str(init_model_dir(cfg, "konvid_5fold", None, 2)) == "results/models/konvid_5fold.stage1/fold2"
 
 
 def test_paper_config_plans_on_the_official_label_files(tmp_path, shared_labels):
@@ -59,4 +75,6 @@ def test_paper_config_plans_on_the_official_label_files(tmp_path, shared_labels)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     counts = {p[0]: int(p[1]) for p in (line.split() for line in proc.stdout.splitlines())
               if len(p) == 2 and p[1].isdigit()}
-    assert counts["manifest"] == 4 and counts["train"] == 1 and counts["evaluate"] == 4  # lsvq counts once
+    # stage 1, then stage 2 from it; one evaluation per test selector (LSVQ's two test sets apart)
+    assert counts["manifest"] == 4 and counts["train_stage1"] == 1 and counts["train"] == 1
+    assert counts["evaluate"] == 5

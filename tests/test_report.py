@@ -3,7 +3,9 @@ its tables equal to the metrics JSON, plots also written as PNG files."""
 import base64
 import json
 import re
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,13 +18,15 @@ from pipeline.core import paths
 from pipeline.core.metrics import compute_metrics
 
 
+SELECTOR = {"demo": "demo:test", "other": "other:all"}
+
+
 def make_run(root, experiments=("demo",), datasets=("demo", "other"), invalid=2, seed=0):
     """Synthetic results of a run under `root` (the working directory); returns the config path."""
     rng = np.random.default_rng(seed)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["datasets"]["other"] = {"format": "generic", "labels": "other.csv"}
-    cfg["experiments"] = {e: {"train": ["demo:train"], "test": [f"{d}:test" if d == "demo" else f"{d}:all" for d in datasets]}
-                          for e in experiments}
+    cfg["experiments"] = {e: {"train": ["demo:train"], "test": [SELECTOR[d] for d in datasets]} for e in experiments}
     cfg_path = root / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     for e in experiments:
@@ -38,11 +42,12 @@ def make_run(root, experiments=("demo",), datasets=("demo", "other"), invalid=2,
                                "prob_score": np.clip(mos + rng.normal(0, 6, n), 0, 100), "level": level,
                                "p_good": 0.3, "p_fair": 0.4, "p_poor": 0.3})
             df.loc[: invalid - 1, ["text", "score", "invalid"]] = ["sixty <b>bold</b>", np.nan, True]
-            pred_path = root / paths.predictions(e, d)
+            pred_path = root / paths.predictions(e, SELECTOR[d])
             pred_path.parent.mkdir(parents=True, exist_ok=True)
             df.to_csv(pred_path, index=False)
             metrics = compute_metrics(df, bootstrap=20, seed=0, experiment=e, dataset=d)
-            (root / paths.metrics(e, d)).write_text(json.dumps(metrics, allow_nan=False))
+            metrics["test"] = SELECTOR[d]
+            (root / paths.metrics(e, SELECTOR[d])).write_text(json.dumps(metrics, allow_nan=False))
         model = root / paths.model_dir(e)
         model.mkdir(parents=True, exist_ok=True)
         steps = np.arange(1, 101)
@@ -54,20 +59,20 @@ def make_run(root, experiments=("demo",), datasets=("demo", "other"), invalid=2,
 
 
 class Cells(HTMLParser):
-    """data-key / data-value / text of every cell of the metric tables, per experiment and dataset."""
+    """data-key / data-value / text of every cell of the metric tables, per experiment and test selector."""
 
     def __init__(self):
         super().__init__()
-        self.cells, self.stack, self.exp, self.dataset, self.external = [], [], None, None, []
+        self.cells, self.stack, self.exp, self.test, self.external = [], [], None, None, []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "table" and "data-experiment" in a:
             self.exp = a["data-experiment"]
-        if tag == "tr" and "data-dataset" in a:
-            self.dataset = a["data-dataset"]
+        if tag == "tr" and "data-test" in a:
+            self.test = a["data-test"]
         if "data-key" in a and tag in ("td", "span"):
-            self.cells.append({"exp": self.exp, "dataset": self.dataset, "key": a["data-key"], "value": a["data-value"], "text": ""})
+            self.cells.append({"exp": self.exp, "test": self.test, "key": a["data-key"], "value": a["data-value"], "text": ""})
             self.stack.append(self.cells[-1])
         for attr in ("src", "href"):
             if attr in a and not str(a[attr]).startswith(("data:", "#")):
@@ -103,7 +108,7 @@ def test_report_tables_equal_the_metric_json(tmp_path, monkeypatch):
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 2 * (2 * 2 + 1)  # scatter + confusion, loss
     checked = 0
     for cell in parser.cells:
-        metrics = json.loads((tmp_path / paths.metrics(cell["exp"], cell["dataset"])).read_text())
+        metrics = json.loads((tmp_path / paths.metrics(cell["exp"], cell["test"])).read_text())
         want = lookup(metrics, cell["key"].replace("_ci", "_ci"))
         if cell["key"].endswith("_ci"):
             assert [float(v) for v in cell["value"].split(",")] == want
@@ -117,7 +122,7 @@ def test_report_tables_equal_the_metric_json(tmp_path, monkeypatch):
             digits = 2 if cell["key"].endswith("rmse") else 3
             assert cell["text"].strip() == f"{want:.{digits}f}"
         checked += 1
-    # per (experiment, dataset): n, invalid, 2 x (6 cells + 2 CIs), level accuracy, level invalid
+    # per (experiment, test selector): n, invalid, 2 x (6 cells + 2 CIs), level accuracy, level invalid
     assert checked == 2 * 2 * (2 + 2 * 8 + 2)
     invalid_cells = [c for c in parser.cells if c["key"] == "invalid"]
     assert {c["value"] for c in invalid_cells} == {"2"}
@@ -127,11 +132,13 @@ def test_report_tables_equal_the_metric_json(tmp_path, monkeypatch):
     assert "meta-llama/Meta-Llama-3-8B-Instruct" in html and "code versions" in html
     # plots also as files (Snakemake report() outputs); tables as CSV + Markdown
     plots = sorted(p.name for p in (out.parent / "plots").iterdir())
-    assert "demo--other--scatter.png" in plots and "cross--demo--confusion.png" in plots and "demo--loss.png" in plots
+    assert "demo--other--all--scatter.png" in plots and "cross--demo--test--confusion.png" in plots
+    assert "demo--loss.png" in plots
     assert all((out.parent / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
     table = pd.read_csv(tmp_path / paths.experiment_table("demo"))
-    m = json.loads((tmp_path / paths.metrics("demo", "other")).read_text())
-    row = table[table["dataset"] == "other"].iloc[0]
+    m = json.loads((tmp_path / paths.metrics("demo", "other:all")).read_text())
+    row = table[table["test"] == "other:all"].iloc[0]
+    assert row["dataset"] == "other"
     assert row["text_srcc"] == pytest.approx(m["methods"]["text"]["srcc"], rel=1e-5)
     assert row["invalid"] == 2
     assert (tmp_path / paths.experiment_table("demo")).with_suffix(".md").exists()
@@ -140,11 +147,11 @@ def test_report_tables_equal_the_metric_json(tmp_path, monkeypatch):
 def test_report_with_missing_inputs_and_undefined_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg_path = make_run(tmp_path, datasets=("demo", "other"))
-    (tmp_path / paths.metrics("demo", "other")).unlink()
+    (tmp_path / paths.metrics("demo", "other:all")).unlink()
     (tmp_path / paths.model_dir("demo") / "train_log.csv").unlink()
     # a dataset with two videos: every metric undefined
-    df = pd.read_csv(tmp_path / paths.predictions("demo", "demo")).head(2)
-    (tmp_path / paths.metrics("demo", "demo")).write_text(json.dumps(compute_metrics(df, 10, 0, "demo", "demo")))
+    df = pd.read_csv(tmp_path / paths.predictions("demo", "demo:test")).head(2)
+    (tmp_path / paths.metrics("demo", "demo:test")).write_text(json.dumps(compute_metrics(df, 10, 0, "demo", "demo")))
     out = tmp_path / "report.html"
     assert cli_main(["report", "--config", str(cfg_path), "--out", str(out)]) == 0
     html = out.read_text()
@@ -161,8 +168,8 @@ def test_report_writes_its_plots_where_it_is_told(tmp_path, monkeypatch):
     cfg_path = make_run(tmp_path, datasets=("demo",))
     out, plots = tmp_path / "page" / "index.html", tmp_path / "elsewhere" / "plots"
     assert cli_main(["report", "--config", str(cfg_path), "--out", str(out), "--plots", str(plots)]) == 0
-    assert sorted(p.name for p in plots.iterdir()) == ["demo--demo--confusion.png", "demo--demo--scatter.png",
-                                                       "demo--loss.png"]
+    assert sorted(p.name for p in plots.iterdir()) == ["demo--demo--test--confusion.png",
+                                                       "demo--demo--test--scatter.png", "demo--loss.png"]
     assert not (out.parent / "plots").exists()
     embedded = re.findall(r'src="data:image/png;base64,([^"]*)"', out.read_text())
     assert sorted(embedded) == sorted(base64.b64encode(p.read_bytes()).decode() for p in plots.iterdir())
@@ -186,7 +193,7 @@ class Attrs(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        for key in ("data-fold-experiment", "data-fold-dataset", "data-fold", "data-summary-exp", "data-summary-dataset"):
+        for key in ("data-fold-experiment", "data-fold-test", "data-fold", "data-summary-exp", "data-summary-test"):
             if key in a:
                 self.ctx[key] = a[key]
         if any(n in a for n in self.names):
@@ -232,9 +239,11 @@ def make_fold_run(root, k=5):
         df.insert(1, "fold", f)
         per_fold[-1]["_df"] = df
     pooled = pd.concat([m.pop("_df") for m in per_fold], ignore_index=True)
-    (root / paths.predictions("cv", "demo")).parent.mkdir(parents=True, exist_ok=True)
-    pooled.to_csv(root / paths.predictions("cv", "demo"), index=False)
-    (root / paths.metrics("cv", "demo")).write_text(json.dumps(aggregate_folds(per_fold, "cv", "demo"), allow_nan=False))
+    (root / paths.predictions("cv", "demo:test")).parent.mkdir(parents=True, exist_ok=True)
+    pooled.to_csv(root / paths.predictions("cv", "demo:test"), index=False)
+    agg = aggregate_folds(per_fold, "cv", "demo")
+    agg["test"] = "demo:test"
+    (root / paths.metrics("cv", "demo:test")).write_text(json.dumps(agg, allow_nan=False))
     return cfg_path
 
 
@@ -244,8 +253,8 @@ def test_report_fold_table_and_summary(tmp_path, monkeypatch):
     out = tmp_path / "results" / "report" / "index.html"
     assert cli_main(["report", "--config", str(cfg_path), "--out", str(out)]) == 0
     html = out.read_text()
-    agg = json.loads((tmp_path / paths.metrics("cv", "demo")).read_text())
-    single = json.loads((tmp_path / paths.metrics("single", "demo")).read_text())
+    agg = json.loads((tmp_path / paths.metrics("cv", "demo:test")).read_text())
+    single = json.loads((tmp_path / paths.metrics("single", "demo:test")).read_text())
 
     # the fold table: each fold, then mean / std / median, equal to the aggregate metrics.json
     cells = Attrs(["data-fold-col"])
@@ -279,14 +288,15 @@ def test_report_fold_table_and_summary(tmp_path, monkeypatch):
     # the summary: experiments x test datasets, SRCC / PLCC (mean ± std for folds) and invalid counts
     summ = Attrs(["data-summary-cell"])
     summ.feed(html)
-    got = {(c["data-summary-exp"], c["data-summary-dataset"], c["data-summary-cell"]): c for c in summ.found}
-    assert {k[:2] for k in got} == {("single", "demo"), ("cv", "demo")}
-    c = got[("cv", "demo", "prob.srcc")]
+    got = {(c["data-summary-exp"], c["data-summary-test"], c["data-summary-cell"]): c for c in summ.found}
+    assert {k[:2] for k in got} == {("single", "demo:test"), ("cv", "demo:test")}
+    c = got[("cv", "demo:test", "prob.srcc")]
     assert float(c["data-value"]) == pytest.approx(np.mean(srcc)) and float(c["data-std"]) == pytest.approx(np.std(srcc, ddof=1))
     assert c["text"] == f"SRCC {np.mean(srcc):.3f} ± {np.std(srcc, ddof=1):.3f}"
-    s = got[("single", "demo", "text.plcc")]
+    s = got[("single", "demo:test", "text.plcc")]
     assert float(s["data-value"]) == pytest.approx(single["methods"]["text"]["plcc"]) and s["data-std"] == ""
-    assert got[("cv", "demo", "invalid")]["data-value"] == "5" and got[("single", "demo", "invalid")]["data-value"] == "2"
+    assert got[("cv", "demo:test", "invalid")]["data-value"] == "5"
+    assert got[("single", "demo:test", "invalid")]["data-value"] == "2"
     summary = pd.read_csv(tmp_path / paths.summary_table())
     summary = summary.set_index("experiment")  # rows in the config's order of experiments
     assert summary.index.tolist() == list(yaml.safe_load(cfg_path.read_text())["experiments"])
@@ -312,3 +322,55 @@ def test_report_page_renders_as_before_from_the_packaged_template():
     context = json.loads((data / "report_context.json").read_text())
     assert report.TEMPLATE_PATH.is_file() and report.TEMPLATE_PATH.parent.name == "data"
     assert report.render_html(**context) == (data / "report_golden.html").read_text(encoding="utf-8")
+
+
+def capture_golden(folder) -> tuple[dict, str]:
+    """(context, page) of `make_fold_run`'s report with plots, time, paths and versions made constant:
+    what tests/data/report_context.json and report_golden.html hold. Regenerate both after an intended
+    change of the page: `python tests/test_report.py --regenerate`."""
+    import os
+
+    from pipeline.evaluation import report
+
+    captured = {}
+    real = report.render_html
+
+    def capture(**context):
+        captured.update(json.loads(json.dumps(context, default=list)))
+        return real(**context)
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        cfg_path = make_fold_run(folder)
+        report.render_html = capture
+        assert cli_main(["report", "--config", str(cfg_path), "--out", "results/report/index.html"]) == 0
+    finally:
+        report.render_html = real
+        os.chdir(cwd)
+    png = re.compile(r"^[A-Za-z0-9+/=]{64,}$")
+
+    def constant(node):
+        if isinstance(node, dict):
+            return {k: constant(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [constant(v) for v in node]
+        return "iVBORw0KGgo=" if isinstance(node, str) and png.match(node) else node
+
+    context = constant(captured)
+    context["generated"] = "2025-01-01 00:00 UTC"
+    prov = context["provenance"]
+    prov.update(git="0123456789ab", config_path="/run/config.yaml",
+                code_versions={k: "c0de" for k in prov["code_versions"]})
+    context = json.loads(json.dumps(context, sort_keys=True))  # as the test reads it back
+    return context, report.render_html(**context)
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx, page = capture_golden(Path(tmp))
+    (REPO / "tests/data/report_context.json").write_text(json.dumps(ctx, indent=1, sort_keys=True) + "\n")
+    (REPO / "tests/data/report_golden.html").write_text(page, encoding="utf-8")
+    print("tests/data/report_context.json and report_golden.html regenerated")

@@ -52,7 +52,7 @@ def _submissions(state: Path) -> dict[str, list[list[str]]]:
 def test_slurm_run_completes_with_outputs(slurm_run):
     work, state, proc = slurm_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    metrics = json.loads((work / "results/eval/demo/demo/metrics.json").read_text())
+    metrics = json.loads((work / "results/eval/demo/demo/test/metrics.json").read_text())
     assert metrics["n"] >= 3 and set(metrics["methods"]) == {"text", "prob"}
     assert "<table" in (work / "results/report/index.html").read_text()
     stores = sorted(p.name for p in (work / "cache/features/demo").glob("*/shard-*.zarr"))

@@ -127,3 +127,36 @@ def test_retrained_stage1_restarts_stage2_checkpoints(two_stage, tmp_path):
         (d / "lmmvqa.json").write_text(text)
     ids = {run_fingerprint(two_stage, "exp", [], 5, 1, init) for init in (None, a, b)}
     assert len(ids) == 3
+
+
+def test_stage1_with_every_fold_runs_per_fold():
+    """folds: all + stage1: each fold's stage 2 continues from that fold's stage 1, the model on every fold
+    from the stage 1 on every fold; init_from a folds: all experiment goes fold by fold (same k)."""
+    from pipeline.core import paths
+
+    base = {"train": ["d:train"], "test": ["d:test"], "folds": "all"}
+    cfg = _cfg({"cv": {**base, "stage1": {"max_steps": 1}}, "next": {**base, "init_from": "cv"},
+                "one": {"train": ["d:train"], "test": ["d:test"], "init_from": "cv"}})
+    assert str(init_model_dir(cfg, "cv", None, 3)) == "results/models/cv.stage1/fold3"
+    assert str(init_model_dir(cfg, "cv", None, paths.FULL_MODEL)) == "results/models/cv.stage1/all"
+    assert init_model_dir(cfg, "cv", 1, 3) is None
+    assert str(init_model_dir(cfg, "next", None, 2)) == "results/models/cv/fold2"
+    with pytest.raises(UserError, match=r"experiments\.one\.init_from: 'cv' runs every fold .*must run the same folds"):
+        check_experiments(cfg)
+    del cfg["experiments"]["one"]
+    check_experiments(cfg)
+
+
+def test_overlapping_test_selectors_are_an_error_unless_asked_for():
+    from pipeline.prompts.experiments import test_selectors, unseen_tests
+
+    base = {"train": ["d:train"]}
+    cfg = _cfg({"e": {**base, "test": ["d:test", "d:all"]}, "dup": {**base, "test": ["d:test", "d:test"]},
+                "ok": {**base, "test": ["d:test", "d:all"], "allow_test_overlap": True},
+                "apart": {**base, "test": ["d:test", "d:train"]}})
+    with pytest.raises(UserError, match=r"'d:test' and 'd:all' share videos; set experiments\.e\.allow_test_overlap"):
+        test_selectors(cfg, "e")
+    with pytest.raises(UserError, match="'d:test' is listed twice"):
+        test_selectors(cfg, "dup")
+    assert test_selectors(cfg, "ok") == ["d:test", "d:all"] and test_selectors(cfg, "apart") == ["d:test", "d:train"]
+    assert unseen_tests(cfg, "ok") == ["d:test"]  # d:all holds training videos: not what the model is worth

@@ -62,7 +62,7 @@ def test_end_to_end_produces_report_and_metrics(demo_run):
     assert len(manifest) == 1 + 10
     stores = sorted((work / "cache/features/demo").glob("*/shard-*.zarr"))
     assert [s.name for s in stores] == ["shard-00000.zarr", "shard-00001.zarr", "shard-00002.zarr"]
-    metrics = json.loads((work / "results/eval/demo/demo/metrics.json").read_text())
+    metrics = json.loads((work / "results/eval/demo/demo/test/metrics.json").read_text())
     assert metrics["n"] >= 3 and set(metrics["methods"]) == {"text", "prob"}
     html = (work / "results/report/index.html").read_text()
     assert "demo" in html and "<table" in html
@@ -160,7 +160,7 @@ def test_score_command_matches_evaluation_and_reports_bad_files(demo_run, tmp_pa
     import pandas as pd
 
     work = demo_run
-    preds = pd.read_csv(work / "results/eval/demo/demo/predictions.csv", dtype={"id": str})
+    preds = pd.read_csv(work / "results/eval/demo/demo/test/predictions.csv", dtype={"id": str})
     manifest = pd.read_csv(work / "results/manifest/demo.csv", dtype={"id": str})
     picked = preds["id"].tolist()[:2]
     videos = [work / "resources/demo/videos" / manifest.set_index("id").loc[v, "path"] for v in picked]
@@ -183,6 +183,23 @@ def test_score_command_matches_evaluation_and_reports_bad_files(demo_run, tmp_pa
         assert line["p_good"] + line["p_fair"] + line["p_poor"] == pytest.approx(1, abs=1e-3)
         assert line["level"] == (row["level"] if isinstance(row["level"], str) else None)
         assert line["seconds"] > 0
+
+
+def test_score_without_a_model_uses_the_configs_experiment(demo_run):
+    """No --model: the model of the working directory's config.yaml's first experiment, and what it is
+    worth (its held-out figures) on stderr."""
+    import pandas as pd
+
+    manifest = pd.read_csv(demo_run / "results/manifest/demo.csv", dtype={"id": str})
+    video = demo_run / "resources/demo/videos" / manifest["path"].iloc[0]
+    proc = lmmvqa("score", str(video), cwd=demo_run)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((demo_run / "results/eval/demo/demo/test/metrics.json").read_text())
+    srcc = metrics["methods"]["prob"]["srcc"]
+    worth = "n/a" if srcc is None else f"{srcc:.3f}"
+    assert f"model results/models/demo (experiment 'demo'" in proc.stderr
+    assert f"demo:test: prob SRCC {worth} (n={metrics['n']})" in proc.stderr
+    assert 0 <= json.loads(proc.stdout)["prob_score"] <= 100
 
 
 def test_score_command_on_real_clips(demo_run, real_clips):
@@ -355,7 +372,7 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
             os.killpg(run.pid, signal.SIGKILL)
             killed.append(stage)
         run.wait()
-        if (tmp_path / "results/eval/demo/demo/metrics.json").exists():
+        if (tmp_path / "results/eval/demo/demo/test/metrics.json").exists():
             break
         refused = snakemake(tmp_path, check=False)  # kill -9 leaves Snakemake's lock behind
         assert refused.returncode != 0 and "--unlock" in refused.stdout + refused.stderr
@@ -371,8 +388,8 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
     for vid in a.ids:
         np.testing.assert_array_equal(a.spatial(vid), b.spatial(vid))
         np.testing.assert_array_equal(a.motion(vid), b.motion(vid))
-    m1 = json.loads((tmp_path / "results/eval/demo/demo/metrics.json").read_text())
-    m2 = json.loads((demo_run / "results/eval/demo/demo/metrics.json").read_text())
+    m1 = json.loads((tmp_path / "results/eval/demo/demo/test/metrics.json").read_text())
+    m2 = json.loads((demo_run / "results/eval/demo/demo/test/metrics.json").read_text())
     assert m1["methods"] == m2["methods"] and m1["level"] == m2["level"]
 
 
@@ -433,8 +450,9 @@ def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_run
     cfg["experiments"] = {"cv": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all"}}
     write_config(work, cfg)
     plan = planned_rules(work)
-    assert {r: plan.get(r) for r in ("train_fold", "evaluate_fold", "aggregate", "train", "evaluate", "extract")} == {
-        "train_fold": 2, "evaluate_fold": 2, "aggregate": 1, "train": None, "evaluate": None, "extract": None}, plan
+    rules = ("train_fold", "train_all", "evaluate_fold", "aggregate", "train", "evaluate", "extract")
+    assert {r: plan.get(r) for r in rules} == {"train_fold": 2, "train_all": 1, "evaluate_fold": 2, "aggregate": 1,
+                                               "train": None, "evaluate": None, "extract": None}, plan
     snakemake(work)
     manifest = pd.read_csv(work / "results/manifest/demo.csv", dtype={"id": str})
     per_fold = []
@@ -442,11 +460,11 @@ def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_run
         model = work / f"results/models/cv/fold{f}"
         assert (model / "lmmvqa.json").exists()
         assert f"holdout fold {f} never used" in (model / "README.md").read_text()
-        m = json.loads((work / f"results/eval/cv/fold{f}/demo/metrics.json").read_text())
-        preds = pd.read_csv(work / f"results/eval/cv/fold{f}/demo/predictions.csv", dtype={"id": str})
+        m = json.loads((work / f"results/eval/cv/fold{f}/demo/test/metrics.json").read_text())
+        preds = pd.read_csv(work / f"results/eval/cv/fold{f}/demo/test/predictions.csv", dtype={"id": str})
         assert m["fold"] == f and sorted(preds["id"]) == sorted(manifest.loc[manifest["fold"] == f, "id"])
         per_fold.append(m)
-    agg = json.loads((work / "results/eval/cv/demo/metrics.json").read_text())
+    agg = json.loads((work / "results/eval/cv/demo/test/metrics.json").read_text())
     assert agg["folds"] == 2 and agg["n"] == 10 and [c["fold"] for c in agg["fold_metrics"]] == [0, 1]
     for method in ("prob", "text"):
         values = [m["methods"][method]["srcc"] for m in per_fold]
@@ -459,11 +477,68 @@ def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_run
         if len(ok) == 2:
             assert a["std"] == pytest.approx(np.std(ok, ddof=1))
     assert agg["invalid"] == sum(m["invalid"] for m in per_fold)
-    pooled = pd.read_csv(work / "results/eval/cv/demo/predictions.csv", dtype={"id": str})
+    pooled = pd.read_csv(work / "results/eval/cv/demo/test/predictions.csv", dtype={"id": str})
     assert len(pooled) == 10 and sorted(set(pooled["fold"])) == [0, 1]
+    # the model to ship: trained on every fold (all 10 videos, nothing held out), and said so
+    shipped = json.loads((work / "results/models/cv/all/lmmvqa.json").read_text())
+    assert shipped["train_summary"]["n_train_videos"] + shipped["validation"]["n_videos"] == 10
+    assert "every fold: nothing held out" in (work / "results/models/cv/all/README.md").read_text()
     table = pd.read_csv(work / "results/eval/cv/table.csv", dtype={"fold": str})
     assert table["fold"].tolist() == ["0", "1", "mean", "std", "median"]
     html = (work / "results/report/index.html").read_text()
     assert 'data-fold-experiment="cv"' in html and 'data-summary-exp="cv"' in html
+    assert 'data-shipped="cv"><code>results/models/cv/all</code>' in html
     assert (work / "results/eval/summary.csv").exists()
     assert planned_rules(work) == {}, "a second run must have nothing to do"
+    # with a stage 1: one per fold and one on every fold, each stage 2 after its own stage 1
+    cfg["experiments"]["cv"]["stage1"] = {"max_steps": 1}
+    write_config(work, cfg)
+    plan = planned_rules(work)
+    assert {r: plan.get(r) for r in ("train_stage1_fold", "train_stage1_all", "train_fold", "train_all")} == {
+        "train_stage1_fold": 2, "train_stage1_all": 1, "train_fold": 2, "train_all": 1}, plan
+
+
+def test_two_test_sets_of_one_dataset_are_evaluated_and_reported_apart(demo_run, tmp_path):
+    """A dataset with official splits (as LSVQ's test and test_1080p): an experiment testing on two of
+    them gets two metrics files and two report rows / sections, each over its own videos only, with
+    numbers equal to a recomputation from its predictions with scipy (not the package's metrics)."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    labels = pd.read_csv(demo_run / "resources/demo/labels.csv").sort_values("name").iloc[:10]
+    labels["split"] = ["train"] * 4 + ["test"] * 3 + ["test_b"] * 3
+    (tmp_path / "videos").symlink_to(demo_run / "resources/demo/videos")
+    labels[["name", "mos", "split"]].to_csv(tmp_path / "labels.csv", index=False)
+    cfg = {k: v for k, v in MINI.items() if k not in ("datasets", "experiments")}
+    cfg["features"] = {"shard_size": 10}
+    cfg["datasets"] = {"d": {"format": "generic", "labels": "labels.csv", "videos": "videos",
+                             "split": {"scheme": "official"}}}
+    cfg["experiments"] = {"two": {"train": ["d:train"], "test": ["d:test", "d:test_b"]}}
+    write_config(tmp_path, cfg)
+    snakemake(tmp_path)
+    html = (tmp_path / "results/report/index.html").read_text()
+    table = pd.read_csv(tmp_path / "results/eval/two/table.csv")
+    assert table["test"].tolist() == ["d:test", "d:test_b"] and table["dataset"].tolist() == ["d", "d"]
+    for split in ("test", "test_b"):
+        m = json.loads((tmp_path / f"results/eval/two/d/{split}/metrics.json").read_text())
+        preds = pd.read_csv(tmp_path / f"results/eval/two/d/{split}/predictions.csv", dtype={"id": str})
+        mine = labels[labels["split"] == split]
+        assert m["test"] == f"d:{split}" and m["n"] == 3
+        assert sorted(preds["id"]) == sorted(mine["name"].str.rsplit(".", n=1).str[0])
+        mos, prob = preds["mos"].to_numpy(float), preds["prob_score"].to_numpy(float)
+        assert np.allclose(np.sort(mos), np.sort(mine["mos"].to_numpy(float)))
+        want = {"srcc": stats.spearmanr(prob, mos).statistic, "krcc": stats.kendalltau(prob, mos).statistic,
+                "plcc_raw": stats.pearsonr(prob, mos).statistic}
+        row = table[table["test"] == f"d:{split}"].iloc[0]
+        section = html[html.index(f'<tr data-test="d:{split}">'):]
+        for key, value in want.items():
+            assert m["methods"]["prob"][key] == pytest.approx(value, abs=1e-9), key
+            assert row[f"prob_{key}"] == pytest.approx(value, abs=1e-5), key
+            cell = re.search(rf'data-key="prob\.{key}" data-value="([^"]*)"', section).group(1)
+            assert float(cell) == pytest.approx(value, abs=1e-9), key
+        level_acc = float(np.mean(preds["level"].astype(str).to_numpy() == preds["level_true"].astype(str).to_numpy()))
+        assert m["level"]["accuracy"] == pytest.approx(level_acc) and row["videos"] == 3
+        assert f"two &rarr; d:{split}</h3>" in html

@@ -44,9 +44,9 @@ def test_tokenizer_needed_only_for_a_random_init_llm():
 
 def test_targets_and_tests():
     cfg = _cfg()
-    assert workflow.experiment_tests(cfg) == [("e", "demo"), ("e", "lsvq")]
+    assert workflow.experiment_tests(cfg) == [("e", "demo:test"), ("e", "lsvq:test")]
     assert workflow.targets(cfg) == [str(paths.manifest("demo")), str(paths.manifest("lsvq")),
-                                     str(paths.metrics("e", "demo")), str(paths.metrics("e", "lsvq")),
+                                     str(paths.metrics("e", "demo:test")), str(paths.metrics("e", "lsvq:test")),
                                      str(paths.experiment_table("e")), str(paths.report())]
     assert workflow.model_dirs(cfg) == [str(paths.model_dir("e"))]
     assert workflow.names_regex([]) == "(?!)" and workflow.names_regex(["b", "a"]) == "a|b"
@@ -73,3 +73,43 @@ def test_template_bank_digest_follows_the_file(tmp_path):
     bank.write_text("a: 2\n")
     assert workflow.template_bank_digest(cfg) != first and len(first) == 12
     assert workflow.template_bank(_cfg()).exists()  # the packaged bank
+
+
+def test_folds_all_ships_a_model_trained_on_every_fold():
+    from pipeline.prompts.experiments import shipped_model
+
+    cfg = _cfg(experiments={"cv": {"train": ["demo:train"], "test": ["demo:test", "lsvq:test"], "folds": "all"},
+                            "one": {"train": ["demo:train"], "test": ["demo:test"]}})
+    k = cfg["datasets"]["demo"]["split"]["k"]
+    assert workflow.model_dirs(cfg) == [*(str(paths.model_dir("cv", f)) for f in range(k)),
+                                        "results/models/cv/all", "results/models/one"]
+    assert str(shipped_model(cfg, "cv")) == "results/models/cv/all" and str(shipped_model(cfg, "one")) == "results/models/one"
+    with pytest.raises(UserError, match="share videos"):
+        workflow.experiment_tests(_cfg(experiments={"e": {"train": ["demo:train"], "test": ["demo:all", "demo:test"]}}))
+
+
+def test_score_without_a_model_finds_the_shipped_one_or_names_the_command(tmp_path, monkeypatch):
+    import json
+
+    from pipeline.evaluation.score_files import default_model
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="no config at config.yaml"):
+        default_model()
+    raw = {"datasets": {"demo": {"format": "generic", "labels": "l.csv"}},
+           "experiments": {"cv": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all"}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"no trained model in results/models/cv/all .*`snakemake --cores 2 "
+                                        r"results/models/cv/all`"):
+        default_model()
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"--configfile mine.yaml results/models/cv/all"):
+        default_model("mine.yaml")
+    (tmp_path / "results/models/cv/all").mkdir(parents=True)
+    (tmp_path / "results/models/cv/all/lmmvqa.json").write_text("{}")
+    metrics = paths.metrics("cv", "demo:test")
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"n": 50, "aggregate": {"prob": {"srcc": {"mean": 0.6512, "std": 0.1}}}}))
+    folder, worth = default_model()
+    assert str(folder) == "results/models/cv/all"
+    assert "demo:test: prob SRCC 0.651 ± 0.100 (n=50)" in worth and "trained on every fold" in worth

@@ -344,8 +344,8 @@ def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dat
 TABLE_METRICS = ("n", "srcc", "krcc", "plcc", "plcc_raw", "rmse")
 
 
-def _table_row(m: dict, experiment, dataset) -> dict:
-    row = {"experiment": experiment, "dataset": dataset, "videos": m.get("n"),
+def _table_row(m: dict, experiment, dataset, test=None) -> dict:
+    row = {"experiment": experiment, "test": test or dataset, "dataset": dataset, "videos": m.get("n"),
            "invalid": m.get("invalid"), "level_accuracy": (m.get("level") or {}).get("accuracy")}
     for method in METHODS:
         mm = (m.get("methods") or {}).get(method) or {}
@@ -358,9 +358,9 @@ def _table_row(m: dict, experiment, dataset) -> dict:
 
 
 def experiment_table(metrics_list: list[dict]) -> pd.DataFrame:
-    """One row per (experiment, test dataset); per method n, SRCC, KRCC, PLCC, PLCC raw, RMSE and the
-    CI bounds, plus the video count, the invalid-answer count and the level accuracy. Numbers only
-    (undefined = NaN in the frame, empty in the CSV).
+    """One row per (experiment, test selector): the selector (`test`, e.g. `lsvq:test_1080p`) and its
+    dataset; per method n, SRCC, KRCC, PLCC, PLCC raw, RMSE and the CI bounds, plus the video count, the
+    invalid-answer count and the level accuracy. Numbers only (undefined = NaN in the frame, empty in the CSV).
 
     Aggregated `folds: all` metrics (with `fold_metrics`) give one row per fold and then `mean`,
     `std` and `median` rows over the folds, told apart by a `fold` column (which only tables of such
@@ -368,16 +368,16 @@ def experiment_table(metrics_list: list[dict]) -> pd.DataFrame:
     rows = []
     folded = any(m.get("fold_metrics") for m in metrics_list)
     for m in metrics_list:
-        experiment, dataset = m.get("experiment"), m.get("dataset")
+        experiment, dataset, test = m.get("experiment"), m.get("dataset"), m.get("test")
         if not m.get("fold_metrics"):
-            row = _table_row(m, experiment, dataset)
+            row = _table_row(m, experiment, dataset, test)
             rows.append({"fold": "holdout", **row} if folded else row)
             continue
-        fold_rows = [_table_row(f, experiment, dataset) for f in m["fold_metrics"]]
+        fold_rows = [_table_row(f, experiment, dataset, test) for f in m["fold_metrics"]]
         for f, row in zip(m["fold_metrics"], fold_rows):
             rows.append({"fold": str(f["fold"]), **row})
         for stat in FOLD_STATS:
-            row = {"fold": stat, "experiment": experiment, "dataset": dataset}
+            row = {"fold": stat, "experiment": experiment, "test": test or dataset, "dataset": dataset}
             for col in fold_rows[0]:
                 if col in row:
                     continue
@@ -390,7 +390,7 @@ def experiment_table(metrics_list: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    num = [c for c in df.columns if c not in ("experiment", "dataset", "fold")]
+    num = [c for c in df.columns if c not in ("experiment", "test", "dataset", "fold")]
     df[num] = df[num].apply(pd.to_numeric, errors="coerce")
     for c in ("videos", "invalid") + tuple(f"{m}_n" for m in METHODS):
         if c in df and (df[c].dropna() % 1 == 0).all():
@@ -413,7 +413,7 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return out
     out["experiment"] = df["experiment"]
-    out["dataset"] = df["dataset"]
+    out["test"] = df["test"]
     if "fold" in df:
         out["fold"] = df["fold"]
     count = lambda v: _fmt(v, 1)  # noqa: E731  (mean / std rows of counts are not integers)

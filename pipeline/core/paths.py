@@ -10,10 +10,12 @@ so a stage also runs by hand with only its inputs and `--out`.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 RESULTS = Path("results")
 CACHE = Path("cache")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # dataset names, subset (split) names: no '.', no '/'
 
 
 def _is_wildcard(value) -> bool:
@@ -82,13 +84,20 @@ def tokenizer_dir() -> Path:
     return RESULTS / "tokenizer"
 
 
+FULL_MODEL = "all"  # the model a `folds: all` experiment trains on every fold (the one to ship)
+
+
 def fold_part(fold: int | str) -> str:
-    """The folder of one fold of a `folds: all` experiment (`fold3`, or `fold{fold}` in a pattern)."""
+    """The folder of one fold of a `folds: all` experiment (`fold3`, or `fold{fold}` in a pattern);
+    `all` for the model trained on every fold."""
+    if fold == FULL_MODEL:
+        return FULL_MODEL
     return f"fold{fold}" if _is_wildcard(fold) else f"fold{int(fold)}"
 
 
-def model_dir(experiment: str, fold: int | None = None) -> Path:
-    """Model folder; one per fold of a `folds: all` experiment (`results/models/<experiment>/fold<f>`)."""
+def model_dir(experiment: str, fold: int | str | None = None) -> Path:
+    """Model folder; one per fold of a `folds: all` experiment (`results/models/<experiment>/fold<f>`)
+    and its model trained on every fold (`results/models/<experiment>/all`)."""
     base = RESULTS / "models" / experiment
     return base if fold is None else base / fold_part(fold)
 
@@ -98,21 +107,39 @@ def train_log(experiment: str, fold: int | str | None = None) -> Path:
     return model_dir(experiment, fold) / "train_log.csv"
 
 
-def checkpoint_dir(experiment: str, fold: int | None = None) -> Path:
+def checkpoint_dir(experiment: str, fold: int | str | None = None) -> Path:
     base = CACHE / "checkpoints" / experiment
     return base if fold is None else base / fold_part(fold)
 
 
-def predictions(experiment: str, dataset: str, fold: int | None = None) -> Path:
-    """Predictions of a test dataset; per fold under `results/eval/<experiment>/fold<f>/<dataset>/`. For a
-    `folds: all` experiment the fold-less path holds every fold's predictions pooled (a `fold` column)."""
+def selector_part(selector: str) -> Path:
+    """`<dataset>/<subset>` for a test selector `dataset:subset` (`lsvq/test_1080p`, or
+    `{dataset}/{subset}` for the pattern `{dataset}:{subset}`). Both names are checked, so a path is
+    never built from text that could leave its folder."""
+    dataset, sep, subset = str(selector).partition(":")
+    for name in (dataset, subset):
+        if not sep or not (_is_wildcard(name) or _NAME.fullmatch(name)):
+            raise ValueError(f"not a test selector 'dataset:subset': {selector!r}")
+    return Path(dataset) / subset
+
+
+def eval_dir(experiment: str, selector: str, fold: int | str | None = None) -> Path:
+    """Results of one test selector: `results/eval/<experiment>/<dataset>/<subset>/`, per fold under
+    `results/eval/<experiment>/fold<f>/<dataset>/<subset>/`."""
     base = RESULTS / "eval" / experiment
-    return (base if fold is None else base / fold_part(fold)) / dataset / "predictions.csv"
+    return (base if fold is None else base / fold_part(fold)) / selector_part(selector)
 
 
-def metrics(experiment: str, dataset: str, fold: int | None = None) -> Path:
-    """metrics.json; for a `folds: all` experiment the fold-less path is the aggregate over folds."""
-    return metrics_beside(predictions(experiment, dataset, fold))
+def predictions(experiment: str, selector: str, fold: int | str | None = None) -> Path:
+    """Predictions of a test selector (`dataset:subset`). For a `folds: all` experiment the fold-less
+    path holds every fold's predictions pooled (a `fold` column)."""
+    return eval_dir(experiment, selector, fold) / "predictions.csv"
+
+
+def metrics(experiment: str, selector: str, fold: int | str | None = None) -> Path:
+    """metrics.json of a test selector; for a `folds: all` experiment the fold-less path is the
+    aggregate over folds."""
+    return metrics_beside(predictions(experiment, selector, fold))
 
 
 def metrics_beside(predictions_csv: str | Path) -> Path:

@@ -15,7 +15,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.cli import COMMANDS
+from pipeline.cli import COMMANDS, TOOLS
 
 PACKAGE = Path(__file__).parents[1]
 PACKAGE_NAME = PACKAGE.name
@@ -125,4 +125,4 @@ def code_version(stage: str, root: Path = PACKAGE) -> str:
     return digest.hexdigest()[:12]
 
 
-STAGES = tuple(sorted(name.replace("-", "_") for name in COMMANDS if name not in ("score", "launch")))
+STAGES = tuple(sorted(name.replace("-", "_") for name in COMMANDS if name not in TOOLS))

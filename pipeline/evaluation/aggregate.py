@@ -1,10 +1,10 @@
-"""`lmmvqa aggregate`: every fold of a `folds: all` experiment on one test dataset -> one result.
+"""`lmmvqa aggregate`: every fold of a `folds: all` experiment on one test selector -> one result.
 
-`lmmvqa aggregate --config C --experiment E --dataset D --out results/eval/E/D/metrics.json
-[--predictions results/eval/E/D/predictions.csv]` (default: beside --out)
+`lmmvqa aggregate --config C --experiment E --test D:S --out results/eval/E/D/S/metrics.json
+[--predictions results/eval/E/D/S/predictions.csv]` (default: beside --out)
 
-reads the per-fold results `results/eval/E/fold<f>/D/{metrics.json,predictions.csv}` (written by
-`lmmvqa evaluate --fold f`) and writes:
+reads the per-fold results `results/eval/E/fold<f>/D/S/{metrics.json,predictions.csv}` (written by
+`lmmvqa evaluate --fold f --test D:S`) and writes:
 
 * `metrics.json`: the aggregate of pipeline.core.metrics.aggregate_folds -- each fold (`fold_metrics`),
   mean / std / median / min / max over folds (`aggregate`), and the usual fields (`methods`: the mean
@@ -28,20 +28,21 @@ from pipeline.core import paths
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import aggregate_folds, write_results
-from pipeline.prompts.experiments import experiment_folds, require_experiment
+from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors
 
 
-def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path, predictions_out: str | Path) -> dict:
-    require_experiment(cfg, experiment)
+def aggregate(cfg: dict, experiment: str, selector: str, out: str | Path, predictions_out: str | Path) -> dict:
+    if selector not in test_selectors(cfg, experiment):
+        raise UserError(f"experiment '{experiment}' has no test selector '{selector}'")
     folds = experiment_folds(cfg, experiment)
     if folds is None:
         raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); nothing to aggregate")
     per_fold, preds = [], []
     for f in folds:
-        mpath, ppath = paths.metrics(experiment, dataset, f), paths.predictions(experiment, dataset, f)
+        mpath, ppath = paths.metrics(experiment, selector, f), paths.predictions(experiment, selector, f)
         for p in (mpath, ppath):
             if not p.is_file():
-                raise UserError(f"fold {f} of experiment '{experiment}' on '{dataset}': {p} not found "
+                raise UserError(f"fold {f} of experiment '{experiment}' on '{selector}': {p} not found "
                                 "(run `lmmvqa evaluate --fold` first)")
         try:
             m = json.loads(mpath.read_text())
@@ -52,7 +53,8 @@ def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path, predict
         df = pd.read_csv(ppath, dtype={"id": str, "text": str}, keep_default_na=True)
         df.insert(1, "fold", f)
         preds.append(df)
-    metrics = aggregate_folds(per_fold, experiment, dataset)
+    metrics = aggregate_folds(per_fold, experiment, parse_selector(selector)[0])
+    metrics["test"] = selector
     write_results(pd.concat(preds, ignore_index=True), metrics, predictions_out, out)
     return metrics
 
@@ -60,7 +62,7 @@ def aggregate(cfg: dict, experiment: str, dataset: str, out: str | Path, predict
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_config_arg(parser)
     parser.add_argument("--experiment", required=True, help="a `folds: all` experiment of the config")
-    parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
+    parser.add_argument("--test", required=True, metavar="DATASET:SUBSET", help="one test selector of the experiment")
     parser.add_argument("--out", required=True, metavar="JSON", help="aggregate metrics.json to write")
     parser.add_argument("--predictions", default=None, metavar="CSV",
                         help="every fold's predictions pooled (a `fold` column), to write "
@@ -69,7 +71,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     cfg = load_config(args.config)
-    m = aggregate(cfg, args.experiment, args.dataset, args.out, args.predictions or paths.predictions_beside(args.out))
+    m = aggregate(cfg, args.experiment, args.test, args.out, args.predictions or paths.predictions_beside(args.out))
     for method in ("text", "prob"):
         agg = m["aggregate"][method]
         cells = []
@@ -78,6 +80,6 @@ def main(args) -> int:
             cells.append("n/a" if s["mean"] is None else
                          f"{key.upper()} {s['mean']:.4f} ± {s['std'] if s['std'] is not None else float('nan'):.4f} "
                          f"(median {s['median']:.4f})")
-        print(f"{args.experiment}/{args.dataset} {method:>4} over {m['folds']} folds: {'; '.join(cells)}")
+        print(f"{args.experiment}/{args.test} {method:>4} over {m['folds']} folds: {'; '.join(cells)}")
     print(f"invalid answers: {m['invalid']} (all folds)")
     return 0

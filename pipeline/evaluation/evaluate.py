@@ -1,4 +1,9 @@
-"""Score the test videos of one (experiment, dataset) from cached features; write predictions + metrics."""
+"""Score the test videos of one (experiment, test selector) from cached features; write predictions + metrics.
+
+Every entry of an experiment's `test:` list (`dataset:subset`, e.g. `lsvq:test` and `lsvq:test_1080p`)
+is evaluated on its own: its videos only, its own predictions and metrics.json
+(`paths.predictions(experiment, selector)`), so two test sets of one dataset never merge.
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,36 +22,38 @@ from pipeline.evaluation.predict import predict_batch
 from pipeline.features.store_reader import collate_videos, dataset_features
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
-from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment, with_holdout
+from pipeline.prompts.experiments import parse_selector, prompt_parts, test_selectors, with_holdout
 from pipeline.prompts.shards import load_templates, read_prompts
 
 PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "prob_score", "level", "level_text",
                       *LEVEL_PROB_COLUMNS.values()]
 
 
-def test_videos(cfg: dict, experiment: str, dataset: str, prompts_dir: str | Path | None = None) -> pd.DataFrame:
-    """id, mos, level_true of the dataset's videos that the experiment tests on (from its prompt shards,
-    in `prompts_dir`, default the dataset's prompt folder)."""
-    exp = require_experiment(cfg, experiment)
-    selectors = [s for s in exp["test"] if parse_selector(s)[0] == dataset]
-    if not selectors:
-        raise UserError(f"experiment '{experiment}' does not test on dataset '{dataset}'")
-    parts = sorted({p for s in selectors for p in prompt_parts(cfg, s, exp["holdout_fold"])})
+def test_videos(cfg: dict, experiment: str, selector: str, prompts_dir: str | Path | None = None) -> pd.DataFrame:
+    """id, mos, level_true of the videos of one test selector of the experiment (from its dataset's
+    prompt shards, in `prompts_dir`, default the dataset's prompt folder)."""
+    if selector not in test_selectors(cfg, experiment):
+        raise UserError(f"experiment '{experiment}' has no test selector '{selector}' "
+                        f"(its tests: {', '.join(cfg['experiments'][experiment]['test'])})")
+    exp = cfg["experiments"][experiment]
+    dataset = parse_selector(selector)[0]
+    parts = sorted(prompt_parts(cfg, selector, exp["holdout_fold"]))
     folder = Path(prompts_dir) if prompts_dir else paths.prompts_dir(dataset)
     rows = read_prompts([folder / paths.prompt_file(p) for p in parts])
     videos = {r["id"]: (float(r["mos"]), r["level"]) for r in rows}
     return pd.DataFrame([(vid, mos, lv) for vid, (mos, lv) in videos.items()], columns=["id", "mos", "level_true"])
 
 
-def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, metrics_out: str | Path, device: str = "cpu",
+def evaluate(cfg: dict, experiment: str, selector: str, out: str | Path, metrics_out: str | Path, device: str = "cpu",
              dtype: str | None = None, fold: int | None = None, model_dir: str | Path | None = None,
              prompts_dir: str | Path | None = None, stores: list[str] | None = None) -> dict:
-    """Predictions + metrics of one test dataset; `fold`: the model of that fold of a `folds: all`
-    experiment, on that fold's test videos. The model folder, prompt folder and feature stores are
-    the ones the rule declares when given (else where paths.py puts them)."""
+    """Predictions + metrics of one test selector (`dataset:subset`); `fold`: the model of that fold of a
+    `folds: all` experiment, on that fold's test videos. The model folder, prompt folder and feature
+    stores are the ones the rule declares when given (else where paths.py puts them)."""
     if fold is not None:
         cfg = with_holdout(cfg, experiment, fold)
-    videos = test_videos(cfg, experiment, dataset, prompts_dir)
+    dataset = parse_selector(selector)[0]
+    videos = test_videos(cfg, experiment, selector, prompts_dir)
     features, _ = dataset_features(cfg, dataset, stores)
     has = videos["id"].isin(set(features.ids))
     no_features = videos.loc[~has, "id"].tolist()
@@ -56,7 +63,7 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, metrics_
     bank = load_templates(cfg["prompts"]["templates"])
     rows = []
     ids = videos["id"].tolist()
-    for start in tqdm(range(0, len(ids), ev["batch_size"]), desc=f"evaluate {experiment}/{dataset}", file=sys.stderr):
+    for start in tqdm(range(0, len(ids), ev["batch_size"]), desc=f"evaluate {experiment}/{selector}", file=sys.stderr):
         chunk = ids[start:start + ev["batch_size"]]
         batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
         rows += predict_batch(model, batch, chunk, bank=bank, seed=cfg["prompts"]["seed"],
@@ -65,6 +72,7 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, metrics_
     preds = videos.merge(pd.DataFrame(rows, columns=[c for c in PREDICTION_COLUMNS if c not in ("mos", "level_true")]),
                          on="id", how="left")[PREDICTION_COLUMNS]
     metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)
+    metrics["test"] = selector
     metrics["templates_per_video"] = ev["templates_per_video"]
     metrics["decoding"] = ev["decoding"]
     if fold is not None:
@@ -77,7 +85,8 @@ def evaluate(cfg: dict, experiment: str, dataset: str, out: str | Path, metrics_
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_config_arg(parser)
     parser.add_argument("--experiment", required=True, help="experiment name (config `experiments`)")
-    parser.add_argument("--dataset", required=True, help="test dataset of the experiment")
+    parser.add_argument("--test", required=True, metavar="DATASET:SUBSET",
+                        help="one test selector of the experiment (e.g. lsvq:test_1080p)")
     parser.add_argument("--out", required=True, metavar="CSV", help="predictions table to write")
     parser.add_argument("--metrics", default=None, metavar="JSON",
                         help="metrics.json to write (default: metrics.json beside --out)")
@@ -96,11 +105,11 @@ def main(args) -> int:
     cfg = load_config(args.config)
     device = args.device or cfg["device"]
     metrics_out = args.metrics or paths.metrics_beside(args.out)
-    metrics = evaluate(cfg, args.experiment, args.dataset, args.out, metrics_out, device=device, dtype=args.dtype, fold=args.fold,
+    metrics = evaluate(cfg, args.experiment, args.test, args.out, metrics_out, device=device, dtype=args.dtype, fold=args.fold,
                        model_dir=args.model, prompts_dir=args.prompts, stores=args.stores)
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        print(f"{args.experiment}{'' if args.fold is None else f'/fold{args.fold}'}/{args.dataset} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "
+        print(f"{args.experiment}{'' if args.fold is None else f'/fold{args.fold}'}/{args.test} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "
               f"PLCC={fmt(m['plcc'])} RMSE={fmt(m['rmse'])}")
     print(f"level accuracy: {metrics['level'].get('accuracy')}; invalid answers: {metrics['invalid']}")
     return 0

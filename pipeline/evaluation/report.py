@@ -1,21 +1,23 @@
 """`lmmvqa report`: one self-contained HTML page of every experiment of a config.
 
 The page holds the experiment tables (generated from the metrics.json files, numbers only from
-there), for each (experiment, test dataset) a prediction-vs-MOS scatter with the fitted logistic
+there), for each (experiment, test selector) -- each entry of the experiment's `test:` list, e.g.
+`lsvq:test` and `lsvq:test_1080p` apart -- a prediction-vs-MOS scatter with the fitted logistic
 curve and the level confusion matrix, the training loss curve of each experiment, the invalid-answer
 counts, and the provenance of the run (config, model ids, code versions, feature stores).
 
 Plots are PNGs embedded as base64 (no external assets, no scripts), and also written as files into
-`--plots` (default `<report folder>/plots/`; `<experiment>--<dataset>--scatter.png`, `...--confusion.png`,
+`--plots` (default `<report folder>/plots/`; `<experiment>--<dataset>--<subset>--scatter.png`, `...--confusion.png`,
 `<experiment>--loss.png`) for Snakemake's `report()`. The experiment table of each experiment is
 also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pipeline.core.paths).
 
-The page opens with a cross-experiment summary (experiments x test datasets: SRCC / PLCC of both
+The page opens with a cross-experiment summary (experiments x test selectors: SRCC / PLCC of both
 scoring methods, mean ± std over folds for `folds: all` experiments, and the invalid count), also
 written as CSV + Markdown to `results/eval/summary.{csv,md}`. A `folds: all` experiment's section
-shows, per test dataset, a fold table: every fold, then mean, std and median over the folds (from
+shows, per test selector, a fold table: every fold, then mean, std and median over the folds (from
 its aggregate metrics.json); its main table holds the means with ± std beside them, and its loss
-plot overlays the folds' training curves.
+plot overlays the folds' training curves. Its model trained on every fold (`results/models/<E>/all`,
+the one `lmmvqa score` uses) is listed with the figures that say what it is worth: the folds'.
 
 Inputs are found through pipeline.core.paths relative to the working directory; a missing metrics file
 or training log is shown as missing on the page rather than failing the report.
@@ -53,7 +55,14 @@ from pipeline.core.metrics import (
 from pipeline.core.provenance import ARCH_NAMES, describe_roles, describe_weights
 from pipeline.core.specs import feature_settings_hash, model_spec
 from pipeline.core.versions import STAGES, code_version
-from pipeline.prompts.experiments import experiment_folds, parse_selector, require_experiment
+from pipeline.prompts.experiments import (
+    experiment_folds,
+    parse_selector,
+    require_experiment,
+    shipped_model,
+    test_selectors,
+    unseen_tests,
+)
 from pipeline.training.plots import figure, fold_loss_figure, loss_figure
 
 
@@ -74,16 +83,6 @@ def main(args) -> int:
 
 
 # ------------------------------------------------------------------ inputs
-
-def experiment_test_datasets(cfg: dict, experiment: str) -> list[str]:
-    """Test datasets of an experiment, in the order of its selectors, each once."""
-    seen: list[str] = []
-    for sel in cfg["experiments"][experiment]["test"]:
-        d = parse_selector(sel)[0]
-        if d not in seen:
-            seen.append(d)
-    return seen
-
 
 def _read_json(path: Path):
     try:
@@ -215,7 +214,7 @@ def metrics_rows(metrics_list: list[dict]) -> list[dict]:
             agg = (m.get("aggregate") or {}).get(method)
             stds = {k: (agg.get(k) or {}).get("std") for k in ("srcc", "krcc", "plcc", "plcc_raw", "rmse")} if agg else None
             methods.append({"name": method, "cells": cells, "cis": cis, "note": mm.get("note"), "stds": stds})
-        rows.append({"dataset": m.get("dataset"), "n": _cell(m.get("n")), "invalid": _cell(m.get("invalid")),
+        rows.append({"test": m.get("test") or m.get("dataset"), "n": _cell(m.get("n")), "invalid": _cell(m.get("invalid")),
                      "level_accuracy": _cell(level.get("accuracy")), "level_invalid": _cell(level.get("invalid")),
                      "methods": methods})
     return rows
@@ -240,12 +239,13 @@ def _stat(metrics: dict | None, method: str | None, key: str) -> tuple:
 
 
 def summary_table(entries: list[tuple[str, str, dict | None]]) -> pd.DataFrame:
-    """Long form of the cross-experiment summary: one row per (experiment, test dataset) with the folds
-    count (empty for a single held-out fold), SRCC / PLCC of both methods (mean and std over folds
-    for `folds: all` experiments), the invalid count and the level accuracy."""
+    """Long form of the cross-experiment summary: one row per (experiment, test selector) with the
+    selector's dataset, the folds count (empty for a single held-out fold), SRCC / PLCC of both methods
+    (mean and std over folds for `folds: all` experiments), the invalid count and the level accuracy."""
     rows = []
-    for experiment, dataset, m in entries:
-        row = {"experiment": experiment, "dataset": dataset, "folds": (m or {}).get("folds")}
+    for experiment, test, m in entries:
+        row = {"experiment": experiment, "test": test, "dataset": parse_selector(test)[0],
+               "folds": (m or {}).get("folds")}
         for method in ("prob", "text"):
             for key in ("srcc", "plcc"):
                 row[f"{method}_{key}"], row[f"{method}_{key}_std"] = _stat(m, method, key)
@@ -268,30 +268,30 @@ def write_summary(df: pd.DataFrame, csv_path: Path) -> None:
             return "n/a"
         return f"{v:.3f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.3f}")
 
-    lines = ["| experiment | dataset | folds | prob SRCC | prob PLCC | text SRCC | text PLCC | invalid | level acc |",
+    lines = ["| experiment | test | folds | prob SRCC | prob PLCC | text SRCC | text PLCC | invalid | level acc |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in df.to_dict("records"):
         folds = "holdout" if pd.isna(r["folds"]) else str(r["folds"])
         cells = [pm(r[f"{m}_{k}"], r[f"{m}_{k}_std"]) for m in ("prob", "text") for k in ("srcc", "plcc")]
         invalid = "n/a" if pd.isna(r["invalid"]) else str(r["invalid"])
-        lines.append(f"| {r['experiment']} | {r['dataset']} | {folds} | {' | '.join(cells)} | {invalid} | "
+        lines.append(f"| {r['experiment']} | {r['test']} | {folds} | {' | '.join(cells)} | {invalid} | "
                      f"{pm(r['level_accuracy'], r['level_accuracy_std'])} |")
     csv_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def summary_view(df: pd.DataFrame) -> dict:
-    """The summary as a matrix for the page: rows = experiments, columns = test datasets."""
-    datasets = list(dict.fromkeys(df["dataset"])) if not df.empty else []
+    """The summary as a matrix for the page: rows = experiments, columns = test selectors."""
+    tests = list(dict.fromkeys(df["test"])) if not df.empty else []
     rows = []
     for experiment in (dict.fromkeys(df["experiment"]) if not df.empty else []):
-        sub = df[df["experiment"] == experiment].set_index("dataset")
+        sub = df[df["experiment"] == experiment].set_index("test")
         cells = []
-        for d in datasets:
-            if d not in sub.index:
+        for t in tests:
+            if t not in sub.index:
                 cells.append(None)
                 continue
-            r = sub.loc[d]
-            cell = {"dataset": d, "invalid": _cell(None if pd.isna(r["invalid"]) else int(r["invalid"]))}
+            r = sub.loc[t]
+            cell = {"test": t, "invalid": _cell(None if pd.isna(r["invalid"]) else int(r["invalid"]))}
             for m in ("prob", "text"):
                 for k in ("srcc", "plcc"):
                     v, sd = r[f"{m}_{k}"], r[f"{m}_{k}_std"]
@@ -300,7 +300,7 @@ def summary_view(df: pd.DataFrame) -> dict:
             cells.append(cell)
         folds = sub["folds"].dropna()
         rows.append({"experiment": experiment, "folds": int(folds.iloc[0]) if len(folds) else None, "cells": cells})
-    return {"datasets": datasets, "rows": rows}
+    return {"tests": tests, "rows": rows}
 
 
 FOLD_COLUMNS = (("videos", None, "n"), ("invalid", None, "invalid"), ("prob SRCC", "prob", "srcc"),
@@ -368,6 +368,23 @@ def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
     return out
 
 
+def shipped_model_entry(cfg: dict, experiment: str, metrics_list: list[dict]) -> dict:
+    """The model of an experiment to score videos with and what it is worth: for `folds: all`, the model
+    trained on every fold, worth what its folds measured on videos they did not train on (mean ± std
+    of SRCC / PLCC over the folds, `unseen_tests`); for one held-out fold, its model and held-out figures."""
+    folder = shipped_model(cfg, experiment)
+    worth, unseen = [], set(unseen_tests(cfg, experiment))
+    for m in (m for m in metrics_list if (m.get("test") or m.get("dataset")) in unseen):
+        cells = {}
+        for method in ("prob", "text"):
+            for key in ("srcc", "plcc"):
+                v, sd = _stat(m, method, key)
+                cells[f"{method}_{key}"] = {"value": v, "std": sd}
+        worth.append({"test": m.get("test") or m.get("dataset"), "folds": m.get("folds"), **cells})
+    return {"dir": str(folder), "exists": (folder / "lmmvqa.json").is_file(),
+            "every_fold": experiment_folds(cfg, experiment) is not None, "worth": worth}
+
+
 def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
                  config_path: str | None = None, plots_dir: str | Path | None = None) -> Path:
     out = Path(out)
@@ -378,26 +395,28 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         exp_cfg = require_experiment(cfg, name)
         folds = experiment_folds(cfg, name)
         metrics_list, missing, datasets, fold_tables = [], [], [], []
-        for dataset in experiment_test_datasets(cfg, name):
+        for test in test_selectors(cfg, name):
+            dataset = parse_selector(test)[0]
             if dataset not in feature_datasets:
                 feature_datasets.append(dataset)
-            metrics = _read_json(paths.metrics(name, dataset))
-            summary_entries.append((name, dataset, metrics))
+            metrics = _read_json(paths.metrics(name, test))
+            summary_entries.append((name, test, metrics))
             if metrics is None:
-                missing.append(str(paths.metrics(name, dataset)))
+                missing.append(str(paths.metrics(name, test)))
             else:
                 metrics.setdefault("experiment", name)
                 metrics.setdefault("dataset", dataset)
+                metrics.setdefault("test", test)
                 metrics_list.append(metrics)
                 if metrics.get("fold_metrics") and metrics.get("aggregate"):
-                    fold_tables.append({"dataset": dataset, "k": metrics.get("folds"), "rows": fold_rows(metrics)})
-            pred = _read_csv(paths.predictions(name, dataset))
-            entry = {"name": dataset, "predictions": str(paths.predictions(name, dataset)), "scatter": None,
+                    fold_tables.append({"test": test, "k": metrics.get("folds"), "rows": fold_rows(metrics)})
+            pred = _read_csv(paths.predictions(name, test))
+            entry = {"name": test, "predictions": str(paths.predictions(name, test)), "scatter": None,
                      "confusion": None, "invalid_examples": [], "invalid_count": 0,
                      "n": (metrics or {}).get("n")}
-            stem = f"{name}--{dataset}"
+            stem = f"{name}--{'--'.join(paths.selector_part(test).parts)}"
             if pred is not None and len(pred):
-                entry["scatter"] = _png(scatter_plot(pred, metrics, f"{name} \u2192 {dataset}: prediction vs MOS"),
+                entry["scatter"] = _png(scatter_plot(pred, metrics, f"{name} \u2192 {test}: prediction vs MOS"),
                                         plots_dir / f"{stem}--scatter.png")
                 if "invalid" in pred:
                     bad = pred[invalid_flags(pred)]
@@ -405,7 +424,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
                     entry["invalid_examples"] = [{"id": r["id"], "text": "" if pd.isna(r.get("text")) else str(r["text"])[:200]}
                                                  for _, r in bad.head(5).iterrows()]
             if metrics and metrics.get("level"):
-                entry["confusion"] = _png(confusion_plot(metrics["level"], f"{name} \u2192 {dataset}: level"),
+                entry["confusion"] = _png(confusion_plot(metrics["level"], f"{name} \u2192 {test}: level"),
                                           plots_dir / f"{stem}--confusion.png")
             datasets.append(entry)
         table = experiment_table(metrics_list)
@@ -426,10 +445,12 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
                 loss = _png(fold_loss_figure(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
         exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
                      "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
-                     "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables})
-        for fold in folds if folds is not None else [None]:
+                     "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables,
+                     "shipped": shipped_model_entry(cfg, name, metrics_list)})
+        for fold in [*folds, paths.FULL_MODEL] if folds is not None else [None]:
             model_cfg = _read_json(paths.model_dir(name, fold) / "lmmvqa.json")
-            models.append({"experiment": name if fold is None else f"{name} fold {fold}",
+            label = name if fold is None else (f"{name} on every fold" if fold == paths.FULL_MODEL else f"{name} fold {fold}")
+            models.append({"experiment": label,
                            "dir": str(paths.model_dir(name, fold)),
                            "config": json.dumps(model_cfg, indent=2, sort_keys=True) if model_cfg else None,
                            "sources": _model_sources(model_cfg, cfg)})
@@ -456,4 +477,4 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
 
 
 __all__ = ["build_report", "configure_parser", "main", "metrics_rows", "scatter_plot", "confusion_plot",
-           "experiment_test_datasets"]
+           "shipped_model_entry"]

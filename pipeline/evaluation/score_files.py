@@ -1,7 +1,13 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
-    lmmvqa score VIDEO_OR_FOLDER... --model results/models/demo [--device cpu|cuda] [--dtype D] [--out FILE]
-                 [--decoding constrained|free]
+    lmmvqa score VIDEO_OR_FOLDER... [--model DIR | --config C [--experiment E]] [--device cpu|cuda] [--dtype D]
+                 [--out FILE] [--decoding constrained|free]
+
+Without `--model`, the model is the one the config's experiment (default: its first) ships:
+`results/models/<E>` for one held-out fold, `results/models/<E>/all` (trained on every fold) for
+`folds: all`; the config is `--config`, else `config.yaml` in the working directory. When that
+folder has no trained model, the error names the command that makes one. The model's cross-validated
+or held-out figures, where the workflow has written them, are printed on stderr: what its scores are worth.
 
 Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
@@ -20,7 +26,8 @@ import time
 from pathlib import Path
 
 from pipeline.cli_args import add_device_arg, add_dtype_arg
-from pipeline.core.config import schema
+from pipeline.core import paths
+from pipeline.core.config import load_config, schema
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
@@ -29,6 +36,7 @@ from pipeline.features.store_reader import collate_videos
 from pipeline.ingest.labels import is_video_file
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
+from pipeline.prompts.experiments import experiment_folds, shipped_model, unseen_tests
 from pipeline.prompts.shards import load_templates
 
 
@@ -124,9 +132,64 @@ def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int 
     return failed
 
 
+DEFAULT_CONFIG = Path("config.yaml")
+
+
+def default_model(config: str | Path | None = None, experiment: str | None = None) -> tuple[Path, str]:
+    """(model folder, what it is worth) of a config's experiment (default: the first one): the model it
+    ships (`experiments.shipped_model`). A UserError names the command that trains it when it is missing."""
+    path = Path(config) if config else DEFAULT_CONFIG
+    if not path.is_file():
+        raise UserError(f"no --model given and no config at {path} to find the default experiment's model: pass "
+                        "--model results/models/<experiment> (or --config C)")
+    cfg = load_config(path)
+    if not cfg["experiments"]:
+        raise UserError(f"{path} has no experiments, so no model: pass --model DIR")
+    name = experiment or next(iter(cfg["experiments"]))
+    folder = shipped_model(cfg, name)
+    if not (folder / "lmmvqa.json").is_file():
+        configfile = "" if path == DEFAULT_CONFIG else f" --configfile {path}"
+        raise UserError(f"no trained model in {folder} (experiment '{name}' of {path}): train it with "
+                        f"`snakemake --cores 2{configfile} {folder}` (or the whole run, `snakemake --cores 2{configfile}`), "
+                        "or pass --model DIR")
+    return folder, model_worth(cfg, name, folder)
+
+
+def model_worth(cfg: dict, experiment: str, folder: Path) -> str:
+    """One line: which model, and its figures on each test set from the workflow's metrics (mean ± std
+    over folds for a model trained on every fold), or that they are not computed yet."""
+    folds = experiment_folds(cfg, experiment)
+    kind = (f"trained on every fold; worth its {len(folds)} per-fold models' figures on videos they did not train on"
+            if folds is not None else "its figures on videos it did not train on")
+    cells = []
+    for test in unseen_tests(cfg, experiment):
+        m = _read_metrics(paths.metrics(experiment, test))
+        if m is None:
+            cells.append(f"{test}: not evaluated yet ({paths.metrics(experiment, test)})")
+            continue
+        agg = ((m.get("aggregate") or {}).get("prob") or {}).get("srcc") or {}
+        srcc = agg.get("mean", ((m.get("methods") or {}).get("prob") or {}).get("srcc"))
+        std = agg.get("std")
+        value = "n/a" if srcc is None else f"{srcc:.3f}" + ("" if std is None else f" ± {std:.3f}")
+        cells.append(f"{test}: prob SRCC {value} (n={m.get('n')})")
+    return f"model {folder} (experiment '{experiment}', {kind}): " + "; ".join(cells)
+
+
+def _read_metrics(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
-    parser.add_argument("--model", required=True, help="trained model folder (results/models/<experiment>)")
+    parser.add_argument("--model", default=None,
+                        help="trained model folder (default: the model the config's experiment ships: "
+                             "results/models/<experiment>, or results/models/<experiment>/all for folds: all)")
+    parser.add_argument("--config", default=None,
+                        help=f"workflow config whose experiment's model to use without --model (default {DEFAULT_CONFIG})")
+    parser.add_argument("--experiment", default=None, help="that experiment (default: the config's first)")
     add_device_arg(parser, default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
     parser.add_argument("--out", default=None, help="write the JSON lines to this file (default: stdout)")
@@ -137,6 +200,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    if args.model is None:
+        args.model, worth = default_model(args.config, args.experiment)
+        print(f"lmmvqa score: {worth}", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as fh:

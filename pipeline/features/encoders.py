@@ -48,6 +48,7 @@ and the distinct-frame rate (see `TemporalStats`).
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 
@@ -378,6 +379,11 @@ def load_motion(spec: dict, device="cpu", dtype=None, slow_stride: int = 4, seed
         if str(source) in SLOWFAST_ARCHS:
             if source != "slowfast_r50":
                 raise ValueError(f"no known checkpoint for {source}: give a local checkpoint path as source")
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(SLOWFAST_R50_URL).name
+            if not cached.is_file() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+                raise UserError(f"SlowFast R50 weights not in {cached.parent} and jobs run offline: run `lmmvqa "
+                                "fetch-weights --preset paper` where there is internet (same TORCH_HOME), or set "
+                                "models.motion.source to the checkpoint file")
             state = torch.hub.load_state_dict_from_url(SLOWFAST_R50_URL, map_location="cpu", weights_only=True)
             state = state.get("model_state", state)
             cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(SLOWFAST_R50_URL).name

@@ -12,6 +12,7 @@ says which folds an experiment runs. `shared_content` lists the training videos 
 """
 from __future__ import annotations
 
+import argparse
 import copy
 
 import pandas as pd
@@ -34,8 +35,10 @@ def parse_selector(selector: str) -> tuple[str, str]:
     return dataset, subset or "all"
 
 
-def prompt_parts(cfg: dict, selector: str, holdout_fold: int) -> list[str]:
-    """Prompt shard names (see paths.prompt_part) that make up a selector."""
+def prompt_parts(cfg: dict, selector: str, holdout_fold: int | None) -> list[str]:
+    """Prompt shard names (see paths.prompt_part) that make up a selector. `holdout_fold` None: no fold
+    is held out (the model a `folds: all` experiment trains on every fold): `train` is every fold and
+    `test` none."""
     dataset, subset = parse_selector(selector)
     ds = cfg["datasets"].get(dataset)
     if ds is None:
@@ -43,9 +46,10 @@ def prompt_parts(cfg: dict, selector: str, holdout_fold: int) -> list[str]:
     split = ds["split"]
     if split["scheme"] == "kfold":
         k = split["k"]
-        if holdout_fold >= k:
+        if holdout_fold is not None and holdout_fold >= k:
             raise UserError(f"experiment selector '{selector}': holdout_fold {holdout_fold} >= k={k}")
-        folds = {"all": range(k), "train": [f for f in range(k) if f != holdout_fold], "test": [holdout_fold]}
+        held = [] if holdout_fold is None else [holdout_fold]
+        folds = {"all": range(k), "train": [f for f in range(k) if f not in held], "test": held}
         if subset not in folds:
             raise UserError(f"experiment selector '{selector}': subset must be all, train or test for a k-fold dataset")
         return [f"fold{f}" for f in folds[subset]]
@@ -67,6 +71,25 @@ def split_names(cfg: dict, dataset: str) -> list[str]:
         if present:
             names = sorted(present)
     return names
+
+
+def test_selectors(cfg: dict, experiment: str) -> list[str]:
+    """The experiment's test selectors, each evaluated on its own (own predictions, metrics, table row
+    and report section). A selector listed twice is an error; two selectors of one dataset that share
+    videos (`konvid:all` beside `konvid:test`) are an error unless the experiment sets
+    `allow_test_overlap: true`. Decided from the selectors alone (no manifest needed): selectors of one
+    dataset overlap when one is `all` or both are the same subset; distinct splits or folds do not."""
+    exp = require_experiment(cfg, experiment)
+    selectors = list(exp["test"])
+    for i, a in enumerate(selectors):
+        for b in selectors[:i]:
+            if a == b:
+                raise UserError(f"experiments.{experiment}.test: '{a}' is listed twice")
+            (da, sa), (db, sb) = parse_selector(a), parse_selector(b)
+            if da == db and "all" in (sa, sb) and not exp.get("allow_test_overlap"):
+                raise UserError(f"experiments.{experiment}.test: '{b}' and '{a}' share videos; set "
+                                f"experiments.{experiment}.allow_test_overlap: true to evaluate both")
+    return selectors
 
 
 def fold_dependent(cfg: dict, selector: str) -> bool:
@@ -96,18 +119,48 @@ def experiment_folds(cfg: dict, experiment: str) -> list[int] | None:
     return list(range(next(iter(ks.values()))))
 
 
-def with_holdout(cfg: dict, experiment: str, fold: int) -> dict:
-    """A copy of the config whose experiment holds out `fold` (one fold of a `folds: all` experiment)."""
+def with_holdout(cfg: dict, experiment: str, fold: int | str) -> dict:
+    """A copy of the config whose experiment holds out `fold` (one fold of a `folds: all` experiment),
+    or, for `fold` = `all` (paths.FULL_MODEL), holds out nothing: the model trained on every fold."""
     require_experiment(cfg, experiment)
     folds = experiment_folds(cfg, experiment)
     if folds is None:
         raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); "
                         "--fold needs folds: all")
+    out = copy.deepcopy(cfg)
+    if fold == paths.FULL_MODEL:
+        out["experiments"][experiment]["holdout_fold"] = None
+        return out
     if int(fold) not in folds:
         raise UserError(f"experiment '{experiment}': fold {fold} not among its folds 0..{len(folds) - 1}")
-    out = copy.deepcopy(cfg)
     out["experiments"][experiment]["holdout_fold"] = int(fold)
     return out
+
+
+def fold_arg(value: str) -> int | str:
+    """A `--fold` command-line value: a fold number, or `all` (the model trained on every fold)."""
+    if value == paths.FULL_MODEL:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fold takes a fold number or '{paths.FULL_MODEL}', not {value!r}") from None
+
+
+def shipped_model(cfg: dict, experiment: str):
+    """The model folder of an experiment to score videos with: its model (`folds: holdout`) or, for
+    `folds: all`, its model trained on every fold (`results/models/<E>/all`)."""
+    require_experiment(cfg, experiment)
+    every_fold = experiment_folds(cfg, experiment) is not None
+    return paths.model_dir(experiment, paths.FULL_MODEL if every_fold else None)
+
+
+def unseen_tests(cfg: dict, experiment: str) -> list[str]:
+    """Test selectors whose videos the experiment's models never train on: a held-out fold, or a dataset
+    it does not train on (these say what its model is worth; `dataset:all` of a training dataset does not)."""
+    trained = {parse_selector(s)[0] for s in require_experiment(cfg, experiment)["train"]}
+    return [s for s in test_selectors(cfg, experiment)
+            if fold_dependent(cfg, s) or parse_selector(s)[0] not in trained]
 
 
 def official_split_names(ds: dict) -> list[str]:

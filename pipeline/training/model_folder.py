@@ -71,10 +71,16 @@ def model_provenance(model) -> dict:
 
 
 def holdout_note(cfg: dict, experiment: str) -> str:
-    """' (holdout fold F never used: ...)' when a k-fold `train` selector leaves a fold out, else ''."""
+    """What the model never saw of its k-fold training data: ' (holdout fold F never used: <datasets>)',
+    or for the model of a `folds: all` experiment trained on every fold, that nothing was held out;
+    '' when no train selector depends on folds."""
     exp = cfg["experiments"][experiment]
     held = [parse_selector(s)[0] for s in exp["train"] if fold_dependent(cfg, s)]
-    return f" (holdout fold {exp['holdout_fold']} never used: {', '.join(held)})" if held else ""
+    if not held:
+        return ""
+    if exp["holdout_fold"] is None:
+        return " (every fold: nothing held out; the per-fold models' results say what this model is worth)"
+    return f" (holdout fold {exp['holdout_fold']} never used: {', '.join(held)})"
 
 
 def write_log(rows: list[dict], path: Path) -> None:

@@ -13,6 +13,10 @@ overrides), its optional stage 1, and the model a run continues from (`init_from
         init_from: lsvq-proj
         training: {lora: {enabled: true}}
 
+With `folds: all` every run is per fold: fold F's stage 2 continues from fold F's stage 1
+(`<E>.stage1/fold<F>`), the model on every fold from `<E>.stage1/all`; `init_from` another `folds: all`
+experiment continues fold by fold (same k), so no run ever starts from weights that saw its test fold.
+
 No torch here: the Snakefile imports this module to build the DAG.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ from jsonschema import Draft202012Validator
 from pipeline.core import paths
 from pipeline.core.config import deep_merge, schema
 from pipeline.core.errors import UserError
-from pipeline.prompts.experiments import require_experiment
+from pipeline.prompts.experiments import experiment_folds, require_experiment
 
 STAGE1_SUFFIX = ".stage1"
 
@@ -56,22 +60,25 @@ def experiment_training(cfg: dict, experiment: str, stage: int | None = None) ->
     return tr
 
 
-def init_model_dir(cfg: dict, experiment: str, stage: int | None = None) -> Path | None:
-    """The model folder a run continues from: none for stage 1; `<experiment>.stage1` for the second
-    stage of a two-stage experiment; the `init_from` experiment's model; else none."""
+def init_model_dir(cfg: dict, experiment: str, stage: int | None = None,
+                   fold: int | str | None = None) -> Path | None:
+    """The model folder a run continues from: none for stage 1; `<experiment>.stage1` (of the same
+    fold, `fold`, for a `folds: all` experiment) for the second stage of a two-stage experiment; the
+    `init_from` experiment's model (of the same fold when that one runs every fold); else none."""
     exp = cfg["experiments"][experiment]
     if stage == 1:
         return None
     if exp.get("stage1") is not None:
-        return paths.model_dir(run_name(experiment, 1))
+        return paths.model_dir(run_name(experiment, 1), fold)
     if exp.get("init_from"):
-        return paths.model_dir(exp["init_from"])
+        other = exp["init_from"]
+        return paths.model_dir(other, fold if experiment_folds(cfg, other) is not None else None)
     return None
 
 
-def init_inputs(cfg: dict, experiment: str) -> dict[str, str]:
+def init_inputs(cfg: dict, experiment: str, stage: int | None = None, fold: int | str | None = None) -> dict[str, str]:
     """{"init": model folder} of a run that continues from one (a Snakemake input), else {}."""
-    init = init_model_dir(cfg, experiment)
+    init = init_model_dir(cfg, experiment, stage, fold)
     return {"init": str(init)} if init is not None else {}
 
 
@@ -84,6 +91,13 @@ def check_experiments(cfg: dict) -> None:
             experiment_training(cfg, name, 1)
             if exp.get("init_from"):
                 raise UserError(f"experiments.{name}: set either stage1 or init_from, not both")
+        other = exp.get("init_from")
+        if other in exps and experiment_folds(cfg, other) is not None:
+            mine, theirs = experiment_folds(cfg, name), experiment_folds(cfg, other)
+            if mine != theirs:
+                raise UserError(f"experiments.{name}.init_from: '{other}' runs every fold (folds: all, k={len(theirs)}), "
+                                f"so {name} continues fold by fold and must run the same folds (folds: all, "
+                                f"k={len(theirs)})")
         seen, cur = [name], exp.get("init_from")
         while cur:
             if cur not in exps:

@@ -59,7 +59,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.specs import model_spec
 from pipeline.features.store_reader import feature_info, feature_moments
 from pipeline.model.lmm import LMMVQA, training_dtype
-from pipeline.prompts.experiments import with_holdout
+from pipeline.prompts.experiments import fold_arg, with_holdout
 from pipeline.training.checkpoints import (
     checkpoint_run,
     latest_checkpoint,
@@ -137,15 +137,16 @@ def _dist_setup(device: str):
 def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_steps: int | None = None,
           resume: bool = False, tokenizer_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
           stop_after: int | None = None, progress: bool = True, stage: int | None = None,
-          init: str | Path | None = None, stores: list[str] | None = None) -> dict:
-    """Train an experiment's model into `out` (`stage=1`: stage 1 of a two-stage experiment). The run
-    continues from `init` (a model folder; default `init_model_dir`) and reads the feature stores
+          init: str | Path | None = None, stores: list[str] | None = None, fold: int | str | None = None) -> dict:
+    """Train an experiment's model into `out` (`stage=1`: stage 1 of a two-stage experiment; `fold`: the
+    fold of a `folds: all` experiment the config holds out, or `all`, for the default model it
+    continues from). The run continues from `init` (a model folder; default `init_model_dir`) and reads the feature stores
     `stores` (default: found from each dataset's manifest). `stop_after` (tests) ends the
     process's work right after that optimizer step's checkpoint, as if it were killed there."""
     check_experiments(cfg)
     cfg = copy.deepcopy(cfg)
     cfg["training"] = experiment_training(cfg, experiment, stage)
-    init = Path(init) if init is not None else init_model_dir(cfg, experiment, stage)
+    init = Path(init) if init is not None else init_model_dir(cfg, experiment, stage, fold)
     if init is not None and not (init / "lmmvqa.json").exists():
         raise UserError(f"experiment '{experiment}' continues from {init}, which is not a trained model folder "
                         "(train that first)")
@@ -196,7 +197,7 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
     params = [p for p in model.parameters() if p.requires_grad]
 
-    ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(run_name(experiment, stage)))
+    ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(run_name(experiment, stage), fold))
     run_id = run_fingerprint(cfg, experiment, train_samples, total, world, init)
     step, log_rows = 0, []
     if resume and ckpt_dir.exists() and checkpoint_run(ckpt_dir) != run_id:
@@ -330,20 +331,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None,
                         help="continue from this model folder (default: the experiment's stage 1 / init_from model)")
     add_stores_arg(parser, whose="the training datasets")
-    parser.add_argument("--fold", type=int, default=None,
-                        help="train the model of this fold of a `folds: all` experiment (holding it out); "
-                             "checkpoints default to cache/checkpoints/<experiment>/fold<F>")
+    parser.add_argument("--fold", type=fold_arg, default=None,
+                        help="train the model of this fold of a `folds: all` experiment (holding it out), or "
+                             "`all`: its model on every fold (the one to ship); checkpoints default to "
+                             "cache/checkpoints/<run>/fold<F> (or /all)")
 
 
 def main(args) -> int:
     cfg = load_config(args.config)
-    checkpoint_dir = args.checkpoint_dir
     if args.fold is not None:
         cfg = with_holdout(cfg, args.experiment, args.fold)
-        checkpoint_dir = checkpoint_dir or paths.checkpoint_dir(args.experiment, args.fold)
     train(cfg, args.experiment, args.out, device=args.device or cfg["device"], max_steps=args.max_steps,
-          resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=checkpoint_dir,
-          progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init, stores=args.stores)
+          resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=args.checkpoint_dir,
+          progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init, stores=args.stores,
+          fold=args.fold)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if dist.is_initialized():
             dist.destroy_process_group()
