@@ -40,9 +40,3 @@ def run(args: list[str], cwd: Path | str | None = None, timeout: float | None = 
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         raise FFmpegError(" | ".join(lines[-3:]) or f"ffmpeg exited with status {proc.returncode}")
 
-
-def filter_value(text: str) -> str:
-    """Escape a value placed inside a filter option (`key=value`) of a filter graph."""
-    for ch in ("\\", "'", ":", ",", ";", "[", "]", "="):
-        text = text.replace(ch, "\\" + ch)
-    return text
