@@ -105,7 +105,8 @@ rule synth_variants:
 
 rule synth_labels:
     input:
-        unpack(synth_job_inputs),
+        segments=synth_segment_dirs,
+        shards=synth_shard_dirs,
         plan=ancient(str(paths.synth_plan("{dataset}"))),
         plan_failures=ancient(str(paths.synth_plan_failures("{dataset}"))),
     output:

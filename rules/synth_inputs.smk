@@ -45,11 +45,11 @@ def synth_shard_digest(wildcards):
     return _synth_plan_entry(wildcards.dataset)[1][(wildcards.reference, int(wildcards.shard))]
 
 
-def synth_job_inputs(wildcards):
-    """Every reference's segments folder and every variant shard of a synth dataset's plan."""
-    segments, shards = _synth_plan_entry(wildcards.dataset)
-    d = wildcards.dataset
-    return {
-        "segments": [str(paths.synth_segments(d, r)) for r in segments],
-        "shards": [str(paths.synth_shard(d, r, s)) for r, s in shards],
-    }
+def synth_segment_dirs(wildcards):
+    """Every reference's segments folder of a synth dataset's plan."""
+    return [str(paths.synth_segments(wildcards.dataset, r)) for r in _synth_plan_entry(wildcards.dataset)[0]]
+
+
+def synth_shard_dirs(wildcards):
+    """Every variant shard folder of a synth dataset's plan."""
+    return [str(paths.synth_shard(wildcards.dataset, r, s)) for r, s in _synth_plan_entry(wildcards.dataset)[1]]

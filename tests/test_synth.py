@@ -221,3 +221,9 @@ def test_workflow_reruns_nothing_and_adds_only_a_new_references_jobs(tmp_path):
     assert sorted(ran) == ["manifest", "synth_labels", "synth_plan", "synth_segments", "synth_variants"]
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # a's and b's files untouched
     assert len(pd.read_csv(tmp_path / "results/synth/syn/labels.csv")) == 3
+
+
+def test_the_user_page_lists_every_family():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "synth.md").read_text()
+    rows = {line.split("|")[1].strip(" `") for line in page.splitlines() if line.startswith("| `")}
+    assert set(distortions.REGISTRY) <= rows
