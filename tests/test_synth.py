@@ -227,3 +227,14 @@ def test_the_user_page_lists_every_family():
     page = (Path(__file__).resolve().parents[1] / "docs" / "synth.md").read_text()
     rows = {line.split("|")[1].strip(" `") for line in page.splitlines() if line.startswith("| `")}
     assert set(distortions.REGISTRY) <= rows
+
+
+def test_the_demo_generator_renders_clean_lossless_references(tmp_path):
+    labels = demo_data.generate(tmp_path, n_videos=1, seed=4, workers=1, clean=True)
+    row = labels.iloc[0]
+    assert (row["name"], row["codec"], row["mos"], row["distortions"]) == ("clean_0000.mkv", "ffv1", 100.0, "")
+    from pipeline.ingest.probe import probe_video
+    info = probe_video(tmp_path / "videos" / "clean_0000.mkv")
+    assert info["codec"] == "ffv1" and (info["width"], info["height"]) == (row["width"], row["height"])
+    distorted = demo_data.sample_params(4, 0)
+    assert (distorted["content"], distorted["width"], distorted["n_frames"]) == (row["content"], row["width"], row["n_frames"])
