@@ -2,7 +2,8 @@
 
 Ours: the stage's commands as the workflow runs them (`lmmvqa synth-plan`, `synth-segments` per reference,
 `synth-variants` per shard with 2 variants at once, `synth-labels`), timed as a whole and the variant jobs
-alone. Plain: for the same variants (the same segments, filters and encoder settings, taken from our plan),
+alone, in wall time and in CPU time (every child process's, so other work on the machine does not count).
+Plain: for the same variants (the same segments, filters and encoder settings, taken from our plan),
 one `ffmpeg` encode and one `ffmpeg -lavfi libvmaf` run each (VMAF only, after the same frame-rate and size
 conversion), 2 variants at once. The two run alternately, `--repeats` times; the best of each is compared.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,6 +60,12 @@ def config(work: Path, listing: Path) -> Path:
     return resolved
 
 
+def children_cpu() -> float:
+    """CPU seconds of every finished child process (and theirs: lmmvqa's ffmpeg runs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def lmmvqa(*args) -> None:
     subprocess.run([str(LMMVQA), *map(str, args)], check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
@@ -65,26 +73,26 @@ def lmmvqa(*args) -> None:
 def ours(work: Path, cfg: Path) -> dict:
     out = work / "ours"
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     lmmvqa("synth-plan", "--config", cfg, "--dataset", "syn", "--out", out / "plan.csv", "--failures", out / "pf.csv")
     plan = read_plan(out / "plan.csv")
     for ref in plan["reference"].unique():
         lmmvqa("synth-segments", "--config", cfg, "--dataset", "syn", "--plan", out / "plan.csv", "--reference", ref,
                "--out", out / "segments" / ref)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), children_cpu()
     shards = []
     for (ref, shard), _ in plan.groupby(["reference", "shard"]):
         shards.append(out / "variants" / ref / f"shard-{shard:05d}")
         lmmvqa("synth-variants", "--plan", out / "plan.csv", "--reference", ref, "--shard", shard,
                "--segments", out / "segments" / ref, "--out", shards[-1], "--threads", 2)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), children_cpu()
     lmmvqa("synth-labels", "--config", cfg, "--dataset", "syn", "--plan", out / "plan.csv", "--plan-failures",
            out / "pf.csv", "--segments", *[out / "segments" / r for r in plan["reference"].unique()],
            "--shards", *shards, "--labels", out / "labels.csv", "--failures", out / "failures.csv",
            "--videos", out / "videos")
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), children_cpu()
     return {"variants": len(plan), "stage_s": t3 - t0, "variant_jobs_s": t2 - t1, "plan_and_cut_s": t1 - t0,
-            "labels_s": t3 - t2}
+            "labels_s": t3 - t2, "stage_cpu_s": c3 - c0, "variant_jobs_cpu_s": c2 - c1}
 
 
 def plain_one(row: dict, segments: Path, out: Path) -> None:
@@ -106,10 +114,10 @@ def plain(work: Path) -> dict:
     out = work / "plain"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda r: plain_one(r, work / "ours" / "segments", out), plan.to_dict("records")))
-    return {"variants": len(plan), "encode_vmaf_s": time.perf_counter() - t0}
+    return {"variants": len(plan), "encode_vmaf_s": time.perf_counter() - t0, "encode_vmaf_cpu_s": children_cpu() - c0}
 
 
 def main() -> int:
@@ -135,24 +143,29 @@ def main() -> int:
     best = {"stage_s": min(r["stage_s"] for r in runs["ours"]),
             "variant_jobs_s": min(r["variant_jobs_s"] for r in runs["ours"]),
             "encode_vmaf_s": min(r["encode_vmaf_s"] for r in runs["plain"])}
+    cpu = {"stage_cpu_s": min(r["stage_cpu_s"] for r in runs["ours"]),
+           "variant_jobs_cpu_s": min(r["variant_jobs_cpu_s"] for r in runs["ours"]),
+           "encode_vmaf_cpu_s": min(r["encode_vmaf_cpu_s"] for r in runs["plain"])}
     result = {"references": args.references, "variants": n, "repeats": args.repeats, "runs": runs, "best": best,
-              "per_variant_s": {k: v / n for k, v in best.items()},
+              "best_cpu": cpu, "per_variant_s": {k: v / n for k, v in {**best, **cpu}.items()},
               "ratio_stage": best["stage_s"] / best["encode_vmaf_s"],
               "ratio_variant_jobs": best["variant_jobs_s"] / best["encode_vmaf_s"],
-              "sizes": sorted({f"{w}x{h}" for w, h in zip(labels["width"], labels["height"])})[:8],
+              "ratio_stage_cpu": cpu["stage_cpu_s"] / cpu["encode_vmaf_cpu_s"],
+              "ratio_variant_jobs_cpu": cpu["variant_jobs_cpu_s"] / cpu["encode_vmaf_cpu_s"],
+              "sizes": sorted({f"{w}x{h}" for w, h in zip(labels["width"], labels["height"])}),
               "load_average": os.getloadavg()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"{args.references} references, {n} variants, best of {args.repeats}; load average now "
           f"{result['load_average'][0]:.1f}")
-    print("| build | wall s | s per variant | x plain |")
-    print("|---|---|---|---|")
-    print(f"| plain ffmpeg: encode + libvmaf (VMAF only), 2 at once | {best['encode_vmaf_s']:.1f} | "
-          f"{best['encode_vmaf_s'] / n:.2f} | 1.00 |")
-    print(f"| ours: synth-variants jobs (encode + VMAF, PSNR, SSIM) | {best['variant_jobs_s']:.1f} | "
-          f"{best['variant_jobs_s'] / n:.2f} | {result['ratio_variant_jobs']:.2f} |")
-    print(f"| ours: the whole stage (plan, cut, variants, labels) | {best['stage_s']:.1f} | "
-          f"{best['stage_s'] / n:.2f} | {result['ratio_stage']:.2f} |")
+    print("| build | wall s | s per variant | x plain | CPU s | CPU s per variant | x plain |")
+    print("|---|---|---|---|---|---|---|")
+    rows = [("plain ffmpeg: encode + libvmaf (VMAF only), 2 at once", "encode_vmaf_s", "encode_vmaf_cpu_s"),
+            ("ours: synth-variants jobs (encode + VMAF, PSNR, SSIM)", "variant_jobs_s", "variant_jobs_cpu_s"),
+            ("ours: the whole stage (plan, cut, variants, labels)", "stage_s", "stage_cpu_s")]
+    for what, wall, used in rows:
+        print(f"| {what} | {best[wall]:.1f} | {best[wall] / n:.2f} | {best[wall] / best['encode_vmaf_s']:.2f} | "
+              f"{cpu[used]:.1f} | {cpu[used] / n:.2f} | {cpu[used] / cpu['encode_vmaf_cpu_s']:.2f} |")
     return 0
 
 
