@@ -15,6 +15,10 @@ from pipeline.core.errors import UserError
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("pipeline.ingest.demo_data", "generate the synthetic demo dataset (videos + generic label CSV)"),
+    "synth-plan": ("pipeline.synth.plan", "plan a synth dataset: references, segments, one row per graded variant"),
+    "synth-segments": ("pipeline.synth.segments", "cut one reference's planned segments to lossless files"),
+    "synth-variants": ("pipeline.synth.variants", "encode one shard of variants and score them against their segments"),
+    "synth-labels": ("pipeline.synth.collect", "gather a synth dataset's shards: generic label file, videos, failures"),
     "manifest": ("pipeline.ingest.manifest", "label file + video folder -> manifest table (+ missing table)"),
     "probe": ("pipeline.ingest.probe", "probe the videos of a manifest (duration, fps, size, codec, ...)"),
     "extract": ("pipeline.features.extract", "decode a shard of videos once; the preset's vision and motion features into a Zarr store"),

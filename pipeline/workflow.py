@@ -58,6 +58,19 @@ def folds(cfg: dict) -> dict[str, list[int]]:
     return {e: f for e in cfg["experiments"] if (f := experiment_folds(cfg, e)) is not None}
 
 
+def synth_datasets(cfg: dict, generated: bool | None = None) -> list[str]:
+    """The `synth` datasets (pipeline/synth); `generated=True`: those whose references the demo generator
+    renders (`generate:`), False: the others."""
+    return [d for d, ds in cfg["datasets"].items() if ds["format"] == "synth"
+            and (generated is None or bool(ds.get("generate")) == generated)]
+
+
+def label_format(cfg: dict, dataset: str) -> str:
+    """The format the manifest reads a dataset's label file in: a synth dataset's is a generic one."""
+    fmt = cfg["datasets"][dataset]["format"]
+    return "generic" if fmt == "synth" else fmt
+
+
 def names_regex(names) -> str:
     """Rule-level wildcard constraint matching exactly these names (none: matches nothing)."""
     return "|".join(sorted(names)) or "(?!)"

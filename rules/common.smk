@@ -60,7 +60,8 @@ def dataset_cfg(dataset):
 
 
 def generated_datasets():
-    return [d for d, c in config["datasets"].items() if c.get("generate")]
+    """Datasets the demo generator writes (a synth dataset's `generate` renders its references instead)."""
+    return [d for d, c in config["datasets"].items() if c.get("generate") and c["format"] != "synth"]
 
 
 def label_files(dataset):
@@ -74,8 +75,8 @@ def videos_dir(dataset):
 
 def videos_state(dataset):
     """Rerun trigger of the manifest for videos replaced in place (pipeline.ingest.manifest.folder_state).
-    Not for generated datasets: their folder is the demo_data rule's output, tracked by Snakemake."""
-    if not videos_dir(dataset) or dataset_cfg(dataset).get("generate"):
+    Not for generated or synth datasets: their folder is a rule's output, tracked by Snakemake."""
+    if not videos_dir(dataset) or dataset_cfg(dataset).get("generate") or dataset_cfg(dataset)["format"] == "synth":
         return ""
     return pipeline_manifest.folder_state(videos_dir(dataset))
 

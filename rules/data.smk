@@ -40,7 +40,7 @@ checkpoint manifest:
         str(paths.benchmark("manifest", "{dataset}"))
     params:
         code=code_version("manifest"),
-        fmt=lambda w: dataset_cfg(w.dataset)["format"],
+        fmt=lambda w: pipeline_workflow.label_format(config, w.dataset),
         videos=lambda w: f"--videos {videos_dir(w.dataset)}" if videos_dir(w.dataset) else "",
         split=lambda w: dataset_cfg(w.dataset)["split"]["scheme"],
         k=lambda w: dataset_cfg(w.dataset)["split"]["k"],

@@ -17,10 +17,12 @@ SIDE_OUTPUTS = {
     "evaluate": {"--metrics": paths.metrics_beside},
     "aggregate": {"--predictions": paths.predictions_beside},
     "report": {"--plots": paths.plots_beside},
+    "synth-plan": {"--failures": paths.failures_table},
+    "synth-labels": {"--failures": paths.failures_table, "--plan-failures": paths.failures_table},
 }
 # what a command may require: what it reads, what it is about, and its main output
 INPUTS = {"--config", "--format", "--labels", "--manifest", "--videos", "--dataset", "--test", "--shard", "--experiment",
-          "--prompts", "--model", "--out", "--out-dir", "videos", "argv"}
+          "--prompts", "--model", "--out", "--out-dir", "videos", "argv", "--plan", "--reference", "--segments"}
 
 
 def _subparsers() -> dict:
@@ -47,6 +49,8 @@ def test_side_outputs_are_optional_and_sit_beside_the_main_output():
     assert paths.metrics_beside(paths.predictions("e", "d:test", 1)) == paths.metrics("e", "d:test", 1)
     assert paths.predictions_beside(paths.metrics("e", "d:test")) == paths.predictions("e", "d:test")
     assert paths.plots_beside(paths.report()) == paths.report_plots()
+    assert paths.failures_table(paths.synth_plan("d")) == paths.synth_plan_failures("d")
+    assert paths.failures_table(paths.synth_labels("d")) == paths.synth_failures("d")
 
 
 def test_manifest_runs_standalone(tmp_path, capsys):

@@ -78,7 +78,17 @@ def _node(node: dict, key: str) -> list[dict]:
         return found
     if key in props:
         return [props[key]]
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):  # a map whose names the user chooses (synth.families: {x264: ...})
+        return [extra]
+    if not props and extra is not False and "object" in _types(node):  # a free-form object
+        return [{"type": "object"}]
     return []
+
+
+def _types(node: dict) -> list:
+    t = node.get("type", [])
+    return t if isinstance(t, list) else [t]
 
 
 def _resolves(parts: list[str]) -> bool:
@@ -130,6 +140,8 @@ def test_the_key_check_tells_config_keys_from_others():
     assert not _resolves(["training", "dtypes"]) and not _resolves(["models", "<role>", "weights"])
     assert not _resolves(["split", "group"]) and not _resolves(["experiments", "<E>", "training", "lora", "rank"])
     assert _is_module("training.plots") and not _is_module("training.dtype")
+    assert _resolves(["datasets", "<x>", "synth", "families", "x264", "crf"])
+    assert not _resolves(["datasets", "<x>", "synth", "familes"])
 
 
 def test_every_dotted_config_key_named_exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.core.versions import PACKAGE, _imports
 
 # subpackage -> position in the data flow; the shared core (and the CLI's argument helpers) come first
-ORDER = ["core", "ingest", "features", "prompts", "model", "training", "evaluation"]
+ORDER = ["core", "ingest", "synth", "features", "prompts", "model", "training", "evaluation"]
 ENTRY_POINTS = {"pipeline.cli", "pipeline.launch", "pipeline.workflow", "pipeline.plan"}  # they run, wire or size every stage
 
 

@@ -6,6 +6,8 @@ killed; a killed writer leaves only a hidden `.<name>.tmp-<pid>` file behind.
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -27,3 +29,24 @@ def write_text(path, text: str) -> Path:
 def write_csv(df: pd.DataFrame, path, **to_csv) -> Path:
     """`df.to_csv(path, index=False)` with Unix line ends, atomically."""
     return write_text(path, df.to_csv(index=False, lineterminator="\n", **to_csv))
+
+
+@contextmanager
+def directory(path):
+    """A folder that appears whole or not at all: yields a temporary sibling to fill, which replaces `path`
+    when the block ends without an error (and is removed when it raises). Temporaries a killed writer
+    left behind are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from pipeline.core import paths
 from pipeline.core.errors import UserError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -57,11 +58,32 @@ def validate(cfg: dict, source: str = "config") -> dict:
     cfg = cfg if cfg is not None else {}
     if not isinstance(cfg, dict):
         raise UserError(f"{source}: the config must be a mapping, got {type(cfg).__name__}")
+    _synth_outputs(cfg, source)
     for _ in range(3):
         errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))
         if errors:
             raise UserError(f"{source}: " + _error_line(errors[0]))
     return cfg
+
+
+def _synth_outputs(cfg: dict, source: str) -> None:
+    """A synth dataset's label file and videos folder are what its stage writes (pipeline/synth), so the
+    rest of the workflow reads it like any generic dataset; its `synth` block gets the schema's defaults."""
+    datasets = cfg.get("datasets")
+    for name, ds in (datasets.items() if isinstance(datasets, dict) else ()):
+        if not isinstance(ds, dict) or ds.get("format") != "synth":
+            continue
+        for key, path in (("labels", paths.synth_labels(name)), ("videos", paths.synth_videos(name))):
+            if ds.get(key) not in (None, str(path)):
+                raise UserError(f"{source}: config error at 'datasets.{name}.{key}': a synth dataset's {key} "
+                                f"is written by the workflow ({path}); remove the key")
+            ds[key] = str(path)
+        if ds.get("generate") and Path(str(ds.get("references"))).name != "videos":
+            raise UserError(f"{source}: config error at 'datasets.{name}.references': with `generate`, the demo "
+                            "generator renders the references into a folder named `videos` (labels.csv beside it), "
+                            f"got {ds.get('references')!r}")
+        if ds.get("synth") is None:
+            ds["synth"] = {}
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:

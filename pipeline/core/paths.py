@@ -62,6 +62,46 @@ def store(dataset: str, settings_hash: str, shard: int | str) -> Path:
     return store_dir(dataset, settings_hash) / f"{shard_name(shard)}.zarr"
 
 
+def synth_dir(dataset: str) -> Path:
+    """Tables of a `synth` dataset (pipeline/synth): its plan, label file and failures."""
+    return RESULTS / "synth" / dataset
+
+
+def synth_plan(dataset: str) -> Path:
+    """One row per planned variant (reference, segment, family, level, parameters, shard)."""
+    return synth_dir(dataset) / "plan.csv"
+
+
+def synth_plan_failures(dataset: str) -> Path:
+    """References the plan could not open or probe (beside the plan)."""
+    return failures_table(synth_plan(dataset))
+
+
+def synth_labels(dataset: str) -> Path:
+    """The generic label file of a synth dataset (what its manifest reads)."""
+    return synth_dir(dataset) / "labels.csv"
+
+
+def synth_failures(dataset: str) -> Path:
+    """Every reference and variant of a synth dataset that failed, with the error (beside its labels)."""
+    return failures_table(synth_labels(dataset))
+
+
+def synth_videos(dataset: str) -> Path:
+    """The videos folder of a synth dataset (links to the variants of every shard)."""
+    return CACHE / "synth" / dataset / "videos"
+
+
+def synth_segments(dataset: str, reference: str) -> Path:
+    """The lossless segments cut from one reference (a folder, with its segments.csv)."""
+    return CACHE / "synth" / dataset / "segments" / reference
+
+
+def synth_shard(dataset: str, reference: str, shard: int | str) -> Path:
+    """One shard of the variants of a reference: the encoded videos and their scores.csv."""
+    return CACHE / "synth" / dataset / "variants" / reference / shard_name(shard)
+
+
 def stats(dataset: str) -> Path:
     """Dataset-level feature statistics (pipeline/features/stats.py)."""
     return RESULTS / "stats" / f"{dataset}.json"

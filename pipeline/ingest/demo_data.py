@@ -6,7 +6,9 @@
     out_dir/labels.csv                  (generic label format, written last, via temp file + rename)
 
 and returns the label table as a DataFrame. CLI: `lmmvqa demo-data --out DIR [--n-videos N]
-[--seed S] [--workers W]`.
+[--seed S] [--workers W] [--clean]`. `--clean` (`clean=True`) renders the same contents without any
+distortion, losslessly (FFV1 in Matroska, `clean_0000.mkv`, ...): references for a synth dataset
+(pipeline/synth), which distorts them itself and labels the results with a full-reference metric.
 
 Content (numpy, rendered at "content time" t in frames, so temporal distortions only re-time it)
 -------------------------------------------------------------------------------------------------
@@ -542,6 +544,8 @@ def _encoder(codec: str, crf: float, fps: int) -> tuple[str, dict]:
     if codec == "vp9":
         return "libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "crf": f"{int(crf)}", "b": "0",
                               "threads": "1", "row-mt": "0", "g": g}
+    if codec == "ffv1":
+        return "ffv1", {"threads": "1"}
     if codec == "hevc":
         return "libx265", {"preset": "ultrafast", "crf": f"{crf:.1f}",
                            "x265-params": f"pools=none:frame-threads=1:log-level=error:keyint={g}"}
@@ -583,9 +587,18 @@ def render_video(params: dict, path: Path) -> None:
             tmp.unlink()
 
 
-def _work(job: tuple[int, int, str]) -> dict:
-    seed, index, videos = job
+def clean_params(params: dict) -> dict:
+    """The same content undistorted, encoded losslessly (FFV1 in Matroska): a reference for the synth
+    stage (pipeline/synth), named `clean_<index>.mkv`, MOS 100."""
+    return {**params, "name": f"clean_{params['index']:04d}.mkv", "mos": 100.0, "mos_formula": 100.0,
+            "container": "mkv", "codec": "ffv1", "crf": 0.0, "distortions": "", "exposure_mode": "",
+            **{f"s_{d}": 0.0 for d in DISTORTIONS}}
+
+
+def _work(job: tuple[int, int, str, bool]) -> dict:
+    seed, index, videos, clean = job
     params = sample_params(seed, index)
+    params = clean_params(params) if clean else params
     render_video(params, Path(videos) / params["name"])
     return params
 
@@ -593,8 +606,10 @@ def _work(job: tuple[int, int, str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
-def generate(out_dir, n_videos: int = 240, seed: int = 0, workers: int = 2, verbose: bool = False):
-    """Write the demo dataset to out_dir (videos/ + labels.csv); return the label DataFrame."""
+def generate(out_dir, n_videos: int = 240, seed: int = 0, workers: int = 2, verbose: bool = False,
+             clean: bool = False):
+    """Write the demo dataset to out_dir (videos/ + labels.csv); return the label DataFrame. `clean`: the
+    same contents without distortions, lossless (`clean_params`), to serve as references."""
     if int(n_videos) < 1:
         raise UserError(f"demo-data: --n-videos must be >= 1 (got {n_videos})")
     out = Path(out_dir)
@@ -603,7 +618,7 @@ def generate(out_dir, n_videos: int = 240, seed: int = 0, workers: int = 2, verb
     labels = out / "labels.csv"
     if labels.exists():  # an interrupted re-run must not leave an old, complete-looking label file
         labels.unlink()
-    jobs = [(int(seed), i, str(videos)) for i in range(int(n_videos))]
+    jobs = [(int(seed), i, str(videos), bool(clean)) for i in range(int(n_videos))]
     # costliest first (more pixels x frames) so the pool ends evenly
     jobs.sort(key=lambda j: -_cost(sample_params(j[0], j[1])))
     t0 = time.time()
@@ -621,7 +636,7 @@ def generate(out_dir, n_videos: int = 240, seed: int = 0, workers: int = 2, verb
                     print(f"  {len(rows)}/{len(jobs)} videos ({time.time() - t0:.1f} s)", flush=True)
     rows.sort(key=lambda r: r["index"])
     keep = {r["name"] for r in rows}
-    for f in videos.glob("demo_*"):  # stale videos of an earlier, larger set
+    for f in videos.glob("clean_*" if clean else "demo_*"):  # stale videos of an earlier, larger set
         if f.name not in keep and f.is_file():
             f.unlink()
     df = pd.DataFrame(rows)[LABEL_COLUMNS]
@@ -640,11 +655,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-videos", type=int, default=240, help="number of videos (default: 240)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical dataset (default: 0)")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default: 2)")
+    p.add_argument("--clean", action="store_true",
+                   help="the contents without distortions, lossless FFV1 (references for a synth dataset)")
 
 
 def main(args) -> int:
     t0 = time.time()
-    df = generate(args.out, n_videos=args.n_videos, seed=args.seed, workers=args.workers, verbose=True)
+    df = generate(args.out, n_videos=args.n_videos, seed=args.seed, workers=args.workers, verbose=True,
+                  clean=args.clean)
     print(f"demo-data: {len(df)} videos, MOS {df['mos'].min():.1f}..{df['mos'].max():.1f}, "
           f"{time.time() - t0:.1f} s -> {Path(args.out) / 'labels.csv'}")
     return 0

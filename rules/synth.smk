@@ -1,0 +1,131 @@
+# Synth datasets (pipeline/synth): reference videos -> a plan (checkpoint) -> lossless segments per
+# reference -> encoded + scored variants per shard of a reference -> a generic label file and videos
+# folder, which the manifest then reads like any dataset's.
+for _dataset in pipeline_workflow.synth_datasets(config, generated=True):
+
+    rule:
+        name:
+            f"synth_references_{_dataset}"
+        output:
+            labels=str(Path(dataset_cfg(_dataset)["references"]).parent / "labels.csv"),
+            videos=directory(dataset_cfg(_dataset)["references"]),
+        log:
+            str(paths.log("synth_references", _dataset)),
+        benchmark:
+            str(paths.benchmark("synth_references", _dataset))
+        params:
+            code=code_version("demo_data"),
+            out=lambda w, output: str(Path(output.labels).parent),
+            n=dataset_cfg(_dataset)["generate"]["n_videos"],
+            seed=dataset_cfg(_dataset)["generate"]["seed"],
+        threads: 2
+        resources:
+            mem_mb=2000,
+        conda:
+            ENV
+        shell:
+            "lmmvqa demo-data --clean --out {params.out} --n-videos {params.n} --seed {params.seed} "
+            "--workers {threads} > {log} 2>&1"
+
+
+checkpoint synth_plan:
+    input:
+        references=lambda w: dataset_cfg(w.dataset)["references"],
+        reference_labels=lambda w: dataset_cfg(w.dataset)["reference_labels"] or [],
+    output:
+        plan=str(paths.synth_plan("{dataset}")),
+        failures=str(paths.synth_plan_failures("{dataset}")),
+    log:
+        str(paths.log("synth_plan", "{dataset}")),
+    wildcard_constraints:
+        dataset=SYNTH_DATASETS,
+    params:
+        code=code_version("synth_plan"),
+        settings=lambda w: synth_settings(w.dataset),
+        state=lambda w: references_state(w.dataset),
+        config=RESOLVED_CONFIG,
+    resources:
+        mem_mb=1000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa synth-plan --config {params.config} --dataset {wildcards.dataset} --out {output.plan} "
+        "--failures {output.failures} > {log} 2>&1"
+
+
+rule synth_segments:
+    input:
+        plan=ancient(str(paths.synth_plan("{dataset}"))),
+    output:
+        segments=directory(str(paths.synth_segments("{dataset}", "{reference}"))),
+    log:
+        str(paths.log("synth_segments", "{dataset}", "{reference}")),
+    benchmark:
+        str(paths.benchmark("synth_segments", "{dataset}", "{reference}"))
+    wildcard_constraints:
+        dataset=SYNTH_DATASETS,
+    params:
+        code=code_version("synth_segments"),
+        digest=synth_segment_digest,
+        config=RESOLVED_CONFIG,
+    resources:
+        mem_mb=1000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa synth-segments --config {params.config} --dataset {wildcards.dataset} --plan {input.plan} "
+        "--reference {wildcards.reference} --out {output.segments} > {log} 2>&1"
+
+
+rule synth_variants:
+    input:
+        plan=ancient(str(paths.synth_plan("{dataset}"))),
+        segments=str(paths.synth_segments("{dataset}", "{reference}")),
+    output:
+        shard=directory(str(paths.synth_shard("{dataset}", "{reference}", "{shard}"))),
+    log:
+        str(paths.log("synth_variants", "{dataset}", "{reference}", "{shard}")),
+    benchmark:
+        str(paths.benchmark("synth_variants", "{dataset}", "{reference}", "{shard}"))
+    wildcard_constraints:
+        dataset=SYNTH_DATASETS,
+    params:
+        code=code_version("synth_variants"),
+        digest=synth_shard_digest,
+    # variants encoded + scored at once, each by single-threaded ffmpeg processes
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, threads: 500 + 500 * threads,
+    conda:
+        ENV
+    shell:
+        "lmmvqa synth-variants --plan {input.plan} --reference {wildcards.reference} --shard {wildcards.shard} "
+        "--segments {input.segments} --out {output.shard} --threads {threads} > {log} 2>&1"
+
+
+rule synth_labels:
+    input:
+        segments=synth_segment_dirs,
+        shards=synth_shard_dirs,
+        plan=ancient(str(paths.synth_plan("{dataset}"))),
+        plan_failures=ancient(str(paths.synth_plan_failures("{dataset}"))),
+    output:
+        labels=str(paths.synth_labels("{dataset}")),
+        failures=str(paths.synth_failures("{dataset}")),
+        videos=directory(str(paths.synth_videos("{dataset}"))),
+    log:
+        str(paths.log("synth_labels", "{dataset}")),
+    wildcard_constraints:
+        dataset=SYNTH_DATASETS,
+    params:
+        code=code_version("synth_labels"),
+        metric=lambda w: dataset_cfg(w.dataset)["synth"]["metric"],
+        config=RESOLVED_CONFIG,
+    resources:
+        mem_mb=1000,
+    conda:
+        ENV
+    shell:
+        "lmmvqa synth-labels --config {params.config} --dataset {wildcards.dataset} --plan {input.plan} "
+        "--plan-failures {input.plan_failures} --segments {input.segments} --shards {input.shards} "
+        "--labels {output.labels} --failures {output.failures} --videos {output.videos} > {log} 2>&1"
