@@ -13,6 +13,7 @@ from pipeline.core import paths
 from pipeline import workflow as pipeline_workflow
 from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.core.versions import code_version
+from pipeline.training import runs as pipeline_runs
 
 min_version("9.0")
 
@@ -152,6 +153,18 @@ def fold_option(wildcards):
     """`--fold F` for a per-fold job's command, '' for a single-fold one."""
     fold = wildcard_fold(wildcards)
     return "" if fold is None else f"--fold {fold}"
+
+
+def member_option(wildcards):
+    """`--member I` for an ensemble member's training job, '' otherwise."""
+    return f"--member {wildcards.member}" if "member" in wildcards.keys() else ""
+
+
+def ensemble_model_dirs(experiment, fold):
+    """The model folders an evaluation scores with: the experiment's (fold's) own model, then its
+    ensemble members' (`experiments.<E>.ensemble`)."""
+    return [str(paths.model_dir(pipeline_runs.member_run(experiment, m), fold))
+            for m in [0, *pipeline_runs.ensemble_members(config, experiment)]]
 
 
 def fold_metrics(wildcards):

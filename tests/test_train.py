@@ -69,7 +69,8 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
         paths.manifest("syn").parent.mkdir(parents=True, exist_ok=True)
         manifest.to_csv(paths.manifest("syn"), index=False)
         build_prompts(cfg, "syn", paths.manifest("syn"), paths.prompts_dir("syn"))
-        write_tokenizer(train_tokenizer(read_prompts([paths.prompts_dir("syn")])), paths.tokenizer_dir())
+        write_tokenizer(train_tokenizer(read_prompts([paths.prompts_dir("syn")]), cfg["prompts"]["answer_format"]),
+                        paths.tokenizer_dir())
         settings = feature_settings_hash(cfg)
         ds = rng.normal(size=(T, W)) * 0.5 + 1.0
         dm = rng.normal(size=M)
