@@ -131,6 +131,10 @@ def training_inputs(wildcards):
     }
     if trains_tokenizer(config):
         inputs["tokenizer"] = str(paths.tokenizer_dir())
+    if config["experiments"][wildcards.experiment].get("exclude_shared"):
+        # which training videos share content with the test videos is read from every manifest involved
+        tested = pipeline_workflow.experiment_datasets(config, wildcards.experiment, "test")
+        inputs["manifests"] = [str(paths.manifest(d)) for d in sorted(set(datasets) | set(tested))]
     return inputs
 
 

@@ -45,6 +45,11 @@ checkpoint manifest:
         split=lambda w: dataset_cfg(w.dataset)["split"]["scheme"],
         k=lambda w: dataset_cfg(w.dataset)["split"]["k"],
         seed=lambda w: dataset_cfg(w.dataset)["split"]["seed"],
+        group_by=lambda w: (
+            f"--group-by {dataset_cfg(w.dataset)['split']['group_by']}"
+            if dataset_cfg(w.dataset)["split"]["group_by"]
+            else ""
+        ),
         mos_scale=lambda w: (
             f"--mos-scale {dataset_cfg(w.dataset)['mos_scale']}"
             if dataset_cfg(w.dataset)["mos_scale"]
@@ -59,7 +64,7 @@ checkpoint manifest:
     shell:
         "lmmvqa manifest --format {params.fmt} --labels {input.labels} {params.videos} "
         "--out {output.manifest} --missing {output.missing} --shard-size {params.shard_size} --k {params.k} "
-        "--seed {params.seed} "
+        "--seed {params.seed} {params.group_by} "
         "--split-scheme {params.split} {params.mos_scale} > {log} 2>&1"
 
 

@@ -19,7 +19,7 @@ def test_default_config_fills_defaults():
     assert cfg["sampling"]["keyframe_fps"] == 1.0
     assert cfg["training"]["lora"]["enabled"] is False
     assert cfg["models"]["vision"]["source"] is None
-    assert cfg["datasets"]["demo"]["split"] == {"scheme": "kfold", "k": 5, "seed": 0}
+    assert cfg["datasets"]["demo"]["split"] == {"scheme": "kfold", "k": 5, "seed": 0, "group_by": None}
 
 
 @pytest.mark.parametrize(

@@ -153,3 +153,46 @@ def test_aggregate_command(tmp_path, monkeypatch, capsys):
     assert cli_main(["aggregate", "--config", "c.yaml", "--experiment", "one", "--dataset", "d", "--out", "x.json",
                      "--predictions", "x.csv"]) == 2
     assert "nothing to aggregate" in capsys.readouterr().err
+
+
+def test_exclude_shared_drops_training_videos_of_tested_sources(tmp_path, monkeypatch):
+    """Leave one source out with synthetic variants of every source: the variants of the held-out source
+    never train the model of that fold, and nothing else is dropped."""
+    from pipeline.ingest.manifest import build_manifest, write_manifest
+    from pipeline.prompts.experiments import shared_content
+
+    monkeypatch.chdir(tmp_path)
+    real = tmp_path / "real.csv"
+    pd.DataFrame([(f"r-{s}{i}.mp4", 10 * i, s) for s in "abc" for i in range(3)],
+                 columns=["name", "mos", "source"]).to_csv(real, index=False)
+    syn = tmp_path / "syn.csv"
+    pd.DataFrame([(f"s-{s}{i}.mp4", 5 * i, s) for s in "abcd" for i in range(2)] + [("s-x.mp4", 1, "")],
+                 columns=["name", "mos", "source"]).to_csv(syn, index=False)
+    cfg = validate({
+        "datasets": {"real": {"format": "generic", "labels": str(real), "split": {"k": 3, "group_by": "source"}},
+                     "syn": {"format": "generic", "labels": str(syn), "split": {"scheme": "official"}}},
+        "experiments": {"loso": {"train": ["real:train", "syn:all"], "test": ["real:test"], "folds": "all",
+                                 "exclude_shared": "source"},
+                        "plain": {"train": ["real:train", "syn:all"], "test": ["real:test"]}},
+    })
+    for name, f, kw in (("real", real, {"k": 3, "group_by": "source"}), ("syn", syn, {"split_scheme": "official"})):
+        m, miss = build_manifest("generic", f, None, **kw)
+        paths.manifest(name).parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(m, miss, paths.manifest(name), paths.missing(name))
+    real_m = pd.read_csv(paths.manifest("real"))
+    seen = set()
+    for fold in range(3):
+        held = set(real_m.loc[real_m["fold"] == fold, "source"])
+        assert len(held) == 1
+        out = shared_content(with_holdout(cfg, "loso", fold), "loso")
+        src = held.pop()
+        seen.add(src)
+        assert out["column"] == "source" and out["values"] == {src}
+        # exactly the synthetic variants of the held-out source (the real ones are test videos already)
+        assert out["videos"] == {("syn", f"s-{src}{i}") for i in range(2)}
+    assert seen == {"a", "b", "c"}
+    assert shared_content(cfg, "plain") == {"column": None, "values": set(), "videos": set()}
+    bad = copy.deepcopy(cfg)
+    bad["experiments"]["loso"]["exclude_shared"] = "camera"
+    with pytest.raises(UserError, match=r"exclude_shared: column 'camera' is not in the manifest of 'real'"):
+        shared_content(bad, "loso")

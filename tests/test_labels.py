@@ -76,6 +76,7 @@ def test_generic_extra_columns_and_scale_override(tmp_path):
     df = read_labels("generic", f)
     assert df["id"].tolist() == ["sub/a", "b"] and df["path"].tolist() == ["sub/a.webm", "b.mp4"]
     assert df["mos"].tolist() == [1.5, 5.0]
+    assert df["content"].tolist() == ["x", "y"]  # extra columns are kept (folds and exclusions use them)
     df5 = read_labels("generic", f, mos_scale="1-5")
     assert df5["mos"].tolist() == [30.0, 100.0] and df5["mos_raw"].tolist() == [1.5, 5.0]
 
@@ -192,3 +193,21 @@ def test_generic_group_and_split_columns(tmp_path):
 def test_bad_split_values(tmp_path, value, what):
     msg = _bad(tmp_path, f"name,mos,split\na.mp4,50,train\nb.mp4,60,{value}\n")
     assert "row 2:" in msg and "column 'split'" in msg and what in msg
+
+
+def test_generic_extra_columns_across_files_and_clashes(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("name,mos,source,width\na.mp4,10,tree,320\nb.mp4,20, city ,640\n")
+    b.write_text("name,mos,distortion\nc.mp4,30,crf30\n")
+    df = read_labels("generic", [a, b])
+    assert list(df.columns)[-3:] == ["source", "width", "distortion"]
+    assert df["source"].tolist() == ["tree", "city", ""] and df["width"].tolist() == ["320", "640", ""]
+    assert df["distortion"].tolist() == ["", "", "crf30"]  # a column only one file has: empty elsewhere
+    clash = tmp_path / "clash.csv"
+    clash.write_text("name,mos,fold\na.mp4,10,1\n")
+    with pytest.raises(UserError, match=r"clash.csv: column 'fold' clashes with a column the manifest writes"):
+        read_labels("generic", clash)
+    unnamed = tmp_path / "unnamed.csv"
+    unnamed.write_text("name,mos,\na.mp4,10,x\n")
+    with pytest.raises(UserError, match=r"unnamed.csv: a column has no name"):
+        read_labels("generic", unnamed)

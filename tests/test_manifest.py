@@ -216,7 +216,7 @@ def _check_grouped(m, k, max_group):
 def test_group_column_keeps_each_group_in_one_fold(tmp_path):
     if REALSET.is_file():  # the real development set: 10 segments x 15 variants -> 5 folds of 2 segments
         m = build_manifest("generic", REALSET, None, k=5, seed=0)[0]
-        assert list(m.columns) == MANIFEST_COLUMNS and m["group"].nunique() == 10
+        assert list(m.columns)[:len(MANIFEST_COLUMNS)] == MANIFEST_COLUMNS and m["group"].nunique() == 10
         _check_grouped(m, 5, 15)
         assert sorted(m["fold"].value_counts().tolist()) == [30] * 5
         assert (m.groupby("fold")["group"].nunique() == 2).all()
@@ -249,7 +249,7 @@ def test_group_folds_edge_cases(tmp_path):
     assert sorted(group_folds(["x", "y", "z"], ["", "", ""], 3, 0)) == [0, 1, 2]
     # fewer groups than folds: a clear error naming the label file
     g = _grouped_labels(tmp_path / "few.csv", [5, 5])
-    with pytest.raises(UserError, match=r"few.csv: 2 group\(s\) in column 'group' cannot fill k=3 folds"):
+    with pytest.raises(UserError, match=r"few.csv: 2 distinct value\(s\) in column 'group' cannot fill k=3 folds"):
         build_manifest("generic", g, None, k=3)
     # without a group column the folds stay the id hash
     plain = build_manifest("generic", _labels(tmp_path / "p.csv", [f"v{i}.mp4" for i in range(8)]), None, k=3)[0]
@@ -268,3 +268,31 @@ def test_split_column_gives_fixed_splits(tmp_path):
     g = tmp_path / "set_test.csv"
     g.write_text("name,mos\na.mp4,10\n")
     assert build_manifest("generic", g, None, split_scheme="official")[0]["split"].tolist() == ["test"]
+
+
+def test_group_by_any_column(tmp_path):
+    if REALSET.is_file():  # leave one source out: 4 sources -> 4 folds, one source each
+        m = build_manifest("generic", REALSET, None, k=4, seed=0, group_by="source")[0]
+        assert m.groupby("source")["fold"].nunique().max() == 1
+        assert sorted(m.groupby("fold")["source"].first()) == ["bikes", "city", "testmovie", "tree"]
+        assert m.groupby("source").size().to_dict() == {"bikes": 30, "city": 30, "testmovie": 30, "tree": 60}
+        assert {"source", "distortion", "width"} <= set(m.columns)
+    f = tmp_path / "l.csv"
+    rows = [(f"{src}{i}.mp4", 10 * i, f"{src}-{i % 2}", src) for src in "abc" for i in range(4)]
+    pd.DataFrame(rows, columns=["name", "mos", "group", "source"]).to_csv(f, index=False)
+    by_source = build_manifest("generic", f, None, k=3, group_by="source")[0]
+    assert by_source.groupby("source")["fold"].nunique().max() == 1 and by_source["fold"].nunique() == 3
+    by_group = build_manifest("generic", f, None, k=3)[0]  # default: the group column (6 groups)
+    assert by_group.groupby("group")["fold"].nunique().max() == 1
+    assert by_group.groupby("source")["fold"].nunique().max() > 1  # groups of one source may be split
+    # the extra columns survive a write + read as text
+    write_manifest(by_source, pd.DataFrame(columns=MISSING_COLUMNS), tmp_path / "m.csv", tmp_path / "m.missing.csv")
+    back = read_manifest(tmp_path / "m.csv")
+    assert back["source"].tolist() == by_source["source"].tolist() and back["fold"].dtype.kind == "i"
+    with pytest.raises(UserError, match=r"l.csv: split.group_by is 'camera' but the label file has no such column "
+                                        r"\(columns it can fold by: group, source\)"):
+        build_manifest("generic", f, None, k=3, group_by="camera")
+    with pytest.raises(UserError, match=r"3 distinct value\(s\) in column 'source' cannot fill k=4 folds"):
+        build_manifest("generic", f, None, k=4, group_by="source")
+    with pytest.raises(UserError, match="applies to k-fold splits only"):
+        build_manifest("generic", f, None, split_scheme="official", group_by="source")

@@ -349,3 +349,22 @@ def test_training_reads_the_stores_it_is_given(tmp_path, monkeypatch):
     assert one["stores"] == {"syn": stores[:1]} and len(one["samples"]) < len(found["samples"])
     with pytest.raises(UserError, match=str(folder)):
         experiment_data(cfg, "exp", ["cache/features/other/abc/shard-00000.zarr"])
+
+
+def test_training_leaves_out_videos_sharing_content_with_the_test_fold(tmp_path, monkeypatch):
+    """exclude_shared: source drops exactly the training videos whose source a test video has, and the
+    model card counts them."""
+    from pipeline.core import paths
+    from pipeline.training.data import experiment_data
+
+    cfg = make_workspace(tmp_path, n_videos=20)
+    monkeypatch.chdir(tmp_path)
+    manifest = pd.read_csv(paths.manifest("syn"))
+    manifest["source"] = [f"s{i // 2}" for i in range(20)]  # test fold 0 = videos 0, 5, 10, 15
+    manifest.to_csv(paths.manifest("syn"), index=False)
+    before = {s["id"] for s in experiment_data(cfg, "exp")["samples"]}
+    cfg["experiments"]["exp"]["exclude_shared"] = "source"
+    data = experiment_data(cfg, "exp")
+    after = {s["id"] for s in data["samples"]}
+    assert before - after == {"vid001", "vid004", "vid011", "vid014"}  # sources s0, s2, s5, s7
+    assert data["excluded_shared"] == {"column": "source", "videos": 4, "values": ["s0", "s2", "s5", "s7"]}

@@ -15,6 +15,10 @@
     group     generic with a `group` column: its value (content group, e.g. the source clip a variant
               was made from; k-fold keeps a group in one fold), else '' (no group)
     label_file  the label file the row came from (several files are concatenated in order)
+    ...       generic only: every other column of the label file, as text ('' when empty; a column
+              that only some of several label files have is '' in the others), e.g. `source` or
+              `distortion`, so folds and experiments can use it (`split.group_by`,
+              `exclude_shared`). A column whose name a manifest uses itself is an error.
 
 Formats (`FORMATS`): konvid (`flickr_id`, `mos` 1-5), lsvq (`name`, `mos` 0-100, many other
 columns, `is_test` where present), youtube_ugc (`name`, `mos` 1-5), live_vqc (`name`, `mos` 0-100),
@@ -41,6 +45,8 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".m
                     ".m2ts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m")
 SCALES = {"0-100": (0.0, 100.0, 1.0), "1-5": (1.0, 5.0, 20.0)}  # name -> (low, high, factor to 0-100)
 COLUMNS = ["id", "path", "row", "mos_raw", "mos", "split", "group", "label_file"]
+# names the labels and manifest tables use themselves: a generic label file's extra column may not take one
+RESERVED_COLUMNS = frozenset([*COLUMNS, "level", "fold", "shard", "size_bytes", "fingerprint"])
 # split names a `split` column may not use: `all` is the selector of every split, `kfold` marks k-fold rows
 RESERVED_SPLITS = ("all", "kfold")
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -194,15 +200,41 @@ def read_label_file(fmt: str, path, mos_scale: str | None = None) -> pd.DataFram
     mos_raw, mos = _mos(raw, path, spec.mos_column, scale)
     split = _lsvq_split(df, path) if fmt == "lsvq" else ["kfold"] * len(df)
     group = [""] * len(df)
+    extra = {}
     if fmt == "generic":
         lower = {c.lower(): c for c in df.columns}
         if "split" in lower:
             split = _split_column(df[lower["split"]], path)
         if "group" in lower:
             group = df[lower["group"]].astype(str).str.strip().tolist()
-    return pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
-                         "row": np.arange(1, len(df) + 1), "mos_raw": mos_raw, "mos": mos,
-                         "split": split, "group": pd.array(group, dtype=object), "label_file": str(path)})
+        extra = _extra_columns(df, path, used={spec.id_column, spec.mos_column, "split", "group"})
+    table = pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
+                          "row": np.arange(1, len(df) + 1), "mos_raw": mos_raw, "mos": mos,
+                          "split": split, "group": pd.array(group, dtype=object), "label_file": str(path)})
+    for name, values in extra.items():
+        table[name] = values
+    return table
+
+
+def extra_columns(table: pd.DataFrame) -> list[str]:
+    """The extra (generic label file) columns of a labels or manifest table, in their order."""
+    return [c for c in table.columns if c not in RESERVED_COLUMNS]
+
+
+def _extra_columns(df: pd.DataFrame, path: Path, used: set[str]) -> dict[str, pd.Series]:
+    """The generic label file's other columns as stripped text, keyed by their names."""
+    used_lower = {u.lower() for u in used}
+    out = {}
+    for col in df.columns:
+        if col.lower() in used_lower:
+            continue
+        if col == "" or col.startswith("Unnamed:"):
+            raise UserError(f"{path}: a column has no name in the header; name it or remove it")
+        if col.lower() in RESERVED_COLUMNS:
+            raise UserError(f"{path}: column '{col}' clashes with a column the manifest writes itself "
+                            f"({', '.join(sorted(RESERVED_COLUMNS))}); rename it")
+        out[col] = pd.array(df[col].astype(str).str.strip().tolist(), dtype=object)
+    return out
 
 
 def _split_column(raw: pd.Series, path: Path) -> list[str]:
@@ -260,7 +292,10 @@ def read_labels(fmt: str, label_files, mos_scale: str | None = None) -> pd.DataF
     df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     _check_unique(df, "id", "id")
     _check_unique(df, "path", "video path")
-    return df[COLUMNS]
+    extras = list(dict.fromkeys(c for p in parts for c in extra_columns(p)))
+    for c in extras:  # a column only some of the files have
+        df[c] = df[c].fillna("").astype(object)
+    return df[COLUMNS + extras]
 
 
 def _check_unique(df: pd.DataFrame, column: str, what: str) -> None:

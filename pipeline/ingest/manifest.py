@@ -11,11 +11,15 @@ missing counts. Any `UserError` leaves no output (old outputs are removed first)
   (`mos <= p33` poor, `<= p66` fair), so whether a file is present never changes another's level.
 - `fold`: k-fold datasets get `int(sha1(f"{seed}:{id}")[:12], 16) % k` -- a function of the id only,
   so adding or removing videos never moves a video to another fold; -1 for official splits.
-  With a `group` column (generic format; `group` of the manifest) the folds are content-separated
-  instead (`group_folds`): every video of a group lands in the same fold, groups are dealt largest
-  first (ties in a seeded hash order of the group name) to the fold holding the fewest videos so far,
-  so fold sizes are as balanced as the groups allow and the assignment is a function of (groups, seed).
-  A video with an empty group cell is a group of its own. Fewer groups than folds is an error.
+  Folded by a column instead (`--group-by COLUMN`, config `split.group_by`; by default the `group`
+  column of a generic label file when it has one) the folds are content-separated (`group_folds`):
+  every video with one value of the column lands in the same fold, values are dealt largest first
+  (ties in a seeded hash order of the value) to the fold holding the fewest videos so far, so fold
+  sizes are as balanced as the values allow and the assignment is a function of (values, seed).
+  `group_by: source` on a set made of a few source clips gives leave-one-source-out folds (k = the
+  number of sources). A video with an empty cell is a group of its own. Fewer values than folds is an
+  error.
+- Extra columns of a generic label file (e.g. `source`, `distortion`) follow the standard ones, as text.
 - `split`: official splits take a generic label file's `split` column when it has one (a fixed
   train/test assignment), else the label file's name (LSVQ conventions); k-fold rows are `kfold`.
 - `shard`: position among all labelled rows (label files concatenated in order) // shard_size, so
@@ -59,7 +63,7 @@ def fold_of(video_id: str, k: int, seed: int = 0) -> int:
     return int(digest[:12], 16) % int(k)
 
 
-def group_folds(ids, groups, k: int, seed: int = 0, where: str = "labels") -> list[int]:
+def group_folds(ids, groups, k: int, seed: int = 0, where: str = "labels", column: str = "group") -> list[int]:
     """Content-separated k-fold assignment: one fold per group, fold sizes balanced as far as the groups
     allow (largest group first to the currently smallest fold; equal sizes in seeded hash order of the
     group name, equal loads to the lower fold). An empty group = the video alone."""
@@ -69,8 +73,8 @@ def group_folds(ids, groups, k: int, seed: int = 0, where: str = "labels") -> li
     for key in keys:
         sizes[key] = sizes.get(key, 0) + 1
     if len(sizes) < k:
-        raise UserError(f"{where}: {len(sizes)} group(s) in column 'group' cannot fill k={k} folds "
-                        f"(every group stays in one fold); lower split.k or add groups")
+        raise UserError(f"{where}: {len(sizes)} distinct value(s) in column '{column}' cannot fill k={k} folds "
+                        f"(every value stays in one fold); lower split.k or fold by another column")
 
     def tie(g: str) -> str:
         return hashlib.sha1(f"{int(seed)}:{g}".encode()).hexdigest()
@@ -147,7 +151,7 @@ def _resolve_files(df: pd.DataFrame, videos_dir: Path) -> tuple[list[str | None]
 
 def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256, k: int = 5, seed: int = 0,
                    split_scheme: str | None = None, mos_scale: str | None = None,
-                   workers: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   workers: int = 4, group_by: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(manifest, missing) tables; see the module docstring. Raises UserError on bad input."""
     if int(shard_size) < 1:
         raise UserError(f"shard size must be >= 1 (got {shard_size})")
@@ -156,6 +160,9 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
         raise UserError(f"unknown split scheme '{split_scheme}' (one of: {', '.join(SPLIT_SCHEMES)})")
     if split_scheme == "kfold" and int(k) < 2:
         raise UserError(f"k-fold split needs k >= 2 (got {k})")
+    if group_by is not None and split_scheme != "kfold":
+        raise UserError(f"split.group_by ('{group_by}') applies to k-fold splits only (the split scheme is "
+                        f"'{split_scheme}')")
     if fmt == "folder":
         files = [label_files] if isinstance(label_files, (str, os.PathLike)) else list(label_files or [])
         if videos_dir is None and files:
@@ -176,9 +183,14 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
         df["split"], df["fold"] = "all", -1
     elif split_scheme == "kfold":
         df["split"] = "kfold"
-        if (df["group"] != "").any():
-            where = ", ".join(dict.fromkeys(df["label_file"]))
-            df["fold"] = group_folds(df["id"], df["group"], k, seed, where)
+        where = ", ".join(dict.fromkeys(df["label_file"]))
+        if group_by is not None and group_by not in L.extra_columns(df) + ["group"]:
+            raise UserError(f"{where}: split.group_by is '{group_by}' but the label file has no such column "
+                            f"(columns it can fold by: {', '.join(['group', *L.extra_columns(df)])})")
+        if group_by is None and (df["group"] != "").any():
+            group_by = "group"
+        if group_by is not None:
+            df["fold"] = group_folds(df["id"], df[group_by].astype(str), k, seed, where, group_by)
         else:
             df["fold"] = [fold_of(i, k, seed) for i in df["id"]]
     else:
@@ -208,7 +220,7 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
         df["size_bytes"] = pd.array([p[0] for p in prints], dtype="Int64")
         df["fingerprint"] = [p[1] for p in prints]
 
-    manifest = df[MANIFEST_COLUMNS].reset_index(drop=True)
+    manifest = df[MANIFEST_COLUMNS + L.extra_columns(df)].reset_index(drop=True)
     manifest["row"] = manifest["row"].astype(int)
     manifest["fold"] = manifest["fold"].astype(int)
     manifest["shard"] = manifest["shard"].astype(int)
@@ -240,9 +252,10 @@ def read_manifest(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
-    str_cols = ["id", "path", "split", "level", "fingerprint", "group"]
-    try:
-        df = pd.read_csv(path, dtype={c: str for c in str_cols}, keep_default_na=False,
+    numeric = {"row", "mos_raw", "mos", "fold", "shard", "size_bytes"}
+    try:  # every column but the numeric ones is text (extra label columns included)
+        header = pd.read_csv(path, nrows=0).columns
+        df = pd.read_csv(path, dtype={c: str for c in header if c not in numeric}, keep_default_na=False,
                          na_values={"mos_raw": [""], "mos": [""], "size_bytes": [""]})
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable manifest: {' '.join(str(exc).split())}") from None
@@ -304,6 +317,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=256, metavar="N", help="videos per shard (default: 256)")
     p.add_argument("--k", type=int, default=5, help="number of folds for k-fold splits (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold hash (default: 0)")
+    p.add_argument("--group-by", default=None, metavar="COLUMN",
+                   help="k-fold: keep every value of this label column in one fold (e.g. source: leave one "
+                        "source out); default: the generic label file's `group` column when it has one")
     p.add_argument("--split-scheme", default=None, metavar="SCHEME",
                    help="kfold or official (default: official for lsvq, kfold otherwise)")
     p.add_argument("--mos-scale", default=None, metavar="SCALE",
@@ -317,7 +333,7 @@ def main(args) -> int:
             stale.unlink()
     manifest, missing = build_manifest(args.format, args.labels, args.videos, shard_size=args.shard_size,
                                        k=args.k, seed=args.seed, split_scheme=args.split_scheme,
-                                       mos_scale=args.mos_scale)
+                                       mos_scale=args.mos_scale, group_by=args.group_by)
     out, miss = write_manifest(manifest, missing, out, missing_out)
     no_file = int((missing["reason"] != "no label").sum()) if len(missing) else 0
     no_label = len(missing) - no_file

@@ -7,7 +7,8 @@ the label file names), or the values of a generic label file's `split` column.
 An experiment either holds out one fold (`folds: holdout`, the default: `holdout_fold`) or runs every
 fold (`folds: all`): one model per fold f, trained and evaluated as if `holdout_fold` were f
 (`with_holdout`), with per-fold results aggregated by pipeline/evaluation/aggregate.py. `experiment_folds`
-says which folds an experiment runs.
+says which folds an experiment runs. `shared_content` lists the training videos that
+`exclude_shared` leaves out (they share a source, group or other column value with a test video).
 """
 from __future__ import annotations
 
@@ -119,6 +120,36 @@ def select(manifest: pd.DataFrame, cfg: dict, selector: str, holdout_fold: int) 
     parts = set(prompt_parts(cfg, selector, holdout_fold))
     part = manifest.apply(part_of_row, axis=1)
     return manifest[part.isin(parts)]
+
+
+def shared_content(cfg: dict, experiment: str) -> dict:
+    """What `experiments.<E>.exclude_shared: COLUMN` leaves out of training: {"column", "values" (the
+    column's values among the test videos of the fold being run), "videos" ({(dataset, id)} of training
+    videos holding one of them)}; nothing when the option is unset. Reads the manifests of the
+    experiment's datasets; empty cells never match."""
+    exp = require_experiment(cfg, experiment)
+    column = exp.get("exclude_shared")
+    if not column:
+        return {"column": None, "values": set(), "videos": set()}
+
+    def selected(selectors):
+        for selector in selectors:
+            dataset, _ = parse_selector(selector)
+            manifest = read_manifest(paths.manifest(dataset))
+            if column not in manifest.columns:
+                raise UserError(f"experiments.{experiment}.exclude_shared: column '{column}' is not in the "
+                                f"manifest of '{dataset}' ({paths.manifest(dataset)}); it has "
+                                f"{', '.join(manifest.columns)}")
+            rows = select(manifest, cfg, selector, exp["holdout_fold"])
+            yield dataset, rows["id"].astype(str), rows[column].astype(str).str.strip()
+
+    values = set()
+    for _, _, cells in selected(exp["test"]):
+        values |= set(cells) - {""}
+    videos = set()
+    for dataset, ids, cells in selected(exp["train"]):
+        videos |= {(dataset, i) for i, c in zip(ids, cells) if c in values}
+    return {"column": column, "values": values, "videos": videos}
 
 
 def part_of_row(row) -> str:

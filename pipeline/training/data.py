@@ -4,6 +4,8 @@ batch order and the DataLoader pieces (dataset, collate function), and the token
 * Samples: the prompt shards of the experiment's train selectors (`paths.prompt_part`) whose videos
   have features in the dataset's stores (`experiments.dataset_features`); the others are skipped and
   counted per dataset. A video selected twice (overlapping selectors) trains once.
+* `experiments.<E>.exclude_shared`: training videos that share that column's value with a test video
+  are dropped (`experiments.shared_content`) and counted.
 * Validation: `training.val_fraction` of the training *videos* (both their questions), chosen by a
   hash seeded with `training.val_seed` (not the training seed), never the test fold.
 * Order: a seeded permutation per epoch, padded to a multiple of the world size, strided across
@@ -23,7 +25,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.specs import feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.features.store_reader import collate_videos, dataset_features
 from pipeline.model.tokenizer import load_tokenizer
-from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment
+from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment, shared_content
 from pipeline.prompts.shards import read_prompts
 
 
@@ -121,13 +123,19 @@ def experiment_data(cfg: dict, experiment: str, stores: list[str] | None = None)
         missing = {s["id"] for s in rows if s["id"] not in features[dataset]}
         skipped[dataset] = skipped.get(dataset, 0) + len(missing)
         samples += ok
-    seen, unique = set(), []
+    shared = shared_content(cfg, experiment)
+    seen, unique, excluded = set(), [], set()
     for s in samples:  # a video selected twice (overlapping selectors) trains once
         key = (s["dataset"], s["id"], s["type"])
-        if key not in seen:
+        if (s["dataset"], s["id"]) in shared["videos"]:
+            excluded.add((s["dataset"], s["id"]))
+        elif key not in seen:
             seen.add(key)
             unique.append(s)
-    return {"samples": unique, "features": features, "skipped_videos": skipped, "prompt_files": files, "stores": used}
+    exclusion = {"column": shared["column"], "videos": len(excluded),
+                 "values": sorted(shared["values"])[:50]} if shared["column"] else None
+    return {"samples": unique, "features": features, "skipped_videos": skipped, "prompt_files": files, "stores": used,
+            "excluded_shared": exclusion}
 
 
 def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):

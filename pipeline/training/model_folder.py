@@ -76,6 +76,9 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"{summary['n_val']} samples ({val.get('n_videos', 0)} videos, seeded {tr['val_fraction']:g} of the training videos)",
         f"- videos without features (skipped): {sum(data['skipped_videos'].values())} "
         f"{json.dumps(data['skipped_videos'])}",
+        *([f"- left out of training because they share `{data['excluded_shared']['column']}` with a test video "
+           f"(exclude_shared): {data['excluded_shared']['videos']} videos "
+           f"({', '.join(data['excluded_shared']['values'][:8])})"] if data.get("excluded_shared") else []),
         f"- prompt shards: {', '.join(data['prompt_files'])}",
         f"- feature stores: {', '.join(s for v in data['stores'].values() for s in v)}", "",
         "## Model", "",
