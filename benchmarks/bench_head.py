@@ -174,21 +174,23 @@ def ensemble_predictions(members: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[int], ridge_only: bool,
-              log) -> dict:
+              log, eval_variants: dict | None = None, curve: bool = False) -> list[dict]:
+    """Results of one setup: one per evaluation variant ("" = the config's `evaluation`, then each of
+    `eval_variants` {name: evaluation overrides}, scored with the same trained models)."""
     import torch
 
     from pipeline.core import paths
     from pipeline.core.config import deep_merge, load_config
     from pipeline.core.specs import feature_settings_hash, model_spec, trains_tokenizer
-    from pipeline.evaluation.predict import predict_batch
-    from pipeline.features.store_reader import DatasetFeatures, collate_videos
+    from pipeline.features.store_reader import DatasetFeatures
     from pipeline.model.tokenizer import load_tokenizer, train_tokenizer
     from pipeline.prompts.shards import build_samples, load_templates
     from pipeline.training.data import split_validation
     from pipeline.training.train import fit, new_model, training_feature_info, validation_seed
+    from pipeline.training.validation import prob_srcc
 
     config_file, dataset = SETUPS[name]
-    if not (REPO / config_file).exists() and not Path(config_file).exists():
+    if not Path(config_file).exists():
         raise SystemExit(f"setup {name}: {config_file} not found")
     cfg = load_config(config_file, overrides)
     cfg["experiments"] = {}
@@ -209,30 +211,32 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)
     tokenizer = train_tokenizer(samples, fmt) if trains_tokenizer(cfg) else load_tokenizer(model_spec(cfg, "llm")["source"])
     info = training_feature_info({dataset: features})
-    ev = cfg["evaluation"]
+    evals = {"": cfg["evaluation"], **{v: deep_merge(cfg["evaluation"], o) for v, o in (eval_variants or {}).items()}}
 
     ids = manifest["id"].tolist()
     fold_of = manifest["fold"].to_numpy(int)
     x, y = video_vectors(features, ids), manifest["mos"].to_numpy(float)
-    result = {"setup": name, "config": config_file, "dataset": dataset, "folds": folds, "seeds": seeds,
-              "answer_format": fmt, "training": cfg["training"], "evaluation": ev, "videos": len(ids),
-              "ridge": {}, "runs": [], "ensemble": {}}
+    ridge_res = {}
     for f in folds:
         pred, alpha = ridge_fold(x, y, fold_of, f)
         te = fold_of == f
         r = metrics_row(pd.DataFrame({"id": np.array(ids)[te], "mos": y[te], "level_true": "", "score": pred,
                                       "invalid": False, "prob_score": pred, "level": ""}))
-        result["ridge"][str(f)] = {"srcc": r["prob_srcc"], "plcc": r["prob_plcc"], "plcc_raw": r["prob_plcc_raw"],
-                                   "alpha": alpha, "n_train": int((~te).sum()), "n_test": int(te.sum())}
+        ridge_res[str(f)] = {"srcc": r["prob_srcc"], "plcc": r["prob_plcc"], "plcc_raw": r["prob_plcc_raw"],
+                             "alpha": alpha, "n_train": int((~te).sum()), "n_test": int(te.sum())}
         log(f"{name} fold {f}: ridge SRCC {r['prob_srcc']:.3f} PLCC {r['prob_plcc']:.3f} (alpha {alpha:g})")
+    results = {v: {"setup": name, "eval_variant": v, "config": config_file, "dataset": dataset, "folds": folds,
+                   "seeds": seeds, "answer_format": fmt, "training": cfg["training"], "evaluation": ev,
+                   "videos": len(ids), "ridge": ridge_res, "runs": [], "ensemble": {}} for v, ev in evals.items()}
     if ridge_only:
-        return result
+        return [results[""]]
 
     test_rows = manifest.set_index("id")
     for f in folds:
         train_all = ordered_training_samples(cfg, samples, dataset, f)
         test_ids = manifest.loc[manifest["fold"] == f, "id"].tolist()
-        members = []
+        test_samples = [s for s in samples if s["id"] in set(test_ids)]
+        members = {v: [] for v in evals}
         for seed in seeds:
             c = copy.deepcopy(cfg)
             c["training"] = deep_merge(c["training"], {"seed": int(seed)})
@@ -241,37 +245,57 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
+            points = []
+
+            def monitor(step, model):  # learning curves: validation, and the test fold (diagnostic only)
+                points.append({"step": step, "val_prob_srcc": prob_srcc(model, val_s, {dataset: features}),
+                               "test_prob_srcc": prob_srcc(model, test_samples, {dataset: features})})
+
             t0 = time.perf_counter()
             model = new_model(c, tokenizer, info, tr_s, {dataset: features})
-            run = fit(c, model, tr_s, val_s, {dataset: features}, progress=False, name=f"{name}/fold{f}/seed{seed}")
+            run = fit(c, model, tr_s, val_s, {dataset: features}, progress=False, name=f"{name}/fold{f}/seed{seed}",
+                      monitor=monitor if curve else None)
             train_s = time.perf_counter() - t0
             model.eval()
-            t0 = time.perf_counter()
-            rows = []
-            for i in range(0, len(test_ids), ev["batch_size"]):
-                chunk = test_ids[i:i + ev["batch_size"]]
-                batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
-                rows += predict_batch(model, batch, chunk, bank=bank, seed=c["prompts"]["seed"],
-                                      templates=ev["templates_per_video"], max_new_tokens=ev["max_new_tokens"],
-                                      decoding=ev["decoding"])
-            eval_s = time.perf_counter() - t0
-            preds = pd.DataFrame(rows)
-            preds.insert(1, "mos", test_rows.loc[preds["id"], "mos"].to_numpy(float))
-            preds.insert(2, "level_true", test_rows.loc[preds["id"], "level"].to_numpy())
-            members.append(preds)
-            row = {"fold": f, "seed": seed, **metrics_row(preds), "train_s": round(train_s, 1),
-                   "eval_s": round(eval_s, 1), "steps": run["step"], "selection": run["selection"],
-                   "n_train_videos": len({s["id"] for s in tr_s}), "n_val_videos": len({s["id"] for s in val_s})}
-            result["runs"].append(row)
-            log(f"{name} fold {f} seed {seed}: prob SRCC {row['prob_srcc']:.3f} PLCC {row['prob_plcc']:.3f} "
-                f"raw {row['prob_plcc_raw']:.3f}; text SRCC {_f(row['text_srcc'])}; level {row['level_accuracy']:.3f}; "
-                f"invalid {row['invalid']}; train {train_s:.0f} s, eval {eval_s:.0f} s")
-        if len(members) > 1:
-            ens = metrics_row(ensemble_predictions(members))
-            result["ensemble"][str(f)] = ens
-            log(f"{name} fold {f} ensemble of {len(members)}: prob SRCC {ens['prob_srcc']:.3f} PLCC {ens['prob_plcc']:.3f}")
-    result["summary"] = summarise(result)
-    return result
+            for v, ev in evals.items():
+                t0 = time.perf_counter()
+                preds = predict(model, features, test_ids, bank, c["prompts"]["seed"], ev, test_rows)
+                eval_s = time.perf_counter() - t0
+                members[v].append(preds)
+                row = {"fold": f, "seed": seed, **metrics_row(preds), "train_s": round(train_s, 1),
+                       "eval_s": round(eval_s, 1), "steps": run["step"], "selection": run["selection"],
+                       "n_train_videos": len({s["id"] for s in tr_s}), "n_val_videos": len({s["id"] for s in val_s}),
+                       "curve": points}
+                results[v]["runs"].append(row)
+                log(f"{name}{'+' + v if v else ''} fold {f} seed {seed}: prob SRCC {row['prob_srcc']:.3f} "
+                    f"PLCC {row['prob_plcc']:.3f} raw {row['prob_plcc_raw']:.3f}; text SRCC {_f(row['text_srcc'])}; "
+                    f"level {row['level_accuracy']:.3f}; invalid {row['invalid']}; train {train_s:.0f} s, eval {eval_s:.0f} s")
+        for v in evals:
+            if len(members[v]) > 1:
+                ens = metrics_row(ensemble_predictions(members[v]))
+                results[v]["ensemble"][str(f)] = ens
+                log(f"{name}{'+' + v if v else ''} fold {f} ensemble of {len(members[v])}: prob SRCC "
+                    f"{ens['prob_srcc']:.3f} PLCC {ens['prob_plcc']:.3f}")
+    for r in results.values():
+        r["summary"] = summarise(r)
+    return list(results.values())
+
+
+def predict(model, features, test_ids, bank, prompt_seed, ev, test_rows) -> pd.DataFrame:
+    """Prediction rows of the test videos (as `lmmvqa evaluate` makes them), with mos and level_true."""
+    from pipeline.evaluation.predict import predict_batch
+    from pipeline.features.store_reader import collate_videos
+
+    rows = []
+    for i in range(0, len(test_ids), ev["batch_size"]):
+        chunk = test_ids[i:i + ev["batch_size"]]
+        batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
+        rows += predict_batch(model, batch, chunk, bank=bank, seed=prompt_seed, templates=ev["templates_per_video"],
+                              max_new_tokens=ev["max_new_tokens"], decoding=ev["decoding"])
+    preds = pd.DataFrame(rows)
+    preds.insert(1, "mos", test_rows.loc[preds["id"], "mos"].to_numpy(float))
+    preds.insert(2, "level_true", test_rows.loc[preds["id"], "level"].to_numpy())
+    return preds
 
 
 def _f(v) -> str:
@@ -328,6 +352,7 @@ COLUMNS = [
 
 
 def table(results: list[dict]) -> str:
+    """The markdown table of results (one row per variant and setup)."""
     head = ["variant", "setup", "folds x seeds", *[c for c, _ in COLUMNS]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -346,6 +371,11 @@ def main(argv=None) -> int:
                     help="config override, e.g. training.epochs=6 (YAML value); repeatable")
     ap.add_argument("--name", default="default", help="name of this variant (in the table and the JSON file name)")
     ap.add_argument("--ridge-only", action="store_true", help="only the ridge readout")
+    ap.add_argument("--eval", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="also score every trained model with these `evaluation` overrides (a row of its own, "
+                         "e.g. tpl3:templates_per_video=3); repeatable")
+    ap.add_argument("--curve", action="store_true",
+                    help="record the validation and test probability-score SRCC at every evaluated step (per epoch)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/bench_head-<name>.json)")
     ap.add_argument("--table", nargs="+", default=None, metavar="JSON", help="print the table of earlier results")
     args = ap.parse_args(argv)
@@ -369,10 +399,15 @@ def main(argv=None) -> int:
     doc = {"name": args.name, "overrides": overrides, "command": " ".join(["benchmarks/bench_head.py", *(argv or sys.argv[1:])]),
            "commit": commit + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%d %H:%M"), "results": []}
     t0 = time.perf_counter()
+    eval_variants = {}
+    for item in args.eval:
+        vname, _, sets = item.partition(":")
+        eval_variants[vname] = parse_sets(sets.split(","))
     for setup in args.setup:
-        r = run_setup(setup, overrides, folds, seeds, args.ridge_only, lambda m: print(m, flush=True))
-        r["name"] = args.name
-        doc["results"].append(r)
+        for r in run_setup(setup, overrides, folds, seeds, args.ridge_only, lambda m: print(m, flush=True),
+                           eval_variants, args.curve):
+            r["name"] = args.name + (f"+{r['eval_variant']}" if r["eval_variant"] else "")
+            doc["results"].append(r)
         doc["seconds"] = round(time.perf_counter() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")

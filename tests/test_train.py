@@ -241,6 +241,10 @@ class _Answers:
         assert videos["spatial"].shape[0] == len(questions)
         return [self.answers[q] for q in questions]
 
+    def prob_scores(self, videos, questions):  # the probability score: the answer's number, or 50
+        assert videos["spatial"].shape[0] == len(questions)
+        return np.array([float(self.answers[q]) if self.answers[q][0].isdigit() else 50.0 for q in questions])
+
 
 class _Features:
     def spatial(self, vid):
@@ -270,6 +274,8 @@ def test_validate_reports_the_metrics_module_numbers():
     assert out["srcc"] == float(stats.spearmanr(pred, mos)[0])
     assert out["plcc_raw"] == float(stats.pearsonr(pred, mos)[0])
     assert (out["n_videos"], out["score_valid"], out["score_invalid"], out["level_accuracy"]) == (13, 12, 1, 0.5)
+    # the probability score of every score question, the unparsable one included
+    assert out["prob_srcc"] == pytest.approx(float(stats.spearmanr([*pred, 50.0], [*mos, 50.0])[0]))
     flat = validate(_Answers({f"q{i}": "50" for i in range(12)}), samples[:12], {"d": _Features()})
     assert flat["srcc"] is None and flat["plcc_raw"] is None and flat["level_accuracy"] is None
     assert validate(None, [], {})["n_videos"] == 0

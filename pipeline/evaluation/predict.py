@@ -3,8 +3,8 @@
 Per video:
 * `text`, `score`, `invalid`: the method's own output, a greedy answer to the score question,
   parsed strictly (pipeline.model.answers). `decoding` (config `evaluation.decoding`): `constrained`
-  masks the logits at each greedy step so the text is always a number in [0, 100] with at most
-  three decimals (and the level answer one of good / fair / poor; pipeline.model.constrained), `free` is
+  masks the logits at each greedy step so the text is always a number in [0, 100] in the model's
+  answer format (and the level answer one of good / fair / poor; pipeline.model.constrained), `free` is
   plain greedy text, which may be invalid. Either way the answer is parsed and `invalid` counted.
   With K templates (evaluation.templates_per_video) the valid parsed answers are averaged; the
   video is invalid only when none of the K answers parses.

@@ -253,12 +253,13 @@ def new_model(cfg: dict, tokenizer, info: dict, train_samples: list[dict], featu
 def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[dict], features: dict, *,
         device: str = "cpu", rank: int = 0, world: int = 1, max_steps: int | None = None,
         checkpoint_dir: Path | None = None, run_id=None, resume: bool = False, stop_after: int | None = None,
-        progress: bool = True, name: str = "", skipped: dict | None = None) -> dict:
+        progress: bool = True, name: str = "", skipped: dict | None = None, monitor=None) -> dict:
     """The optimisation of a built model on its training samples, in place: AdamW + warmup/cosine,
     gradient accumulation and clipping, autocast / loss scaling, DDP across `world` processes,
     checkpoints in `checkpoint_dir` (none when None) with resume, and the weights `training.select`
     keeps (validation probability-score SRCC on `val_samples`). `run_id(total_steps)` fingerprints the
-    run for resuming. -> {step, stopped, digest (the last step's weights), log_rows, seconds,
+    run for resuming; `monitor(step, model)`, when given, is called at the evaluated steps (once per
+    epoch unless `training.eval_every`) and at the last step (benchmarks: learning curves). -> {step, stopped, digest (the last step's weights), log_rows, seconds,
     steps_per_epoch, dtype, selection}."""
     tr = cfg["training"]
     seed = int(tr["seed"])
@@ -366,6 +367,10 @@ def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[d
                 selector.observe(step, model, score)
                 model.train()
                 t_last = time.time()  # validation time is not training throughput
+            if monitor is not None and (step % selector.every == 0 or step == total):
+                monitor(step, model)
+                model.train()
+                t_last = time.time()
             if ckpt_dir is not None and rank == 0 and step % tr["checkpoint_every"] == 0 and step < total:
                 save_checkpoint(ckpt_dir, step, model, optimizer, scheduler, log_rows, scaler=precision.scaler,
                                 selector=selector)
