@@ -108,7 +108,7 @@ def main() -> int:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         t = time.perf_counter()
         n = 0
-        for videos, ids, mask, labels in loader(feats, args.train_batches):
+        for videos, ids, mask, labels, _ in loader(feats, args.train_batches):
             loss = model(videos, ids, mask, labels)
             loss.backward()
             opt.step()

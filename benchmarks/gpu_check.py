@@ -174,7 +174,7 @@ def training_figures(work: Path, run: str, rec: dict) -> dict:
 
 
 def main_run(args) -> dict:
-    from pipeline.model.lmm import file_digest
+    from pipeline.model.model_files import file_digest
 
     if not args.small and not args.device.startswith("cuda"):
         print("gpu_check: note: paper shapes on CPU are very slow; use --small for a CPU run", file=sys.stderr)

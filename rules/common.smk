@@ -167,6 +167,18 @@ def fold_option(wildcards):
     return "" if fold is None else f"--fold {fold}"
 
 
+def member_option(wildcards):
+    """`--member I` for an ensemble member's training job, '' otherwise."""
+    return f"--member {wildcards.member}" if "member" in wildcards.keys() else ""
+
+
+def ensemble_model_dirs(experiment, fold):
+    """The model folders an evaluation scores with: the experiment's (fold's) own model, then its
+    ensemble members' (`experiments.<E>.ensemble`)."""
+    return [str(paths.model_dir(pipeline_runs.member_run(experiment, m), fold))
+            for m in [0, *pipeline_runs.ensemble_members(config, experiment)]]
+
+
 def fold_metrics(wildcards):
     """Per-fold metrics and predictions that the aggregate of (experiment, test selector) reads."""
     e, s = wildcards.experiment, f"{wildcards.dataset}:{wildcards.subset}"

@@ -7,7 +7,7 @@ rule evaluate:
     # command line names all three (one unpacked dict would leave every name unset in a dry run), and a
     # plain pattern would mark this job outdated before the checkpoint is resolved
     input:
-        model=after_manifest(lambda w: str(paths.model_dir(w.experiment, wildcard_fold(w)))),
+        model=after_manifest(lambda w: ensemble_model_dirs(w.experiment, wildcard_fold(w))),
         prompts=after_manifest(lambda w: str(paths.prompts_dir(w.dataset))),
         stores=lambda w: store_paths(w.dataset),
     output:

@@ -36,9 +36,10 @@ rule tokenizer:
         str(paths.benchmark("tokenizer"))
     params:
         code=code_version("tokenizer"),
+        answer_format=config["prompts"]["answer_format"],
     resources:
         mem_mb=1000,
     conda:
         ENV
     shell:
-        "lmmvqa tokenizer --prompts {input.prompts} --out {output} > {log} 2>&1"
+        "lmmvqa tokenizer --prompts {input.prompts} --answer-format {params.answer_format} --out {output} > {log} 2>&1"

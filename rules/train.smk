@@ -82,6 +82,7 @@ rule train:
         device=config["device"],
         config=RESOLVED_CONFIG,
         fold=fold_option,
+        member=member_option,
         inputs=lambda w, input: training_input_args(input),
     threads: 2
     resources:
@@ -91,8 +92,8 @@ rule train:
         ENV
     shell:
         "lmmvqa launch --gpus {resources.gpu} -- train --config {params.config} "
-        "--experiment {wildcards.experiment} {params.fold} --out {output} --device {params.device} {params.inputs} "
-        "--resume > {log} 2>&1"
+        "--experiment {wildcards.experiment} {params.fold} {params.member} --out {output} --device {params.device} "
+        "{params.inputs} --resume > {log} 2>&1"
 
 
 # One model per fold of a `folds: all` experiment: the same job, holding out fold {fold}.
@@ -122,3 +123,29 @@ use rule train as train_all with:
         experiment=FOLD_EXPERIMENTS,
     params:
         fold=f"--fold {paths.FULL_MODEL}",
+
+
+# The other members of an ensemble (`experiments.<E>.ensemble: N`): member i (seed training.seed + i) is
+# its own job, beside the experiment's own model (member 0); per fold for a `folds: all` experiment.
+use rule train as train_member with:
+    output:
+        directory(str(paths.model_dir(pipeline_runs.member_run("{experiment}", "{member}")))),
+    log:
+        str(paths.log("train", pipeline_runs.member_run("{experiment}", "{member}"))),
+    benchmark:
+        str(paths.benchmark("train", pipeline_runs.member_run("{experiment}", "{member}")))
+    wildcard_constraints:
+        experiment=SINGLE_EXPERIMENTS,
+        member=r"[1-9]\d*",
+
+
+use rule train as train_fold_member with:
+    output:
+        directory(str(paths.model_dir(pipeline_runs.member_run("{experiment}", "{member}"), "{fold}"))),
+    log:
+        str(paths.log("train", pipeline_runs.member_run("{experiment}", "{member}"), paths.fold_part("{fold}"))),
+    benchmark:
+        str(paths.benchmark("train", pipeline_runs.member_run("{experiment}", "{member}"), paths.fold_part("{fold}")))
+    wildcard_constraints:
+        experiment=FOLD_EXPERIMENTS,
+        member=r"[1-9]\d*",

@@ -82,3 +82,33 @@ def test_model_spec_merges_overrides():
 
 def test_stable_hash_ignores_key_order():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+
+
+def test_preset_recipe_fills_only_unset_keys(monkeypatch):
+    """A preset's `recipe` (presets.yaml) sits between the schema's defaults and the config: keys the
+    config leaves out take it, keys it sets win, other presets keep the schema's (the paper's) values."""
+    from pipeline.core import config as config_module
+
+    presets = copy.deepcopy(config_module.presets())
+    presets["tiny"]["recipe"] = {"prompts": {"answer_format": "integer"},
+                                 "training": {"projector": {"width": 64}, "epochs": 3}}
+    monkeypatch.setattr(config_module, "presets", lambda: presets)
+    base = {"datasets": {"d": {"format": "generic", "labels": "l.csv"}}}
+    cfg = validate({**copy.deepcopy(base), "models": {"preset": "tiny"}})
+    assert cfg["prompts"]["answer_format"] == "integer" and cfg["training"]["epochs"] == 3
+    assert cfg["training"]["projector"] == {"layers": 1, "width": 64, "dropout": 0.0, "mlp_ratio": 4}
+    mine = validate({**copy.deepcopy(base), "models": {"preset": "tiny"},
+                     "training": {"epochs": 7, "projector": {"dropout": 0.2}}})
+    assert mine["training"]["epochs"] == 7 and mine["training"]["projector"]["width"] == 64
+    assert mine["training"]["projector"]["dropout"] == 0.2
+    paper = validate({**copy.deepcopy(base), "models": {"preset": "paper"}})
+    assert paper["prompts"]["answer_format"] == "decimal3" and paper["training"]["projector"]["width"] is None
+    assert validate(copy.deepcopy(cfg)) == cfg  # a resolved config reads back the same
+
+
+def test_paper_preset_keeps_the_paper_recipe():
+    cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "models": {"preset": "paper"}})
+    assert cfg["prompts"]["answer_format"] == "decimal3"
+    assert cfg["training"]["projector"] == {"layers": 1, "width": None, "dropout": 0.0, "mlp_ratio": 4}
+    assert cfg["training"]["motion_pooling"] == "per_second" and cfg["training"]["select"] == "last"
+    assert cfg["training"]["score_loss"] == {"soft_weight": 0.0, "soft_sigma": 3.0, "expected_weight": 0.0}

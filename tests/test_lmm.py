@@ -7,7 +7,8 @@ import torch
 
 from pipeline.core.config import validate
 from pipeline.features.store_reader import collate_videos
-from pipeline.model.lmm import LMMVQA, pool_time
+from pipeline.model.lmm import LMMVQA
+from pipeline.model.projector import pool_time
 from pipeline.model.prompt_format import PromptFormatter
 from pipeline.model.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer
 from pipeline.prompts.shards import load_templates, question_for

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.features.store_reader import collate_videos
-from pipeline.model.lmm import LMMVQA, training_dtype
+from pipeline.model.llm_loading import training_dtype
+from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer, video_token
 from pipeline.prompts.shards import load_templates, question_for
 
@@ -324,7 +325,7 @@ def test_pretrained_llm_is_loaded_straight_onto_its_device(tok, tmp_path, monkey
     CPU copy per DDP rank), in the requested dtype."""
     import transformers
 
-    from pipeline.model import lmm
+    from pipeline.model import llm_loading
 
     hub, _ = _hub(tmp_path, tok)
     seen = {}
@@ -335,7 +336,7 @@ def test_pretrained_llm_is_loaded_straight_onto_its_device(tok, tmp_path, monkey
         return real(source, **{**kw, "device_map": {"": "cpu"}})
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    llm = lmm._load_llm({"source": str(hub)}, load_tokenizer(hub), dtype=torch.bfloat16, device="cuda:1")
+    llm = llm_loading.load_llm({"source": str(hub)}, load_tokenizer(hub), dtype=torch.bfloat16, device="cuda:1")
     assert seen["device_map"] == {"": "cuda:1"} and seen["dtype"] == torch.bfloat16
     assert next(llm.parameters()).dtype == torch.bfloat16
 

@@ -177,7 +177,7 @@ def test_projector_standardisation_removes_channel_scales():
     """With moments from the data, a projector sees the same standardised input whatever the scale
     and offset of each feature channel (CNN statistics and temporal statistics differ by 1000x)."""
     from pipeline.features.store_reader import feature_moments
-    from pipeline.model.lmm import Projector
+    from pipeline.model.projector import Projector
 
     rng = np.random.default_rng(0)
     base = {f"v{i}": (rng.normal(size=(3, 5, 8)).astype(np.float32), rng.normal(size=(2, 4)).astype(np.float32))

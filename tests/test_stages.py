@@ -97,7 +97,7 @@ def test_stage2_continues_from_stage1(two_stage, tmp_path):
     model = LMMVQA.build(stage2_cfg, tok, feature_info(feats), init=s1)
     assert model.projector.state_dict().keys() == proj1.keys()
     assert all(torch.equal(v, proj1[k]) for k, v in model.projector.state_dict().items())
-    base = {k.replace(".base_layer.", "."): v for k, v in model._base_llm().state_dict().items() if "lora_" not in k}
+    base = {k.replace(".base_layer.", "."): v for k, v in model.base_llm().state_dict().items() if "lora_" not in k}
     assert all(torch.equal(base[k], v) for k, v in llm1.items())
     fresh = LMMVQA.build(stage2_cfg, tok, feature_info(feats))  # without init: a random projector
     assert not torch.equal(fresh.projector.proj.weight, proj1["proj.weight"])

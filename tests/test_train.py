@@ -69,7 +69,8 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
         paths.manifest("syn").parent.mkdir(parents=True, exist_ok=True)
         manifest.to_csv(paths.manifest("syn"), index=False)
         build_prompts(cfg, "syn", paths.manifest("syn"), paths.prompts_dir("syn"))
-        write_tokenizer(train_tokenizer(read_prompts([paths.prompts_dir("syn")])), paths.tokenizer_dir())
+        write_tokenizer(train_tokenizer(read_prompts([paths.prompts_dir("syn")]), cfg["prompts"]["answer_format"]),
+                        paths.tokenizer_dir())
         settings = feature_settings_hash(cfg)
         ds = rng.normal(size=(T, W)) * 0.5 + 1.0
         dm = rng.normal(size=M)
@@ -245,6 +246,10 @@ class _Answers:
         assert videos["spatial"].shape[0] == len(questions)
         return [self.answers[q] for q in questions]
 
+    def prob_scores(self, videos, questions):  # the probability score: the answer's number, or 50
+        assert videos["spatial"].shape[0] == len(questions)
+        return np.array([float(self.answers[q]) if self.answers[q][0].isdigit() else 50.0 for q in questions])
+
 
 class _Features:
     def spatial(self, vid):
@@ -274,6 +279,8 @@ def test_validate_reports_the_metrics_module_numbers():
     assert out["srcc"] == float(stats.spearmanr(pred, mos)[0])
     assert out["plcc_raw"] == float(stats.pearsonr(pred, mos)[0])
     assert (out["n_videos"], out["score_valid"], out["score_invalid"], out["level_accuracy"]) == (13, 12, 1, 0.5)
+    # the probability score of every score question, the unparsable one included
+    assert out["prob_srcc"] == pytest.approx(float(stats.spearmanr([*pred, 50.0], [*mos, 50.0])[0]))
     flat = validate(_Answers({f"q{i}": "50" for i in range(12)}), samples[:12], {"d": _Features()})
     assert flat["srcc"] is None and flat["plcc_raw"] is None and flat["level_accuracy"] is None
     assert validate(None, [], {})["n_videos"] == 0

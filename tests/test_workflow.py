@@ -542,3 +542,27 @@ def test_two_test_sets_of_one_dataset_are_evaluated_and_reported_apart(demo_run,
         level_acc = float(np.mean(preds["level"].astype(str).to_numpy() == preds["level_true"].astype(str).to_numpy()))
         assert m["level"]["accuracy"] == pytest.approx(level_acc) and row["videos"] == 3
         assert f"two &rarr; d:{split}</h3>" in html
+
+
+def test_ensemble_members_are_jobs_and_evaluation_averages_them(demo_run, tmp_path):
+    """`ensemble: 2`: the experiment's own model and `<E>.member1` (seed + 1) are two training jobs (per
+    fold for `folds: all`), and the evaluation scores with both."""
+    work = tmp_path / "w"
+    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("locks", "results/eval"))
+    cfg = json.loads(json.dumps(MINI))
+    cfg["experiments"] = {"ens": {"train": ["demo:train"], "test": ["demo:test"], "ensemble": 2},
+                          "cvens": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all", "ensemble": 2}}
+    write_config(work, cfg)
+    plan = planned_rules(work)
+    assert {r: plan.get(r) for r in ("train", "train_member", "train_fold", "train_fold_member", "evaluate",
+                                     "evaluate_fold")} == {"train": 1, "train_member": 1, "train_fold": 2,
+                                                           "train_fold_member": 2, "evaluate": 1, "evaluate_fold": 2}
+    cfg["experiments"].pop("cvens")
+    write_config(work, cfg)
+    snakemake(work)
+    own = json.loads((work / "results/models/ens/lmmvqa.json").read_text())
+    member = json.loads((work / "results/models/ens.member1/lmmvqa.json").read_text())
+    assert (own["training"]["seed"], member["training"]["seed"]) == (0, 1)
+    metrics = json.loads((work / "results/eval/ens/demo/test/metrics.json").read_text())
+    assert metrics["ensemble"] == 2
+    assert planned_rules(work) == {}

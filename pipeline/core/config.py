@@ -15,11 +15,39 @@ from pipeline.core import paths
 from pipeline.core.errors import UserError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+PRESETS_PATH = Path(__file__).with_name("presets.yaml")
 
 
 @lru_cache(maxsize=1)
 def schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+@lru_cache(maxsize=1)
+def presets() -> dict:
+    """The model presets (presets.yaml): per preset its models and its `recipe`."""
+    return yaml.safe_load(PRESETS_PATH.read_text())
+
+
+def _fill_missing(cfg: dict, defaults: dict) -> None:
+    """Set in `cfg` (in place) every key of `defaults` that `cfg` does not have, recursively."""
+    for k, v in defaults.items():
+        if k not in cfg:
+            cfg[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and isinstance(cfg[k], dict):
+            _fill_missing(cfg[k], v)
+
+
+def apply_recipe(cfg: dict) -> None:
+    """Fill the keys the config leaves unset from its preset's `recipe` (presets.yaml): the answer
+    head's settings that differ by preset (a pretrained LLM keeps the paper's recipe, the schema's
+    defaults; an LLM trained here gets the settings measured best for it). Keys the config sets win;
+    the schema's defaults fill the rest afterwards."""
+    models = cfg.get("models") if isinstance(cfg.get("models"), dict) else {}
+    preset = models.get("preset", schema()["properties"]["models"]["properties"]["preset"]["default"])
+    recipe = (presets().get(preset) or {}).get("recipe") if isinstance(preset, str) else None
+    if recipe:
+        _fill_missing(cfg, recipe)
 
 
 def _with_defaults(validator_class):
@@ -54,10 +82,12 @@ def _error_line(err) -> str:
 
 
 def validate(cfg: dict, source: str = "config") -> dict:
-    """Validate in place, filling defaults (twice: defaults of defaults). Raises UserError naming the key."""
+    """Validate in place, filling defaults (the preset's recipe first, then the schema's, twice:
+    defaults of defaults). Raises UserError naming the key."""
     cfg = cfg if cfg is not None else {}
     if not isinstance(cfg, dict):
         raise UserError(f"{source}: the config must be a mapping, got {type(cfg).__name__}")
+    apply_recipe(cfg)
     _synth_outputs(cfg, source)
     for _ in range(3):
         errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))

@@ -6,20 +6,10 @@ stores (and reruns extraction) while everything else about a dataset stays cache
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
-from pathlib import Path
 
-import yaml
+from pipeline.core.config import deep_merge, presets, stable_hash
 
-from pipeline.core.config import deep_merge, stable_hash
-
-PRESETS_PATH = Path(__file__).with_name("presets.yaml")
 FEATURE_FORMAT_VERSION = 1
-
-
-@lru_cache(maxsize=1)
-def presets() -> dict:
-    return yaml.safe_load(PRESETS_PATH.read_text())
 
 
 SAMPLING_KEYS = ("keyframe_fps", "max_keyframes", "chunk_frames", "slow_stride", "max_seconds", "keyframe_mode",

@@ -48,8 +48,9 @@ def evaluate(cfg: dict, experiment: str, selector: str, out: str | Path, metrics
              dtype: str | None = None, fold: int | None = None, model_dir: str | Path | None = None,
              prompts_dir: str | Path | None = None, stores: list[str] | None = None) -> dict:
     """Predictions + metrics of one test selector (`dataset:subset`); `fold`: the model of that fold of a
-    `folds: all` experiment, on that fold's test videos. The model folder, prompt folder and feature
-    stores are the ones the rule declares when given (else where paths.py puts them)."""
+    `folds: all` experiment, on that fold's test videos. The model folder (a list of folders: an ensemble,
+    see predict.predict_batch), prompt folder and feature stores are the ones the rule declares when given
+    (else where paths.py puts them)."""
     if fold is not None:
         cfg = with_holdout(cfg, experiment, fold)
     dataset = parse_selector(selector)[0]
@@ -58,15 +59,19 @@ def evaluate(cfg: dict, experiment: str, selector: str, out: str | Path, metrics
     has = videos["id"].isin(set(features.ids))
     no_features = videos.loc[~has, "id"].tolist()
     videos = videos[has].reset_index(drop=True)
-    model = LMMVQA.from_pretrained(model_dir or paths.model_dir(experiment, fold), device=device, dtype=dtype)
+    dirs = model_dir if isinstance(model_dir, (list, tuple)) else [model_dir or paths.model_dir(experiment, fold)]
+    models = [LMMVQA.from_pretrained(d, device=device, dtype=dtype) for d in dirs]
+    model = models[0]
+    if len({m.answer_format for m in models}) > 1:
+        raise UserError(f"ensemble members {', '.join(map(str, dirs))} answer in different formats")
     ev = cfg["evaluation"]
-    bank = load_templates(cfg["prompts"]["templates"])
+    bank = load_templates(cfg["prompts"]["templates"], model.answer_format.name)
     rows = []
     ids = videos["id"].tolist()
     for start in tqdm(range(0, len(ids), ev["batch_size"]), desc=f"evaluate {experiment}/{selector}", file=sys.stderr):
         chunk = ids[start:start + ev["batch_size"]]
         batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
-        rows += predict_batch(model, batch, chunk, bank=bank, seed=cfg["prompts"]["seed"],
+        rows += predict_batch(models if len(models) > 1 else model, batch, chunk, bank=bank, seed=cfg["prompts"]["seed"],
                               templates=ev["templates_per_video"], max_new_tokens=ev["max_new_tokens"],
                               decoding=ev["decoding"])
     preds = videos.merge(pd.DataFrame(rows, columns=[c for c in PREDICTION_COLUMNS if c not in ("mos", "level_true")]),
@@ -75,6 +80,7 @@ def evaluate(cfg: dict, experiment: str, selector: str, out: str | Path, metrics
     metrics["test"] = selector
     metrics["templates_per_video"] = ev["templates_per_video"]
     metrics["decoding"] = ev["decoding"]
+    metrics["ensemble"] = len(models)
     if fold is not None:
         metrics["fold"] = int(fold)
     metrics["no_features"] = {"count": len(no_features), "ids": no_features[:50]}
@@ -94,8 +100,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_dtype_arg(parser)
     parser.add_argument("--fold", type=int, default=None,
                         help="evaluate the model of this fold of a `folds: all` experiment on that fold's test videos")
-    parser.add_argument("--model", default=None, metavar="DIR",
-                        help="model folder (default: the experiment's, results/models/<experiment>[/fold<F>])")
+    parser.add_argument("--model", default=None, nargs="+", metavar="DIR",
+                        help="model folder (default: the experiment's, results/models/<experiment>[/fold<F>]); "
+                             "several folders: an ensemble, their scores averaged")
     parser.add_argument("--prompts", default=None, metavar="DIR",
                         help="the dataset's prompt shards (default: results/prompts/<dataset>)")
     add_stores_arg(parser)

@@ -68,7 +68,7 @@ class Scorer:
                             "(trained by an older version); retrain it")
         self.extractor = Extractor(cfg["extraction"], device=device, threads=threads)
         bank = model_dir / "templates.yaml"
-        self.bank = load_templates(bank if bank.exists() else None)
+        self.bank = load_templates(bank if bank.exists() else None, self.model.answer_format.name)
         self.seed = int(cfg.get("prompts_seed", 0))
         self.evaluation = cfg.get("evaluation") or {}
         self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()

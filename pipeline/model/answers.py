@@ -18,10 +18,11 @@ number value (`63`, `63.215`, `.5`; a sentence-ending period is allowed, `63.215
 Level answers (`parse_level`): valid when exactly one of the words good / fair / poor occurs
 (case-insensitive, whole words; repeats of the same word are fine). Negation is not interpreted.
 
-`GRAMMARS` holds the narrower languages that constrained decoding (pipeline.model.constrained) keeps the
-text inside, as `is_prefix` / `is_complete` tests: score answers are canonical numbers 0..100 with
-at most three decimals (`7`, `63.215`, `100.000`; not `063`, `.5`, `63.`), level answers exactly
-`poor`, `fair` or `good`. Every complete answer of them parses.
+`grammar_for(kind, format)` gives the narrower languages that constrained decoding
+(pipeline.model.constrained) keeps the text inside, as `is_prefix` / `is_complete` tests: score answers
+are canonical numbers 0..100 with at most the answer format's decimals (`decimal3`: `7`, `63.215`,
+`100.000`; not `063`, `.5`, `63.`; `integer`: `0` .. `100`), level answers exactly `poor`, `fair` or
+`good`. Every complete answer of them parses. `GRAMMARS` holds them under the paper's format.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.core.levels import LEVELS
+from pipeline.prompts.answer_format import FORMATS, AnswerFormat, answer_format
 
 # level -> its probability column (predictions.csv, `lmmvqa score` lines), best first: p_good, p_fair, p_poor
 LEVEL_PROB_COLUMNS = {lv: f"p_{lv}" for lv in reversed(LEVELS)}
@@ -104,18 +106,23 @@ def parse_level(text: str | None) -> tuple[str | None, str]:
 # `is_complete(text)`.
 
 class NumberGrammar:
-    """0..100 with up to three decimals, no leading zeros, no bare trailing or leading dot."""
+    """The score answers of an answer format (pipeline/prompts/answer_format.py): 0..100 with up to its
+    number of decimals (`decimal3`: three; `integer`: none), no leading zeros, no bare trailing or
+    leading dot."""
 
     name = "score"
     alphabet = frozenset("0123456789.")
-    _COMPLETE = re.compile(r"(?:100(?:\.0{1,3})?|[1-9]?[0-9](?:\.[0-9]{1,3})?)")
-    _PREFIX = re.compile(r"(?:|100(?:\.0{0,3})?|[1-9]?[0-9](?:\.[0-9]{0,3})?)")
+
+    def __init__(self, fmt: AnswerFormat | None = None):
+        self.format = fmt or answer_format(None)
+        self._complete = self.format.complete_pattern
+        self._prefix = self.format.prefix_pattern
 
     def is_prefix(self, text: str) -> bool:
-        return self._PREFIX.fullmatch(text) is not None
+        return self._prefix.fullmatch(text) is not None
 
     def is_complete(self, text: str) -> bool:
-        return self._COMPLETE.fullmatch(text) is not None
+        return self._complete.fullmatch(text) is not None
 
 
 class WordsGrammar:
@@ -134,12 +141,23 @@ class WordsGrammar:
         return text in self.words
 
 
-# the answer languages of constrained decoding (pipeline.model.constrained), by question type
+# the answer languages of constrained decoding (pipeline.model.constrained), by question type, under
+# the paper's answer format; `grammar_for` gives them under any format
 GRAMMARS: dict = {"score": NumberGrammar(), "level": WordsGrammar("level", LEVELS)}
+_SCORE_GRAMMARS = {name: NumberGrammar(fmt) for name, fmt in FORMATS.items()}
+
+
+def grammar_for(kind: str, fmt: AnswerFormat | str | None = None):
+    """The answer language of a question type ("score" | "level") under an answer format."""
+    if kind not in GRAMMARS:
+        raise ValueError(f"unknown answer kind '{kind}' for constrained decoding (score or level)")
+    if kind == "score":
+        return _SCORE_GRAMMARS[fmt.name if isinstance(fmt, AnswerFormat) else answer_format(fmt).name]
+    return GRAMMARS[kind]
 
 
 # ------------------------------------------------------------------ scores from token probabilities
-# (the candidate answers whose log-probabilities these take are predict.SCORE_CANDIDATES)
+# (the candidate answers whose log-probabilities these take are the answer format's `candidates()`)
 
 def _normalise(logprobs) -> tuple[list[str], "object"]:
     keys = list(logprobs)
@@ -153,8 +171,8 @@ def _normalise(logprobs) -> tuple[list[str], "object"]:
 
 def expected_score(logprobs: dict[str, float]) -> float:
     """Probability score: the expected value of the score under the model's distribution over the
-    integer candidate answers ("0".."100" -> their log-probabilities; predict.py scores each as the
-    start of an answer, "63."), renormalised over the candidates. Always defined (in [0, 100]) when at least one log-probability is finite."""
+    integer candidate answers ("0".."100" -> their log-probabilities; predict.py scores the answer
+    format's candidates, e.g. "63." as the start of a `decimal3` answer), renormalised over the candidates. Always defined (in [0, 100]) when at least one log-probability is finite."""
     keys, p = _normalise(logprobs)
     values = np.asarray([float(k) for k in keys])
     return float(np.clip(np.dot(p, values), SCORE_MIN, SCORE_MAX))

@@ -3,10 +3,10 @@
 At each greedy step of `LMMVQA.generate(..., constrain="score"|"level")` the logits of every token
 that cannot continue a valid answer are set to -inf before the argmax:
 
-* score answers: a number in [0, 100] with at most three decimals and no leading zeros
-  (`0`, `7`, `63`, `63.2`, `63.215`, `100`, `100.000`); not `.5`, `063`, `63.`, `101`, `63.2151`.
-  This is a sub-language of what `answers.parse_score` accepts, so every such answer parses
-  (the grammars live in pipeline/model/answers.py, `GRAMMARS`).
+* score answers: a number in [0, 100] with at most the answer format's decimals and no leading
+  zeros (`decimal3`: `0`, `7`, `63`, `63.2`, `63.215`, `100`, `100.000`; not `.5`, `063`, `63.`,
+  `101`, `63.2151`; `integer`: `0` .. `100`). This is a sub-language of what `answers.parse_score`
+  accepts, so every such answer parses (the grammars: pipeline/model/answers.py, `grammar_for`).
 * level answers: exactly one of the words `poor`, `fair`, `good` (lowercase, as training spells them),
   in however many tokens the tokenizer splits it.
 
@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from pipeline.model.answers import GRAMMARS
+from pipeline.model.answers import grammar_for
 
 INF = 1 << 30
 
@@ -132,15 +132,16 @@ class TokenConstraint:
         return text + self.pieces[token_id]
 
 
-def constraint_for(tokenizer, kind: str, eos_ids: Sequence[int], n_logits: int | None = None) -> TokenConstraint:
-    """The cached TokenConstraint of `kind` ("score" | "level") for this tokenizer."""
-    if kind not in GRAMMARS:
-        raise ValueError(f"unknown answer kind '{kind}' for constrained decoding (score or level)")
+def constraint_for(tokenizer, kind: str, eos_ids: Sequence[int], n_logits: int | None = None,
+                   answer_format=None) -> TokenConstraint:
+    """The cached TokenConstraint of `kind` ("score" | "level") for this tokenizer, under an answer
+    format (pipeline/prompts/answer_format.py; None = the paper's)."""
+    grammar = grammar_for(kind, answer_format)
     per_tok = _CONSTRAINTS.setdefault(tokenizer, {})
-    key = (kind, tuple(sorted(eos_ids)), n_logits, len(tokenizer))
+    key = (kind, getattr(grammar, "format", None), tuple(sorted(eos_ids)), n_logits, len(tokenizer))
     c = per_tok.get(key)
     if c is None:
-        c = per_tok[key] = TokenConstraint(tokenizer, GRAMMARS[kind], eos_ids, n_logits)
+        c = per_tok[key] = TokenConstraint(tokenizer, grammar, eos_ids, n_logits)
     return c
 
 

@@ -4,11 +4,8 @@ Visual path (per video, see ../shared/SPEC.md step 3):
 
 * key-frame tokens `spatial [K, T, Wv]` (CLIP last hidden state per key frame) and motion vectors
   `motion [S, M]` (SlowFast per second) come from the feature store;
-* motion projector: Linear(M -> Wv) + LayerNorm, one token per second, joined to the key-frame
-  tokens; every token position is pooled over time (masked mean by default, or max; ragged K / S
-  handled by masks) -> T + 1 tokens of width Wv;
-* spatial projector: one `nn.TransformerEncoderLayer` at width Wv -> Linear(Wv -> LLM width) ->
-  LayerNorm -> the T + 1 visual embeddings;
+* the projector (pipeline/model/projector.py) pools them over time into T + 1 tokens (one for the
+  motion) and maps them to the LLM width: the T + 1 visual embeddings;
 * they replace the single `<video>` placeholder token of the prompt in `inputs_embeds`.
 
 No dimension is hard-coded: Wv, T and M come from the feature store (attrs `vision.width`,
@@ -29,97 +26,53 @@ log-probability of each candidate answer string as a continuation of the prompt 
 so `"63."` is the probability that the answer's integer part is 63; pass `append_eos=True` to
 score whole answers). The prompt runs once per batch; its KV cache is reused for every candidate.
 
-Model folder (docs/DESIGN.md): `lmmvqa.json`, `projector.safetensors`, `llm/` (full LLM) or
-`adapter/` (peft LoRA) or nothing (frozen pretrained LLM reloaded from its source), `tokenizer/`.
+The pieces live beside it: the projector (pipeline/model/projector.py), LLM loading and dtypes
+(pipeline/model/llm_loading.py), model folders on disk (pipeline/model/model_files.py).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
 from pipeline.core.specs import model_spec
-from pipeline.features.encoders import loading_missing, missing_weights_message
 from pipeline.features.store_reader import collate_videos
+from pipeline.model import objective
+from pipeline.model.answers import expected_score
 from pipeline.model.constrained import constraint_for, mask_logits, row_kinds
+from pipeline.model.llm_loading import (  # noqa: F401  (re-exported: callers import them from here)
+    DTYPES,
+    check_missing,
+    dtype_name,
+    enable_checkpointing,
+    llm_dtype,
+    llm_width,
+    load_llm,
+    resolve_train_llm,
+    training_dtype,
+)
+from pipeline.model.model_files import (  # noqa: F401
+    FORMAT_VERSION,
+    check_compatible,
+    file_digest,
+    load_model_folder,
+    load_projector_state,
+    read_model_config,
+    save_model_folder,
+    weight_parts_of,
+)
+from pipeline.model.projector import Projector, pool_time, projector_settings  # noqa: F401
 from pipeline.model.prompt_format import PromptFormatter
-from pipeline.model.tokenizer import load_tokenizer, video_token
-
-FORMAT_VERSION = 1
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# ------------------------------------------------------------------ batches
+from pipeline.model.tokenizer import video_token
+from pipeline.prompts.answer_format import AnswerFormat, answer_format
 
 def _as_batch(videos) -> dict[str, torch.Tensor]:
     return videos if isinstance(videos, dict) else collate_videos(list(videos))
-
-
-def pool_time(x: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-    """Pool x [B, N, ...] over N where mask [B, N] is True."""
-    m = mask.view(*mask.shape, *([1] * (x.dim() - 2))).to(x.dtype)
-    if mode == "mean":
-        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-    if mode == "max":
-        return x.masked_fill(m == 0, torch.finfo(x.dtype).min).amax(1)
-    raise ValueError(f"unknown pooling '{mode}' (mean or max)")
-
-
-# ------------------------------------------------------------------ projector
-
-def _heads(width: int) -> int:
-    for h in (16, 8, 4, 2):
-        if width % h == 0 and width // h >= 32:
-            return h
-    return 1
-
-
-class Projector(nn.Module):
-    """Motion projector + time pooling + spatial projector -> [B, T + 1, llm_width]."""
-
-    def __init__(self, vision_width: int, motion_dim: int, llm_width: int, pooling: str = "mean"):
-        super().__init__()
-        self.pooling = pooling
-        # per-channel standardisation of the frozen features (identity until set from training data):
-        # CNN statistics and temporal statistics come in very different scales
-        self.register_buffer("spatial_shift", torch.zeros(vision_width))
-        self.register_buffer("spatial_scale", torch.ones(vision_width))
-        self.register_buffer("motion_shift", torch.zeros(motion_dim))
-        self.register_buffer("motion_scale", torch.ones(motion_dim))
-        self.motion_proj = nn.Sequential(nn.Linear(motion_dim, vision_width), nn.LayerNorm(vision_width))
-        self.encoder = nn.TransformerEncoderLayer(vision_width, _heads(vision_width), 4 * vision_width,
-                                                  dropout=0.0, batch_first=True)
-        self.proj = nn.Linear(vision_width, llm_width)
-        self.norm = nn.LayerNorm(llm_width)
-
-    def set_standardization(self, moments: dict[str, np.ndarray]) -> None:
-        """moments: {spatial_mean, spatial_std, motion_mean, motion_std} of the training features."""
-        for role in ("spatial", "motion"):
-            mean = torch.as_tensor(np.asarray(moments[f"{role}_mean"]), dtype=torch.float32)
-            std = torch.as_tensor(np.asarray(moments[f"{role}_std"]), dtype=torch.float32)
-            floor = 1e-2 * float(std.median()) + 1e-6  # constant channels stay ~0 instead of blowing up
-            getattr(self, f"{role}_shift").copy_(mean)
-            getattr(self, f"{role}_scale").copy_(std.clamp_min(floor))
-
-    def forward(self, spatial, spatial_mask, motion, motion_mask) -> torch.Tensor:
-        spatial = (spatial - self.spatial_shift) / self.spatial_scale
-        motion = (motion - self.motion_shift) / self.motion_scale
-        motion_tok = self.motion_proj(motion)  # [B, S, Wv]: one token per second
-        s = pool_time(spatial, spatial_mask, self.pooling)  # [B, T, Wv]
-        m = pool_time(motion_tok, motion_mask, self.pooling)  # [B, Wv]
-        tokens = torch.cat([s, m[:, None]], dim=1)  # [B, T + 1, Wv]
-        return self.norm(self.proj(self.encoder(tokens)))
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -137,7 +90,7 @@ class LMMVQA(nn.Module):
         self.config = config
         self.formatter = PromptFormatter(tokenizer, config["vision_tokens"] + 1, config.get("placeholder_token"))
         eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(self._base_llm(), "generation_config", None), "eos_token_id", None)
+        gen_eos = getattr(getattr(self.base_llm(), "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
         self.eos_ids = sorted(e for e in eos if e is not None)
 
@@ -156,41 +109,43 @@ class LMMVQA(nn.Module):
         lora = dict(tr["lora"])
         train_llm = resolve_train_llm(tr, spec)
         compute = training_dtype(tr, spec, device)
-        weights_dtype = _llm_dtype(spec, compute, train_llm)
+        weights_dtype = llm_dtype(spec, compute, train_llm)
         if train_llm and weights_dtype == torch.float16:
             raise UserError("training all LLM weights in float16 is refused (the loss scaler needs float32 "
                             "master weights): unset models.llm.dtype or use bfloat16")
-        init_cfg = _read_model_config(Path(init)) if init is not None else None
-        if init_cfg is not None and "adapter" in _weight_parts(init_cfg):
+        init_cfg = read_model_config(Path(init)) if init is not None else None
+        if init_cfg is not None and "adapter" in weight_parts_of(init_cfg):
             raise UserError(f"{init}: continuing from a model with a LoRA adapter is not supported "
                             "(train stage 1 without LoRA)")
-        init_llm = init_cfg is not None and "llm" in _weight_parts(init_cfg)
+        init_llm = init_cfg is not None and "llm" in weight_parts_of(init_cfg)
         torch.manual_seed(seed)
-        llm = _load_llm(spec, tokenizer, dtype=weights_dtype, device=device,
+        llm = load_llm(spec, tokenizer, dtype=weights_dtype, device=device,
                         weights=Path(init) / "llm" if init_llm else None)
         if tr.get("gradient_checkpointing"):
             enable_checkpointing(llm)
-        width = _llm_width(llm)
+        width = llm_width(llm)
         torch.manual_seed(seed + 1)
-        projector = Projector(info["vision_width"], info["motion_dim"], width, tr["pooling"])
+        settings = projector_settings(tr)
+        projector = Projector(info["vision_width"], info["motion_dim"], width, tr["pooling"], settings)
         config = {
             "format_version": FORMAT_VERSION,
             "vision_width": info["vision_width"], "vision_tokens": info["vision_tokens"],
-            "motion_dim": info["motion_dim"], "pooling": tr["pooling"], "llm_width": width,
+            "motion_dim": info["motion_dim"], "pooling": tr["pooling"], "llm_width": width, "projector": settings,
             "placeholder_token": video_token(tokenizer),
+            "answer_format": answer_format(cfg["prompts"].get("answer_format")).name,
             "vision": info.get("vision"), "motion": info.get("motion"),
             "llm": {"source": spec["source"], "config": spec["config"] if spec["source"] is None else None,
                     "dtype": spec.get("dtype")},
             # the dtype the model computes in: training's autocast dtype on CUDA (or the LLM's weight
             # dtype when set); from_pretrained loads the LLM in it
-            "dtype": _dtype_name(_DTYPES[spec["dtype"]] if spec.get("dtype") else compute),
+            "dtype": dtype_name(DTYPES[spec["dtype"]] if spec.get("dtype") else compute),
             "llm_base": "init" if init_llm else ("source" if spec["source"] else "config"),
             "train_llm": train_llm, "lora": lora if lora.get("enabled") and not train_llm else None,
             "training": {k: tr[k] for k in sorted(tr) if k != "lora"},
         }
         if init_cfg is not None:
-            _check_compatible(init, init_cfg, config, tokenizer)
-            projector.load_state_dict(_load_projector(Path(init)))
+            check_compatible(init, init_cfg, config, tokenizer)
+            projector.load_state_dict(load_projector_state(Path(init)))
             config["init_from"] = {"path": str(init), "experiment": init_cfg.get("experiment"),
                                    "projector_sha1": file_digest(Path(init) / "projector.safetensors")}
         projector.to(device)
@@ -203,6 +158,10 @@ class LMMVQA(nn.Module):
             model.llm = get_peft_model(llm, LoraConfig(
                 r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                 target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM"))
+        if objective.active(tr.get("score_loss")) and model.number_token_ids() is None:
+            raise UserError(f"training.score_loss needs every score 0..100 to be one token of the tokenizer, which "
+                            f"answer format '{model.answer_format.name}' does not give with this tokenizer "
+                            "(set prompts.answer_format: integer, or the score_loss weights to 0)")
         model.set_trainable()
         return model
 
@@ -226,9 +185,15 @@ class LMMVQA(nn.Module):
             groups.append({"params": llm, "lr": llm_lr or lr, "weight_decay": weight_decay})
         return groups
 
-    def _base_llm(self):
+    def base_llm(self):
         llm = self.llm
         return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+    @property
+    def answer_format(self) -> AnswerFormat:
+        """How this model writes score answers (`prompts.answer_format` at training; the paper's for
+        folders written before the setting)."""
+        return answer_format(self.config.get("answer_format"))
 
     @property
     def device(self) -> torch.device:
@@ -241,7 +206,7 @@ class LMMVQA(nn.Module):
         return self.projector(v["spatial"], v["spatial_mask"], v["motion"], v["motion_mask"])
 
     def input_embeds(self, videos: dict, input_ids: torch.Tensor) -> torch.Tensor:
-        emb_layer = self._base_llm().get_input_embeddings()
+        emb_layer = self.base_llm().get_input_embeddings()
         is_video = input_ids == self.formatter.video_id
         text = emb_layer(input_ids.masked_fill(is_video, self.formatter.pad_id))
         vis = self.visual_embeds(videos).to(text.dtype)
@@ -250,8 +215,10 @@ class LMMVQA(nn.Module):
         return text.masked_scatter(is_video[..., None], vis.reshape(-1, vis.shape[-1]))
 
     def forward(self, videos: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens (labels [B, A] aligned with the last A positions)."""
+                labels: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens (labels [B, A] aligned with the last A positions),
+        plus the ordinal terms of `training.score_loss` (pipeline/model/objective.py) on the rows whose
+        `scores` [B] (the MOS of score questions, NaN for others) are given."""
         dev = self.device
         input_ids, attention_mask, labels = input_ids.to(dev), attention_mask.to(dev), labels.to(dev)
         embeds = self.input_embeds(videos, input_ids)
@@ -259,11 +226,28 @@ class LMMVQA(nn.Module):
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                        use_cache=False, logits_to_keep=A + 1)
         logits = out.logits[:, :-1].float()  # position t predicts token t + 1
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        settings = (self.config.get("training") or {}).get("score_loss")
+        if scores is not None and objective.active(settings):
+            ids = self.number_token_ids()
+            values = torch.tensor(self.answer_format.candidate_values(), device=dev)
+            loss = loss + objective.score_terms(objective.first_answer_logits(logits, labels), scores.to(dev),
+                                                ids.to(dev), values, settings)
+        return loss
 
-    def loss(self, videos, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+    def loss(self, videos, questions: Sequence[str], answers: Sequence[str], scores=None) -> torch.Tensor:
         enc = self.formatter.batch(questions, answers)
-        return self(_as_batch(videos), enc["input_ids"], enc["attention_mask"], enc["labels"])
+        s = None if scores is None else torch.tensor([float("nan") if v is None else float(v) for v in scores])
+        return self(_as_batch(videos), enc["input_ids"], enc["attention_mask"], enc["labels"], s)
+
+    def number_token_ids(self) -> torch.Tensor | None:
+        """The token id of each score 0..100 in the model's answer format when each is a single,
+        distinct token of the tokenizer (what the ordinal terms need), else None."""
+        if not hasattr(self, "_number_ids"):
+            ids = [self.formatter.answer_ids(str(int(v)), eos=False) for v in self.answer_format.candidate_values()]
+            ok = all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(ids)
+            self._number_ids = torch.tensor([i[0] for i in ids]) if ok else None
+        return self._number_ids
 
     # ---- inference
     def _prefill(self, videos, questions):
@@ -291,7 +275,8 @@ class LMMVQA(nn.Module):
             dev = mask.device
             kinds = row_kinds(constrain, B)
             n_logits = out.logits.shape[-1]
-            cons = [None if k is None else constraint_for(self.tokenizer, k, self.eos_ids, n_logits) for k in kinds]
+            cons = [None if k is None else constraint_for(self.tokenizer, k, self.eos_ids, n_logits, self.answer_format)
+                    for k in kinds]
             for c in {id(c): c for c in cons if c is not None}.values():
                 c.check_reachable(max_new_tokens)
             answer = [""] * B  # constrained rows: the answer text so far
@@ -396,7 +381,15 @@ class LMMVQA(nn.Module):
         finally:
             self.train(was_training)
 
-    # ---- persistence
+    def prob_scores(self, videos, questions: Sequence[str]) -> np.ndarray:
+        """[B] probability scores: the expected score under the model's distribution over the answer
+        format's 101 candidate answers (pipeline/prompts/answer_format.py), renormalised over them."""
+        fmt = self.answer_format
+        lp = self.candidate_logprobs(videos, questions, fmt.candidates(), append_eos=fmt.candidate_eos)
+        keys = [str(int(v)) for v in fmt.candidate_values()]
+        return np.array([expected_score(dict(zip(keys, map(float, row)))) for row in lp])
+
+    # ---- persistence (pipeline/model/model_files.py)
     def weight_parts(self) -> list[str]:
         """What the model folder holds of the LLM: `llm` (full weights: trained, random-init or taken
         from a stage-1 model, i.e. not reloadable from the source) and/or `adapter` (LoRA)."""
@@ -410,203 +403,11 @@ class LMMVQA(nn.Module):
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write the model folder (into a temporary sibling, renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()}
-        save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
-        cfg = dict(self.config)
-        parts = self.weight_parts()
-        if "llm" in parts:
-            base = self._base_llm()
-            sd = None
-            if "adapter" in parts:  # the base weights without the LoRA layers peft injected
-                sd = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
-            base.save_pretrained(str(tmp / "llm"), state_dict=sd)
-        if "adapter" in parts:
-            self.llm.save_pretrained(str(tmp / "adapter"))
-        cfg["llm_weights"] = "+".join(parts) or "source"
-        self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if extra:
-            cfg.update(extra)
-        (tmp / "lmmvqa.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
-        if path.exists():
-            # keep files other writers put there (train_log.csv, README.md, loss.png) only if asked to
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
-        return path
+        return save_model_folder(self, path, extra)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None) -> "LMMVQA":
         """Load a model folder onto `device` (cpu, cuda, cuda:N or auto), the LLM straight onto it, in
         `dtype` (default: the dtype recorded at training, `lmmvqa.json` `dtype`; float32 for folders
         that record none). Weights missing from any file are an error naming them."""
-        path = Path(path)
-        cfg = _read_model_config(path)
-        device = resolve_device(device)
-        name = dtype or cfg.get("dtype") or cfg["llm"].get("dtype") or "float32"
-        if name not in _DTYPES:
-            raise UserError(f"unknown dtype '{name}' (one of {', '.join(_DTYPES)})")
-        tokenizer = load_tokenizer(path / "tokenizer")
-        parts = _weight_parts(cfg)
-        if cfg["llm"].get("source") is None and "llm" not in parts:
-            raise UserError(f"{path}: its LLM was built at random init and the folder does not hold its weights "
-                            "(written by an older version under LoRA); retrain it")
-        llm = _load_llm(cfg["llm"], tokenizer, dtype=_DTYPES[name], device=device,
-                        weights=path / "llm" if "llm" in parts else None)
-        if "adapter" in parts:
-            llm = _load_adapter(llm, path / "adapter")
-        projector = Projector(cfg["vision_width"], cfg["motion_dim"], cfg["llm_width"], cfg["pooling"])
-        projector.load_state_dict(_load_projector(path))
-        model = cls(llm, tokenizer, projector, cfg)
-        model.set_trainable()
-        return model.to(device).eval()
-
-
-# ------------------------------------------------------------------ model folders
-
-def _read_model_config(path: Path) -> dict:
-    cfg_file = path / "lmmvqa.json"
-    if not cfg_file.exists():
-        raise UserError(f"{path}: not a model folder (no lmmvqa.json)")
-    return json.loads(cfg_file.read_text())
-
-
-def _weight_parts(cfg: dict) -> list[str]:
-    w = cfg.get("llm_weights") or "source"
-    return [] if w == "source" else w.split("+")
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def _load_projector(path: Path) -> dict[str, torch.Tensor]:
-    """The projector weights of a model folder, checked against the projector's keys."""
-    f = path / "projector.safetensors"
-    if not f.exists():
-        raise UserError(f"{path}: no projector.safetensors")
-    state = load_file(str(f))
-    cfg = _read_model_config(path)
-    expected = Projector(cfg["vision_width"], cfg["motion_dim"], cfg["llm_width"], cfg["pooling"]).state_dict()
-    check_missing(f, sorted(set(expected) - set(state)), sorted(set(state) - set(expected)))
-    return state
-
-
-def check_missing(source, missing, unexpected=()) -> None:
-    """One-line error naming the weights a checkpoint lacks (they would be left at random init)."""
-    if missing or unexpected:
-        raise UserError(missing_weights_message(source, missing, unexpected))
-
-
-def _check_compatible(init, init_cfg: dict, config: dict, tokenizer) -> None:
-    """A model to continue from must have the same shapes, LLM and placeholder as the new one."""
-    for key in ("vision_width", "vision_tokens", "motion_dim", "pooling", "llm_width", "placeholder_token"):
-        if init_cfg.get(key) != config.get(key):
-            raise UserError(f"{init}: cannot continue from this model: {key} is {init_cfg.get(key)!r} there "
-                            f"and {config.get(key)!r} here")
-    if (init_cfg.get("llm") or {}).get("source") != config["llm"]["source"]:
-        raise UserError(f"{init}: cannot continue from this model: its LLM is {init_cfg['llm'].get('source')!r}, "
-                        f"this one's {config['llm']['source']!r}")
-    init_tok = Path(init) / "tokenizer"
-    if init_tok.exists():
-        if load_tokenizer(init_tok).get_vocab() != tokenizer.get_vocab():
-            raise UserError(f"{init}: cannot continue from this model: its tokenizer differs from this one's")
-
-
-# ------------------------------------------------------------------ LLM loading
-
-def resolve_train_llm(training: dict, spec: dict) -> bool:
-    """training.train_llm; null (auto) = train the whole LLM when it is built at random init."""
-    v = training.get("train_llm")
-    return spec.get("source") is None if v is None else bool(v)
-
-
-def training_dtype(training: dict, spec: dict, device) -> torch.dtype:
-    """The autocast dtype of training: `training.dtype`, or (null, auto) bfloat16 for a pretrained LLM
-    on CUDA and float32 otherwise. Autocast applies on CUDA only: float32 on any other device."""
-    if torch.device(device).type != "cuda":
-        return torch.float32
-    name = training.get("dtype")
-    if name is None:
-        return torch.bfloat16 if spec.get("source") else torch.float32
-    return _DTYPES[name]
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def _llm_dtype(spec: dict, compute: torch.dtype, train_llm: bool) -> torch.dtype:
-    """Weights of the LLM: models.llm.dtype when set; float32 master weights when they train (autocast
-    computes in the training dtype); else (frozen, or frozen under LoRA) the training dtype."""
-    if spec.get("dtype"):
-        return _DTYPES[spec["dtype"]]
-    if train_llm:
-        return torch.float32
-    return compute
-
-
-def enable_checkpointing(llm) -> None:
-    """Activation (gradient) checkpointing of the LLM's decoder layers (non-reentrant, so gradients
-    reach the visual embeddings through a frozen LLM); active in train mode only."""
-    fn = getattr(llm, "activation_checkpointing_enable", None)
-    if fn is not None:
-        fn(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:  # older transformers
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _llm_width(llm) -> int:
-    cfg = llm.config
-    return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
-
-
-def _device_map(device: torch.device) -> dict:
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return {"": str(device)}
-
-
-def _load_llm(spec: dict, tokenizer, dtype=torch.float32, device: str | torch.device = "cpu",
-              weights: Path | None = None):
-    """Random init from the preset config (source None; seed with torch.manual_seed first, built on the
-    CPU so the weights do not depend on the device), or `from_pretrained` of `weights` (a model folder's
-    `llm/`) or the source (hub id or local folder), loaded straight onto `device` in `dtype` (no full
-    CPU copy). Weights the checkpoint lacks are an error. Embeddings grow to the tokenizer only when
-    it has more tokens than they have rows. `device` is a resolved device (`devices.resolve_device`)."""
-    device = torch.device(device)
-    source = weights if weights is not None else spec.get("source")
-    if source is None:
-        conf = dict(spec.get("config") or {})
-        conf.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        conf.setdefault("tie_word_embeddings", False)
-        llm = AutoModelForCausalLM.from_config(LlamaConfig(**conf), dtype=dtype, attn_implementation="sdpa")
-        llm = llm.to(device)
-    else:
-        llm, loading = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, device_map=_device_map(device),
-                                                            output_loading_info=True)
-        check_missing(source, loading_missing(loading))
-    if llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        llm.resize_token_embeddings(len(tokenizer))
-    return llm
-
-
-def _load_adapter(llm, folder: Path):
-    """peft LoRA adapter onto `llm`; adapter weights the folder lacks are an error."""
-    from peft import PeftConfig, get_peft_model  # LoRA runs only
-
-    if not (folder / "adapter_config.json").exists():
-        raise UserError(f"{folder}: no adapter_config.json")
-    conf = PeftConfig.from_pretrained(str(folder))
-    model = get_peft_model(llm, conf)
-    result = model.load_adapter(str(folder), "default", is_trainable=False)
-    check_missing(folder, sorted(result.missing_keys))
-    return model
+        return load_model_folder(cls, path, device=device, dtype=dtype)

@@ -4,9 +4,12 @@ has them, e.g. Llama-3's `<|reserved_special_token_0|>`, else an added `<video>`
 
 Trained tokenizer (`lmmvqa tokenizer --prompts FILE_OR_DIR... --out DIR`): a `tokenizers` WordLevel
 model trained on every question and answer of the shards. Spaces become a `▁` word prefix
-(Metaspace), every digit is a token of its own, punctuation is split off, so
+(Metaspace), punctuation is split off, and numbers are split as the answer format says
+(`prompts.answer_format`, pipeline/prompts/answer_format.py): `decimal3` (the paper's) makes every digit a
+token of its own, `integer` keeps digit runs whole and puts every number 0..100 in the vocabulary, so
 
-* a score answer `63.215` is the tokens `6 3 . 2 1 5` and decodes back to exactly `63.215`;
+* a `decimal3` score answer `63.215` is the tokens `6 3 . 2 1 5` and decodes back to exactly `63.215`;
+  an `integer` answer `63` is the one token `63`;
 * the level words, every template word, the digits and `.` are in the vocabulary (checked after
   training: a word that would map to `<unk>` is an error);
 * special tokens: `<pad>`, `<s>` (bos), `</s>` (eos), `<unk>`, and the video placeholder `<video>`.
@@ -27,6 +30,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pipeline.core.errors import UserError
 from pipeline.core.levels import LEVELS
+from pipeline.prompts.answer_format import FORMATS, AnswerFormat
+from pipeline.prompts.answer_format import answer_format as get_format
 from pipeline.prompts.shards import read_prompts
 
 VIDEO_TOKEN = "<video>"
@@ -39,16 +44,19 @@ ALWAYS = " ".join(["0 1 2 3 4 5 6 7 8 9 . :", *reversed(LEVELS), *(w.capitalize(
                    ANSWER_PREFIX])
 
 
-def _pre_tokenizer():
+def _pre_tokenizer(number_tokens: str = "digits"):
     return pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never"),
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Digits(individual_digits=number_tokens == "digits"),
         pre_tokenizers.Punctuation(),
     ])
 
 
-def corpus(samples: list[dict]) -> list[str]:
-    texts = [ALWAYS, " " + ALWAYS, *ALWAYS.split()]
+def corpus(samples: list[dict], fmt: AnswerFormat | None = None) -> list[str]:
+    always = ALWAYS
+    if fmt is not None and fmt.number_tokens == "whole":  # every whole-number answer is a token
+        always += " " + " ".join(fmt.candidates())
+    texts = [always, " " + always, *always.split()]
     for s in samples:
         texts.append(str(s["question"]))
         texts.append(" " + str(s["question"]))
@@ -56,18 +64,20 @@ def corpus(samples: list[dict]) -> list[str]:
     return texts
 
 
-def train_tokenizer(samples: list[dict]):
-    """A PreTrainedTokenizerFast trained on the questions and answers of `samples`."""
+def train_tokenizer(samples: list[dict], answer_format: str | None = None):
+    """A PreTrainedTokenizerFast trained on the questions and answers of `samples`, splitting numbers
+    as the answer format says (None: the paper's `decimal3`, one digit per token)."""
+    fmt = get_format(answer_format)
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
-    tok.pre_tokenizer = _pre_tokenizer()
+    tok.pre_tokenizer = _pre_tokenizer(fmt.number_tokens)
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="never")
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1, show_progress=False)
-    tok.train_from_iterator(corpus(samples), trainer=trainer)
+    tok.train_from_iterator(corpus(samples, fmt), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    unk_token=UNK, additional_special_tokens=[VIDEO_TOKEN])
     fast.padding_side = "left"
     fast.model_max_length = 4096
-    check_coverage(fast, corpus(samples))
+    check_coverage(fast, corpus(samples, fmt))
     return fast
 
 
@@ -135,13 +145,16 @@ def load_tokenizer(source: str | Path):
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", nargs="+", required=True, help="prompt shards (JSONL) or folders of them")
     parser.add_argument("--out", required=True, help="output tokenizer folder")
+    parser.add_argument("--answer-format", default=None, choices=sorted(FORMATS),
+                        help="how score answers are written (prompts.answer_format; default: decimal3): "
+                             "integer keeps every whole number 0..100 one token")
 
 
 def main(args) -> int:
     samples = read_prompts(args.prompts)
     if not samples:
         raise UserError("no prompt samples in " + " ".join(args.prompts))
-    tok = train_tokenizer(samples)
+    tok = train_tokenizer(samples, args.answer_format)
     write_tokenizer(tok, args.out)
     print(f"tokenizer: vocabulary of {len(tok)} tokens from {len(samples)} samples -> {args.out}")
     return 0

@@ -7,7 +7,9 @@ one JSON object per line with `id, dataset, part, type, template, question, answ
 * The question is a template of the bank (`pipeline/data/templates.yaml`, or `prompts.templates`),
   chosen deterministically per (video id, seed, question type) by a hash — stable when videos are
   added or removed, independent of row order and of the Python hash seed.
-* Score answers are the MOS on 0-100 as text with three decimals (`"63.215"`); level answers are
+* Score answers are the MOS on 0-100 as text in `prompts.answer_format` (pipeline/prompts/answer_format.py:
+  `decimal3`, the paper's three decimals `"63.215"`, or `integer`, `"63"`), and the score questions'
+  answer-format constraint names it (`answer_format.with_format`); level answers are
   the manifest's `level` column (the dataset's 33rd / 66th MOS percentiles), recomputed the same
   way only when a manifest lacks the column.
 * The folder is written into a temporary sibling and renamed into place, so a reader never sees
@@ -34,6 +36,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.levels import LEVELS
 from pipeline.core.levels import levels as manifest_levels
 from pipeline.ingest.manifest import read_manifest
+from pipeline.prompts.answer_format import PAPER_FORMAT, with_format
+from pipeline.prompts.answer_format import answer_format as get_format
 from pipeline.prompts.experiments import official_split_names, part_of_row
 
 BANK_PATH = DATA_DIR / "templates.yaml"
@@ -56,9 +60,15 @@ def _load_bank(path: str) -> dict[str, tuple[str, ...]]:
     return bank
 
 
-def load_templates(path: str | Path | None = None) -> dict[str, tuple[str, ...]]:
-    """{'score': (...), 'level': (...)} from a YAML bank (None = the bank shipped in the package)."""
-    return _load_bank(str(path or BANK_PATH))
+def load_templates(path: str | Path | None = None, answer_format: str | None = None) -> dict[str, tuple[str, ...]]:
+    """{'score': (...), 'level': (...)} from a YAML bank (None = the bank shipped in the package), the
+    score questions asking for the answer format's numbers (`answer_format.with_format`; None = the
+    paper's format: the bank as written)."""
+    bank = _load_bank(str(path or BANK_PATH))
+    if answer_format is None or answer_format == PAPER_FORMAT:
+        return bank
+    fmt = get_format(answer_format)
+    return {**bank, "score": tuple(with_format(q, fmt) for q in bank["score"])}
 
 
 def template_index(video_id: str, seed: int, qtype: str, n_templates: int, k: int = 0) -> int:
@@ -75,8 +85,9 @@ def question_for(video_id: str, qtype: str, seed: int = 0, bank: dict | None = N
     return idx, bank[qtype][idx]
 
 
-def score_answer(mos: float) -> str:
-    return f"{float(mos):.3f}"
+def score_answer(mos: float, answer_format: str | None = None) -> str:
+    """The answer text of a MOS under an answer format (None: the paper's three decimals)."""
+    return get_format(answer_format).render(mos)
 
 
 def levels_from_mos(mos: pd.Series) -> pd.Series:
@@ -99,9 +110,11 @@ def _part_key(name: str):
 
 
 def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
-                  questions: Iterable[str] = QUESTION_TYPES, bank: dict | None = None) -> list[dict]:
-    """The Q&A samples of a manifest, in manifest row order (score then level per video)."""
-    bank = bank or load_templates()
+                  questions: Iterable[str] = QUESTION_TYPES, bank: dict | None = None,
+                  answer_format: str | None = None) -> list[dict]:
+    """The Q&A samples of a manifest, in manifest row order (score then level per video); score answers
+    in `answer_format` (None: the paper's), questions from `bank` (default: the package's, formatted)."""
+    bank = bank or load_templates(None, answer_format)
     questions = [q for q in QUESTION_TYPES if q in set(questions)]
     if not len(manifest):
         return []
@@ -122,7 +135,7 @@ def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
         vid = str(row.id)
         for qtype in questions:
             idx, question = question_for(vid, qtype, seed, bank)
-            answer = score_answer(row.mos) if qtype == "score" else str(row.level)
+            answer = score_answer(row.mos, answer_format) if qtype == "score" else str(row.level)
             samples.append({"id": vid, "dataset": dataset, "part": row.part, "type": qtype, "template": idx,
                             "question": question, "answer": answer, "mos": round(float(row.mos), 6),
                             "level": str(row.level)})
@@ -176,8 +189,9 @@ def build_prompts(cfg: dict, dataset: str, manifest_path: str | Path, out_dir: s
     if dataset not in cfg["datasets"]:
         raise UserError(f"unknown dataset '{dataset}' (config has: {', '.join(cfg['datasets'])})")
     manifest = read_manifest(manifest_path)
-    bank = load_templates(cfg["prompts"]["templates"])
-    samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank)
+    fmt = cfg["prompts"]["answer_format"]
+    bank = load_templates(cfg["prompts"]["templates"], fmt)
+    samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)
     return write_shards(samples, part_names(cfg, dataset, manifest), out_dir)
 
 

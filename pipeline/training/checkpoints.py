@@ -5,7 +5,8 @@ In `paths.checkpoint_dir(run)`: `run.json` (`{"run": run_fingerprint(...)}`: che
 run are never continued) and `step-XXXXXXX/` with `weights.safetensors` (trainable weights),
 `optimizer.pt`, `scheduler.pt` (+ `scaler.pt` under float16; tensors only, read with
 `torch.load(weights_only=True)`), `rng.safetensors` + `state.json` (step, RNG states of torch /
-CUDA / numpy / random, log rows, `complete`). A step folder is written under a temporary name and
+CUDA / numpy / random, log rows, `complete`), and with `training.select` best / average
+`selection.safetensors` + `state.json` `selection` (pipeline/training/selection.py). A step folder is written under a temporary name and
 renamed into place; the `keep` newest are kept.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.core.config import stable_hash
 from pipeline.core.specs import model_spec
 from pipeline.core.versions import code_version
-from pipeline.model.lmm import file_digest
+from pipeline.model.model_files import file_digest
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -70,7 +71,7 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_rows: list[dict], keep: int = 2,
-                    scaler=None) -> Path:
+                    scaler=None, selector=None) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:07d}"
     tmp = ckpt_dir / f".tmp-step-{step:07d}-{os.getpid()}"
@@ -83,7 +84,11 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
     tensors, meta = _rng_state()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "rng": meta, "log": log_rows, "complete": True}))
+    state = {"step": step, "rng": meta, "log": log_rows, "complete": True}
+    if selector is not None:
+        sel_tensors, state["selection"] = selector.state()
+        save_file(sel_tensors, str(tmp / "selection.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(ckpt_dir.glob("step-*"))[:-keep]:
@@ -124,8 +129,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> tuple[int, list[dict]]:
-    """Restore weights, optimizer, scheduler, scaler and RNG states; -> (step, log rows)."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None, selector=None) -> tuple[int, list[dict]]:
+    """Restore weights, optimizer, scheduler, scaler, RNG and weight-selection states; -> (step, log rows)."""
     weights = load_file(str(path / "weights.safetensors"))
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -137,4 +142,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> tup
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     state = json.loads((path / "state.json").read_text())
     _set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    if selector is not None and "selection" in state:
+        selector.load(load_file(str(path / "selection.safetensors")), state["selection"])
     return int(state["step"]), list(state["log"])

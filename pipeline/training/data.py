@@ -6,16 +6,18 @@ batch order and the DataLoader pieces (dataset, collate function), and the token
   counted per dataset. A video selected twice (overlapping selectors) trains once.
 * `experiments.<E>.exclude_shared`: training videos that share that column's value with a test video
   are dropped (`experiments.shared_content`) and counted.
-* Validation: a seeded `training.val_fraction` of the training *videos* (both their questions),
-  never the test fold.
+* Validation: `training.val_fraction` of the training *videos* (both their questions), chosen by a
+  hash seeded with `training.val_seed` (not the training seed), never the test fold.
 * Order: a seeded permutation per epoch, padded to a multiple of the world size, strided across
   processes and cut into batches, so a resumed run can skip exactly the batches already done.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from pipeline.core import paths
@@ -41,19 +43,22 @@ class QADataset(Dataset):
     def __getitem__(self, i: int):
         s = self.samples[i]
         f = self.features[s["dataset"]]
-        return f.spatial(s["id"]), f.motion(s["id"]), s["question"], s["answer"]
+        score = float(s["mos"]) if s.get("type") == "score" else float("nan")
+        return f.spatial(s["id"]), f.motion(s["id"]), s["question"], s["answer"], score
 
 
 class Collator:
-    """Pads videos (time masks) and left-pads token sequences to the longest in the batch."""
+    """Pads videos (time masks) and left-pads token sequences to the longest in the batch; the MOS of
+    score questions (NaN for level questions) for the ordinal terms of the loss."""
 
     def __init__(self, formatter):
         self.formatter = formatter
 
     def __call__(self, items):
-        videos = collate_videos([(s, m) for s, m, _, _ in items])
-        enc = self.formatter.batch([q for _, _, q, _ in items], [a for _, _, _, a in items])
-        return videos, enc["input_ids"], enc["attention_mask"], enc["labels"]
+        videos = collate_videos([(it[0], it[1]) for it in items])
+        enc = self.formatter.batch([it[2] for it in items], [it[3] for it in items])
+        scores = torch.tensor([it[4] for it in items], dtype=torch.float32)
+        return videos, enc["input_ids"], enc["attention_mask"], enc["labels"], scores
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -67,17 +72,20 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 
 
 def split_validation(samples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, val): a seeded fraction of the videos (per dataset), all their samples together."""
+    """(train, val): a fraction of the videos, all their samples together: the videos whose seeded hash
+    of (dataset, id) comes first. `seed` is `training.val_seed`, not the training seed, so models
+    trained with different seeds see the same training videos; the choice of a video does not depend on
+    the order of the samples."""
     if fraction <= 0:
         return samples, []
     keys = sorted({(s["dataset"], s["id"]) for s in samples})
-    rng = np.random.default_rng(seed)
     n_val = int(round(fraction * len(keys)))
     if len(keys) >= 2:
         n_val = min(max(n_val, 1), len(keys) - 1)
     else:
         n_val = 0
-    val_keys = {keys[i] for i in rng.permutation(len(keys))[:n_val]}
+    ranked = sorted(keys, key=lambda k: hashlib.sha256(f"{int(seed)}\x1f{k[0]}\x1f{k[1]}".encode()).digest())
+    val_keys = set(ranked[:n_val])
     train = [s for s in samples if (s["dataset"], s["id"]) not in val_keys]
     val = [s for s in samples if (s["dataset"], s["id"]) in val_keys]
     return train, val

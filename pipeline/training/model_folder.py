@@ -34,7 +34,7 @@ def write_model_folder(out: str | Path, model, cfg: dict, experiment: str, stage
                                           "train_summary": summary, "code_version": code_version("train"),
                                           "provenance": model_provenance(model), **scoring_settings(cfg)})
     (staging / "templates.yaml").write_text(yaml.safe_dump(
-        {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"]).items()}, sort_keys=False, width=200))
+        {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"], cfg["prompts"]["answer_format"]).items()}, sort_keys=False, width=200))
     write_log(log_rows, staging / "train_log.csv")
     plot_loss(log_rows, staging / "loss.png", f"{experiment}: training loss")
     (staging / "README.md").write_text(model_card(experiment, cfg, model, data, val, summary))
@@ -105,7 +105,8 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         "Video quality assessment as question answering: the vision role's key-frame tokens and one motion "
         "token per second, pooled over time, go through the spatiotemporal projector and replace the video "
         f"placeholder token (`{model.config.get('placeholder_token')}`) of the prompt; the LLM answers the quality "
-        "score (0-100, three decimals) or level (good / fair / poor).", "",
+        f"score (0-100, answer format `{model.answer_format.name}`: e.g. `{model.answer_format.render(63.2149)}`) "
+        "or level (good / fair / poor).", "",
         "## Data", "",
         f"- train selectors: {', '.join(cfg['experiments'][experiment]['train'])}{holdout_note(cfg, experiment)}",
         f"- training samples: {summary['n_train']} ({summary['n_train_videos']} videos); validation: "
@@ -126,6 +127,7 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"- vision width {model.config['vision_width']}, {model.config['vision_tokens']} tokens per key frame, "
         f"motion dim {model.config['motion_dim']}, pooling {model.config['pooling']} -> "
         f"{model.config['vision_tokens'] + 1} visual tokens",
+        f"- projector: {', '.join(f'{k} {v}' for k, v in sorted((model.config.get('projector') or {}).items()))}",
         f"- trainable parameters: {summary['trainable']:,} of {summary['total']:,} "
         f"(train_llm={model.config['train_llm']}, LoRA={'yes' if model.config.get('lora') else 'no'})",
         *([f"- continued from `{model.config['init_from']['path']}` (experiment "
@@ -137,10 +139,12 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"warmup {tr['warmup_ratio']:g} + cosine, weight decay {tr['weight_decay']:g}, clip {tr['max_grad_norm']:g}, "
         f"seed {tr['seed']}, dtype {summary['dtype']}, device {summary['device']}",
         f"- final loss (mean of the last 10 steps): {summary['final_loss']:.4f}; wall time {summary['seconds']:.0f} s, "
-        f"{summary['samples_per_s']:.1f} samples/s", "",
+        f"{summary['samples_per_s']:.1f} samples/s",
+        f"- weights kept (training.select): {_selected(summary.get('selection'))}", "",
         "## Validation (greedy answers)", "",
         f"- score answers: SRCC {_fmt(val.get('srcc'))}, PLCC (raw) {_fmt(val.get('plcc_raw'))}, "
         f"valid {val.get('score_valid', 0)}, invalid {val.get('score_invalid', 0)}",
+        f"- probability score: SRCC {_fmt(val.get('prob_srcc'))}",
         f"- level accuracy: {_fmt(val.get('level_accuracy'))}", "",
         "Files: `lmmvqa.json`, `projector.safetensors`, `llm/` or `adapter/`, `tokenizer/`, `train_log.csv`, `loss.png`. "
         "Load with `pipeline.model.lmm.LMMVQA.from_pretrained(folder, device=...)`.",
@@ -148,6 +152,15 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
     if val.get("note"):
         lines.append(f"\nNote: {val['note']}")
     return "\n".join(lines) + "\n"
+
+
+def _selected(selection: dict | None) -> str:
+    if not selection or selection.get("mode", "last") == "last":
+        return "the last step's"
+    if selection["mode"] == "best":
+        return (f"the best step's by validation probability-score SRCC: step {selection.get('step')} "
+                f"(SRCC {_fmt(selection.get('val_prob_srcc'))}), evaluated every {selection['every']} steps")
+    return f"the average of steps {', '.join(map(str, selection.get('averaged_steps') or []))}"
 
 
 def _fmt(v) -> str:

@@ -12,6 +12,10 @@ overrides), its optional stage 1, and the model a run continues from (`init_from
         test: [LSVQ:test]
         init_from: lsvq-proj
         training: {lora: {enabled: true}}
+      demo-ens:                              # an ensemble: 3 models (seeds 0, 1, 2), each its own job:
+        train: [demo:train]                  # results/models/demo-ens, demo-ens.member1, demo-ens.member2;
+        test: [demo:test]                    # evaluation averages their scores
+        ensemble: 3
 
 With `folds: all` every run is per fold: fold F's stage 2 continues from fold F's stage 1
 (`<E>.stage1/fold<F>`), the model on every fold from `<E>.stage1/all`; `init_from` another `folds: all`
@@ -31,12 +35,32 @@ from pipeline.core.errors import UserError
 from pipeline.prompts.experiments import experiment_folds, require_experiment
 
 STAGE1_SUFFIX = ".stage1"
+MEMBER_SUFFIX = ".member"
 
 
 def run_name(experiment: str, stage: int | None = None) -> str:
     """Name of a training run's model folder and checkpoints: the experiment, or `<experiment>.stage1`
     for stage 1 of a two-stage experiment (experiment names hold no dot, so the two never clash)."""
     return experiment + STAGE1_SUFFIX if stage == 1 else experiment
+
+
+def member_run(experiment: str, member: int | str = 0) -> str:
+    """Name of an ensemble member's model folder and checkpoints (`experiments.<E>.ensemble`): member 0
+    is the experiment's own model, member i > 0 `<experiment>.member<i>` (a pattern when given
+    "{member}"), trained with seed training.seed + i."""
+    if isinstance(member, str) and member.startswith("{"):
+        return f"{experiment}{MEMBER_SUFFIX}{member}"
+    return experiment if int(member) == 0 else f"{experiment}{MEMBER_SUFFIX}{int(member)}"
+
+
+def member_seed(training: dict, member: int | None) -> int:
+    """The training seed of an ensemble member: training.seed + its index."""
+    return int(training["seed"]) + int(member or 0)
+
+
+def ensemble_members(cfg: dict, experiment: str) -> list[int]:
+    """Members of an experiment's ensemble beyond its own model (1 .. ensemble - 1)."""
+    return list(range(1, int(cfg["experiments"][experiment].get("ensemble") or 1)))
 
 
 def experiment_training(cfg: dict, experiment: str, stage: int | None = None) -> dict:
@@ -91,6 +115,9 @@ def check_experiments(cfg: dict) -> None:
             experiment_training(cfg, name, 1)
             if exp.get("init_from"):
                 raise UserError(f"experiments.{name}: set either stage1 or init_from, not both")
+        if int(exp.get("ensemble") or 1) > 1 and (exp.get("stage1") is not None or exp.get("init_from")):
+            raise UserError(f"experiments.{name}: an ensemble cannot continue from another model "
+                            "(stage1 / init_from); train its members from scratch")
         other = exp.get("init_from")
         if other in exps and experiment_folds(cfg, other) is not None:
             mine, theirs = experiment_folds(cfg, name), experiment_folds(cfg, other)

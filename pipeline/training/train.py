@@ -11,9 +11,14 @@
   (`paths.prompt_part`) and the feature stores of their datasets (`paths.store(dataset,
   feature_settings_hash(cfg), shard)` for the manifest's shards whose store exists). Samples of
   videos without features (failed extraction, missing store) are skipped and counted.
-* Validation (pipeline/training/validation.py): a seeded `training.val_fraction` of the training *videos*
-  (both their questions), never the test fold; the model card reports SRCC of the greedy score
-  answers and level accuracy.
+* Validation (pipeline/training/validation.py): `training.val_fraction` of the training *videos*
+  (both their questions), chosen with `training.val_seed` (the same for every training seed), never the
+  test fold; the model card reports SRCC of the greedy score answers and of the probability score, and
+  level accuracy.
+* Weights kept (pipeline/training/selection.py, `training.select`): the last step's, the best step's by
+  validation probability-score SRCC, or the average over the second half of training.
+* `fit` is the optimisation alone (a built model, samples, features): `lmmvqa train` and
+  benchmarks/bench_head.py share it.
 * Loop: AdamW, linear warmup + cosine decay, gradient accumulation, gradient clipping, seeded;
   fp32 on CPU, autocast to `training.dtype` on CUDA (auto: bf16 for a pretrained LLM; fp16 with a
   GradScaler, see `Precision`); optional activation checkpointing (`training.gradient_checkpointing`). `training.batch_size` is per process and
@@ -58,7 +63,8 @@ from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
 from pipeline.core.specs import model_spec
 from pipeline.features.store_reader import feature_info, feature_moments
-from pipeline.model.lmm import LMMVQA, training_dtype
+from pipeline.model.llm_loading import training_dtype
+from pipeline.model.lmm import LMMVQA
 from pipeline.prompts.experiments import fold_arg, with_holdout
 from pipeline.training.checkpoints import (
     checkpoint_run,
@@ -77,8 +83,16 @@ from pipeline.training.data import (
     split_validation,
 )
 from pipeline.training.model_folder import write_model_folder
-from pipeline.training.runs import check_experiments, experiment_training, init_model_dir, run_name
-from pipeline.training.validation import validate
+from pipeline.training.runs import (
+    check_experiments,
+    experiment_training,
+    init_model_dir,
+    member_run,
+    member_seed,
+    run_name,
+)
+from pipeline.training.selection import WeightSelector
+from pipeline.training.validation import prob_srcc, validate
 
 # ------------------------------------------------------------------ schedule, precision
 
@@ -134,18 +148,29 @@ def _dist_setup(device: str):
     return rank, world, device
 
 
+def validation_seed(training: dict) -> int:
+    """The seed of the validation split: `training.val_seed` (null: the training seed)."""
+    v = training.get("val_seed")
+    return int(training["seed"] if v is None else v)
+
+
 def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_steps: int | None = None,
           resume: bool = False, tokenizer_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
           stop_after: int | None = None, progress: bool = True, stage: int | None = None,
-          init: str | Path | None = None, stores: list[str] | None = None, fold: int | str | None = None) -> dict:
+          init: str | Path | None = None, stores: list[str] | None = None, fold: int | str | None = None,
+          member: int | None = None) -> dict:
     """Train an experiment's model into `out` (`stage=1`: stage 1 of a two-stage experiment; `fold`: the
     fold of a `folds: all` experiment the config holds out, or `all`, for the default model it
-    continues from). The run continues from `init` (a model folder; default `init_model_dir`) and reads the feature stores
+    continues from and its checkpoint folder; `member`: that member of its ensemble, seed
+    training.seed + member). The run continues from `init` (a model folder; default `init_model_dir`)
+    and reads the feature stores
     `stores` (default: found from each dataset's manifest). `stop_after` (tests) ends the
     process's work right after that optimizer step's checkpoint, as if it were killed there."""
     check_experiments(cfg)
     cfg = copy.deepcopy(cfg)
     cfg["training"] = experiment_training(cfg, experiment, stage)
+    if member:
+        cfg["training"]["seed"] = member_seed(cfg["training"], member)
     init = Path(init) if init is not None else init_model_dir(cfg, experiment, stage, fold)
     if init is not None and not (init / "lmmvqa.json").exists():
         raise UserError(f"experiment '{experiment}' continues from {init}, which is not a trained model folder "
@@ -160,27 +185,91 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     torch.manual_seed(seed)
 
     data = experiment_data(cfg, experiment, stores)
-    train_samples, val_samples = split_validation(data["samples"], tr["val_fraction"], seed)
+    train_samples, val_samples = split_validation(data["samples"], tr["val_fraction"], validation_seed(tr))
     if not train_samples:
         raise UserError(f"experiment '{experiment}': no training samples with features")
-    infos = {d: feature_info(f) for d, f in data["features"].items()}
+    info = training_feature_info(data["features"])
+    tokenizer = load_training_tokenizer(cfg, tokenizer_dir)
+    if init is not None and rank == 0:
+        print(f"train: {experiment}: continuing from the model in {init}", flush=True)
+    model = new_model(cfg, tokenizer, info, train_samples, data["features"], device=device, init=init)
+
+    ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(member_run(run_name(experiment, stage), member or 0), fold))
+    run = fit(cfg, model, train_samples, val_samples, data["features"], device=device, rank=rank, world=world,
+              max_steps=max_steps, checkpoint_dir=ckpt_dir, resume=resume, stop_after=stop_after,
+              progress=progress, name=experiment,
+              run_id=lambda total: run_fingerprint(cfg, experiment, train_samples, total, world, init),
+              skipped=data["skipped_videos"])
+    step, digest = run["step"], run["digest"]
+    print(f"train: rank {rank}/{world}: step {step}, final weights sha1 {digest}", flush=True)
+    if run["stopped"]:
+        return {"step": step, "stopped": True, "digest": digest}
+
+    result = {"step": step, "digest": digest, "out": str(out)}
+    if rank == 0:
+        model.eval()
+        ev = cfg["evaluation"]
+        val = validate(model, val_samples, data["features"], ev["batch_size"], ev["max_new_tokens"])
+        params = [p for p in model.parameters() if p.requires_grad]
+        log_rows = run["log_rows"]
+        summary = {
+            "n_train": len(train_samples), "n_val": len(val_samples),
+            "n_train_videos": len({(s["dataset"], s["id"]) for s in train_samples}),
+            "trainable": sum(p.numel() for p in params), "total": sum(p.numel() for p in model.parameters()),
+            "steps": step, "epochs": step / run["steps_per_epoch"], "world_size": world, "dtype": run["dtype"],
+            "device": device, "seconds": run["seconds"],
+            "final_loss": float(np.mean([r["loss"] for r in log_rows[-10:]])) if log_rows else float("nan"),
+            "samples_per_s": (len(log_rows) and float(np.median([r["samples_per_s"] for r in log_rows]))) or 0.0,
+            "selection": run["selection"],
+        }
+        out = write_model_folder(out, model, cfg, experiment, stage, data, val, summary, log_rows)
+        print(f"train: {experiment}: {step} steps in {run['seconds']:.0f} s; validation {json.dumps(val)} -> {out}",
+              flush=True)
+        result["validation"] = val
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def training_feature_info(features: dict) -> dict:
+    """The feature shapes of the training datasets (which must agree): what the projector is built for."""
+    infos = {d: feature_info(f) for d, f in features.items()}
     info = next(iter(infos.values()))
     for d, i in infos.items():
         if (i["vision_width"], i["vision_tokens"], i["motion_dim"]) != (info["vision_width"], info["vision_tokens"], info["motion_dim"]):
             raise UserError(f"feature shapes of '{d}' differ from the other training datasets: {i}")
+    return info
 
-    tokenizer = load_training_tokenizer(cfg, tokenizer_dir)
-    if init is not None and rank == 0:
-        print(f"train: {experiment}: continuing from the model in {init}", flush=True)
-    model = LMMVQA.build(cfg, tokenizer, info, seed=seed, device=device, init=init)
-    if tr["standardize"] and init is None:  # a continued model keeps the standardisation it was trained with
+
+def new_model(cfg: dict, tokenizer, info: dict, train_samples: list[dict], features: dict, device: str = "cpu",
+              init: Path | None = None) -> LMMVQA:
+    """The model a run starts from (seeded by training.seed), its features standardised with the
+    training videos' moments (a continued model keeps the standardisation it was trained with)."""
+    tr = cfg["training"]
+    model = LMMVQA.build(cfg, tokenizer, info, seed=int(tr["seed"]), device=device, init=init)
+    if tr["standardize"] and init is None:
         model.projector.set_standardization(feature_moments(
-            data["features"], ((s["dataset"], s["id"]) for s in train_samples), seed=seed))
+            features, ((s["dataset"], s["id"]) for s in train_samples), seed=int(tr["seed"])))
+    return model
+
+
+def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[dict], features: dict, *,
+        device: str = "cpu", rank: int = 0, world: int = 1, max_steps: int | None = None,
+        checkpoint_dir: Path | None = None, run_id=None, resume: bool = False, stop_after: int | None = None,
+        progress: bool = True, name: str = "", skipped: dict | None = None, monitor=None) -> dict:
+    """The optimisation of a built model on its training samples, in place: AdamW + warmup/cosine,
+    gradient accumulation and clipping, autocast / loss scaling, DDP across `world` processes,
+    checkpoints in `checkpoint_dir` (none when None) with resume, and the weights `training.select`
+    keeps (validation probability-score SRCC on `val_samples`). `run_id(total_steps)` fingerprints the
+    run for resuming; `monitor(step, model)`, when given, is called at the evaluated steps (once per
+    epoch unless `training.eval_every`) and at the last step (benchmarks: learning curves). -> {step, stopped, digest (the last step's weights), log_rows, seconds,
+    steps_per_epoch, dtype, selection}."""
+    tr = cfg["training"]
+    seed = int(tr["seed"])
     model.train()
     on_cuda = device.startswith("cuda")
     compute = training_dtype(tr, model_spec(cfg, "llm"), device)
     precision = Precision(compute, torch.device(device).type)
-    amp_dtype = compute if compute != torch.float32 else None
     if tr["dtype"] not in (None, "float32") and not on_cuda and rank == 0:
         print(f"train: training.dtype={tr['dtype']} applies on CUDA only; training in float32 on {device}")
 
@@ -196,63 +285,65 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     optimizer = torch.optim.AdamW(model.param_groups(tr["lr"], tr["llm_lr"], tr["weight_decay"]), betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
     params = [p for p in model.parameters() if p.requires_grad]
+    selector = WeightSelector(tr["select"], total, steps_per_epoch, tr["eval_every"], bool(val_samples))
 
-    ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(run_name(experiment, stage), fold))
-    run_id = run_fingerprint(cfg, experiment, train_samples, total, world, init)
     step, log_rows = 0, []
-    if resume and ckpt_dir.exists() and checkpoint_run(ckpt_dir) != run_id:
-        if rank == 0:
-            print(f"train: --resume: the checkpoints in {ckpt_dir} belong to another run (settings, data or code "
-                  "changed); starting at step 0")
-            shutil.rmtree(ckpt_dir)
-        resume = False
-    if resume:
-        last = latest_checkpoint(ckpt_dir)
-        if last is not None:
-            step, log_rows = load_checkpoint(last, model, optimizer, scheduler, precision.scaler)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        rid = run_id(total) if run_id is not None else None
+        if resume and ckpt_dir.exists() and checkpoint_run(ckpt_dir) != rid:
             if rank == 0:
-                print(f"train: resumed from {last} (step {step} of {total})")
-        elif rank == 0:
-            print(f"train: --resume: no checkpoint in {ckpt_dir}, starting at step 0")
-    elif rank == 0 and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an older run's checkpoints
-
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / "run.json").write_text(json.dumps({"run": run_id}) + "\n")
+                print(f"train: --resume: the checkpoints in {ckpt_dir} belong to another run (settings, data or code "
+                      "changed); starting at step 0")
+                shutil.rmtree(ckpt_dir)
+            resume = False
+        if resume:
+            last = latest_checkpoint(ckpt_dir)
+            if last is not None:
+                step, log_rows = load_checkpoint(last, model, optimizer, scheduler, precision.scaler, selector)
+                if rank == 0:
+                    print(f"train: resumed from {last} (step {step} of {total})")
+            elif rank == 0:
+                print(f"train: --resume: no checkpoint in {ckpt_dir}, starting at step 0")
+        elif rank == 0 and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an older run's checkpoints
+        if rank == 0:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (ckpt_dir / "run.json").write_text(json.dumps({"run": rid}) + "\n")
 
     budget = float(tr["preload_mb"]) * 1e6
-    for name, feats in data["features"].items():
+    for dname, feats in features.items():
         if budget > 0 and feats.preload(int(budget)):
             budget -= feats.nbytes()
-            if rank == 0:
-                print(f"train: features of '{name}' held in memory ({feats.nbytes() / 1e6:.0f} MB)", flush=True)
-    dataset = QADataset(train_samples, data["features"])
+            if rank == 0 and progress:
+                print(f"train: features of '{dname}' held in memory ({feats.nbytes() / 1e6:.0f} MB)", flush=True)
+    dataset = QADataset(train_samples, features)
     collate = Collator(model.formatter)
     nw = int(tr["num_workers"])
-    if rank == 0:
-        print(f"train: {experiment}: {len(train_samples)} training samples, {len(val_samples)} validation samples, "
-              f"skipped videos without features: {data['skipped_videos']}; {total} steps "
+    if rank == 0 and progress:
+        print(f"train: {name}: {len(train_samples)} training samples, {len(val_samples)} validation samples, "
+              f"skipped videos without features: {skipped or {}}; {total} steps "
               f"({steps_per_epoch:g} per epoch), world size {world}, device {device}", flush=True)
 
-    bar = tqdm(total=total, initial=step, disable=not (progress and rank == 0), desc=f"train {experiment}",
+    bar = tqdm(total=total, initial=step, disable=not (progress and rank == 0), desc=f"train {name}",
                file=sys.stderr, mininterval=2.0)
     t_start = time.time()
     t_last, samples_since = time.time(), 0
     micro, accum_loss = step * accum, 0.0
     stopped = False
     epoch, skip = divmod(step * accum, n_batches)
+    ev_bs = int(cfg["evaluation"]["batch_size"])
     while step < total and not stopped:
         batches = epoch_batches(len(train_samples), bs, seed, epoch, rank, world)
         batches = batches[skip:]
         skip = 0
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=nw,
                             persistent_workers=False, multiprocessing_context="spawn" if nw else None)
-        for videos, ids, mask, labels in loader:
+        for videos, ids, mask, labels, scores in loader:
             ctx = ddp.no_sync() if (world > 1 and (micro + 1) % accum) else nullcontext()
             with ctx:
                 with precision.autocast():
-                    loss = ddp(videos, ids, mask, labels)
+                    loss = ddp(videos, ids, mask, labels, scores)
                 precision.backward(loss / accum)
             accum_loss += float(loss.detach()) / accum
             samples_since += len(ids) * world
@@ -274,8 +365,18 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
             t_last, samples_since, accum_loss = now, 0, 0.0
             bar.update(1)
             bar.set_postfix(loss=f"{log_rows[-1]['loss']:.4f}", refresh=False)
-            if rank == 0 and step % tr["checkpoint_every"] == 0 and step < total:
-                save_checkpoint(ckpt_dir, step, model, optimizer, scheduler, log_rows, scaler=precision.scaler)
+            if selector.due(step):
+                score = prob_srcc(model, val_samples, features, ev_bs) if selector.needs_score else None
+                selector.observe(step, model, score)
+                model.train()
+                t_last = time.time()  # validation time is not training throughput
+            if monitor is not None and (step % selector.every == 0 or step == total):
+                monitor(step, model)
+                model.train()
+                t_last = time.time()
+            if ckpt_dir is not None and rank == 0 and step % tr["checkpoint_every"] == 0 and step < total:
+                save_checkpoint(ckpt_dir, step, model, optimizer, scheduler, log_rows, scaler=precision.scaler,
+                                selector=selector)
             if stop_after is not None and step >= stop_after:
                 stopped = True
                 break
@@ -285,31 +386,10 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     bar.close()
     seconds = time.time() - t_start
     digest = weights_digest(model)
-    print(f"train: rank {rank}/{world}: step {step}, final weights sha1 {digest}", flush=True)
-    if stopped:
-        return {"step": step, "stopped": True, "digest": digest}
-
-    result = {"step": step, "digest": digest, "out": str(out)}
-    if rank == 0:
-        model.eval()
-        ev = cfg["evaluation"]
-        val = validate(model, val_samples, data["features"], ev["batch_size"], ev["max_new_tokens"])
-        n_params = sum(p.numel() for p in model.parameters())
-        summary = {
-            "n_train": len(train_samples), "n_val": len(val_samples),
-            "n_train_videos": len({(s["dataset"], s["id"]) for s in train_samples}),
-            "trainable": sum(p.numel() for p in params), "total": n_params, "steps": step,
-            "epochs": step / steps_per_epoch, "world_size": world, "dtype": str(amp_dtype or torch.float32).replace("torch.", ""),
-            "device": device, "seconds": seconds,
-            "final_loss": float(np.mean([r["loss"] for r in log_rows[-10:]])) if log_rows else float("nan"),
-            "samples_per_s": (len(log_rows) and float(np.median([r["samples_per_s"] for r in log_rows]))) or 0.0,
-        }
-        out = write_model_folder(out, model, cfg, experiment, stage, data, val, summary, log_rows)
-        print(f"train: {experiment}: {step} steps in {seconds:.0f} s; validation {json.dumps(val)} -> {out}", flush=True)
-        result["validation"] = val
-    if world > 1:
-        dist.barrier()
-    return result
+    selection = None if stopped else selector.apply(model)
+    return {"step": step, "stopped": stopped, "digest": digest, "log_rows": log_rows, "seconds": seconds,
+            "steps_per_epoch": steps_per_epoch, "selection": selection,
+            "dtype": str(compute if compute != torch.float32 else torch.float32).replace("torch.", "")}
 
 
 # ------------------------------------------------------------------ CLI
@@ -335,6 +415,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="train the model of this fold of a `folds: all` experiment (holding it out), or "
                              "`all`: its model on every fold (the one to ship); checkpoints default to "
                              "cache/checkpoints/<run>/fold<F> (or /all)")
+    parser.add_argument("--member", type=int, default=None,
+                        help="train this member of the experiment's ensemble (experiments.<E>.ensemble; seed "
+                             "training.seed + member; checkpoints default to cache/checkpoints/<run>.member<i>)")
 
 
 def main(args) -> int:
@@ -344,7 +427,7 @@ def main(args) -> int:
     train(cfg, args.experiment, args.out, device=args.device or cfg["device"], max_steps=args.max_steps,
           resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=args.checkpoint_dir,
           progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init, stores=args.stores,
-          fold=args.fold)
+          fold=args.fold, member=args.member)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,0 +1,139 @@
+"""Model folders on disk (docs/DESIGN.md "Model folder"): writing one atomically, reading its config,
+checking its projector weights, deciding whether another model may continue from it, and loading it
+back (`LMMVQA.save_pretrained` / `LMMVQA.from_pretrained` call these).
+
+A folder holds `lmmvqa.json` (the model config), `projector.safetensors`, `tokenizer/`, and of the LLM
+`llm/` (full weights, whenever they cannot be reloaded from the source) and/or `adapter/` (peft LoRA)
+or nothing (a frozen pretrained LLM reloaded from its source); `llm_weights` says which.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.core.devices import resolve_device
+from pipeline.core.errors import UserError
+from pipeline.model.llm_loading import DTYPES, check_missing, load_adapter, load_llm
+from pipeline.model.projector import Projector, projector_settings
+from pipeline.model.tokenizer import load_tokenizer
+
+FORMAT_VERSION = 1
+
+
+def read_model_config(path: Path) -> dict:
+    cfg_file = Path(path) / "lmmvqa.json"
+    if not cfg_file.exists():
+        raise UserError(f"{path}: not a model folder (no lmmvqa.json)")
+    return json.loads(cfg_file.read_text())
+
+
+def weight_parts_of(cfg: dict) -> list[str]:
+    """The LLM weight parts a model config says its folder holds (`llm`, `adapter`; [] = none)."""
+    w = cfg.get("llm_weights") or "source"
+    return [] if w == "source" else w.split("+")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def projector_for(cfg: dict) -> Projector:
+    """A projector shaped as a model config says (its recorded settings; the paper's when none)."""
+    return Projector(cfg["vision_width"], cfg["motion_dim"], cfg["llm_width"], cfg["pooling"],
+                     projector_settings(cfg.get("projector")))
+
+
+def load_projector_state(path: Path) -> dict[str, torch.Tensor]:
+    """The projector weights of a model folder, checked against the projector's keys."""
+    f = Path(path) / "projector.safetensors"
+    if not f.exists():
+        raise UserError(f"{path}: no projector.safetensors")
+    state = load_file(str(f))
+    expected = projector_for(read_model_config(path)).state_dict()
+    check_missing(f, sorted(set(expected) - set(state)), sorted(set(state) - set(expected)))
+    return state
+
+
+def check_compatible(init, init_cfg: dict, config: dict, tokenizer) -> None:
+    """A model to continue from must have the same shapes, LLM and placeholder as the new one."""
+    for key in ("vision_width", "vision_tokens", "motion_dim", "pooling", "llm_width", "placeholder_token"):
+        if init_cfg.get(key) != config.get(key):
+            raise UserError(f"{init}: cannot continue from this model: {key} is {init_cfg.get(key)!r} there "
+                            f"and {config.get(key)!r} here")
+    if projector_settings(init_cfg.get("projector")) != projector_settings(config.get("projector")):
+        raise UserError(f"{init}: cannot continue from this model: its projector settings "
+                        f"{projector_settings(init_cfg.get('projector'))} differ from this one's "
+                        f"{projector_settings(config.get('projector'))}")
+    if (init_cfg.get("llm") or {}).get("source") != config["llm"]["source"]:
+        raise UserError(f"{init}: cannot continue from this model: its LLM is {init_cfg['llm'].get('source')!r}, "
+                        f"this one's {config['llm']['source']!r}")
+    init_tok = Path(init) / "tokenizer"
+    if init_tok.exists():
+        if load_tokenizer(init_tok).get_vocab() != tokenizer.get_vocab():
+            raise UserError(f"{init}: cannot continue from this model: its tokenizer differs from this one's")
+
+
+def save_model_folder(model, path: str | Path, extra: dict | None = None) -> Path:
+    """Write `model`'s folder (into a temporary sibling, renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()}
+    save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
+    cfg = dict(model.config)
+    parts = model.weight_parts()
+    if "llm" in parts:
+        base = model.base_llm()
+        sd = None
+        if "adapter" in parts:  # the base weights without the LoRA layers peft injected
+            sd = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+        base.save_pretrained(str(tmp / "llm"), state_dict=sd)
+    if "adapter" in parts:
+        model.llm.save_pretrained(str(tmp / "adapter"))
+    cfg["llm_weights"] = "+".join(parts) or "source"
+    model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    if extra:
+        cfg.update(extra)
+    (tmp / "lmmvqa.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model_folder(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None):
+    """An instance of `cls` (LMMVQA) from a model folder on `device` (cpu, cuda, cuda:N or auto), the
+    LLM straight onto it, in `dtype` (default: the dtype recorded at training, `lmmvqa.json` `dtype`;
+    float32 for folders that record none). Weights missing from any file are an error naming them."""
+    path = Path(path)
+    cfg = read_model_config(path)
+    device = resolve_device(device)
+    name = dtype or cfg.get("dtype") or cfg["llm"].get("dtype") or "float32"
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}' (one of {', '.join(DTYPES)})")
+    tokenizer = load_tokenizer(path / "tokenizer")
+    parts = weight_parts_of(cfg)
+    if cfg["llm"].get("source") is None and "llm" not in parts:
+        raise UserError(f"{path}: its LLM was built at random init and the folder does not hold its weights "
+                        "(written by an older version under LoRA); retrain it")
+    llm = load_llm(cfg["llm"], tokenizer, dtype=DTYPES[name], device=device,
+                   weights=path / "llm" if "llm" in parts else None)
+    if "adapter" in parts:
+        llm = load_adapter(llm, path / "adapter")
+    projector = projector_for(cfg)
+    projector.load_state_dict(load_projector_state(path))
+    model = cls(llm, tokenizer, projector, cfg)
+    model.set_trainable()
+    return model.to(device).eval()
