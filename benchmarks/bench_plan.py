@@ -97,7 +97,7 @@ def measure(cfg: dict, keyframes: int = 4, seed: int = 0) -> dict:
     tok = train_tokenizer([{"question": q, "answer": "1.5"} for q in bank["score"] + bank["level"]])
     model = LMMVQA.build(cfg, tok, VISION, seed=seed)
     if cfg["training"]["gradient_checkpointing"]:
-        enable_checkpointing(model._base_llm())
+        enable_checkpointing(model.base_llm())
     model.train()
     b = int(cfg["training"]["batch_size"])
     rng = np.random.default_rng(seed)

@@ -331,7 +331,7 @@ def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
     for decoding in ("free", "constrained"):
         cfg["evaluation"]["decoding"] = decoding
         out = tmp_path / decoding / "predictions.csv"
-        metrics = evaluate(cfg, "exp", "syn", out, out.with_name("metrics.json"))
+        metrics = evaluate(cfg, "exp", "syn:test", out, out.with_name("metrics.json"))
         preds = pd.read_csv(out)
         assert json.loads(out.with_name("metrics.json").read_text())["decoding"] == decoding
         assert metrics["invalid"] == int(preds["invalid"].sum())
