@@ -112,3 +112,16 @@ def test_paper_preset_keeps_the_paper_recipe():
     assert cfg["training"]["projector"] == {"layers": 1, "width": None, "dropout": 0.0, "mlp_ratio": 4}
     assert cfg["training"]["motion_pooling"] == "per_second" and cfg["training"]["select"] == "last"
     assert cfg["training"]["score_loss"] == {"soft_weight": 0.0, "soft_sigma": 3.0, "expected_weight": 0.0}
+
+
+def test_offline_preset_trains_with_its_measured_recipe():
+    """The default preset's LLM is trained here from scratch: whole-number answers, a small projector with
+    dropout, motion statistics, lr 3e-4 and averaged weights unless the config says otherwise."""
+    base = {"datasets": {"d": {"format": "generic", "labels": "l.csv"}}}
+    cfg = validate(copy.deepcopy(base))
+    assert cfg["models"]["preset"] == "offline" and cfg["prompts"]["answer_format"] == "integer"
+    tr = cfg["training"]
+    assert (tr["lr"], tr["select"], tr["motion_pooling"]) == (3.0e-4, "average", "stats")
+    assert tr["projector"] == {"layers": 1, "width": 256, "dropout": 0.1, "mlp_ratio": 4}
+    mine = validate({**copy.deepcopy(base), "prompts": {"answer_format": "decimal3"}, "training": {"lr": 1.0e-3}})
+    assert mine["prompts"]["answer_format"] == "decimal3" and mine["training"]["lr"] == 1.0e-3
