@@ -37,6 +37,16 @@ SCORE_CANDIDATES = answer_format("decimal3").candidates()
 DECODINGS = ("constrained", "free")
 
 
+def _answer(model, videos, questions, kind, constrained, max_new_tokens, parse, texts, values) -> None:
+    """Generate one answer per video to `questions` and append it (and what it parses to, when it
+    parses) to each video's list in `texts` / `values`."""
+    for i, text in enumerate(model.generate(videos, questions, max_new_tokens, constrain=kind if constrained else None)):
+        texts[i].append(text)
+        value, _ = parse(text)
+        if value is not None:
+            values[i].append(value)
+
+
 def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: int = 0, templates: int = 1,
                   max_new_tokens: int = 8, decoding: str = "constrained") -> list[dict]:
     """Prediction rows (see module docstring) for one collated batch of videos. `model` may be a list of
@@ -56,20 +66,10 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
     for m in models:
         for k in range(templates):
             questions = [question_for(vid, "score", seed, bank, k)[1] for vid in ids]
-            for i, text in enumerate(m.generate(videos, questions, max_new_tokens,
-                                                constrain="score" if constrained else None)):
-                texts[i].append(text)
-                value, _ = parse_score(text)
-                if value is not None:
-                    parsed[i].append(value)
+            _answer(m, videos, questions, "score", constrained, max_new_tokens, parse_score, texts, parsed)
             prob += m.prob_scores(videos, questions)
             level_questions = [question_for(vid, "level", seed, bank, k)[1] for vid in ids]
-            for i, text in enumerate(m.generate(videos, level_questions, max_new_tokens,
-                                                constrain="level" if constrained else None)):
-                level_texts[i].append(text)
-                lv, _ = parse_level(text)
-                if lv is not None:
-                    levels[i].append(lv)
+            _answer(m, videos, level_questions, "level", constrained, max_new_tokens, parse_level, level_texts, levels)
             lp = m.candidate_logprobs(videos, level_questions, list(LEVELS), append_eos=True)
             level_p += np.array([[level_probabilities({lv: float(v) for lv, v in zip(LEVELS, row)})[lv]
                                   for lv in LEVELS] for row in lp])
