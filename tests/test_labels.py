@@ -211,3 +211,14 @@ def test_generic_extra_columns_across_files_and_clashes(tmp_path):
     unnamed.write_text("name,mos,\na.mp4,10,x\n")
     with pytest.raises(UserError, match=r"unnamed.csv: a column has no name"):
         read_labels("generic", unnamed)
+
+
+def test_video_id_is_the_file_name_without_its_video_extension():
+    """`lmmvqa score` draws a video's question templates by this id, as the prompt stage does for the
+    dataset's videos: `demo_0002.mp4` is `demo_0002` in both (it was the file name, so score asked
+    other questions than evaluate and gave other scores)."""
+    from pipeline.ingest.labels import id_and_path, video_id
+
+    assert video_id("demo_0002.mp4") == "demo_0002" and video_id("clip.MKV") == "clip"
+    assert video_id("sub/a.webm") == "sub/a" and video_id("noext") == "noext" and video_id("a.b.txt") == "a.b.txt"
+    assert id_and_path("sub/a.webm", "row 2")[0] == video_id("sub/a.webm")

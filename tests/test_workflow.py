@@ -178,7 +178,8 @@ def test_score_command_matches_evaluation_and_reports_bad_files(demo_run, tmp_pa
     assert lines[2]["video"] == str(broken) and "error" in lines[2]
     for vid, line in zip(picked, lines[:2]):
         row = preds.set_index("id").loc[vid]
-        assert line["prob_score"] == pytest.approx(row["prob_score"], abs=0.05)
+        # same features (rounded as stored), same questions (templates drawn per video id): same score
+        assert line["prob_score"] == pytest.approx(row["prob_score"], abs=1e-3)
         assert 0 <= line["prob_score"] <= 100
         assert line["p_good"] + line["p_fair"] + line["p_poor"] == pytest.approx(1, abs=1e-3)
         assert line["level"] == (row["level"] if isinstance(row["level"], str) else None)

@@ -33,7 +33,7 @@ from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
 from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import collate_videos
-from pipeline.ingest.labels import is_video_file
+from pipeline.ingest.labels import is_video_file, video_id
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
 from pipeline.prompts.experiments import experiment_folds, shipped_model, unseen_tests
@@ -93,7 +93,9 @@ class Scorer:
         spatial = spatial.astype(f["spatial_dtype"]).astype("float32")
         motion = motion.astype(f["motion_dtype"]).astype("float32")
         batch = collate_videos([(spatial, motion)])
-        row = predict_batch(self.model, batch, [Path(path).name], bank=self.bank, seed=self.seed,
+        # the question templates are drawn per video id, as the prompt stage draws them for a dataset's
+        # videos (the file name without its extension), so a dataset's video gets the same questions here
+        row = predict_batch(self.model, batch, [video_id(Path(path).name)], bank=self.bank, seed=self.seed,
                             templates=int(self.evaluation.get("templates_per_video", 1)),
                             max_new_tokens=int(self.evaluation.get("max_new_tokens", 8)),
                             decoding=self.decoding)[0]

@@ -99,12 +99,17 @@ def check_relative(name: str, where: str) -> str:
     return "/".join(parts)
 
 
+def video_id(name: str) -> str:
+    """A video's id from its (relative) file name: the name without its video extension."""
+    suffix = PurePosixPath(name).suffix.lower()
+    return name[: -len(suffix)] if suffix in VIDEO_EXTENSIONS else name
+
+
 def id_and_path(name: str, where: str) -> tuple[str, str]:
     """(id, path) from a label's name: the id drops a video extension, the path adds `.mp4` if none."""
     rel = check_relative(name, where)
-    suffix = PurePosixPath(rel).suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
-        return rel[: -len(suffix)], rel
+    if PurePosixPath(rel).suffix.lower() in VIDEO_EXTENSIONS:
+        return video_id(rel), rel
     return rel, rel + ".mp4"
 
 
