@@ -179,7 +179,7 @@ def test_feature_info_from_attrs_or_array_shapes(tmp_path):
     ds = DatasetFeatures([p])
     info = feature_info(ds)
     assert (info["vision_tokens"], info["vision_width"], info["motion_dim"]) == (5, 8, 12)
-    assert info["vision"] == {"source": "s", "config": None}
+    assert info["vision"] == {"source": "s", "config": None, "arch": None, "detail": None, "weights": None}
     bare = tmp_path / "shard-00001.zarr"
     with StoreWriter(bare, token_shape=(5, 8), motion_dim=12) as w:  # no model attributes
         for vid, sp, mo in _videos(4, n=2):
