@@ -49,7 +49,7 @@ def probe_failures(dataset: str, shard: int | str) -> Path:
 
 
 def failures_table(table_csv: str | Path) -> Path:
-    """The failures table beside a probe table (`p.csv` -> `p.failures.csv`)."""
+    """The failures table beside a table (probe shard, synth plan or labels: `p.csv` -> `p.failures.csv`)."""
     return Path(table_csv).with_suffix(".failures.csv")
 
 

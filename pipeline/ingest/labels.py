@@ -108,9 +108,8 @@ def video_id(name: str) -> str:
 def id_and_path(name: str, where: str) -> tuple[str, str]:
     """(id, path) from a label's name: the id drops a video extension, the path adds `.mp4` if none."""
     rel = check_relative(name, where)
-    if PurePosixPath(rel).suffix.lower() in VIDEO_EXTENSIONS:
-        return video_id(rel), rel
-    return rel, rel + ".mp4"
+    vid = video_id(rel)
+    return (vid, rel) if vid != rel else (rel, rel + ".mp4")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -1,14 +1,15 @@
 """Gather a synth dataset's shards into a generic label file, a videos folder and a failures table.
 
-`lmmvqa synth-labels --config C --dataset D --plan plan.csv --plan-failures F --segments DIR... --shards DIR...
---labels labels.csv --failures failures.csv --videos DIR`
+`lmmvqa synth-labels --config C --dataset D --plan plan.csv [--plan-failures plan.failures.csv] --segments DIR...
+--shards DIR... --labels labels.csv [--failures labels.failures.csv] --videos DIR` (the failures tables
+default to the ones beside the plan and the label file)
 
 labels.csv (`LABEL_COLUMNS`, in plan order) is what the manifest reads as a generic label file: `mos` is
 the config's metric on 0-100 (pipeline/synth/fr_metrics.py `to_mos`), `group` and `source` come from the
 plan (inherited from `reference_labels`, or the reference segment and file), `distortion` is the family,
 `severity` its level (1 = weakest of `levels`), `params` the drawn parameters (JSON); `vmaf`, `psnr`,
 `ssim` are every full-reference score; `width, height, fps, frames` describe the variant file. The videos
-folder holds a hard link (a copy across file systems) to every scored variant. failures.csv lists the
+folder holds a hard link (a copy across file systems) to every scored variant. The failures table lists the
 references that could not be probed or cut and the variants that could not be encoded or scored. All three
 are written atomically, the label file last.
 """

@@ -1,6 +1,6 @@
 """Plan a synth dataset: which references, which segments of each, which variants of each segment.
 
-`lmmvqa synth-plan --config C --dataset D --out plan.csv --failures plan.failures.csv`
+`lmmvqa synth-plan --config C --dataset D --out plan.csv [--failures plan.failures.csv]` (default: beside --out)
 
 Lists the references (every video file under `references`, or the files `reference_labels` names), probes
 each (PyAV), places up to `segments_per_reference` segments of `segment_seconds` evenly over it, and gives
