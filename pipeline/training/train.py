@@ -403,7 +403,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in cache/checkpoints/<run>")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer trained on the prompts, for an LLM built at random init (default results/tokenizer)")
-    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default cache/checkpoints/<experiment>)")
+    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default cache/checkpoints/<run>[/fold<F> or /all], <run> = the experiment, its .stage1 or .member<i>)")
     add_no_progress_arg(parser)
     parser.add_argument("--stage1", action="store_true",
                         help="train stage 1 of a two-stage experiment (experiments.<E>.stage1); without it the "
