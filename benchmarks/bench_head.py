@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_head.py [--setup demo realset-dev realset-dev-loso] \\
         [--folds 0,1] [--seeds 0,1,2] [--set training.epochs=6 --set prompts.answer_format=integer ...] \\
         [--name NAME] [--out benchmarks/results/bench_head-NAME.json]
+    .venv/bin/python benchmarks/bench_head.py --setup realset-dev-loso --seeds 0,1 \\
+        --extra-train synth-real:all,synth-clips:all [--extra-config config/synth-dev.yaml] --name synth-s
     .venv/bin/python benchmarks/bench_head.py --table benchmarks/results/bench_head-*.json
 
 Trains in this process from the feature stores a workflow run left in the working directory (run
@@ -25,6 +27,16 @@ the same functions as `lmmvqa train` / `lmmvqa evaluate` (`training.train.new_mo
   frames and tokens, mean and std of the motion features over seconds; standardised on the training
   videos), fitted on the same training folds (all their videos: the LMM's training and validation
   videos), its alpha chosen by leave-one-training-fold-out SRCC; it does not depend on the seed.
+
+Extra training data (`--extra-train DATASET:SUBSET,...`, datasets of `--extra-config`, e.g. the synth
+sets of config/synth-dev.yaml): their manifests and feature stores come from a workflow run of that config
+(`results/manifest/DATASET.csv`, same feature settings); per fold they join the training videos of both the
+LMM (their prompt samples after the setup's, as `lmmvqa train` orders an experiment's train selectors) and
+the ridge readout, less the videos that share the setup's `exclude_shared` column (source for leave one
+source out, group for grouped folds) with the fold's test videos, found by the workflow's own
+`prompts.experiments.shared_content` on the benchmark's folds. Variants of the extra data: a fixed share of
+its videos (`--extra-fraction`), its labels mapped by rank onto the training folds' MOS distribution
+(`--extra-map quantile`). The tokenizer is trained on the setup's and the extra datasets' samples.
 
 Summary per setup: mean over all (fold, seed) runs; "std seeds" = the std (ddof 1) over seeds within a
 fold, averaged over folds (and its maximum over folds); "std folds" = the std over folds of the per-fold
@@ -54,6 +66,8 @@ SETUPS = {  # name -> (config file, dataset)
     "realset-dev": ("config/realset-dev.yaml", "realset-dev"),
     "realset-dev-loso": ("config/realset-dev-loso.yaml", "realset-dev"),
 }
+# with extra training data: the column whose values a training video must not share with a test video
+EXCLUDE_SHARED = {"realset-dev": "group", "realset-dev-loso": "source"}
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
@@ -113,31 +127,106 @@ def _srcc(a, b) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
-def ridge_fold(x, y, folds, test_fold) -> tuple[np.ndarray, float]:
-    """Predictions on `test_fold` of a ridge fitted on the other folds, alpha by leave-one-training-fold-out."""
+def ridge_fold(x, y, folds, test_fold, extra=None) -> tuple[np.ndarray, float]:
+    """Predictions on `test_fold` of a ridge fitted on the other folds, alpha by leave-one-training-fold-out.
+    `extra`: (x, y, {fold: mask of extra rows excluded while that fold is held out}) of extra training
+    videos, used beside the training folds (inner folds too, less those sharing with either held-out fold)."""
     tr, te = folds != test_fold, folds == test_fold
     inner = [f for f in np.unique(folds[tr])]
 
+    def fit_predict(rows, held, xq, alpha):
+        xt, yt = x[rows], y[rows]
+        if extra is not None:
+            xe, ye, excluded = extra
+            keep = ~np.logical_or.reduce([excluded[h] for h in held])
+            xt, yt = np.concatenate([xt, xe[keep]]), np.concatenate([yt, ye[keep]])
+        return ridge(xt, yt, xq, alpha)
+
     def inner_score(alpha):
-        return np.nanmean([_srcc(ridge(x[tr & (folds != f)], y[tr & (folds != f)], x[folds == f], alpha), y[folds == f])
+        return np.nanmean([_srcc(fit_predict(tr & (folds != f), [test_fold, f], x[folds == f], alpha), y[folds == f])
                            for f in inner])
 
     best = max(ALPHAS, key=inner_score)
-    return ridge(x[tr], y[tr], x[te], best), best
+    return fit_predict(tr, [test_fold], x[te], best), best
+
+
+# ------------------------------------------------------------------ extra training data
+
+def load_extras(cfg: dict, selectors: list[str], extra_config: str, fraction: float) -> dict:
+    """Extra training datasets: {dataset: {"selector", "manifest" (the selector's rows, a fixed `fraction`
+    of them), "features"}}; their configs are added to `cfg["datasets"]` (for the exclusion's selectors)."""
+    from pipeline.core import paths
+    from pipeline.core.config import load_config
+    from pipeline.core.specs import feature_settings_hash
+    from pipeline.features.store_reader import DatasetFeatures
+    from pipeline.ingest.manifest import read_manifest
+    from pipeline.prompts.experiments import parse_selector, select
+
+    xcfg = load_config(extra_config, {})
+    settings = feature_settings_hash(cfg)
+    if feature_settings_hash(xcfg) != settings:
+        raise SystemExit(f"--extra-config {extra_config}: feature settings differ from the setup's")
+    out = {}
+    for selector in selectors:
+        dataset, _ = parse_selector(selector)
+        if dataset not in xcfg["datasets"]:
+            raise SystemExit(f"--extra-train {selector}: no dataset '{dataset}' in {extra_config}")
+        if dataset in cfg["datasets"]:
+            raise SystemExit(f"--extra-train {selector}: '{dataset}' is the setup's own dataset")
+        cfg["datasets"][dataset] = xcfg["datasets"][dataset]
+        if not paths.manifest(dataset).is_file():
+            raise SystemExit(f"--extra-train {selector}: {paths.manifest(dataset)} not found: run the workflow on "
+                             f"{extra_config} first")
+        manifest = select(read_manifest(paths.manifest(dataset)), cfg, selector, None)
+        if fraction < 1:  # a fixed share of the videos, the same for every fold and seed
+            keep = np.random.default_rng(0).permutation(len(manifest))[:int(round(fraction * len(manifest)))]
+            manifest = manifest.iloc[np.sort(keep)]
+        stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
+        missing = [str(st) for st in stores if not st.exists()]
+        if missing:
+            raise SystemExit(f"--extra-train {selector}: feature stores missing ({missing[0]} ...)")
+        features = DatasetFeatures(stores)
+        features.preload(4 << 30)
+        manifest = manifest[manifest["id"].astype(str).isin(set(features.ids))].reset_index(drop=True)
+        out[dataset] = {"selector": selector, "manifest": manifest, "features": features}
+    return out
+
+
+def excluded_extras(cfg: dict, dataset: str, manifest: pd.DataFrame, extras: dict, column: str | None,
+                    fold: int) -> dict[str, np.ndarray]:
+    """Per extra dataset, the mask of its videos left out while `fold` is held out: those sharing `column`
+    with a test video, as `experiments.<E>.exclude_shared` leaves them out (`shared_content`)."""
+    from pipeline.prompts.experiments import shared_content
+
+    if not column:
+        return {d: np.zeros(len(e["manifest"]), bool) for d, e in extras.items()}
+    c = copy.deepcopy(cfg)
+    c["experiments"] = {"bench": {"train": [f"{dataset}:train", *[e["selector"] for e in extras.values()]],
+                                  "test": [f"{dataset}:test"], "holdout_fold": int(fold), "exclude_shared": column}}
+    given = {dataset: manifest, **{d: e["manifest"] for d, e in extras.items()}}
+    videos = shared_content(c, "bench", manifests=given)["videos"]
+    return {d: np.array([(d, str(i)) in videos for i in e["manifest"]["id"]], bool) for d, e in extras.items()}
+
+
+def mapped_mos(mos: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`mos` mapped by rank onto the distribution of `reference` (its quantiles at the same mid-ranks)."""
+    q = (pd.Series(mos).rank().to_numpy() - 0.5) / len(mos)
+    return np.quantile(np.asarray(reference, float), q)
 
 
 # ------------------------------------------------------------------ one setup
 
-def ordered_training_samples(cfg: dict, samples: list[dict], dataset: str, fold: int) -> list[dict]:
-    """The training samples of fold `fold` held out, in the order `lmmvqa train` reads them (prompt shard
-    by prompt shard, as `prompts.experiments.prompt_parts` lists them)."""
+def ordered_training_samples(cfg: dict, samples: list[dict], dataset: str, fold: int,
+                             selector: str | None = None) -> list[dict]:
+    """The training samples of fold `fold` held out (of `selector`, default DATASET:train), in the order
+    `lmmvqa train` reads them (prompt shard by prompt shard, as `prompts.experiments.prompt_parts` lists them)."""
     from pipeline.prompts.experiments import prompt_parts
 
     by_part: dict[str, list[dict]] = {}
     for s in samples:
         by_part.setdefault(s["part"], []).append(s)
     out = []
-    for part in prompt_parts(cfg, f"{dataset}:train", fold):
+    for part in prompt_parts(cfg, selector or f"{dataset}:train", fold):
         out += by_part.get(part, [])
     return out
 
@@ -174,9 +263,10 @@ def ensemble_predictions(members: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[int], ridge_only: bool,
-              log, eval_variants: dict | None = None, curve: bool = False) -> list[dict]:
+              log, eval_variants: dict | None = None, curve: bool = False, extra: dict | None = None) -> list[dict]:
     """Results of one setup: one per evaluation variant ("" = the config's `evaluation`, then each of
-    `eval_variants` {name: evaluation overrides}, scored with the same trained models)."""
+    `eval_variants` {name: evaluation overrides}, scored with the same trained models). `extra`: extra
+    training data {"selectors", "config", "fraction", "map", "exclude"} (see the module docstring)."""
     import torch
 
     from pipeline.core import paths
@@ -209,31 +299,60 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     fmt = cfg["prompts"]["answer_format"]
     bank = load_templates(cfg["prompts"]["templates"], fmt)
     samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)
-    tokenizer = train_tokenizer(samples, fmt) if trains_tokenizer(cfg) else load_tokenizer(model_spec(cfg, "llm")["source"])
-    info = training_feature_info({dataset: features})
+    extra = extra or {}
+    extras = load_extras(cfg, extra["selectors"], extra["config"], extra.get("fraction", 1.0)) if extra.get("selectors") else {}
+
+    def extra_samples(d, mos=None):
+        m = extras[d]["manifest"] if mos is None else extras[d]["manifest"].assign(mos=mos)
+        return build_samples(m, d, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)
+
+    vocab = samples + [x for d in extras for x in extra_samples(d)]
+    tokenizer = train_tokenizer(vocab, fmt) if trains_tokenizer(cfg) else load_tokenizer(model_spec(cfg, "llm")["source"])
+    all_features = {dataset: features, **{d: e["features"] for d, e in extras.items()}}
+    info = training_feature_info(all_features)
     evals = {"": cfg["evaluation"], **{v: deep_merge(cfg["evaluation"], o) for v, o in (eval_variants or {}).items()}}
 
     ids = manifest["id"].tolist()
     fold_of = manifest["fold"].to_numpy(int)
     x, y = video_vectors(features, ids), manifest["mos"].to_numpy(float)
+    column = extra.get("exclude", EXCLUDE_SHARED.get(name))
+    excluded = {f: excluded_extras(cfg, dataset, manifest, extras, column, f) for f in range(k)} if extras else {}
+
+    def extra_mos(d, f):  # an extra dataset's labels while fold f is held out (mapped onto its training MOS)
+        mos = extras[d]["manifest"]["mos"].to_numpy(float)
+        return mapped_mos(mos, y[fold_of != f]) if extra.get("map") == "quantile" else mos
+
+    xe = {d: video_vectors(e["features"], e["manifest"]["id"].astype(str).tolist()) for d, e in extras.items()}
     ridge_res = {}
     for f in folds:
-        pred, alpha = ridge_fold(x, y, fold_of, f)
+        ridge_extra = None
+        if extras:
+            ridge_extra = (np.concatenate(list(xe.values())), np.concatenate([extra_mos(d, f) for d in extras]),
+                           {h: np.concatenate([excluded[h][d] for d in extras]) for h in excluded})
+        pred, alpha = ridge_fold(x, y, fold_of, f, ridge_extra)
         te = fold_of == f
         r = metrics_row(pd.DataFrame({"id": np.array(ids)[te], "mos": y[te], "level_true": "", "score": pred,
                                       "invalid": False, "prob_score": pred, "level": ""}))
+        n_extra = int(sum((~excluded[f][d]).sum() for d in extras)) if extras else 0
         ridge_res[str(f)] = {"srcc": r["prob_srcc"], "plcc": r["prob_plcc"], "plcc_raw": r["prob_plcc_raw"],
-                             "alpha": alpha, "n_train": int((~te).sum()), "n_test": int(te.sum())}
-        log(f"{name} fold {f}: ridge SRCC {r['prob_srcc']:.3f} PLCC {r['prob_plcc']:.3f} (alpha {alpha:g})")
+                             "alpha": alpha, "n_train": int((~te).sum()), "n_test": int(te.sum()), "n_extra": n_extra}
+        log(f"{name} fold {f}: ridge SRCC {r['prob_srcc']:.3f} PLCC {r['prob_plcc']:.3f} (alpha {alpha:g}"
+            f"{f'; + {n_extra} extra videos' if extras else ''})")
+    extra_doc = {**extra, "exclude": column, "videos": {d: len(e["manifest"]) for d, e in extras.items()}} if extras else None
     results = {v: {"setup": name, "eval_variant": v, "config": config_file, "dataset": dataset, "folds": folds,
                    "seeds": seeds, "answer_format": fmt, "training": cfg["training"], "evaluation": ev,
-                   "videos": len(ids), "ridge": ridge_res, "runs": [], "ensemble": {}} for v, ev in evals.items()}
+                   "videos": len(ids), "extra": extra_doc, "ridge": ridge_res, "runs": [], "ensemble": {}}
+               for v, ev in evals.items()}
     if ridge_only:
         return [results[""]]
 
     test_rows = manifest.set_index("id")
     for f in folds:
         train_all = ordered_training_samples(cfg, samples, dataset, f)
+        for d, e in extras.items():  # after the setup's own, as an experiment's later train selectors
+            keep = set(e["manifest"]["id"].astype(str)[~excluded[f][d]])
+            mine = [x for x in extra_samples(d, extra_mos(d, f)) if x["id"] in keep]
+            train_all += ordered_training_samples(cfg, mine, d, f, e["selector"])
         test_ids = manifest.loc[manifest["fold"] == f, "id"].tolist()
         test_samples = [s for s in samples if s["id"] in set(test_ids)]
         members = {v: [] for v in evals}
@@ -248,12 +367,12 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
             points = []
 
             def monitor(step, model):  # learning curves: validation, and the test fold (diagnostic only)
-                points.append({"step": step, "val_prob_srcc": prob_srcc(model, val_s, {dataset: features}),
-                               "test_prob_srcc": prob_srcc(model, test_samples, {dataset: features})})
+                points.append({"step": step, "val_prob_srcc": prob_srcc(model, val_s, all_features),
+                               "test_prob_srcc": prob_srcc(model, test_samples, all_features)})
 
             t0 = time.perf_counter()
-            model = new_model(c, tokenizer, info, tr_s, {dataset: features})
-            run = fit(c, model, tr_s, val_s, {dataset: features}, progress=False, name=f"{name}/fold{f}/seed{seed}",
+            model = new_model(c, tokenizer, info, tr_s, all_features)
+            run = fit(c, model, tr_s, val_s, all_features, progress=False, name=f"{name}/fold{f}/seed{seed}",
                       monitor=monitor if curve else None)
             train_s = time.perf_counter() - t0
             model.eval()
@@ -264,7 +383,9 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
                 members[v].append(preds)
                 row = {"fold": f, "seed": seed, **metrics_row(preds), "train_s": round(train_s, 1),
                        "eval_s": round(eval_s, 1), "steps": run["step"], "selection": run["selection"],
-                       "n_train_videos": len({s["id"] for s in tr_s}), "n_val_videos": len({s["id"] for s in val_s}),
+                       "n_train_videos": len({(s["dataset"], s["id"]) for s in tr_s}),
+                       "n_extra_videos": len({(s["dataset"], s["id"]) for s in tr_s if s["dataset"] != dataset}),
+                       "n_val_videos": len({(s["dataset"], s["id"]) for s in val_s}),
                        "curve": points}
                 results[v]["runs"].append(row)
                 log(f"{name}{'+' + v if v else ''} fold {f} seed {seed}: prob SRCC {row['prob_srcc']:.3f} "
@@ -376,6 +497,15 @@ def main(argv=None) -> int:
                          "e.g. tpl3:templates_per_video=3); repeatable")
     ap.add_argument("--curve", action="store_true",
                     help="record the validation and test probability-score SRCC at every evaluated step (per epoch)")
+    ap.add_argument("--extra-train", default="", metavar="DATASET:SUBSET[,...]",
+                    help="extra training datasets (selectors of --extra-config), e.g. synth-real:all,synth-clips:all")
+    ap.add_argument("--extra-config", default="config/synth-dev.yaml", help="config defining the extra datasets")
+    ap.add_argument("--extra-fraction", type=float, default=1.0, help="a fixed share of the extra videos (default all)")
+    ap.add_argument("--extra-map", choices=["none", "quantile"], default="none",
+                    help="quantile: extra labels mapped by rank onto the training folds' MOS distribution")
+    ap.add_argument("--exclude-shared", default=None, metavar="COLUMN",
+                    help="column an extra video must not share with a test video (default: source for "
+                         "realset-dev-loso, group for realset-dev, none for demo; '' for none)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/bench_head-<name>.json)")
     ap.add_argument("--table", nargs="+", default=None, metavar="JSON", help="print the table of earlier results")
     args = ap.parse_args(argv)
@@ -403,9 +533,13 @@ def main(argv=None) -> int:
     for item in args.eval:
         vname, _, sets = item.partition(":")
         eval_variants[vname] = parse_sets(sets.split(","))
+    extra = {"selectors": [v for v in args.extra_train.split(",") if v], "config": args.extra_config,
+             "fraction": args.extra_fraction, "map": args.extra_map}
+    if args.exclude_shared is not None:
+        extra["exclude"] = args.exclude_shared or None
     for setup in args.setup:
         for r in run_setup(setup, overrides, folds, seeds, args.ridge_only, lambda m: print(m, flush=True),
-                           eval_variants, args.curve):
+                           eval_variants, args.curve, extra):
             r["name"] = args.name + (f"+{r['eval_variant']}" if r["eval_variant"] else "")
             doc["results"].append(r)
         doc["seconds"] = round(time.perf_counter() - t0, 1)

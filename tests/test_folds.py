@@ -192,6 +192,10 @@ def test_exclude_shared_drops_training_videos_of_tested_sources(tmp_path, monkey
         # exactly the synthetic variants of the held-out source (the real ones are test videos already)
         assert out["videos"] == {("syn", f"s-{src}{i}") for i in range(2)}
     assert seen == {"a", "b", "c"}
+    # manifests given in memory (a benchmark's own folds) are used instead of the files
+    in_memory = real_m.assign(fold=[{"a": 1, "b": 2, "c": 0}[s] for s in real_m["source"]])
+    out = shared_content(with_holdout(cfg, "loso", 0), "loso", manifests={"real": in_memory})
+    assert out["values"] == {"c"} and out["videos"] == {("syn", "s-c0"), ("syn", "s-c1")}
     assert shared_content(cfg, "plain") == {"column": None, "values": set(), "videos": set()}
     bad = copy.deepcopy(cfg)
     bad["experiments"]["loso"]["exclude_shared"] = "camera"

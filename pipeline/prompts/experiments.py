@@ -175,23 +175,26 @@ def select(manifest: pd.DataFrame, cfg: dict, selector: str, holdout_fold: int) 
     return manifest[part.isin(parts)]
 
 
-def shared_content(cfg: dict, experiment: str) -> dict:
+def shared_content(cfg: dict, experiment: str, manifests: dict[str, pd.DataFrame] | None = None) -> dict:
     """What `experiments.<E>.exclude_shared: COLUMN` leaves out of training: {"column", "values" (the
     column's values among the test videos of the fold being run), "videos" ({(dataset, id)} of training
     videos holding one of them)}; nothing when the option is unset. Reads the manifests of the
-    experiment's datasets; empty cells never match."""
+    experiment's datasets (`manifests`: dataset -> manifest table to use instead of its file, e.g. one
+    built in memory by a benchmark); empty cells never match."""
     exp = require_experiment(cfg, experiment)
     column = exp.get("exclude_shared")
     if not column:
         return {"column": None, "values": set(), "videos": set()}
+    given = manifests or {}
 
     def selected(selectors):
         for selector in selectors:
             dataset, _ = parse_selector(selector)
-            manifest = read_manifest(paths.manifest(dataset))
+            manifest = given[dataset] if dataset in given else read_manifest(paths.manifest(dataset))
             if column not in manifest.columns:
+                where = "given" if dataset in given else str(paths.manifest(dataset))
                 raise UserError(f"experiments.{experiment}.exclude_shared: column '{column}' is not in the "
-                                f"manifest of '{dataset}' ({paths.manifest(dataset)}); it has "
+                                f"manifest of '{dataset}' ({where}); it has "
                                 f"{', '.join(manifest.columns)}")
             rows = select(manifest, cfg, selector, exp["holdout_fold"])
             yield dataset, rows["id"].astype(str), rows[column].astype(str).str.strip()
