@@ -35,6 +35,10 @@ def test_experiment_folds_and_holdout():
     one = with_holdout(cfg, "cv", 1)
     assert one["experiments"]["cv"]["holdout_fold"] == 1 and cfg["experiments"]["cv"]["holdout_fold"] == 0
     assert prompt_parts(one, "a:train", 1) == ["fold0", "fold2"] and prompt_parts(one, "a:test", 1) == ["fold1"]
+    # `all` of a dataset with fewer folds serves every fold of the experiment (fold 3 of 5 folds, k=3)
+    assert prompt_parts(_cfg({}, k=5), "b:all", 3) == ["fold0", "fold1", "fold2"]
+    with pytest.raises(UserError, match="holdout_fold 3 >= k=3"):
+        prompt_parts(_cfg({}, k=5), "b:train", 3)
     with pytest.raises(UserError, match="fold 3 not among its folds 0..2"):
         with_holdout(cfg, "cv", 3)
     with pytest.raises(UserError, match="--fold needs folds: all"):

@@ -38,7 +38,8 @@ def parse_selector(selector: str) -> tuple[str, str]:
 def prompt_parts(cfg: dict, selector: str, holdout_fold: int | None) -> list[str]:
     """Prompt shard names (see paths.prompt_part) that make up a selector. `holdout_fold` None: no fold
     is held out (the model a `folds: all` experiment trains on every fold): `train` is every fold and
-    `test` none."""
+    `test` none. `all` does not depend on the held-out fold, so a dataset with fewer folds than the
+    experiment's (a synth set of 4 folds beside 5 grouped folds) serves every one of them."""
     dataset, subset = parse_selector(selector)
     ds = cfg["datasets"].get(dataset)
     if ds is None:
@@ -46,7 +47,7 @@ def prompt_parts(cfg: dict, selector: str, holdout_fold: int | None) -> list[str
     split = ds["split"]
     if split["scheme"] == "kfold":
         k = split["k"]
-        if holdout_fold is not None and holdout_fold >= k:
+        if holdout_fold is not None and holdout_fold >= k and subset != "all":
             raise UserError(f"experiment selector '{selector}': holdout_fold {holdout_fold} >= k={k}")
         held = [] if holdout_fold is None else [holdout_fold]
         folds = {"all": range(k), "train": [f for f in range(k) if f not in held], "test": held}
