@@ -152,9 +152,9 @@ def ridge_fold(x, y, folds, test_fold, extra=None) -> tuple[np.ndarray, float]:
 
 # ------------------------------------------------------------------ extra training data
 
-def load_extras(cfg: dict, selectors: list[str], extra_config: str, fraction: float) -> dict:
+def load_extras(cfg: dict, selectors: list[str], extra_config: str, fraction: float, subset_seed: int = 0) -> dict:
     """Extra training datasets: {dataset: {"selector", "manifest" (the selector's rows, a fixed `fraction`
-    of them), "features"}}; their configs are added to `cfg["datasets"]` (for the exclusion's selectors)."""
+    of them, drawn with `subset_seed`), "features"}}; their configs are added to `cfg["datasets"]` (for the exclusion's selectors)."""
     from pipeline.core import paths
     from pipeline.core.config import load_config
     from pipeline.core.specs import feature_settings_hash
@@ -179,7 +179,7 @@ def load_extras(cfg: dict, selectors: list[str], extra_config: str, fraction: fl
                              f"{extra_config} first")
         manifest = select(read_manifest(paths.manifest(dataset)), cfg, selector, None)
         if fraction < 1:  # a fixed share of the videos, the same for every fold and seed
-            keep = np.random.default_rng(0).permutation(len(manifest))[:int(round(fraction * len(manifest)))]
+            keep = np.random.default_rng(subset_seed).permutation(len(manifest))[:int(round(fraction * len(manifest)))]
             manifest = manifest.iloc[np.sort(keep)]
         stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
         missing = [str(st) for st in stores if not st.exists()]
@@ -300,7 +300,8 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     bank = load_templates(cfg["prompts"]["templates"], fmt)
     samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)
     extra = extra or {}
-    extras = load_extras(cfg, extra["selectors"], extra["config"], extra.get("fraction", 1.0)) if extra.get("selectors") else {}
+    extras = load_extras(cfg, extra["selectors"], extra["config"], extra.get("fraction", 1.0),
+                                                    extra.get("subset_seed", 0)) if extra.get("selectors") else {}
 
     def extra_samples(d, mos=None):
         m = extras[d]["manifest"] if mos is None else extras[d]["manifest"].assign(mos=mos)
@@ -501,6 +502,7 @@ def main(argv=None) -> int:
                     help="extra training datasets (selectors of --extra-config), e.g. synth-real:all,synth-clips:all")
     ap.add_argument("--extra-config", default="config/synth-dev.yaml", help="config defining the extra datasets")
     ap.add_argument("--extra-fraction", type=float, default=1.0, help="a fixed share of the extra videos (default all)")
+    ap.add_argument("--extra-seed", type=int, default=0, help="seed of the --extra-fraction draw (default 0)")
     ap.add_argument("--extra-map", choices=["none", "quantile"], default="none",
                     help="quantile: extra labels mapped by rank onto the training folds' MOS distribution")
     ap.add_argument("--exclude-shared", default=None, metavar="COLUMN",
@@ -534,7 +536,7 @@ def main(argv=None) -> int:
         vname, _, sets = item.partition(":")
         eval_variants[vname] = parse_sets(sets.split(","))
     extra = {"selectors": [v for v in args.extra_train.split(",") if v], "config": args.extra_config,
-             "fraction": args.extra_fraction, "map": args.extra_map}
+             "fraction": args.extra_fraction, "subset_seed": args.extra_seed, "map": args.extra_map}
     if args.exclude_shared is not None:
         extra["exclude"] = args.exclude_shared or None
     for setup in args.setup:
