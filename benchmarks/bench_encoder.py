@@ -13,7 +13,8 @@ Per setup (bench_head.py's folds: realset-dev leave one source out, realset-dev 
   source out) or segment group (grouped folds) are left out, so no content of the test fold trains it;
 * ridge readouts (bench_head.ridge_fold: same standardisation, alpha by leave-one-training-fold-out)
   of: the base video vector (mean spatial token, motion mean + std), base ++ mean adapter embedding,
-  the embedding alone; and the adapter's own score on the test fold (zero-shot: no MOS at all).
+  the embedding alone; the adapter's own score on the test fold (zero-shot: no MOS at all); and the
+  mean of the ranks of the base ridge prediction and that score (a late fusion, for comparison).
 
 Prints a table (mean over folds and seeds) and writes JSON with every fold's numbers and the
 adapter's training seconds.
@@ -37,6 +38,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_head import SETUPS, _srcc, manifest_for, parse_sets, ridge_fold, video_vectors  # noqa: E402
 
 EXCLUDE_BY = {"realset-dev-loso": "source", "realset-dev": "group"}
+
+
+def balanced(base: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """base ++ embedding with the embedding's columns repeated so that both blocks carry the same number of
+    standardised columns: the ridge penalty then weighs the two blocks alike instead of drowning a 16-column
+    embedding among ~1,000 base columns (repeating k times = scaling the standardised block by sqrt(k))."""
+    k = max(1, round(base.shape[1] / emb.shape[1]))
+    return np.concatenate([base, np.repeat(emb, k, axis=1)], 1)
 
 
 def stores_of(root: Path, dataset: str, settings: str) -> list[Path]:
@@ -94,36 +103,47 @@ def run_setup(setup: str, synth: pd.DataFrame, features_root: Path, objectives, 
                 score, emb = qa.video_embeddings(adapter, tokens)
                 pred_c, _ = ridge_fold(np.concatenate([base, emb], 1), y, folds, f)
                 pred_e, _ = ridge_fold(emb, y, folds, f)
+                pred_b, _ = ridge_fold(balanced(base, emb), y, folds, f)
+                fused = pd.Series(pred).rank().to_numpy() + pd.Series(score[te]).rank().to_numpy()
                 r = {"base+adapter": _srcc(pred_c, y[te]), "adapter": _srcc(pred_e, y[te]),
+                     "rank_mean": _srcc(fused, y[te]), "balanced": _srcc(pred_b, y[te]),
                      "zero_shot": _srcc(score[te], y[te]), "train_s": round(train_s, 2),
                      "final_loss": float(np.mean([h["loss"] for h in hist[-20:]]))}
                 row[f"{obj}/{seed}"] = r
                 log(f"{setup} fold {f} ({','.join(map(str, sorted(held)))}) {obj} seed {seed}: base {row['base']:.3f} "
                     f"base+adapter {r['base+adapter']:.3f} adapter {r['adapter']:.3f} zero-shot {r['zero_shot']:.3f} "
+                    f"rank mean {r['rank_mean']:.3f} balanced {r['balanced']:.3f} "
                     f"({train_s:.1f} s)")
         out["folds"][str(f)] = row
     summary = {"base": float(np.mean([r["base"] for r in out["folds"].values()]))}
     for obj in objectives:
-        for k in ("base+adapter", "adapter", "zero_shot", "train_s"):
+        for k in ("base+adapter", "balanced", "adapter", "zero_shot", "rank_mean", "train_s"):
             summary[f"{obj}:{k}"] = float(np.mean([r[f"{obj}/{s}"][k] for r in out["folds"].values() for s in seeds]))
-        summary[f"{obj}:per_fold"] = {f: float(np.mean([r[f"{obj}/{s}"]["base+adapter"] for s in seeds]))
-                                      for f, r in out["folds"].items()}
+        for k in ("base+adapter", "balanced", "zero_shot"):
+            summary[f"{obj}:{k}:per_fold"] = {f: float(np.mean([r[f"{obj}/{s}"][k] for s in seeds]))
+                                              for f, r in out["folds"].items()}
     summary["base:per_fold"] = {f: r["base"] for f, r in out["folds"].items()}
     out["summary"] = summary
     return out
 
 
+ROWS = [("base+adapter", "ridge: base ++ embedding"), ("balanced", "ridge: base ++ embedding, blocks balanced"),
+        ("adapter", "ridge: embedding alone"), ("zero_shot", "adapter score, no MOS"),
+        ("rank_mean", "rank mean: base ridge + adapter score")]
+
+
 def table(results: list[dict], objectives) -> str:
-    lines = ["| setup | features | ridge SRCC (mean over folds) | per fold | adapter alone | adapter zero-shot | train s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setup | readout | objective | SRCC mean over folds | per fold | adapter train s |", "|---|---|---|---|---|---|"]
     for r in results:
         s = r["summary"]
         pf = " / ".join(f"{v:.2f}" for v in s["base:per_fold"].values())
-        lines.append(f"| {r['setup']} | base | {s['base']:.3f} | {pf} | | | |")
-        for obj in objectives:
-            pf = " / ".join(f"{v:.2f}" for v in s[f"{obj}:per_fold"].values())
-            lines.append(f"| {r['setup']} | base + adapter ({obj}) | {s[f'{obj}:base+adapter']:.3f} | {pf} | "
-                         f"{s[f'{obj}:adapter']:.3f} | {s[f'{obj}:zero_shot']:.3f} | {s[f'{obj}:train_s']:.1f} |")
+        lines.append(f"| {r['setup']} | ridge: base | | {s['base']:.3f} | {pf} | |")
+        for key, label in ROWS:
+            for obj in objectives:
+                per = s.get(f"{obj}:{key}:per_fold")
+                pf = " / ".join(f"{v:.2f}" for v in per.values()) if per else ""
+                lines.append(f"| {r['setup']} | {label} | {obj} | {s[f'{obj}:{key}']:.3f} | {pf} | "
+                             f"{s[f'{obj}:train_s']:.0f} |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ config, this stage's code). An existing file with the same hash is left as it is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -56,12 +57,13 @@ def base_tokens(cfg: dict, videos: pd.DataFrame, device=None, threads=None, log=
     """Frozen base vision tokens of each video -> (token arrays, labels of the decoded ones, timings)."""
     plain = {**cfg, "models": {**cfg["models"], "vision": {**cfg["models"]["vision"], "adapted": None}}}
     ex = Extractor(plain, device, threads)
+    sampler = dataclasses.replace(ex.sampler, chunk_frames=1, max_seconds=1)  # key frames are all it needs
     tokens, labels, failed = [], [], 0
     t_dec = t_enc = 0.0
     for i, r in enumerate(videos.itertuples()):
         t0 = time.perf_counter()
         try:
-            decoded = ex.sampler.decode(r.path)
+            decoded = sampler.decode(r.path)
         except Exception as e:  # one bad variant does not stop the stage
             failed += 1
             log(f"failed: {r.path}: {type(e).__name__}: {e}")

@@ -30,7 +30,7 @@ from torch import nn
 from pipeline.core.errors import UserError
 
 OBJECTIVES = ("rank", "listwise", "rank_reg", "reg")
-DEFAULTS = {"objective": "rank_reg", "dim": 16, "hidden": 128, "steps": 400, "lr": 1e-3, "weight_decay": 1e-2,
+DEFAULTS = {"objective": "listwise", "dim": 16, "hidden": 128, "steps": 400, "lr": 1e-3, "weight_decay": 1e-2,
             "batch_videos": 64, "margin": 1.0, "min_gap": 2.0, "temperature": 10.0, "seed": 0}
 
 
