@@ -1,6 +1,8 @@
 """The quality adapter (pipeline/features/quality_adapter.py) and its stage `lmmvqa adapt-encoder`."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,6 +55,9 @@ def test_file_round_trip_and_errors(tmp_path):
     path = qa.save_adapter(tmp_path / "a.safetensors", adapter, {"hash": "aaaaaaaaaa", "base_hash": "bbbbbbbbbb",
                                                                 "objective": "rank_reg"})
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not private, like the other outputs
     loaded, meta = qa.load_adapter(path, "aaaaaaaaaa", "bbbbbbbbbb")
     assert meta["hash"] == "aaaaaaaaaa" and meta["dim"] == 3
     t = torch.from_numpy(x[0])

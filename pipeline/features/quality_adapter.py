@@ -175,6 +175,9 @@ def save_adapter(path, adapter: QualityAdapter, meta: dict) -> Path:
                                      **meta}, sort_keys=True)}
     try:
         save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp), metadata=header)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # readable like the other outputs (the temporary file may be private)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
