@@ -44,6 +44,10 @@ the mean absolute luminance difference between consecutive *distinct* source fra
 only repeat because the chunk resamples a lower frame rate are skipped, using the decoder's frame
 indices), summarised into frozen fraction, irregularity, autocorrelation at lags 1-3, spread, level
 and the distinct-frame rate (see `TemporalStats`).
+
+Quality adapter (`models.vision.adapted`, pipeline/features/quality_adapter.py): when the vision spec
+carries `adapted` ({file, hash, sha256, base_hash}: specs.model_spec), `load_vision` wraps the base model
+of either family in `AdaptedVision`, whose tokens are the base tokens ++ the adapter's embedding.
 """
 from __future__ import annotations
 
