@@ -10,6 +10,7 @@ if not config:
 include: "rules/common.smk"
 include: "rules/synth_inputs.smk"
 include: "rules/synth.smk"
+include: "rules/encoder.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/prompts.smk"

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("pipeline.ingest.manifest", "label file + video folder -> manifest table (+ missing table)"),
     "probe": ("pipeline.ingest.probe", "probe the videos of a manifest (duration, fps, size, codec, ...)"),
     "extract": ("pipeline.features.extract", "decode a shard of videos once; the preset's vision and motion features into a Zarr store"),
+    "adapt-encoder": ("pipeline.features.adapt_encoder", "learn a quality adapter on the frozen vision tokens from synth "
+                      "datasets (full-reference labels, no MOS)"),
     "feature-stats": ("pipeline.features.stats", "dataset-level feature statistics with dask (out of core, optionally distributed)"),
     "prompts": ("pipeline.prompts.shards", "build Q&A prompt shards (JSONL) for a dataset"),
     "tokenizer": ("pipeline.model.tokenizer", "train the tokenizer of an LLM built at random init (tiny, offline presets) on prompt shards"),

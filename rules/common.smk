@@ -11,7 +11,7 @@ from snakemake.utils import min_version
 from pipeline.ingest import manifest as pipeline_manifest
 from pipeline.core import paths
 from pipeline import workflow as pipeline_workflow
-from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec, trains_tokenizer
+from pipeline.core.specs import adapter_file, feature_settings, feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.core.versions import code_version
 from pipeline.training import runs as pipeline_runs
 
@@ -53,6 +53,8 @@ FOLDS = pipeline_workflow.folds(config)
 SINGLE_EXPERIMENTS = pipeline_workflow.names_regex(set(config["experiments"]) - set(FOLDS))
 FOLD_EXPERIMENTS = pipeline_workflow.names_regex(FOLDS)
 RESOLVED_CONFIG = pipeline_workflow.write_resolved_config(config)
+# The quality adapter of the vision role (rules/encoder.smk): null, its settings, or a file.
+ADAPTED = config["models"]["vision"].get("adapted")
 
 
 def dataset_cfg(dataset):
@@ -120,6 +122,11 @@ def after_manifest(path_of):
         return path_of(wildcards)
 
     return input_function
+
+
+def adapter_inputs(wildcards):
+    """The adapter file extraction needs (none without `models.vision.adapted`)."""
+    return [str(adapter_file(config))] if ADAPTED else []
 
 
 def store_paths(dataset):

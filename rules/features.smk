@@ -4,6 +4,7 @@
 rule extract:
     input:
         manifest=ancient(str(paths.manifest("{dataset}"))),
+        adapter=adapter_inputs,
     output:
         store=directory(str(paths.store("{dataset}", "{settings}", "{shard}"))),
     log:

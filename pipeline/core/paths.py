@@ -62,6 +62,11 @@ def store(dataset: str, settings_hash: str, shard: int | str) -> Path:
     return store_dir(dataset, settings_hash) / f"{shard_name(shard)}.zarr"
 
 
+def adapter(adapter_hash: str) -> Path:
+    """A quality adapter's weights (safetensors), named by its hash (pipeline/features/quality_adapter.py)."""
+    return CACHE / "encoders" / f"adapter-{adapter_hash}.safetensors"
+
+
 def synth_dir(dataset: str) -> Path:
     """Tables of a `synth` dataset (pipeline/synth): its plan, label file and failures."""
     return RESULTS / "synth" / dataset

@@ -6,8 +6,12 @@ stores (and reruns extraction) while everything else about a dataset stays cache
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+from pipeline.core import paths
 from pipeline.core.config import deep_merge, presets, stable_hash
+from pipeline.core.errors import UserError
+from pipeline.core.provenance import sha256_of
 
 FEATURE_FORMAT_VERSION = 1
 
@@ -20,6 +24,17 @@ def model_spec(cfg: dict, role: str) -> dict:
     """{'source': hub id / path / None, 'config': {...}, 'dtype': ..., ['arch', 'weights']} for role in
     vision|motion|llm. `arch` picks the model family (null = CLIP / SlowFast / Llama); `weights` names
     a packaged weight file and its sha256 (pipeline/features/weights.py)."""
+    preset = _plain_spec(cfg, role)
+    override = cfg["models"].get(role) or {}
+    if role == "vision" and override.get("adapted"):
+        given = isinstance(override["adapted"], str)  # a file: checked by its sha256 and base hash, not by settings
+        preset["adapted"] = {"file": str(adapter_file(cfg)), "hash": None if given else adapter_hash(cfg),
+                             "sha256": adapter_hash(cfg) if given else None, "base_hash": base_vision_hash(cfg)}
+    return preset
+
+
+def _plain_spec(cfg: dict, role: str) -> dict:
+    """The preset's spec of a role with the config's overrides, without an adapter."""
     preset = copy.deepcopy(presets()[cfg["models"]["preset"]][role])
     override = cfg["models"].get(role) or {}
     if override.get("source"):
@@ -29,6 +44,42 @@ def model_spec(cfg: dict, role: str) -> dict:
     preset["config"] = deep_merge(preset.get("config") or {}, override.get("config") or {})
     preset["dtype"] = override.get("dtype")
     return preset
+
+
+ADAPTER_SETTINGS = ("objective", "dim", "hidden", "steps", "lr", "weight_decay", "batch_videos", "margin", "min_gap",
+                    "temperature", "seed")
+
+
+def base_vision(cfg: dict) -> dict:
+    """What the adapter sits on: the vision spec without the adapter, and the sampling of its key frames."""
+    return {"vision": _plain_spec(cfg, "vision"), "sampling": {k: cfg["sampling"][k] for k in SAMPLING_KEYS}}
+
+
+def base_vision_hash(cfg: dict) -> str:
+    return stable_hash(base_vision(cfg))
+
+
+def adapter_hash(cfg: dict) -> str | None:
+    """Hash naming the quality adapter of `models.vision.adapted` (None without one): its settings, the base
+    vision spec, the adaptation datasets' config and the stage's code; a file given by path: its sha256."""
+    adapted = (cfg["models"].get("vision") or {}).get("adapted")
+    if not adapted:
+        return None
+    if isinstance(adapted, str):
+        if not Path(adapted).is_file():
+            raise UserError(f"models.vision.adapted: adapter file not found: {adapted}")
+        return sha256_of(adapted)[:10]
+    from pipeline.core.versions import code_version  # it imports the command table: not at module level
+
+    return stable_hash({"settings": {k: adapted.get(k) for k in ADAPTER_SETTINGS}, "base": base_vision(cfg),
+                        "datasets": {d: cfg["datasets"].get(d) for d in adapted["datasets"]},
+                        "code": code_version("adapt_encoder")})
+
+
+def adapter_file(cfg: dict):
+    """The adapter's weights file: the given path, or the stage's output named by its hash."""
+    adapted = cfg["models"]["vision"]["adapted"]
+    return adapted if isinstance(adapted, str) else paths.adapter(adapter_hash(cfg))
 
 
 def trains_tokenizer(cfg: dict) -> bool:

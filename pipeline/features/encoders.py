@@ -44,6 +44,10 @@ the mean absolute luminance difference between consecutive *distinct* source fra
 only repeat because the chunk resamples a lower frame rate are skipped, using the decoder's frame
 indices), summarised into frozen fraction, irregularity, autocorrelation at lags 1-3, spread, level
 and the distinct-frame rate (see `TemporalStats`).
+
+Quality adapter (`models.vision.adapted`, pipeline/features/quality_adapter.py): when the vision spec
+carries `adapted` ({file, hash, sha256, base_hash}: specs.model_spec), `load_vision` wraps the base model
+of either family in `AdaptedVision`, whose tokens are the base tokens ++ the adapter's embedding.
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ from pipeline.core.devices import (
 from pipeline.core import provenance
 from pipeline.core.errors import UserError
 from pipeline.features import weights
+from pipeline.features.quality_adapter import AdaptedVision, load_adapter
 
 SEED = 1234
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -176,7 +181,9 @@ def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
 
 
 def vision_io(model) -> tuple[int, tuple, tuple]:
-    """(input size, mean, std) of a vision model of either kind."""
+    """(input size, mean, std) of a vision model of either kind (adapted or not)."""
+    if isinstance(model, AdaptedVision):
+        return vision_io(model.base)
     if isinstance(model, CNNStats):
         return model.image_size, IMAGENET_MEAN, IMAGENET_STD
     return model.config.image_size, CLIP_MEAN, CLIP_STD
@@ -185,7 +192,10 @@ def vision_io(model) -> tuple[int, tuple, tuple]:
 def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
     """-> (vision model in eval mode on device/dtype, info {source, config, tokens, width, image_size}).
 
-    `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats."""
+    `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats. With `adapted`
+    ({hash, file}: specs.model_spec), either one wrapped in AdaptedVision (tokens = base ++ adapter)."""
+    if spec.get("adapted"):
+        return _load_adapted(spec, device, dtype, seed)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype or spec.get("dtype"), device)
     if spec.get("arch") not in (None, "clip"):
@@ -218,6 +228,24 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
     return model, info
 
 
+def _load_adapted(spec: dict, device, dtype, seed):
+    """The base vision model of `spec` + the quality adapter its `adapted` names (file and hash checked)."""
+    base_spec = {k: v for k, v in spec.items() if k != "adapted"}
+    base, info = load_vision(base_spec, device, dtype, seed)
+    base_hash = spec["adapted"].get("base_hash")
+    adapter, meta = load_adapter(spec["adapted"]["file"], spec["adapted"].get("hash"), base_hash)
+    if adapter.width != info["width"]:
+        raise UserError(f"{spec['adapted']['file']}: adapter for width {adapter.width}, the vision model gives "
+                        f"{info['width']} (adapter hash {meta.get('hash')}, expected {spec['adapted'].get('hash')})")
+    model = AdaptedVision(base, adapter.to(next(base.parameters()).device)).eval().requires_grad_(False)
+    info = {**info, "width": model.width, "base_width": info["width"],
+            "detail": f"{info['detail']} ++ quality adapter ({meta.get('objective')}, {adapter.dim}-d)",
+            "adapted": {"file": str(spec["adapted"]["file"]), "hash": meta.get("hash"),
+                        "base_hash": meta.get("base_hash"), "objective": meta.get("objective"),
+                        "datasets": meta.get("datasets"), "weights": provenance.file_weights(spec["adapted"]["file"])}}
+    return model, info
+
+
 @torch.inference_mode()
 def encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: int = 16) -> np.ndarray:
     """uint8 [n, S, S, 3] (S = the model's image_size) -> float32 [n, tokens, width] last hidden state."""
@@ -229,7 +257,7 @@ def encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: i
         raise ValueError(f"key frames must be uint8 [n, {size}, {size}, 3], got {frames.shape}")
     mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    cnn = isinstance(model, CNNStats)
+    cnn = isinstance(model, (CNNStats, AdaptedVision))
     out = []
     for i in range(0, len(frames), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device, non_blocking=True)

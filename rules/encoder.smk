@@ -1,0 +1,30 @@
+# The quality adapter of `models.vision.adapted` (docs/quality-encoder.md): learned from synth datasets'
+# variants and their full-reference labels, one file named by its hash; extraction depends on it.
+if isinstance(ADAPTED, dict):
+
+    rule adapt_encoder:
+        input:
+            labels=[str(paths.synth_labels(d)) for d in ADAPTED["datasets"]],
+            videos=[str(paths.synth_videos(d)) for d in ADAPTED["datasets"]],
+        output:
+            str(paths.adapter("{adapter}")),
+        log:
+            str(paths.log("adapt_encoder", "{adapter}")),
+        benchmark:
+            str(paths.benchmark("adapt_encoder", "{adapter}"))
+        wildcard_constraints:
+            adapter=r"[0-9a-f]{10}",
+        params:
+            code=code_version("adapt_encoder"),
+            settings=json.dumps(ADAPTED, sort_keys=True),
+            device=config["device"],
+            config=RESOLVED_CONFIG,
+        threads: 2
+        resources:
+            mem_mb=4000,
+            gpu=pipeline_workflow.gpu_count(config, "extract"),
+        conda:
+            ENV
+        shell:
+            "lmmvqa adapt-encoder --config {params.config} --out {output} --device {params.device} "
+            "--threads {threads} > {log} 2>&1"
