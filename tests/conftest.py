@@ -80,10 +80,42 @@ def real_clips():
 
 
 @pytest.fixture(scope="session")
-def shared_run(tmp_path_factory):
+def shared_run(tmp_path_factory, worker_id):
     """The small workflow config (tests/workflow_run.py `MINI`) run once per session through the SLURM
     profile against a fake SLURM: tests/test_slurm.py checks what was submitted, tests/test_workflow.py
-    reads (and extends) what it produced."""
-    from workflow_run import run_through_slurm
+    reads what it produced. Once per session also under pytest-xdist: the first worker that needs it
+    runs it under a file lock in the folder the workers share, the others wait for it and read it. So
+    no test may change it: a test that edits its config or adds outputs works on a copy
+    (`demo_copy` in tests/test_workflow.py)."""
+    from filelock import FileLock
+    from workflow_run import SlurmRun, run_through_slurm
 
-    return run_through_slurm(tmp_path_factory.mktemp("workflow"), tmp_path_factory.mktemp("fake-slurm"))
+    if worker_id == "master":  # not distributed
+        return run_through_slurm(tmp_path_factory.mktemp("workflow"), tmp_path_factory.mktemp("fake-slurm"))
+    root = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+    record = root / "shared-run.json"
+    with FileLock(str(root / "shared-run.lock")):
+        if not record.exists():
+            (root / "workflow").mkdir(exist_ok=True)
+            run_through_slurm(root / "workflow", root / "fake-slurm").save(record)
+    return SlurmRun.load(record)
+
+
+# Tests that run Snakemake or the whole pipeline take most of the suite's time. Started first, and the
+# one that makes the session's shared run before the others, they keep pytest-xdist's workers busy to
+# the end instead of leaving one worker waiting on the shared run or on the last long test. Each is a
+# work unit of its own; the other tests go to the workers a whole file at a time (`--dist loadgroup`),
+# so that a file's module-scoped fixtures (a trained model, tokenizers) are built once, not per worker.
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        if item.get_closest_marker("slow") is None:
+            return 3
+        if "shared_run" not in item.fixturenames:
+            return 1
+        return 0 if item.module.__name__ == "test_slurm" else 2
+
+    items.sort(key=rank)  # stable: the file order within each rank
+    for item in items:
+        if item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

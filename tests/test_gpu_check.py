@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_gpu_check_small_runs_every_stage(tmp_path):
     out = tmp_path / "x.json"
     env = dict(os.environ, PYTHON=sys.executable)

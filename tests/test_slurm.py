@@ -49,6 +49,7 @@ def _submissions(state: Path) -> dict[str, list[list[str]]]:
     return by_rule
 
 
+@pytest.mark.slow
 def test_slurm_run_completes_with_outputs(slurm_run):
     work, state, proc = slurm_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

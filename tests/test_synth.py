@@ -193,6 +193,7 @@ def test_segments_spread_over_a_long_reference():
 # ------------------------------------------------------------------------------------------------
 # the workflow: cached, incremental
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_workflow_reruns_nothing_and_adds_only_a_new_references_jobs(tmp_path):
     from test_workflow import snakemake
 

@@ -56,6 +56,15 @@ def demo_run(shared_run):
     return shared_run.work
 
 
+@pytest.fixture
+def demo_copy(demo_run, tmp_path):
+    """A copy of the session's run for a test that edits its config or adds outputs: the run itself is
+    read by tests that may be running at the same time on other pytest-xdist workers."""
+    work = tmp_path / "w"
+    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    return work
+
+
 def test_end_to_end_produces_report_and_metrics(demo_run):
     work = demo_run
     manifest = (work / "results/manifest/demo.csv").read_text().splitlines()
@@ -102,51 +111,43 @@ def test_report_and_model_card_say_what_the_default_preset_loaded(demo_run):
     assert attrs["motion"]["arch"] == "temporal_stats"
 
 
-def test_changing_evaluation_reruns_only_evaluation(demo_run):
-    work = demo_run
+def test_changing_evaluation_reruns_only_evaluation(demo_copy):
+    work = demo_copy
     cfg = json.loads(json.dumps(MINI))
     cfg["evaluation"]["bootstrap"] = 30
     write_config(work, cfg)
-    try:
-        assert set(planned_rules(work)) == {"evaluate", "report", "all"}
-    finally:
-        write_config(work, MINI)
+    assert set(planned_rules(work)) == {"evaluate", "report", "all"}
 
 
-def test_two_stage_experiment_runs_stage1_then_stage2(demo_run):
+@pytest.mark.slow
+def test_two_stage_experiment_runs_stage1_then_stage2(demo_copy):
     """`stage1:` makes one experiment two rules: train_stage1 -> results/models/<E>.stage1, then train
     (LoRA here) continuing from it; nothing else reruns."""
-    work = demo_run
+    work = demo_copy
     cfg = json.loads(json.dumps(MINI))
     cfg["experiments"]["two"] = {"train": ["demo:train"], "test": ["demo:test"], "stage1": {"max_steps": 2},
                                  "training": {"train_llm": False, "lora": {"enabled": True, "r": 2, "alpha": 4}}}
     write_config(work, cfg)
-    try:
-        out = snakemake(work, "results/models/two", "-n", "--quiet", "rules").stdout
-        counts = {p[0]: int(p[1]) for p in map(str.split, out.splitlines()) if len(p) == 2 and p[1].isdigit()}
-        assert {k: v for k, v in counts.items() if k not in ("job", "total")} == {"train_stage1": 1, "train": 1}
-        snakemake(work, "results/models/two")
-        meta = json.loads((work / "results/models/two/lmmvqa.json").read_text())
-        assert meta["init_from"]["path"] == "results/models/two.stage1" and meta["llm_weights"] == "llm+adapter"
-        stage1 = json.loads((work / "results/models/two.stage1/lmmvqa.json").read_text())
-        assert stage1["stage"] == 1 and stage1["lora"] is None and stage1["train_summary"]["steps"] == 2
-        assert "Nothing to be done" in snakemake(work, "-n", "results/models/two").stdout
-    finally:
-        write_config(work, MINI)
+    out = snakemake(work, "results/models/two", "-n", "--quiet", "rules").stdout
+    counts = {p[0]: int(p[1]) for p in map(str.split, out.splitlines()) if len(p) == 2 and p[1].isdigit()}
+    assert {k: v for k, v in counts.items() if k not in ("job", "total")} == {"train_stage1": 1, "train": 1}
+    snakemake(work, "results/models/two")
+    meta = json.loads((work / "results/models/two/lmmvqa.json").read_text())
+    assert meta["init_from"]["path"] == "results/models/two.stage1" and meta["llm_weights"] == "llm+adapter"
+    stage1 = json.loads((work / "results/models/two.stage1/lmmvqa.json").read_text())
+    assert stage1["stage"] == 1 and stage1["lora"] is None and stage1["train_summary"]["steps"] == 2
+    assert "Nothing to be done" in snakemake(work, "-n", "results/models/two").stdout
 
 
-def test_changing_keyframe_fps_reruns_extraction_not_manifest(demo_run):
-    work = demo_run
+def test_changing_keyframe_fps_reruns_extraction_not_manifest(demo_copy):
+    work = demo_copy
     cfg = json.loads(json.dumps(MINI))
     cfg["sampling"]["keyframe_fps"] = 2.0
     write_config(work, cfg)
-    try:
-        plan = planned_rules(work)
-        assert plan.get("extract") == 3
-        assert "manifest" not in plan and "probe" not in plan and "prompts" not in plan
-        assert not any(r.startswith("demo_data") for r in plan)
-    finally:
-        write_config(work, MINI)
+    plan = planned_rules(work)
+    assert plan.get("extract") == 3
+    assert "manifest" not in plan and "probe" not in plan and "prompts" not in plan
+    assert not any(r.startswith("demo_data") for r in plan)
 
 
 def lmmvqa(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -223,6 +224,7 @@ def _store_state(work: Path, dataset: str) -> dict[str, tuple[int, str]]:
     return state
 
 
+@pytest.mark.slow
 def test_additions_touch_only_their_shards(demo_run, tmp_path):
     """Appending videos rewrites only the shards they land in; a new dataset only adds its own."""
     import pandas as pd
@@ -279,21 +281,18 @@ def test_additions_touch_only_their_shards(demo_run, tmp_path):
     assert list(_store_state(tmp_path, "more")) == ["shard-00000.zarr"]
 
 
-def test_changing_the_prompt_bank_reruns_prompts_to_evaluation_not_features(demo_run):
+def test_changing_the_prompt_bank_reruns_prompts_to_evaluation_not_features(demo_copy):
     from pipeline.prompts.shards import BANK_PATH
 
-    work = demo_run
+    work = demo_copy
     bank = yaml.safe_load(BANK_PATH.read_text())
     bank["score"][0] = bank["score"][0].replace("What is the quality score", "What quality score has")
     (work / "bank.yaml").write_text(yaml.safe_dump(bank))
     cfg = json.loads(json.dumps(MINI))
     cfg["prompts"] = {"templates": "bank.yaml"}
     write_config(work, cfg)
-    try:
-        plan = planned_rules(work)
-        assert set(plan) == {"prompts", "tokenizer", "train", "evaluate", "report", "all"}, plan
-    finally:
-        write_config(work, MINI)
+    plan = planned_rules(work)
+    assert set(plan) == {"prompts", "tokenizer", "train", "evaluate", "report", "all"}, plan
 
 
 def _small_dataset(work: Path, demo: Path, n: int) -> None:
@@ -310,6 +309,7 @@ def _small_dataset(work: Path, demo: Path, n: int) -> None:
     write_config(work, cfg)
 
 
+@pytest.mark.slow
 def test_local_cluster_profile_and_the_lock(demo_run, tmp_path):
     """Jobs go through the cluster-generic executor (submit.sh backgrounds them); a second run on the
     same directory while the first holds the lock is refused and does no harm."""
@@ -335,7 +335,8 @@ def test_local_cluster_profile_and_the_lock(demo_run, tmp_path):
     assert stats["videos"] == 6 and stats["stores"] == 2
 
 
-def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_results(request, tmp_path):
     """kill -9 of the whole run during extraction, again during training (after its first checkpoint)
     and again during evaluation, each followed by `--unlock` and a plain rerun (the default profile has
     --rerun-incomplete): manifests, prompts, feature arrays and metrics equal the uninterrupted run."""
@@ -380,6 +381,7 @@ def test_killed_run_resumes_to_identical_results(demo_run, tmp_path):
         snakemake(tmp_path, "--unlock")
     assert killed[:1] == ["extract"], killed
     snakemake(tmp_path)
+    demo_run = request.getfixturevalue("demo_run")  # asked for only now, so this test starts without waiting for it
     for rel in ("results/manifest/demo.csv", "results/prompts/demo/fold0.jsonl", "results/prompts/demo/fold1.jsonl"):
         assert (tmp_path / rel).read_bytes() == (demo_run / rel).read_bytes(), rel
     stores = lambda w: sorted((w / "cache/features/demo").glob("*/shard-*.zarr"))  # noqa: E731
@@ -438,15 +440,15 @@ def test_a_wrong_format_name_stops_before_any_job(tmp_path):
     assert proc.returncode != 0 and "konvidd" in proc.stdout + proc.stderr
 
 
-def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_run, tmp_path):
+@pytest.mark.slow
+def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_copy):
     """`folds: all` on the 10-video demo (k=2): one train and one evaluate job per fold, per-fold
     metrics, and the aggregate (each fold, mean / std / median) in metrics.json, the experiment table
-    and the report. Runs in a copy of the demo run, so features, prompts and tokenizer are reused."""
+    and the report. Runs in a copy of the session's run, so features, prompts and tokenizer are reused."""
     import numpy as np
     import pandas as pd
 
-    work = tmp_path / "w"
-    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("locks", "results/eval"))
+    work = demo_copy
     cfg = json.loads(json.dumps(MINI))
     cfg["experiments"] = {"cv": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all"}}
     write_config(work, cfg)
@@ -499,6 +501,7 @@ def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_run
         "train_stage1_fold": 2, "train_stage1_all": 1, "train_fold": 2, "train_all": 1}, plan
 
 
+@pytest.mark.slow
 def test_two_test_sets_of_one_dataset_are_evaluated_and_reported_apart(demo_run, tmp_path):
     """A dataset with official splits (as LSVQ's test and test_1080p): an experiment testing on two of
     them gets two metrics files and two report rows / sections, each over its own videos only, with
@@ -545,11 +548,11 @@ def test_two_test_sets_of_one_dataset_are_evaluated_and_reported_apart(demo_run,
         assert f"two &rarr; d:{split}</h3>" in html
 
 
-def test_ensemble_members_are_jobs_and_evaluation_averages_them(demo_run, tmp_path):
+@pytest.mark.slow
+def test_ensemble_members_are_jobs_and_evaluation_averages_them(demo_copy):
     """`ensemble: 2`: the experiment's own model and `<E>.member1` (seed + 1) are two training jobs (per
     fold for `folds: all`), and the evaluation scores with both."""
-    work = tmp_path / "w"
-    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("locks", "results/eval"))
+    work = demo_copy
     cfg = json.loads(json.dumps(MINI))
     cfg["experiments"] = {"ens": {"train": ["demo:train"], "test": ["demo:test"], "ensemble": 2},
                           "cvens": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all", "ensemble": 2}}

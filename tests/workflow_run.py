@@ -8,6 +8,7 @@ submitted) and tests/test_workflow.py (what was produced, and what reruns when t
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,18 @@ class SlurmRun:
     work: Path  # the workflow's directory
     state: Path  # the fake SLURM's records (calls.jsonl, jobs/)
     proc: subprocess.CompletedProcess
+
+    def save(self, path: Path) -> None:
+        """For the other test workers of the session (conftest.py `shared_run`)."""
+        p = self.proc
+        path.write_text(json.dumps({"work": str(self.work), "state": str(self.state), "args": p.args,
+                                    "returncode": p.returncode, "stdout": p.stdout, "stderr": p.stderr}))
+
+    @classmethod
+    def load(cls, path: Path) -> "SlurmRun":
+        d = json.loads(path.read_text())
+        proc = subprocess.CompletedProcess(d["args"], d["returncode"], d["stdout"], d["stderr"])
+        return cls(Path(d["work"]), Path(d["state"]), proc)
 
 
 def run_through_slurm(work: Path, state: Path) -> SlurmRun:
