@@ -103,10 +103,7 @@ def shared_run(tmp_path_factory, worker_id):
 
 # Tests that run Snakemake or the whole pipeline take most of the suite's time. Started first, and the
 # one that makes the session's shared run before the others, they keep pytest-xdist's workers busy to
-# the end instead of leaving one worker waiting on the shared run or on the last long test. Each is a
-# work unit of its own; the other tests go to the workers a whole file at a time (`--dist loadgroup`),
-# so that a file's module-scoped fixtures (a trained model, tokenizers) are built once, not per worker.
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+# the end instead of leaving one worker waiting on the shared run or on the last long test.
 def pytest_collection_modifyitems(config, items):
     def rank(item):
         if item.get_closest_marker("slow") is None:
@@ -116,6 +113,21 @@ def pytest_collection_modifyitems(config, items):
         return 0 if item.module.__name__ == "test_slurm" else 2
 
     items.sort(key=rank)  # stable: the file order within each rank
-    for item in items:
-        if item.get_closest_marker("slow") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+# The files whose tests run Snakemake on the shared run go to the workers one test at a time; every
+# other file goes whole to one worker, so that its module-scoped fixtures (a trained model, tokenizers)
+# are built once, not once per worker.
+ONE_BY_ONE = ("tests/test_slurm.py", "tests/test_workflow.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndWorkflowTests(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path in ONE_BY_ONE else path
+
+    return FilesAndWorkflowTests(config, log)
