@@ -13,17 +13,23 @@ from pathlib import Path
 import pandas as pd
 
 
-def write_text(path, text: str) -> Path:
+def write_file(path, write) -> Path:
+    """`write(tmp)` fills a temporary sibling of `path` (any writer that takes a file name), which then
+    replaces `path`; on an error the temporary file is removed and `path` stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_text(path, text: str) -> Path:
+    return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_csv(df: pd.DataFrame, path, **to_csv) -> Path:

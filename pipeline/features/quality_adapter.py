@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.core import atomic
 from pipeline.core.errors import UserError
 
 OBJECTIVES = ("rank", "listwise", "rank_reg", "reg")
@@ -168,21 +169,16 @@ def save_adapter(path, adapter: QualityAdapter, meta: dict) -> Path:
     """Weights as safetensors with `meta` (settings, hashes; JSON values) in the header, written atomically."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     header = {"adapter": json.dumps({"width": adapter.width, "dim": adapter.dim, "hidden": adapter.hidden,
                                      **meta}, sort_keys=True)}
-    try:
+
+    def write(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp), metadata=header)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # readable like the other outputs (the temporary file may be private)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic.write_file(path, write)
 
 
 def read_meta(path) -> dict:
