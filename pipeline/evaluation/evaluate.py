@@ -22,11 +22,12 @@ from pipeline.evaluation.predict import predict_batch
 from pipeline.features.store_reader import collate_videos, dataset_features
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
+from pipeline.model.quality_prior import check_features
 from pipeline.prompts.experiments import parse_selector, prompt_parts, test_selectors, with_holdout
 from pipeline.prompts.shards import load_templates, read_prompts
 
-PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "prob_score", "level", "level_text",
-                      *LEVEL_PROB_COLUMNS.values()]
+PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "prob_score", "lmm_prob_score",
+                      "quality_score", "level", "level_text", *LEVEL_PROB_COLUMNS.values()]
 
 
 def test_videos(cfg: dict, experiment: str, selector: str, prompts_dir: str | Path | None = None) -> pd.DataFrame:
@@ -62,6 +63,8 @@ def evaluate(cfg: dict, experiment: str, selector: str, out: str | Path, metrics
     dirs = model_dir if isinstance(model_dir, (list, tuple)) else [model_dir or paths.model_dir(experiment, fold)]
     models = [LMMVQA.from_pretrained(d, device=device, dtype=dtype) for d in dirs]
     model = models[0]
+    for d, m in zip(dirs, models):
+        check_features(m.config.get("quality_prior"), features, d)
     if len({m.answer_format for m in models}) > 1:
         raise UserError(f"ensemble members {', '.join(map(str, dirs))} answer in different formats")
     ev = cfg["evaluation"]

@@ -14,6 +14,10 @@ Per video:
   counting "63"; `integer`: "0" ... "100" as complete answers), renormalised over the 101
   candidates, averaged over the K templates. Always defined, and it uses the whole distribution
   instead of the single greedy path.
+* With a quality prior (`training.quality_prior` w > 0, recorded in the model folder;
+  pipeline/model/quality_prior.py): `prob_score` = (1 - w) x the model's expected score + w x the
+  quality adapter's calibrated score; `lmm_prob_score` and `quality_score` hold the two parts. Without
+  one, `lmm_prob_score` = `prob_score` and `quality_score` is empty.
 * `level` (greedy answer to the level question, parsed) and `p_good`, `p_fair`, `p_poor` (the
   three level words scored as complete answers, renormalised); with K templates the level question
   is asked K times too: the probabilities are averaged and `level` is the most frequent answer.
@@ -29,6 +33,7 @@ import numpy as np
 
 from pipeline.core.levels import LEVELS
 from pipeline.model.answers import LEVEL_PROB_COLUMNS, level_probabilities, parse_level, parse_score
+from pipeline.model.quality_prior import prior_scores
 from pipeline.prompts.answer_format import answer_format
 from pipeline.prompts.shards import question_for
 
@@ -60,14 +65,24 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
     parsed = [[] for _ in range(n)]
     level_texts = [[] for _ in range(n)]
     levels = [[] for _ in range(n)]
-    prob = np.zeros(n)
+    prob, lmm_prob = np.zeros(n), np.zeros(n)
+    quality, with_prior = np.zeros(n), 0
     level_p = np.zeros((n, len(LEVELS)))
     passes = 0
     for m in models:
+        prior = m.config.get("quality_prior")
+        q = prior_scores(prior, videos["spatial"], videos["spatial_mask"]) if prior else None
         for k in range(templates):
             questions = [question_for(vid, "score", seed, bank, k)[1] for vid in ids]
             _answer(m, videos, questions, "score", constrained, max_new_tokens, parse_score, texts, parsed)
-            prob += m.prob_scores(videos, questions)
+            p = np.asarray(m.prob_scores(videos, questions), dtype=float)
+            lmm_prob += p
+            if q is not None:
+                w = float(prior["weight"])
+                p = (1.0 - w) * p + w * q
+                quality += q
+                with_prior += 1
+            prob += p
             level_questions = [question_for(vid, "level", seed, bank, k)[1] for vid in ids]
             _answer(m, videos, level_questions, "level", constrained, max_new_tokens, parse_level, level_texts, levels)
             lp = m.candidate_logprobs(videos, level_questions, list(LEVELS), append_eos=True)
@@ -75,6 +90,7 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
                                   for lv in LEVELS] for row in lp])
             passes += 1
     prob /= passes
+    lmm_prob /= passes
     level_p /= passes
     rows = []
     for i, vid in enumerate(ids):
@@ -85,6 +101,8 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
             "score": float(np.mean(parsed[i])) if parsed[i] else None,
             "invalid": not parsed[i],
             "prob_score": float(prob[i]),
+            "lmm_prob_score": float(lmm_prob[i]),
+            "quality_score": float(quality[i] / with_prior) if with_prior else None,
             "level_text": " | ".join(level_texts[i]),
             "level": majority_level(levels[i], p),
             **{col: float(p[lv]) for lv, col in LEVEL_PROB_COLUMNS.items()},

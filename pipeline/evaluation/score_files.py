@@ -13,7 +13,7 @@ Each video goes decode -> features (the extraction settings the model was traine
 its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
 constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extractor.Extractor,
 predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
-invalid), prob_score, level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
+invalid), prob_score (with a quality prior also its two parts, lmm_prob_score and quality_score), level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed. Before scoring, stderr
 names the model folder, its preset and what each role was built from (its recorded `provenance`).
 """
@@ -101,6 +101,8 @@ class Scorer:
                             decoding=self.decoding)[0]
         return {
             "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
+            **({"lmm_prob_score": round(row["lmm_prob_score"], 4), "quality_score": round(row["quality_score"], 4)}
+               if row["quality_score"] is not None else {}),
             "level": row["level"] or None, **{col: round(row[col], 4) for col in LEVEL_PROB_COLUMNS.values()},
             "text": row["text"], "invalid": bool(row["invalid"]),
             "decoding": self.decoding,

@@ -65,6 +65,7 @@ from pipeline.core.specs import model_spec
 from pipeline.features.store_reader import feature_info, feature_moments
 from pipeline.model.llm_loading import training_dtype
 from pipeline.model.lmm import LMMVQA
+from pipeline.model.quality_prior import fit_prior
 from pipeline.prompts.experiments import fold_arg, with_holdout
 from pipeline.training.checkpoints import (
     checkpoint_run,
@@ -250,6 +251,8 @@ def new_model(cfg: dict, tokenizer, info: dict, train_samples: list[dict], featu
     if tr["standardize"] and init is None:
         model.projector.set_standardization(feature_moments(
             features, ((s["dataset"], s["id"]) for s in train_samples), seed=int(tr["seed"])))
+    if tr["quality_prior"]:
+        model.config["quality_prior"] = fit_prior(features, train_samples, tr["quality_prior"])
     return model
 
 

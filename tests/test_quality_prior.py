@@ -1,0 +1,128 @@
+"""The quality prior (pipeline/model/quality_prior.py): the adapter's own score, calibrated on the training
+videos' MOS, blended into the model's probability score."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.core.config import validate
+from pipeline.core.errors import UserError
+from pipeline.evaluation.predict import predict_batch
+from pipeline.features import quality_adapter as qa
+from pipeline.features.store_reader import collate_videos
+from pipeline.model import quality_prior as qp
+from pipeline.model.lmm import LMMVQA
+from pipeline.model.tokenizer import train_tokenizer
+from pipeline.prompts.shards import load_templates
+from pipeline.training.train import new_model
+
+BASE, DIM, TOKENS, MOTION = 10, 3, 4, 6
+
+
+class FakeFeatures:
+    """What training and the prior read of a dataset's feature stores: spatial / motion per id and the
+    stores' attributes (the adapter record extraction writes)."""
+
+    def __init__(self, arrays: dict, adapted: dict | None):
+        self.arrays = arrays
+        self.ids = list(arrays)
+        self.stores = [type("Store", (), {"attrs": {"vision": {"width": BASE + DIM, "base_width": BASE,
+                                                               "adapted": adapted}}})()]
+
+    def spatial(self, vid):
+        return self.arrays[vid][0]
+
+    def motion(self, vid):
+        return self.arrays[vid][1]
+
+
+@pytest.fixture(scope="module")
+def adapter_file(tmp_path_factory):
+    adapter = qa.QualityAdapter(BASE, DIM, 8)
+    with torch.no_grad():
+        adapter.head.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+        adapter.head.bias.fill_(3.0)
+    path = qa.save_adapter(tmp_path_factory.mktemp("enc") / "adapter.safetensors", adapter,
+                           {"hash": "aaaaaaaaaa", "base_hash": "bbbbbbbbbb", "objective": "listwise"})
+    return {"file": str(path), "hash": "aaaaaaaaaa", "base_hash": "bbbbbbbbbb"}
+
+
+def videos(n, seed):
+    """Videos whose adapter columns (the last DIM) vary per key frame; the head's score of their mean is known."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        k = int(rng.integers(1, 4))
+        out[f"v{i}"] = (rng.normal(size=(k, TOKENS, BASE + DIM)).astype(np.float32),
+                        rng.normal(size=(2, MOTION)).astype(np.float32))
+    return out
+
+
+def head_score(spatial):
+    return float(spatial[..., -DIM:].mean((0, 1)) @ np.array([1.0, -2.0, 0.5]) + 3.0)
+
+
+def test_prior_is_the_adapter_score_on_the_mos_scale(adapter_file):
+    arrays = videos(12, 0)
+    feats = FakeFeatures(arrays, adapter_file)
+    raw = {v: head_score(s) for v, (s, _) in arrays.items()}
+    # MOS exactly linear in the adapter's score: the fitted line maps one onto the other
+    samples = [{"dataset": "d", "id": v, "mos": 40 + 5 * r, "type": t} for v, r in raw.items() for t in ("score", "level")]
+    prior = qp.fit_prior({"d": feats}, samples, 0.4)
+    assert prior["weight"] == 0.4 and prior["adapter"] == "aaaaaaaaaa" and prior["n_videos"] == 12
+    assert prior["slope"] == pytest.approx(5.0) and prior["train_srcc"] == pytest.approx(1.0)
+    ids = list(arrays)
+    batch = collate_videos([arrays[v] for v in ids])  # ragged key frames: padding must not count
+    got = qp.prior_scores(prior, batch["spatial"], batch["spatial_mask"])
+    assert got == pytest.approx([40 + 5 * raw[v] for v in ids], abs=1e-3)
+
+
+def test_prior_needs_adapted_features_of_one_adapter(adapter_file):
+    arrays = videos(4, 1)
+    samples = [{"dataset": d, "id": v, "mos": 50.0} for d in ("a", "b") for v in arrays]
+    with pytest.raises(UserError, match="models.vision.adapted.*those of b carry none"):
+        qp.fit_prior({"a": FakeFeatures(arrays, adapter_file), "b": FakeFeatures(arrays, None)}, samples, 0.3)
+    other = {**adapter_file, "hash": "cccccccccc"}
+    with pytest.raises(UserError, match="different quality adapters .*a: aaaaaaaaaa, b: cccccccccc"):
+        qp.fit_prior({"a": FakeFeatures(arrays, adapter_file), "b": FakeFeatures(arrays, other)}, samples, 0.3)
+    prior = {"adapter": "aaaaaaaaaa", "dim": DIM, "coef": [0.0] * DIM, "bias": 0.0, "weight": 0.3}
+    with pytest.raises(UserError, match="model_x: .*adapter aaaaaaaaaa, these features come from no adapter"):
+        qp.check_features(prior, FakeFeatures(arrays, None), "model_x")
+    qp.check_features(prior, FakeFeatures(arrays, adapter_file), "model_x")  # the same adapter: fine
+    qp.check_features(None, FakeFeatures(arrays, None), "model_x")  # no prior: anything goes
+
+
+def test_training_records_the_prior_and_prediction_blends_it(adapter_file, tmp_path):
+    arrays = videos(10, 2)
+    feats = {"d": FakeFeatures(arrays, adapter_file)}
+    bank = load_templates(None, "integer")
+    tok = train_tokenizer([{"question": q, "answer": "50"} for q in bank["score"] + bank["level"]], "integer")
+    cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}},
+                    "models": {"preset": "tiny", "llm": {"config": {"hidden_size": 64, "intermediate_size": 128,
+                                                                    "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                                    "num_key_value_heads": 2}}},
+                    "prompts": {"answer_format": "integer"}, "training": {"quality_prior": 0.25}})
+    info = {"vision_tokens": TOKENS, "vision_width": BASE + DIM, "motion_dim": MOTION}
+    samples = [{"dataset": "d", "id": v, "mos": 10.0 * i, "type": "score", "question": "q", "answer": str(10 * i)}
+               for i, v in enumerate(arrays)]
+    model = new_model(cfg, tok, info, samples, feats).eval()
+    prior = model.config["quality_prior"]
+    assert prior["weight"] == 0.25 and prior["adapter"] == "aaaaaaaaaa" and prior["n_videos"] == 10
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "lmmvqa.json").read_text())["quality_prior"] == prior
+    again = LMMVQA.from_pretrained(tmp_path / "m").eval()
+    ids = list(arrays)[:4]
+    batch = collate_videos([arrays[v] for v in ids])
+    rows = predict_batch(again, batch, ids, bank=bank)
+    q = qp.prior_scores(prior, batch["spatial"], batch["spatial_mask"])
+    for r, qi in zip(rows, q):
+        assert r["quality_score"] == pytest.approx(qi)
+        assert r["prob_score"] == pytest.approx(0.75 * r["lmm_prob_score"] + 0.25 * qi)
+    # without the prior the model's own expected score is the probability score, as before
+    again.config.pop("quality_prior")
+    plain = predict_batch(again, batch, ids, bank=bank)
+    assert [r["prob_score"] for r in plain] == pytest.approx([r["lmm_prob_score"] for r in rows])
+    assert all(r["quality_score"] is None for r in plain)
