@@ -32,7 +32,7 @@ from pipeline.core.errors import UserError
 
 OBJECTIVES = ("rank", "listwise", "rank_reg", "reg")
 DEFAULTS = {"objective": "listwise", "dim": 16, "hidden": 128, "steps": 400, "lr": 1e-3, "weight_decay": 1e-2,
-            "batch_videos": 64, "margin": 1.0, "min_gap": 2.0, "temperature": 10.0, "seed": 0}
+            "batch_videos": 64, "margin": 1.0, "min_gap": 2.0, "temperature": 2.5, "seed": 0}
 
 
 class QualityAdapter(nn.Module):
