@@ -126,3 +126,14 @@ def test_training_records_the_prior_and_prediction_blends_it(adapter_file, tmp_p
     plain = predict_batch(again, batch, ids, bank=bank)
     assert [r["prob_score"] for r in plain] == pytest.approx([r["lmm_prob_score"] for r in rows])
     assert all(r["quality_score"] is None for r in plain)
+
+
+def test_fitting_the_prior_leaves_the_seed_alone(adapter_file):
+    """A run with the prior trains exactly as the same run without it (only the scores are blended)."""
+    arrays = videos(4, 3)
+    torch.manual_seed(0)
+    qp.fit_prior({"d": FakeFeatures(arrays, adapter_file)}, [{"dataset": "d", "id": v, "mos": i * 1.0}
+                                                             for i, v in enumerate(arrays)], 0.3)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))

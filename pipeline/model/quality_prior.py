@@ -56,7 +56,8 @@ def fit_prior(features: dict, samples: list[dict], weight: float) -> dict:
         raise UserError(f"training.quality_prior: the training datasets' features come from different quality "
                         f"adapters ({which})")
     record = next(iter(records.values()))
-    adapter, _ = load_adapter(record["file"], record.get("hash"), record.get("base_hash"))
+    with torch.random.fork_rng(devices=[]):  # building the adapter module must not move the run's seed
+        adapter, _ = load_adapter(record["file"], record.get("hash"), record.get("base_hash"))
     mos = {}
     for s in samples:
         mos.setdefault((s["dataset"], s["id"]), float(s["mos"]))
