@@ -239,7 +239,22 @@ def metrics_row(preds: pd.DataFrame) -> dict:
     return {"n": m["n"], "prob_srcc": p["srcc"], "prob_plcc": p["plcc"], "prob_plcc_raw": p["plcc_raw"],
             "prob_rmse": p["rmse"], "text_srcc": t["srcc"], "text_plcc": t["plcc"], "text_plcc_raw": t["plcc_raw"],
             "level_accuracy": m["level"]["accuracy"], "invalid": m["invalid"],
-            "prob_min": float(preds["prob_score"].min()), "prob_max": float(preds["prob_score"].max())}
+            "prob_min": float(preds["prob_score"].min()), "prob_max": float(preds["prob_score"].max()),
+            **prior_parts(preds)}
+
+
+PRIOR_WEIGHTS = (0.0, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0)
+
+
+def prior_parts(preds: pd.DataFrame) -> dict:
+    """With a quality prior (`training.quality_prior`): the SRCC of the model's own expected score, of the
+    prior's score, and of their blend at other weights (the same trained model: only the blend changes)."""
+    if "quality_score" not in preds or preds["quality_score"].isna().all():
+        return {}
+    lmm, q = preds["lmm_prob_score"].to_numpy(float), preds["quality_score"].to_numpy(float)
+    mos = preds["mos"].to_numpy(float)
+    return {"lmm_prob_srcc": _srcc(lmm, mos), "prior_srcc": _srcc(q, mos),
+            "prior_blend_srcc": {str(w): _srcc((1 - w) * lmm + w * q, mos) for w in PRIOR_WEIGHTS}}
 
 
 def ensemble_predictions(members: list[pd.DataFrame]) -> pd.DataFrame:
@@ -390,7 +405,8 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
                        "curve": points}
                 results[v]["runs"].append(row)
                 log(f"{name}{'+' + v if v else ''} fold {f} seed {seed}: prob SRCC {row['prob_srcc']:.3f} "
-                    f"PLCC {row['prob_plcc']:.3f} raw {row['prob_plcc_raw']:.3f}; text SRCC {_f(row['text_srcc'])}; "
+                    + (f"(model {row['lmm_prob_srcc']:.3f}, prior {row['prior_srcc']:.3f}) " if "prior_srcc" in row else "")
+                    + f"PLCC {row['prob_plcc']:.3f} raw {row['prob_plcc_raw']:.3f}; text SRCC {_f(row['text_srcc'])}; "
                     f"level {row['level_accuracy']:.3f}; invalid {row['invalid']}; train {train_s:.0f} s, eval {eval_s:.0f} s")
         for v in evals:
             if len(members[v]) > 1:
@@ -446,6 +462,10 @@ def summarise(result: dict) -> dict:
         out[f"{key}_std_seeds_max"] = float(np.max(seed_std)) if seed_std else None
         out[f"{key}_std_folds"] = _std(per_fold.mean().tolist())
     out["invalid_total"] = int(pd.to_numeric(runs["invalid"]).sum())
+    if "prior_srcc" in runs:
+        out["lmm_prob_srcc"], out["prior_srcc"] = float(runs["lmm_prob_srcc"].mean()), float(runs["prior_srcc"].mean())
+        out["prior_blend_srcc"] = {w: float(np.mean([r[w] for r in runs["prior_blend_srcc"]]))
+                                   for w in runs["prior_blend_srcc"].iloc[0]}
     below = [int(r["fold"]) for _, r in runs.groupby("fold")["prob_srcc"].mean().reset_index().iterrows()
              if r["prob_srcc"] < result["ridge"][str(int(r["fold"]))]["srcc"]]
     out["folds_below_ridge"] = below
@@ -469,6 +489,7 @@ COLUMNS = [
     ("invalid", lambda s: str(s.get("invalid_total", "n/a"))),
     ("ensemble prob SRCC / PLCC", lambda s: f"{_f(s.get('ensemble_prob_srcc'))} / {_f(s.get('ensemble_prob_plcc'))}"
      if "ensemble_prob_srcc" in s else ""),
+    ("model / prior SRCC", lambda s: f"{_f(s.get('lmm_prob_srcc'))} / {_f(s.get('prior_srcc'))}" if "prior_srcc" in s else ""),
     ("train s / run", lambda s: f"{s['train_s']:.0f}" if "train_s" in s else ""),
 ]
 
