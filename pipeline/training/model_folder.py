@@ -132,7 +132,10 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"(train_llm={model.config['train_llm']}, LoRA={'yes' if model.config.get('lora') else 'no'})",
         *([f"- continued from `{model.config['init_from']['path']}` (experiment "
            f"{model.config['init_from'].get('experiment')}): its projector and LLM weights are the starting point"]
-          if model.config.get("init_from") else []), "",
+          if model.config.get("init_from") else []),
+        *([f"- quality prior: prob_score = {1 - qp['weight']:g} x the model's expected score + {qp['weight']:g} x the "
+           f"score of quality adapter {qp['adapter']} on the MOS scale (a line fitted on {qp['n_videos']} training "
+           f"videos; their SRCC {qp['train_srcc']:.3f})"] if (qp := model.config.get("quality_prior")) else []), "",
         "## Training", "",
         f"- {summary['steps']} optimizer steps ({summary['epochs']:.2f} epochs), batch {tr['batch_size']} x accum "
         f"{tr['grad_accum']} x {summary['world_size']} process(es), lr {tr['lr']:g} (LLM {tr['llm_lr'] or tr['lr']:g}), "
