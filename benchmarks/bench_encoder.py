@@ -89,7 +89,7 @@ def run_setup(setup: str, synth: pd.DataFrame, features_root: Path, objectives, 
     tokens = [np.asarray(feats.spatial(v), np.float32) for v in ids]
     key = EXCLUDE_BY[setup]
     out = {"setup": setup, "config": config_file, "videos": len(ids), "exclude_by": key, "folds": {}}
-    adapters = {}  # (held-out content, objective, seed) -> trained adapter, seconds, history
+    adapters = {}  # (held-out content, objective, seed) -> history, seconds, scores and embeddings of the videos
     for f in sorted(np.unique(folds)):
         held = set(manifest.loc[folds == f, key]) if key else set()
         train = synth[~synth[key].isin(held)] if key else synth
@@ -103,10 +103,9 @@ def run_setup(setup: str, synth: pd.DataFrame, features_root: Path, objectives, 
                 k = (tuple(sorted(held)), obj, seed)
                 if k not in adapters:
                     t0 = time.perf_counter()
-                    adapters[k] = (*qa.train_adapter(list(train["tokens"]), train["vmaf"].to_numpy(), s),
-                                   time.perf_counter() - t0)
-                adapter, hist, train_s = adapters[k]
-                score, emb = qa.video_embeddings(adapter, tokens)
+                    adapter, hist = qa.train_adapter(list(train["tokens"]), train["vmaf"].to_numpy(), s)
+                    adapters[k] = (hist, time.perf_counter() - t0, *qa.video_embeddings(adapter, tokens))
+                hist, train_s, score, emb = adapters[k]
                 pred_c, _ = ridge_fold(np.concatenate([base, emb], 1), y, folds, f)
                 pred_e, _ = ridge_fold(emb, y, folds, f)
                 pred_b, _ = ridge_fold(balanced(base, emb), y, folds, f)
