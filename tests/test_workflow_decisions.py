@@ -110,6 +110,20 @@ def test_score_without_a_model_finds_the_shipped_one_or_names_the_command(tmp_pa
     metrics = paths.metrics("cv", "demo:test")
     metrics.parent.mkdir(parents=True)
     metrics.write_text(json.dumps({"n": 50, "aggregate": {"prob": {"srcc": {"mean": 0.6512, "std": 0.1}}}}))
-    folder, worth = default_model()
-    assert str(folder) == "results/models/cv/all"
+    folders, worth = default_model()
+    assert [str(f) for f in folders] == ["results/models/cv/all"]
     assert "demo:test: prob SRCC 0.651 ± 0.100 (n=50)" in worth and "trained on every fold" in worth
+    # an ensemble scores with every member; a member not trained yet is named with its command
+    raw["experiments"]["ens"] = {"train": ["demo:train"], "test": ["demo:test"], "ensemble": 3}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    for folder in ("results/models/ens", "results/models/ens.member2"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "lmmvqa.json").write_text("{}")
+    with pytest.raises(UserError, match=r"no trained model in results/models/ens.member1 .*`snakemake --cores 2 "
+                                        r"results/models/ens.member1`"):
+        default_model(experiment="ens")
+    (tmp_path / "results/models/ens.member1").mkdir()
+    (tmp_path / "results/models/ens.member1/lmmvqa.json").write_text("{}")
+    folders, worth = default_model(experiment="ens")
+    assert [str(f) for f in folders] == ["results/models/ens", "results/models/ens.member1", "results/models/ens.member2"]
+    assert "an ensemble of 3 models, scores averaged" in worth

@@ -1,25 +1,34 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
-    lmmvqa score VIDEO_OR_FOLDER... [--model DIR | --config C [--experiment E]] [--device cpu|cuda] [--dtype D]
-                 [--out FILE] [--decoding constrained|free]
+    lmmvqa score VIDEO_OR_FOLDER... [--model DIR [--model DIR2 ...]] [--config C [--experiment E]]
+                 [--device cpu|cuda] [--dtype D] [--out FILE] [--decoding constrained|free]
 
 Without `--model`, the model is the one the config's experiment (default: its first) ships:
-`results/models/<E>` for one held-out fold, `results/models/<E>/all` (trained on every fold) for
-`folds: all`; the config is `--config`, else `config.yaml` in the working directory. When that
-folder has no trained model, the error names the command that makes one. The model's cross-validated
-or held-out figures, where the workflow has written them, are printed on stderr: what its scores are worth.
+`results/models/<E>` for one held-out fold, with its ensemble members `results/models/<E>.member<i>`
+(`experiments.<E>.ensemble`), `results/models/<E>/all` (trained on every fold) for `folds: all`; the
+config is `--config`, else `config.yaml` in the working directory. When a folder has no trained model,
+the error names the command that makes one. The model's cross-validated or held-out figures, where the
+workflow has written them, are printed on stderr: what its scores are worth. Several `--model` folders
+are an ensemble.
 
 Each video goes decode -> features (the extraction settings the model was trained with, recorded in
-its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
-constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extractor.Extractor,
-predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
-invalid), prob_score (with a quality prior also its two parts, lmm_prob_score and quality_score), level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
+its `lmmvqa.json`, with the quality adapter the model folder holds a copy of) -> model(s) -> answers,
+through the same functions as the workflow (extractor.Extractor, predict.predict_batch, which also
+averages an ensemble's members as evaluation does). The evaluation settings (evaluation.decoding,
+templates_per_video, max_new_tokens) are one source with `lmmvqa evaluate`: the config's `evaluation`
+block whenever a config is in play (`--config`, or config.yaml when it picks the model); only a bare
+`--model DIR` falls back to the settings recorded in the model folder at training. `--decoding`
+overrides the decoding. One JSON line per video: video, score (parsed greedy answer, null when
+invalid), prob_score (with a quality prior the blend (1 - w) x lmm_prob_score + w x quality_score, with
+its two parts and w as quality_prior), level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed. Before scoring, stderr
-names the model folder, its preset and what each role was built from (its recorded `provenance`).
+names the model folder(s), its preset, what each role was built from (its recorded `provenance`) and
+where the evaluation settings come from.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -36,8 +45,10 @@ from pipeline.features.store_reader import collate_videos
 from pipeline.ingest.labels import is_video_file, video_id
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
+from pipeline.model.model_files import scoring_extraction
 from pipeline.prompts.experiments import experiment_folds, shipped_model, unseen_tests
 from pipeline.prompts.shards import load_templates
+from pipeline.training.runs import ensemble_members, member_run
 
 
 def expand_inputs(items) -> list[Path]:
@@ -56,33 +67,43 @@ def expand_inputs(items) -> list[Path]:
 
 
 class Scorer:
-    """A model folder + the feature extractor it was trained with."""
+    """A model folder (several: an ensemble, scored as `lmmvqa evaluate` scores it) + the feature extractor
+    it was trained with. `evaluation`: the evaluation settings to answer with (a config's `evaluation`
+    block); None: those the model folder recorded at training."""
 
     def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
-                 decoding: str | None = None):
-        model_dir = Path(model_dir)
-        self.model = LMMVQA.from_pretrained(model_dir, device=device, dtype=dtype)
+                 decoding: str | None = None, evaluation: dict | None = None):
+        dirs = [Path(d) for d in (model_dir if isinstance(model_dir, (list, tuple)) else [model_dir])]
+        self.models = [LMMVQA.from_pretrained(d, device=device, dtype=dtype) for d in dirs]
+        self.model = self.models[0]
         cfg = self.model.config
-        if "extraction" not in cfg:
-            raise UserError(f"{model_dir}: the model folder does not record its feature extraction settings "
-                            "(trained by an older version); retrain it")
-        self.extractor = Extractor(cfg["extraction"], device=device, threads=threads)
-        bank = model_dir / "templates.yaml"
+        check_members(dirs, self.models)
+        self.extractor = Extractor(scoring_extraction(dirs[0], cfg), device=device, threads=threads)
+        bank = dirs[0] / "templates.yaml"
         self.bank = load_templates(bank if bank.exists() else None, self.model.answer_format.name)
         self.seed = int(cfg.get("prompts_seed", 0))
-        self.evaluation = cfg.get("evaluation") or {}
+        self.evaluation_source = "the config" if evaluation is not None else "recorded in the model folder"
+        self.evaluation = evaluation if evaluation is not None else (cfg.get("evaluation") or {})
         self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()
-        self.model_dir = model_dir
+        self.model_dirs = dirs
+        self.model_dir = dirs[0]
 
     def describe(self) -> str:
-        """What scores the videos: the model folder, its preset, and what each role was built from."""
+        """What scores the videos: the model folder(s), its preset, what each role was built from, and
+        where the evaluation settings come from."""
         cfg = self.model.config
         preset = ((cfg.get("extraction") or {}).get("models") or {}).get("preset")
-        lines = [f"lmmvqa score: model {self.model_dir} (preset {preset}, experiment {cfg.get('experiment')})"]
+        which = (f"model {self.model_dir}" if len(self.models) == 1 else
+                 f"ensemble of {len(self.models)} models {', '.join(map(str, self.model_dirs))}")
+        lines = [f"lmmvqa score: {which} (preset {preset}, experiment {cfg.get('experiment')})"]
         if not cfg.get("provenance"):
             lines.append("  (the model folder does not record what its roles were built from: trained by an older version)")
         else:
             lines += [f"  {role}: {text}" for role, text in describe_roles(cfg["provenance"]).items()]
+        ev = self.evaluation
+        lines.append(f"  evaluation settings ({self.evaluation_source}): decoding {self.decoding}, "
+                     f"templates_per_video {int(ev.get('templates_per_video', 1))}, "
+                     f"max_new_tokens {int(ev.get('max_new_tokens', 8))}")
         return "\n".join(lines)
 
     def score(self, path) -> dict:
@@ -94,14 +115,18 @@ class Scorer:
         motion = motion.astype(f["motion_dtype"]).astype("float32")
         batch = collate_videos([(spatial, motion)])
         # the question templates are drawn per video id, as the prompt stage draws them for a dataset's
-        # videos (the file name without its extension), so a dataset's video gets the same questions here
-        row = predict_batch(self.model, batch, [video_id(Path(path).name)], bank=self.bank, seed=self.seed,
+        # videos (the file name without its extension), so a dataset's video gets the same questions here;
+        # an ensemble's members are averaged by the function evaluation averages them with
+        row = predict_batch(self.models if len(self.models) > 1 else self.model, batch, [video_id(Path(path).name)],
+                            bank=self.bank, seed=self.seed,
                             templates=int(self.evaluation.get("templates_per_video", 1)),
                             max_new_tokens=int(self.evaluation.get("max_new_tokens", 8)),
                             decoding=self.decoding)[0]
         return {
             "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
-            **({"lmm_prob_score": round(row["lmm_prob_score"], 4), "quality_score": round(row["quality_score"], 4)}
+            # with a quality prior, prob_score is the blend: its weight and both parts, as evaluation's rows
+            **({"lmm_prob_score": round(row["lmm_prob_score"], 4), "quality_score": round(row["quality_score"], 4),
+                "quality_prior": float(self.model.config["quality_prior"]["weight"])}
                if row["quality_score"] is not None else {}),
             "level": row["level"] or None, **{col: round(row[col], 4) for col in LEVEL_PROB_COLUMNS.values()},
             "text": row["text"], "invalid": bool(row["invalid"]),
@@ -111,16 +136,30 @@ class Scorer:
         }
 
 
+def check_members(dirs: list[Path], models: list) -> None:
+    """An ensemble's members must see the same features and questions: same extraction settings, quality
+    adapter, answer format and prompt seed."""
+    first = models[0].config
+    for d, m in zip(dirs[1:], models[1:]):
+        for key in ("extraction", "quality_adapter", "prompts_seed"):
+            if m.config.get(key) != first.get(key):
+                raise UserError(f"ensemble members {dirs[0]} and {d} differ in `{key}` (lmmvqa.json): they cannot "
+                                "score from the same features")
+        if m.answer_format != models[0].answer_format:
+            raise UserError(f"ensemble members {dirs[0]} and {d} answer in different formats")
+
+
 def default_decoding() -> str:
     """evaluation.decoding's schema default (for model folders that do not record it)."""
     return schema()["properties"]["evaluation"]["properties"]["decoding"]["default"]
 
 
 def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
-                 dtype: str | None = None, decoding: str | None = None) -> int:
-    """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed."""
+                 dtype: str | None = None, decoding: str | None = None, evaluation: dict | None = None) -> int:
+    """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed.
+    `model_dir`: a model folder, or a list of them (an ensemble); `evaluation`: see Scorer."""
     out = out or sys.stdout
-    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding)
+    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding, evaluation=evaluation)
     print(scorer.describe(), file=sys.stderr, flush=True)
     failed = 0
     for path in expand_inputs(videos):
@@ -139,32 +178,57 @@ def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int 
 DEFAULT_CONFIG = Path("config.yaml")
 
 
-def default_model(config: str | Path | None = None, experiment: str | None = None) -> tuple[Path, str]:
-    """(model folder, what it is worth) of a config's experiment (default: the first one): the model it
-    ships (`experiments.shipped_model`). A UserError names the command that trains it when it is missing."""
+def scoring_config(config: str | Path | None = None) -> tuple[Path, dict]:
+    """(path, validated config) of `--config`, else `config.yaml` in the working directory."""
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
-        raise UserError(f"no --model given and no config at {path} to find the default experiment's model: pass "
-                        "--model results/models/<experiment> (or --config C)")
-    cfg = load_config(path)
+        raise UserError(f"no config at {path} (it names the default experiment's model and the evaluation "
+                        "settings): pass --model results/models/<experiment> (or --config C)")
+    return path, load_config(path)
+
+
+def default_model(config: str | Path | None = None, experiment: str | None = None) -> tuple[list[Path], str]:
+    """(model folders, what they are worth) of a config's experiment (default: the first one): the model it
+    ships (`experiments.shipped_model`), with its ensemble members (`experiments.<E>.ensemble`) where
+    they are trained beside it. A UserError names the command that trains a missing one."""
+    path, cfg = scoring_config(config)
     if not cfg["experiments"]:
         raise UserError(f"{path} has no experiments, so no model: pass --model DIR")
     name = experiment or next(iter(cfg["experiments"]))
-    folder = shipped_model(cfg, name)
-    if not (folder / "lmmvqa.json").is_file():
-        configfile = "" if path == DEFAULT_CONFIG else f" --configfile {path}"
-        raise UserError(f"no trained model in {folder} (experiment '{name}' of {path}): train it with "
-                        f"`snakemake --cores 2{configfile} {folder}` (or the whole run, `snakemake --cores 2{configfile}`), "
-                        "or pass --model DIR")
-    return folder, model_worth(cfg, name, folder)
+    folders = shipped_models(cfg, name)
+    for folder in folders:
+        if not (folder / "lmmvqa.json").is_file():
+            configfile = "" if path == DEFAULT_CONFIG else f" --configfile {path}"
+            raise UserError(f"no trained model in {folder} (experiment '{name}' of {path}): train it with "
+                            f"`snakemake --cores 2{configfile} {folder}` (or the whole run, `snakemake --cores 2{configfile}`), "
+                            "or pass --model DIR")
+    return folders, model_worth(cfg, name, folders)
 
 
-def model_worth(cfg: dict, experiment: str, folder: Path) -> str:
-    """One line: which model, and its figures on each test set from the workflow's metrics (mean ± std
-    over folds for a model trained on every fold), or that they are not computed yet."""
+def shipped_models(cfg: dict, experiment: str) -> list[Path]:
+    """The model folders that score for an experiment: the model it ships, then its ensemble members
+    (`<E>.member<i>`, as `lmmvqa evaluate` averages them) for an experiment with one held-out split. The
+    workflow trains ensemble members per fold only, so a `folds: all` experiment ships its one model on
+    every fold."""
+    folder = shipped_model(cfg, experiment)
+    if experiment_folds(cfg, experiment) is not None:
+        return [folder]
+    return [folder, *(paths.model_dir(member_run(experiment, m)) for m in ensemble_members(cfg, experiment))]
+
+
+def model_worth(cfg: dict, experiment: str, folders: list[Path]) -> str:
+    """One line: which model (or ensemble), and its figures on each test set from the workflow's metrics
+    (mean ± std over folds for a model trained on every fold), or that they are not computed yet."""
     folds = experiment_folds(cfg, experiment)
-    kind = (f"trained on every fold; worth its {len(folds)} per-fold models' figures on videos they did not train on"
-            if folds is not None else "its figures on videos it did not train on")
+    members = int(cfg["experiments"][experiment].get("ensemble") or 1)
+    if folds is not None:
+        kind = (f"trained on every fold; worth its {len(folds)} per-fold models' figures on videos they did not train on"
+                if members == 1 else
+                f"one model trained on every fold, not an ensemble: the figures are its {len(folds)} per-fold "
+                f"ensembles' of {members} models, on videos they did not train on")
+    else:
+        kind = ("its figures on videos it did not train on" if len(folders) == 1 else
+                f"an ensemble of {len(folders)} models, scores averaged; their figures on videos they did not train on")
     cells = []
     for test in unseen_tests(cfg, experiment):
         m = _read_metrics(paths.metrics(experiment, test))
@@ -176,7 +240,7 @@ def model_worth(cfg: dict, experiment: str, folder: Path) -> str:
         std = agg.get("std")
         value = "n/a" if srcc is None else f"{srcc:.3f}" + ("" if std is None else f" ± {std:.3f}")
         cells.append(f"{test}: prob SRCC {value} (n={m.get('n')})")
-    return f"model {folder} (experiment '{experiment}', {kind}): " + "; ".join(cells)
+    return f"model {', '.join(map(str, folders))} (experiment '{experiment}', {kind}): " + "; ".join(cells)
 
 
 def _read_metrics(path: Path) -> dict | None:
@@ -188,11 +252,13 @@ def _read_metrics(path: Path) -> dict | None:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
-    parser.add_argument("--model", default=None,
-                        help="trained model folder (default: the model the config's experiment ships: "
-                             "results/models/<experiment>, or results/models/<experiment>/all for folds: all)")
+    parser.add_argument("--model", default=None, action="append", metavar="DIR",
+                        help="trained model folder; repeated: an ensemble, scores averaged (default: the model the "
+                             "config's experiment ships: results/models/<experiment> with its ensemble members, or "
+                             "results/models/<experiment>/all for folds: all)")
     parser.add_argument("--config", default=None,
-                        help=f"workflow config whose experiment's model to use without --model (default {DEFAULT_CONFIG})")
+                        help=f"workflow config whose experiment's model to use without --model (default {DEFAULT_CONFIG}); "
+                             "its `evaluation` settings apply (with or without --model), as `lmmvqa evaluate` applies them")
     parser.add_argument("--experiment", default=None, help="that experiment (default: the config's first)")
     add_device_arg(parser, default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
@@ -204,16 +270,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    # the evaluation settings: a config's (given, or config.yaml when it picks the model), as `lmmvqa
+    # evaluate` answers with them; a bare --model DIR: those recorded in the model folder
+    evaluation = scoring_config(args.config)[1]["evaluation"] if args.config or args.model is None else None
     if args.model is None:
         args.model, worth = default_model(args.config, args.experiment)
         print(f"lmmvqa score: {worth}", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as fh:
-            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype, args.decoding)
-    else:
-        failed = score_videos(args.videos, args.model, args.device, threads=args.threads, dtype=args.dtype,
-                              decoding=args.decoding)
+    with (open(args.out, "w") if args.out else contextlib.nullcontext(sys.stdout)) as fh:
+        failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype, args.decoding,
+                              evaluation)
     if failed:
         print(f"lmmvqa score: {failed} video(s) failed (see their 'error' lines)", file=sys.stderr)
     return 1 if failed else 0

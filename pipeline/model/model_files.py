@@ -4,10 +4,13 @@ back (`LMMVQA.save_pretrained` / `LMMVQA.from_pretrained` call these).
 
 A folder holds `lmmvqa.json` (the model config), `projector.safetensors`, `tokenizer/`, and of the LLM
 `llm/` (full weights, whenever they cannot be reloaded from the source) and/or `adapter/` (peft LoRA)
-or nothing (a frozen pretrained LLM reloaded from its source); `llm_weights` says which.
+or nothing (a frozen pretrained LLM reloaded from its source); `llm_weights` says which. A model
+trained on features of a quality-adapted vision encoder also holds that adapter (`quality_adapter.safetensors`,
+recorded as `quality_adapter` in `lmmvqa.json`); `scoring_extraction` resolves it for `lmmvqa score`.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -19,11 +22,13 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
+from pipeline.core.provenance import sha256_of
 from pipeline.model.llm_loading import DTYPES, check_missing, load_adapter, load_llm
 from pipeline.model.projector import Projector, projector_settings
 from pipeline.model.tokenizer import load_tokenizer
 
 FORMAT_VERSION = 1
+ADAPTER_FILE = "quality_adapter.safetensors"  # the copy of the quality adapter a model's features need
 
 
 def read_model_config(path: Path) -> dict:
@@ -45,6 +50,57 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def scoring_extraction(path: str | Path, cfg: dict) -> dict:
+    """The feature extraction settings a model folder records (`extraction`), its quality adapter, when it
+    has one, resolved to the copy the folder holds (checked against its recorded sha256, and against the
+    adapter its quality prior was fitted on). Folders written before they held a copy fall back to the
+    adapter file their features recorded, when it is still there with the same hash. Whatever is missing
+    is an error naming the file."""
+    path = Path(path)
+    if "extraction" not in cfg:
+        raise UserError(f"{path}: the model folder does not record its feature extraction settings "
+                        "(trained by an older version); retrain it")
+    extraction = copy.deepcopy(cfg["extraction"])
+    vision = (extraction.get("models") or {}).get("vision") or {}
+    if not vision.get("adapted"):
+        return extraction
+    record = cfg.get("quality_adapter")
+    if record:
+        file = path / record["file"]
+        if not file.is_file():
+            raise UserError(f"{file}: the model's quality adapter file is missing (adapter hash {record.get('hash')}, "
+                            f"sha256 {record.get('sha256')}): the model's features need it; copy the model folder "
+                            "whole, or retrain it")
+        if sha256_of(file) != record["sha256"]:
+            raise UserError(f"{file}: not the model's quality adapter (sha256 {sha256_of(file)}, the model folder "
+                            f"records {record['sha256']})")
+        want = record.get("hash")
+    else:  # an older folder: the adapter file its features recorded (a path relative to the run's folder)
+        stored = (cfg.get("vision") or {}).get("adapted") or {}
+        want = stored.get("hash")
+        file = Path(stored["file"]) if stored.get("file") else None
+        if file is None or not file.is_file():
+            raise UserError(f"{path}: the model was trained on features of a quality adapter (hash {want}) and holds "
+                            f"no copy of it ({path / ADAPTER_FILE}), and the adapter file its features recorded "
+                            f"({file}) is not there either: retrain the model (its folder then holds the adapter)")
+    got = _adapter_hash(file)
+    prior = (cfg.get("quality_prior") or {}).get("adapter")
+    for name, expected in (("the model folder records", want), ("its quality prior was fitted on", prior)):
+        if expected and got != expected:
+            raise UserError(f"{file}: quality adapter {got}, {name} adapter {expected}")
+    vision["adapted"] = str(file.resolve())
+    return extraction
+
+
+def _adapter_hash(file: Path) -> str | None:
+    from pipeline.features.quality_adapter import read_meta
+
+    try:
+        return read_meta(file).get("hash")
+    except Exception as e:  # truncated / not safetensors / no adapter header
+        raise UserError(f"{file}: not a readable quality adapter file ({type(e).__name__}: {e})") from None
 
 
 def projector_for(cfg: dict) -> Projector:

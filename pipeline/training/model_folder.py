@@ -7,6 +7,7 @@ training loss figure the report also draws, pipeline/training/plots.py) and the 
 `write_model_folder` assembles them in a staging sibling and renames it into place."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -17,7 +18,10 @@ import pandas as pd
 import yaml
 
 from pipeline.core import provenance
+from pipeline.core.errors import UserError
+from pipeline.core.specs import adapter_file
 from pipeline.core.versions import code_version
+from pipeline.model.model_files import ADAPTER_FILE
 from pipeline.prompts.experiments import fold_dependent, parse_selector
 from pipeline.prompts.shards import load_templates
 from pipeline.training.plots import loss_figure
@@ -30,9 +34,12 @@ def write_model_folder(out: str | Path, model, cfg: dict, experiment: str, stage
     """The trained model + its artefacts into `out` (replaced), via a staging folder beside it."""
     out = Path(out)
     staging = out.with_name(f"{out.name}.staging-{os.getpid()}")
+    scoring = scoring_settings(cfg)
     model.save_pretrained(staging, extra={"experiment": experiment, "stage": stage or "final", "validation": val,
                                           "train_summary": summary, "code_version": code_version("train"),
-                                          "provenance": model_provenance(model), **scoring_settings(cfg)})
+                                          "provenance": model_provenance(model), **scoring})
+    if scoring["quality_adapter"]:
+        copy_quality_adapter(scoring["quality_adapter"], staging)
     (staging / "templates.yaml").write_text(yaml.safe_dump(
         {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"], cfg["prompts"]["answer_format"]).items()}, sort_keys=False, width=200))
     write_log(log_rows, staging / "train_log.csv")
@@ -46,9 +53,40 @@ def write_model_folder(out: str | Path, model, cfg: dict, experiment: str, stage
 
 def scoring_settings(cfg: dict) -> dict:
     """What `lmmvqa score` needs to rebuild this model's inputs from a video: the feature extraction
-    settings (models, sampling, store dtypes) and the prompt/evaluation settings."""
-    return {"extraction": {k: cfg[k] for k in ("models", "sampling", "features")},
-            "prompts_seed": cfg["prompts"]["seed"], "evaluation": cfg["evaluation"]}
+    settings (models, sampling, store dtypes), the prompt/evaluation settings and, for features of a
+    quality-adapted vision encoder (`models.vision.adapted`), `quality_adapter`: the record of the adapter
+    file the folder holds a copy of (`extraction.models.vision.adapted` then names that copy, so scoring
+    needs neither the config's datasets nor the code version the adapter's own file name depends on)."""
+    models = copy.deepcopy(cfg["models"])
+    adapter = None
+    if (models.get("vision") or {}).get("adapted"):
+        adapter = quality_adapter_record(cfg)
+        models["vision"]["adapted"] = adapter["file"]
+    return {"extraction": {"models": models, **{k: cfg[k] for k in ("sampling", "features")}},
+            "quality_adapter": adapter, "prompts_seed": cfg["prompts"]["seed"], "evaluation": cfg["evaluation"]}
+
+
+def quality_adapter_record(cfg: dict) -> dict:
+    """The config's quality adapter file (`specs.adapter_file`) as a model folder records its copy: the
+    copy's name in the folder, the adapter's hash and base vision hash (its header), the file's sha256,
+    and where it was copied from."""
+    from pipeline.features.quality_adapter import read_meta
+
+    source = Path(adapter_file(cfg))
+    if not source.is_file():
+        raise UserError(f"{source}: the quality adapter the model's features were made with is missing "
+                        "(models.vision.adapted): the model folder must hold a copy of it")
+    meta = read_meta(source)
+    return {"file": ADAPTER_FILE, "hash": meta.get("hash"), "base_hash": meta.get("base_hash"),
+            "sha256": provenance.sha256_of(source), "source": str(source)}
+
+
+def copy_quality_adapter(record: dict, folder: Path) -> Path:
+    """Copy the adapter file of `record` into the model folder (readable by all, like the other outputs)."""
+    target = Path(folder) / record["file"]
+    shutil.copyfile(record["source"], target)
+    os.chmod(target, 0o644)
+    return target
 
 
 def model_provenance(model) -> dict:
@@ -100,6 +138,8 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
     """README.md of a model folder: data, model, training and validation in a page."""
     tr = cfg["training"]
     roles = provenance.describe_roles(model_provenance(model))
+    adapted = (cfg["models"].get("vision") or {}).get("adapted")
+    adapter_copy = f"`{ADAPTER_FILE}` (the quality adapter its features are made with), " if adapted else ""
     lines = [
         f"# LMM-VQA model `{experiment}`", "",
         "Video quality assessment as question answering: the vision role's key-frame tokens and one motion "
@@ -149,7 +189,8 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"valid {val.get('score_valid', 0)}, invalid {val.get('score_invalid', 0)}",
         f"- probability score: SRCC {_fmt(val.get('prob_srcc'))}",
         f"- level accuracy: {_fmt(val.get('level_accuracy'))}", "",
-        "Files: `lmmvqa.json`, `projector.safetensors`, `llm/` or `adapter/`, `tokenizer/`, `train_log.csv`, `loss.png`. "
+        "Files: `lmmvqa.json`, `projector.safetensors`, `llm/` or `adapter/`, `tokenizer/`, "
+        f"{adapter_copy}`train_log.csv`, `loss.png`. "
         "Load with `pipeline.model.lmm.LMMVQA.from_pretrained(folder, device=...)`.",
     ]
     if val.get("note"):
