@@ -9,7 +9,8 @@ Without `--model`, the model is the one the config's experiment (default: its fi
 folder has no trained model, the error names the command that makes one. The model's cross-validated
 or held-out figures, where the workflow has written them, are printed on stderr: what its scores are worth.
 
-Each video goes decode -> features (the extraction settings the model was trained with, recorded in
+Image files (JPEG, PNG, ...) score as stills: one key frame, the still's motion row, image questions
+(pipeline/features/decode_image.py). Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
 constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extractor.Extractor,
 predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
@@ -33,7 +34,7 @@ from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
 from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import collate_videos
-from pipeline.ingest.labels import is_video_file, video_id
+from pipeline.ingest.media import is_image_file, is_video_file, item_id
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
 from pipeline.prompts.experiments import experiment_folds, shipped_model, unseen_tests
@@ -41,14 +42,14 @@ from pipeline.prompts.shards import load_templates
 
 
 def expand_inputs(items) -> list[Path]:
-    """Files as given; folders -> their video files (sorted, not recursive)."""
+    """Files as given; folders -> their video and image files (sorted, not recursive)."""
     out = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and is_video_file(f.name))
+            found = sorted(f for f in p.iterdir() if f.is_file() and (is_video_file(f.name) or is_image_file(f.name)))
             if not found:
-                raise UserError(f"{p}: no video files in this folder")
+                raise UserError(f"{p}: no video or image files in this folder")
             out += found
         else:
             out.append(p)  # a missing file gets an error line of its own
@@ -94,11 +95,12 @@ class Scorer:
         motion = motion.astype(f["motion_dtype"]).astype("float32")
         batch = collate_videos([(spatial, motion)])
         # the question templates are drawn per video id, as the prompt stage draws them for a dataset's
-        # videos (the file name without its extension), so a dataset's video gets the same questions here
-        row = predict_batch(self.model, batch, [video_id(Path(path).name)], bank=self.bank, seed=self.seed,
+        # videos (the file name without its extension), so a dataset's video gets the same questions here;
+        # a still image (decoded as one) is asked about as an image
+        row = predict_batch(self.model, batch, [item_id(Path(path).name)], bank=self.bank, seed=self.seed,
                             templates=int(self.evaluation.get("templates_per_video", 1)),
                             max_new_tokens=int(self.evaluation.get("max_new_tokens", 8)),
-                            decoding=self.decoding)[0]
+                            decoding=self.decoding, media=["image" if meta.get("still") else "video"])[0]
         return {
             "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
             **({"lmm_prob_score": round(row["lmm_prob_score"], 4), "quality_score": round(row["quality_score"], 4)}
@@ -106,6 +108,7 @@ class Scorer:
             "level": row["level"] or None, **{col: round(row[col], 4) for col in LEVEL_PROB_COLUMNS.values()},
             "text": row["text"], "invalid": bool(row["invalid"]),
             "decoding": self.decoding,
+            "media": "image" if meta.get("still") else "video",
             "duration": meta.get("duration"), "backend": meta.get("backend"),
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -187,7 +190,7 @@ def _read_metrics(path: Path) -> dict | None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
+    parser.add_argument("videos", nargs="+", help="video or image files and/or folders of them")
     parser.add_argument("--model", default=None,
                         help="trained model folder (default: the model the config's experiment ships: "
                              "results/models/<experiment>, or results/models/<experiment>/all for folds: all)")
