@@ -31,7 +31,7 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         with Image.open(path) as img:
             fmt, mode = img.format, img.mode
             img = ImageOps.exif_transpose(img)
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy (torch reads it)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(f"not a readable image: {type(exc).__name__}: {exc}") from None
     if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
