@@ -187,6 +187,31 @@ def test_stills_extract_to_one_key_frame_and_zero_motion_beside_a_video(tmp_path
     assert video.is_file()
 
 
+def test_a_shard_of_stills_extracts_and_its_store_marks_them(tmp_path):
+    """A batch of stills alone has no chunk to encode (it used to divide by zero timing the motion
+    encoder); the store records each still and its zero motion row, beside a video of another shard."""
+    from pipeline.features.extract import extract_shard
+    from pipeline.features.store_reader import FeatureStore
+
+    torch.set_num_threads(2)
+    (tmp_path / "v").mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 48), (40 * i, 90, 200)).save(tmp_path / "v" / f"s{i}.png")
+    write_video(tmp_path / "v" / "c.mp4", n_frames=30)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame([("s0", "s0.png", 0), ("s1", "s1.png", 0), ("s2", "s2.png", 0), ("c", "c.mp4", 1)],
+                 columns=["id", "path", "shard"]).to_csv(manifest, index=False)
+    cfg = offline_config()
+    for shard in (0, 1):
+        extract_shard(cfg, "t", manifest, tmp_path / "v", shard, tmp_path / f"s{shard}.zarr", progress=False,
+                      decode_workers=0)
+    stills, video = FeatureStore(tmp_path / "s0.zarr"), FeatureStore(tmp_path / "s1.zarr")
+    for vid in ("s0", "s1", "s2"):
+        assert stills.media(vid) == "image" and stills.video_meta(vid)["motion_s"] == 0.0
+        assert stills.spatial(vid).shape == (1, 10, 976) and not np.asarray(stills.motion(vid)).any()
+    assert video.media("c") == "video" and np.asarray(video.motion("c")).shape == (1, 10)
+
+
 def test_a_static_video_has_the_stills_zero_frame_difference_statistics():
     """The still's motion row (zeros) is what the temporal statistics give a video that does not move,
     in every frame-difference statistic; only feature 7 (distinct source frames per chunk frame) tells a
@@ -233,3 +258,63 @@ def test_prompts_say_image_for_an_image_and_video_questions_are_unchanged():
     image_bank = bank.for_media("image")
     text = json.dumps(image_bank)
     assert "video" not in text and " a image" not in text and "an image" in text
+
+
+# ---- images and videos train one model; `lmmvqa score` on an image ---------------------------------
+def write_photos(folder, n=8, seed=0):
+    """n small JPEG photos, blurred / noised by their index (a MOS that follows), and their label file."""
+    from PIL import ImageFilter
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        base = np.kron(rng.integers(40, 220, (12, 16, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+        img = Image.fromarray(base).filter(ImageFilter.GaussianBlur(i / 2))
+        noisy = np.clip(np.asarray(img, dtype=float) + rng.normal(0, 2 + 3 * i, base.shape), 0, 255)
+        Image.fromarray(noisy.astype(np.uint8)).save(folder / f"p{i}.jpg", quality=90)
+        rows.append((f"p{i}.jpg", round(90 - 9 * i, 3)))
+    pd.DataFrame(rows, columns=["name", "mos"]).to_csv(folder.parent / "labels.csv", index=False)
+
+
+MIXED = {
+    "datasets": {
+        "demo": {"format": "generic", "labels": "resources/demo/labels.csv", "videos": "resources/demo/videos",
+                 "generate": {"n_videos": 6, "seed": 3}, "split": {"scheme": "kfold", "k": 2, "seed": 0}},
+        "photos": {"format": "image", "labels": "photos/labels.csv", "videos": "photos/images",
+                   "split": {"scheme": "kfold", "k": 2, "seed": 0}},
+    },
+    "sampling": {"max_keyframes": 2, "max_seconds": 2, "keyframe_mode": "fragments"},
+    "features": {"shard_size": 8},
+    "training": {"max_steps": 2, "batch_size": 4, "val_fraction": 0.2},
+    "evaluation": {"bootstrap": 10},
+    "experiments": {"mixed": {"train": ["demo:train", "photos:train"], "test": ["demo:test", "photos:test"]}},
+}
+
+
+@pytest.mark.slow
+def test_images_and_videos_train_one_model_and_score_an_image(tmp_path):
+    """A config with an image dataset and a video dataset in one experiment runs through the workflow;
+    the image prompts say image, the stores mark the stills, and `lmmvqa score` on a photo gives the score
+    the evaluation gave it (same features, same image questions)."""
+    import subprocess
+
+    from workflow_run import BIN, snakemake, write_config
+
+    write_photos(tmp_path / "photos" / "images")
+    write_config(tmp_path, MIXED)
+    snakemake(tmp_path, "results/eval/mixed/photos/test/predictions.csv")
+    prompts = [json.loads(line) for f in sorted((tmp_path / "results/prompts/photos").glob("*.jsonl"))
+               for line in f.read_text().splitlines()]
+    assert len(prompts) == 16 and all("image" in p["question"] and "video" not in p["question"] for p in prompts)
+    card = (tmp_path / "results/models/mixed/README.md").read_text()
+    assert "photos" in card and "demo" in card
+    preds = pd.read_csv(tmp_path / "results/eval/mixed/photos/test/predictions.csv", dtype={"id": str})
+    assert len(preds) >= 2 and preds["prob_score"].between(0, 100).all()
+    photo = preds["id"].iloc[0]
+    proc = subprocess.run([str(BIN / "lmmvqa"), "score", f"photos/images/{photo}.jpg", "--config", "config.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stdout)
+    assert line["media"] == "image" and line["duration"] == 0.0 and line["backend"] == "pillow"
+    assert line["prob_score"] == pytest.approx(preds.set_index("id").loc[photo, "prob_score"], abs=1e-3)
