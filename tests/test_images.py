@@ -318,3 +318,29 @@ def test_images_and_videos_train_one_model_and_score_an_image(tmp_path):
     line = json.loads(proc.stdout)
     assert line["media"] == "image" and line["duration"] == 0.0 and line["backend"] == "pillow"
     assert line["prob_score"] == pytest.approx(preds.set_index("id").loc[photo, "prob_score"], abs=1e-3)
+
+
+# ---- config/clive-dev.yaml ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_clive_dev_config_plans_its_folds_and_names_the_folder_when_it_is_absent(clive_dev, tmp_path):
+    """A dry run of config/clive-dev.yaml from the repository plans the manifest, one model per fold and
+    one on all folds; pointed at an absent folder it stops before any job, naming the files."""
+    import yaml
+    from conftest import REPO
+    from workflow_run import snakemake
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = yaml.safe_load((REPO / "config/clive-dev.yaml").read_text())
+    for key in ("labels", "videos"):
+        cfg["datasets"]["clive-dev"][key] = str(REPO / cfg["datasets"]["clive-dev"][key])
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(work, "-n", "--quiet", "rules").stdout
+    counts = {p[0]: int(p[1]) for p in (line.split() for line in out.splitlines()) if len(p) == 2 and p[1].isdigit()}
+    assert counts["manifest"] == 1 and counts["train_fold"] == 5 and counts["train_all"] == 1
+    absent = tmp_path / "absent"
+    cfg["datasets"]["clive-dev"].update(labels=str(absent / "labels.csv"), videos=str(absent / "images"))
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(work, "-n", check=False)
+    assert proc.returncode != 0 and "Missing input files for rule manifest" in proc.stderr + proc.stdout
+    assert str(absent / "labels.csv") in proc.stderr + proc.stdout
