@@ -14,7 +14,7 @@ Image files (JPEG, PNG, ...) score as stills: one key frame, the still's motion 
 its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
 constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extractor.Extractor,
 predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
-invalid), prob_score (with a quality prior also its two parts, lmm_prob_score and quality_score), level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
+invalid), prob_score (with a quality prior also its two parts, lmm_prob_score and quality_score), level, p_good/p_fair/p_poor, text, invalid, decoding, media (video or image), seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed. Before scoring, stderr
 names the model folder, its preset and what each role was built from (its recorded `provenance`).
 """

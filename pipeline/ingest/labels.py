@@ -211,7 +211,7 @@ def image_id_and_path(name: str, where: str) -> tuple[str, str]:
 
 def _read_table(path: Path, fmt: str) -> pd.DataFrame:
     """A label table: CSV, or for SPAQ its released .xlsx sheet (openpyxl) or a CSV export of it."""
-    if fmt == "spaq" and path.suffix.lower() in (".xlsx", ".xls"):
+    if fmt == "spaq" and path.suffix.lower() == ".xlsx":
         if not path.is_file():
             raise UserError(f"label file not found: {path}")
         try:
