@@ -95,8 +95,6 @@ def media_of_format(fmt: str) -> str:
     return FORMATS[fmt].media
 
 
-
-
 def split_from_filename(path) -> str:
     """Official split name a label file stands for (LSVQ conventions): test_1080p, test, train or all."""
     low = Path(str(path)).name.lower()
