@@ -35,7 +35,7 @@ Sampling (all by presentation timestamp, so variable-frame-rate video is sampled
 * Rotation metadata (display matrix) is applied: decord applies it itself; for PyAV this module
   rotates the frames (`np.rot90` by `frame.rotation`), so both backends match ffmpeg's auto-rotation.
 
-Still images (an image file extension, `labels.media_of`) are not videos: `VideoSampler.decode` reads
+Still images (an image file extension, `pipeline.ingest.media.media_of`) are not videos: `VideoSampler.decode` reads
 them once with Pillow into one key frame and no chunks (pipeline/features/decode_image.py).
 
 Backends: `decord` (primary; `decord.VideoReader` directly, retried with `num_threads=1`, which VP9
