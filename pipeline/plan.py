@@ -174,7 +174,7 @@ def text_tokens(cfg: dict, default: int = DEFAULT_TEXT_TOKENS) -> tuple[int, int
         tok = load_tokenizer(source)
         bank = load_templates(cfg["prompts"]["templates"])
         fmt = PromptFormatter(tok, n_visual=1)
-        questions = [q for qs in bank.values() for q in qs]
+        questions = [q for qs in bank.values() for q in qs]  # a video's questions (an image's differ by a word)
         enc = fmt.batch(questions, ["63.215"] * len(questions))
         return int(enc["input_ids"].shape[1]) - 1, int(enc["labels"].shape[1]), f"counted with {source}"
     except Exception:  # noqa: BLE001 - no tokenizer here: the default

@@ -168,7 +168,8 @@ def test_unknown_format_and_unreadable_csv(tmp_path):
         read_labels("generic", g)
     with pytest.raises(UserError, match="label file not found"):
         read_labels("generic", tmp_path / "nope.csv")
-    assert set(FORMATS) == {"konvid", "lsvq", "youtube_ugc", "live_vqc", "live_gaming", "generic", "folder"}
+    assert set(FORMATS) == {"konvid", "lsvq", "youtube_ugc", "live_vqc", "live_gaming", "generic", "folder",
+                            "image", "clive", "koniq", "spaq", "kadid"}
 
 
 # ---- optional group and split columns of the generic format ----------------------------------------

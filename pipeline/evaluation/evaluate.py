@@ -76,7 +76,7 @@ def evaluate(cfg: dict, experiment: str, selector: str, out: str | Path, metrics
         batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
         rows += predict_batch(models if len(models) > 1 else model, batch, chunk, bank=bank, seed=cfg["prompts"]["seed"],
                               templates=ev["templates_per_video"], max_new_tokens=ev["max_new_tokens"],
-                              decoding=ev["decoding"])
+                              decoding=ev["decoding"], media=[features.media(v) for v in chunk])
     preds = videos.merge(pd.DataFrame(rows, columns=[c for c in PREDICTION_COLUMNS if c not in ("mos", "level_true")]),
                          on="id", how="left")[PREDICTION_COLUMNS]
     metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)

@@ -53,9 +53,11 @@ def _answer(model, videos, questions, kind, constrained, max_new_tokens, parse, 
 
 
 def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: int = 0, templates: int = 1,
-                  max_new_tokens: int = 8, decoding: str = "constrained") -> list[dict]:
+                  max_new_tokens: int = 8, decoding: str = "constrained", media: Sequence[str] | None = None) -> list[dict]:
     """Prediction rows (see module docstring) for one collated batch of videos. `model` may be a list of
-    models (an ensemble): every (model, template) pair answers, and the rows average them."""
+    models (an ensemble): every (model, template) pair answers, and the rows average them. `media`: video
+    or image per item (default all video): an image is asked about as an image."""
+    media = list(media) if media is not None else ["video"] * len(ids)
     if decoding not in DECODINGS:
         raise ValueError(f"unknown decoding '{decoding}' (one of: {', '.join(DECODINGS)})")
     constrained = decoding == "constrained"
@@ -73,7 +75,7 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
         prior = m.config.get("quality_prior")
         q = prior_scores(prior, videos["spatial"], videos["spatial_mask"]) if prior else None
         for k in range(templates):
-            questions = [question_for(vid, "score", seed, bank, k)[1] for vid in ids]
+            questions = [question_for(vid, "score", seed, bank, k, media=kind)[1] for vid, kind in zip(ids, media)]
             _answer(m, videos, questions, "score", constrained, max_new_tokens, parse_score, texts, parsed)
             p = np.asarray(m.prob_scores(videos, questions), dtype=float)
             lmm_prob += p
@@ -83,7 +85,7 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
                 quality += q
                 with_prior += 1
             prob += p
-            level_questions = [question_for(vid, "level", seed, bank, k)[1] for vid in ids]
+            level_questions = [question_for(vid, "level", seed, bank, k, media=kind)[1] for vid, kind in zip(ids, media)]
             _answer(m, videos, level_questions, "level", constrained, max_new_tokens, parse_level, level_texts, levels)
             lp = m.candidate_logprobs(videos, level_questions, list(LEVELS), append_eos=True)
             level_p += np.array([[level_probabilities({lv: float(v) for lv, v in zip(LEVELS, row)})[lv]

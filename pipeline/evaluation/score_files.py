@@ -11,7 +11,8 @@ the error names the command that makes one. The model's cross-validated or held-
 workflow has written them, are printed on stderr: what its scores are worth. Several `--model` folders
 are an ensemble.
 
-Each video goes decode -> features (the extraction settings the model was trained with, recorded in
+Image files (JPEG, PNG, ...) score as stills: one key frame, the still's motion row, image questions
+(pipeline/features/decode_image.py). Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`, with the quality adapter the model folder holds a copy of) -> model(s) -> answers,
 through the same functions as the workflow (extractor.Extractor, predict.predict_batch, which also
 averages an ensemble's members as evaluation does). The evaluation settings (evaluation.decoding,
@@ -20,7 +21,7 @@ block whenever a config is in play (`--config`, or config.yaml when it picks the
 `--model DIR` falls back to the settings recorded in the model folder at training. `--decoding`
 overrides the decoding. One JSON line per video: video, score (parsed greedy answer, null when
 invalid), prob_score (with a quality prior the blend (1 - w) x lmm_prob_score + w x quality_score, with
-its two parts and w as quality_prior), level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
+its two parts and w as quality_prior), level, p_good/p_fair/p_poor, text, invalid, decoding, media (video or image), seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed. Before scoring, stderr
 names the model folder(s), its preset, what each role was built from (its recorded `provenance`) and
 where the evaluation settings come from.
@@ -42,7 +43,7 @@ from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
 from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import collate_videos
-from pipeline.ingest.labels import is_video_file, video_id
+from pipeline.ingest.media import is_image_file, is_video_file, item_id
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.model_files import scoring_extraction
@@ -52,14 +53,14 @@ from pipeline.training.runs import ensemble_members, member_run
 
 
 def expand_inputs(items) -> list[Path]:
-    """Files as given; folders -> their video files (sorted, not recursive)."""
+    """Files as given; folders -> their video and image files (sorted, not recursive)."""
     out = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and is_video_file(f.name))
+            found = sorted(f for f in p.iterdir() if f.is_file() and (is_video_file(f.name) or is_image_file(f.name)))
             if not found:
-                raise UserError(f"{p}: no video files in this folder")
+                raise UserError(f"{p}: no video or image files in this folder")
             out += found
         else:
             out.append(p)  # a missing file gets an error line of its own
@@ -116,12 +117,13 @@ class Scorer:
         batch = collate_videos([(spatial, motion)])
         # the question templates are drawn per video id, as the prompt stage draws them for a dataset's
         # videos (the file name without its extension), so a dataset's video gets the same questions here;
-        # an ensemble's members are averaged by the function evaluation averages them with
-        row = predict_batch(self.models if len(self.models) > 1 else self.model, batch, [video_id(Path(path).name)],
+        # an ensemble's members are averaged by the function evaluation averages them with; a still image
+        # (decoded as one) is asked about as an image
+        row = predict_batch(self.models if len(self.models) > 1 else self.model, batch, [item_id(Path(path).name)],
                             bank=self.bank, seed=self.seed,
                             templates=int(self.evaluation.get("templates_per_video", 1)),
                             max_new_tokens=int(self.evaluation.get("max_new_tokens", 8)),
-                            decoding=self.decoding)[0]
+                            decoding=self.decoding, media=["image" if meta.get("still") else "video"])[0]
         return {
             "video": str(path), "score": row["score"], "prob_score": round(row["prob_score"], 4),
             # with a quality prior, prob_score is the blend: its weight and both parts, as evaluation's rows
@@ -131,6 +133,7 @@ class Scorer:
             "level": row["level"] or None, **{col: round(row[col], 4) for col in LEVEL_PROB_COLUMNS.values()},
             "text": row["text"], "invalid": bool(row["invalid"]),
             "decoding": self.decoding,
+            "media": "image" if meta.get("still") else "video",
             "duration": meta.get("duration"), "backend": meta.get("backend"),
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -251,7 +254,7 @@ def _read_metrics(path: Path) -> dict | None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
+    parser.add_argument("videos", nargs="+", help="video or image files and/or folders of them")
     parser.add_argument("--model", default=None, action="append", metavar="DIR",
                         help="trained model folder; repeated: an ensemble, scores averaged (default: the model the "
                              "config's experiment ships: results/models/<experiment> with its ensemble members, or "

@@ -35,6 +35,9 @@ Sampling (all by presentation timestamp, so variable-frame-rate video is sampled
 * Rotation metadata (display matrix) is applied: decord applies it itself; for PyAV this module
   rotates the frames (`np.rot90` by `frame.rotation`), so both backends match ffmpeg's auto-rotation.
 
+Still images (an image file extension, `pipeline.ingest.media.media_of`) are not videos: `VideoSampler.decode` reads
+them once with Pillow into one key frame and no chunks (pipeline/features/decode_image.py).
+
 Backends: `decord` (primary; `decord.VideoReader` directly, retried with `num_threads=1`, which VP9
 needs in some builds) and `pyav` (fallback, also selectable). `sample_video` tries `backend` and then
 `fallback`; the backend that decoded the video is recorded in `meta["backend"]`. Failures raise
@@ -52,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.ingest.media import media_of
 from pipeline.ingest.streams import display_info, error_text
 
 BACKENDS = ("decord", "pyav")
@@ -488,6 +492,12 @@ class VideoSampler:
     threads: int = 0
 
     def decode(self, path) -> DecodedVideo:
+        if media_of(path) == "image":  # a still: one key frame, no motion chunks (decode_image.py)
+            from pipeline.features.decode_image import sample_image
+
+            return sample_image(path, key_size=self.key_size, chunk_frames=self.chunk_frames,
+                                chunk_size=self.chunk_size, keyframe_mode=self.keyframe_mode,
+                                fragment_grid=self.fragment_grid)
         return sample_video(path, keyframe_fps=self.keyframe_fps, max_keyframes=self.max_keyframes,
                             chunk_frames=self.chunk_frames, max_seconds=self.max_seconds, key_size=self.key_size,
                             chunk_size=self.chunk_size, backend=self.backend, fallback=self.fallback,

@@ -11,6 +11,8 @@ and one-second chunks (motion role), and write one Zarr feature store (pipeline/
   buffers (`staging.BatchStage`); a full batch goes through both encoders and its videos into the
   store. The store (order of videos, bytes of the features, batches of the forward passes) is the
   same whatever the worker count.
+* A still image (pipeline/features/decode_image.py) is one key frame and the still's motion row (zeros,
+  not encoded); its metadata says `still: true`.
 * A video that cannot be decoded (corrupt, truncated, empty, not a video, missing, or one that
   crashes its decoder) is written to the store's failures table with the message; the shard still
   completes.
@@ -92,8 +94,8 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
             totals["motion_s"] += ms
             t0 = time.perf_counter()
             for vid, meta, spatial, motion in done:
-                meta = dict(meta, vision_s=round(vs * len(spatial) / n_kf, 4),
-                            motion_s=round(ms * len(motion) / n_ch, 4))
+                meta = dict(meta, vision_s=round(vs * len(spatial) / n_kf, 4),  # a still's motion row is not encoded
+                            motion_s=0.0 if meta.get("still") else round(ms * len(motion) / n_ch, 4))
                 writer.add(vid, spatial, motion, meta)
             totals["write_s"] += time.perf_counter() - t0
 

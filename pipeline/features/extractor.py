@@ -6,7 +6,9 @@ sets `dtype`); `.decode(path)` samples key frames and one-second chunks with its
 (`decode.VideoSampler`: the sampling settings and the frame sizes of these encoders, the configured
 backend then the fallback), `.encode(decoded videos)` runs them through both encoders in
 shared batches of `features.batch_size` frames or chunks, and `.features(path)` does both for one
-video (`lmmvqa score` uses it for videos outside a manifest). `lmmvqa extract` (extract.py) drives it
+video (`lmmvqa score` uses it for videos outside a manifest). A still image decodes to one key frame
+and no chunks, and gets `still_motion()` (zeros) as its one motion row: its motion branch has a
+defined input, not a fake clip run through the motion encoder. `lmmvqa extract` (extract.py) drives it
 over a shard, with the decoding in worker processes (decode_pool.py).
 """
 from __future__ import annotations
@@ -77,7 +79,15 @@ class Extractor:
                                         frame_ids=ids)
         t2 = time.perf_counter()
         kf_split, ch_split = np.cumsum(n_kf)[:-1], np.cumsum(n_ch)[:-1]
-        return list(zip(np.split(spatial, kf_split), np.split(motion, ch_split))), t1 - t0, t2 - t1
+        motions = [m if n else self.still_motion() for m, n in zip(np.split(motion, ch_split), n_ch)]
+        return list(zip(np.split(spatial, kf_split), motions)), t1 - t0, t2 - t1
+
+    def still_motion(self) -> np.ndarray:
+        """The motion features of a still image (decoded with no chunks): one row of zeros, "no motion".
+        With the temporal-statistics encoder this is what a static video gives in every frame-difference
+        statistic; the one other feature, distinct source frames per chunk frame, is 0 too: a still has
+        no frames in time (a video has at least one per chunk)."""
+        return np.zeros((1, int(self.motion_info["dim"])), np.float32)
 
     def features(self, path) -> tuple[np.ndarray, np.ndarray, dict]:
         d = self.decode(path)

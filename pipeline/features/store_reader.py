@@ -98,6 +98,10 @@ class FeatureStore:
     def video_meta(self, vid: str) -> dict:
         return self.attrs["videos"][self.index[vid]]
 
+    def media(self, vid: str) -> str:
+        """image for an item decoded as a still (`still` in its metadata), else video."""
+        return "image" if self.video_meta(vid).get("still") else "video"
+
     @property
     def failures(self) -> pd.DataFrame:
         return pd.read_csv(self.path / "failures.csv", dtype=str, keep_default_na=False)
@@ -142,6 +146,9 @@ class DatasetFeatures:
 
     def motion(self, vid: str) -> np.ndarray:
         return self.where[vid].motion(vid)
+
+    def media(self, vid: str) -> str:
+        return self.where[vid].media(vid)
 
     @property
     def failures(self) -> pd.DataFrame:

@@ -26,6 +26,17 @@ live_gaming (`name` without extension, `mos` 0-100), generic (`name`, `mos`, ext
 0-100 unless `mos_scale="1-5"`; optional `group` and `split` columns, see above) and folder (the "label file" is a folder of videos: every video file
 in it, recursively, with an empty MOS; for scoring only).
 
+Image formats (`media` "image": every item is a still image, `media_of`): image (a label file like
+generic, `name` = the image file, an image extension optional, or a folder of images, unrated, like
+folder), and the label files of image-quality databases as released: clive (LIVE Challenge:
+`AllImages_release.mat` + `AllMOS_release.mat`, MATLAB files read with scipy.io.loadmat; the first 7
+entries are the subjects' training images, left out by convention: 1,169 entries -> 1,162 images,
+MOS 0-100), koniq (KonIQ-10k `koniq10k_scores_and_distributions.csv`: `image_name`, `MOS` 1-5),
+spaq (SPAQ `MOS and Image attribute scores.xlsx`, or a CSV export of it: `Image name`, `MOS` 0-100;
+reading .xlsx needs openpyxl) and kadid (KADID-10k `dmos.csv`: `dist_img`, `dmos` 1-5, `ref_img` as
+the content group, so a reference's distorted versions stay in one fold). An image's id is its name
+without the image extension (`533.JPG` -> `533`), its path the name as written.
+
 Every problem a user can fix raises `UserError` with one line naming the file, the row and what is
 wrong; nothing is returned until every row of every file has been checked.
 """
@@ -40,9 +51,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import UserError
+from pipeline.ingest.media import (IMAGE_EXTENSIONS, MEDIA, VIDEO_EXTENSIONS, is_image_file,  # noqa: F401 - re-exported
+                                   is_video_file, item_id, media_of)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
-                    ".m2ts", ".flv", ".wmv", ".3gp", ".ogv", ".y4m")
 SCALES = {"0-100": (0.0, 100.0, 1.0), "1-5": (1.0, 5.0, 20.0)}  # name -> (low, high, factor to 0-100)
 COLUMNS = ["id", "path", "row", "mos_raw", "mos", "split", "group", "label_file"]
 # names the labels and manifest tables use themselves: a generic label file's extra column may not take one
@@ -57,6 +68,8 @@ class Format:
     id_column: str
     mos_column: str | None
     scale: str
+    media: str = "video"  # what its files are: video, or image (stills)
+    group_column: str | None = None  # a column that is the content group (k-fold keeps it in one fold)
 
 
 FORMATS: dict[str, Format] = {
@@ -67,11 +80,19 @@ FORMATS: dict[str, Format] = {
     "live_gaming": Format("name", "mos", "0-100"),
     "generic": Format("name", "mos", "0-100"),
     "folder": Format("", None, "0-100"),
+    "image": Format("name", "mos", "0-100", "image"),
+    "clive": Format("AllImages_release", "AllMOS_release", "0-100", "image"),
+    "koniq": Format("image_name", "MOS", "1-5", "image"),
+    "spaq": Format("Image name", "MOS", "0-100", "image"),
+    "kadid": Format("dist_img", "dmos", "1-5", "image", group_column="ref_img"),
 }
+# CLIVE's release lists the 7 images that trained the study's subjects first; by convention they are left out
+CLIVE_TRAINING_IMAGES = 7
 
 
-def is_video_file(name: str) -> bool:
-    return Path(name).suffix.lower() in VIDEO_EXTENSIONS and not Path(name).name.startswith(".")
+def media_of_format(fmt: str) -> str:
+    """video or image: what a format's files are."""
+    return FORMATS[fmt].media
 
 
 def split_from_filename(path) -> str:
@@ -116,7 +137,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"label file not found: {path}")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a label file (use --format folder for a folder of videos)")
+        raise UserError(f"{path}: is a folder, not a label file (use --format folder for a folder of videos, "
+                        "--format image for a folder of images)")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -142,19 +164,20 @@ def _column(df: pd.DataFrame, name: str, path: Path) -> pd.Series:
     return df[lower[name.lower()]].astype(str).str.strip()
 
 
-def _mos(raw: pd.Series, path: Path, column: str, scale: str) -> tuple[np.ndarray, np.ndarray]:
+def _mos(raw: pd.Series, path: Path, column: str, scale: str, first_row: int = 1,
+         unit: str = "row") -> tuple[np.ndarray, np.ndarray]:
     values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
         i = int(bad[0])
         text = raw.iloc[i]
         what = "is empty" if text == "" else (f"is '{text}', not a number" if np.isnan(values[i]) else f"is '{text}'")
-        raise UserError(f"{path}: row {i + 1}: MOS (column '{column}') {what}")
+        raise UserError(f"{path}: {unit} {i + first_row}: MOS (column '{column}') {what}")
     lo, hi, factor = SCALES[scale]
     out = np.flatnonzero((values < lo) | (values > hi))
     if len(out):
         i = int(out[0])
-        raise UserError(f"{path}: row {i + 1}: MOS (column '{column}') {raw.iloc[i]} is outside the {scale} scale "
+        raise UserError(f"{path}: {unit} {i + first_row}: MOS (column '{column}') {raw.iloc[i]} is outside the {scale} scale "
                         f"[{lo:g}, {hi:g}] (set mos_scale / --mos-scale if the scale is different)")
     return values, np.round(values * factor, 6)
 
@@ -177,6 +200,95 @@ def _lsvq_split(df: pd.DataFrame, path: Path) -> list[str]:
     return [from_name if from_name != "all" else "train"] * len(df)
 
 
+def image_id_and_path(name: str, where: str) -> tuple[str, str]:
+    """(id, path) of an image label: the id drops an image extension, the path is the name as written
+    (a name without an extension is matched to `<name>.<image extension>` by the manifest)."""
+    rel = check_relative(name, where)
+    return item_id(rel), rel
+
+
+def _read_table(path: Path, fmt: str) -> pd.DataFrame:
+    """A label table: CSV, or for SPAQ its released .xlsx sheet (openpyxl) or a CSV export of it."""
+    if fmt == "spaq" and path.suffix.lower() == ".xlsx":
+        if not path.is_file():
+            raise UserError(f"label file not found: {path}")
+        try:
+            import openpyxl  # noqa: F401 - pandas reads .xlsx through it
+        except ImportError:
+            raise UserError(f"{path}: reading an .xlsx sheet needs the openpyxl package (pip install openpyxl), "
+                            "or save the sheet as CSV (same columns, `Image name` and `MOS`) and give that file") from None
+        df = pd.read_excel(path, dtype=str, keep_default_na=False)
+        df.columns = [str(c).strip() for c in df.columns]
+        if len(df) == 0:
+            raise UserError(f"{path}: empty label file (a header but no data rows)")
+        return df.apply(lambda c: c.astype(str).str.strip())
+    return _read_csv(path)
+
+
+def _mat_strings(value, path: Path, key: str) -> list[str]:
+    """A MATLAB cell array of strings (as scipy.io.loadmat returns it) -> list of str."""
+    out = []
+    for i, cell in enumerate(np.asarray(value, dtype=object).ravel()):
+        item = np.asarray(cell).ravel()
+        if item.size != 1:
+            raise UserError(f"{path}: '{key}' entry {i + 1} is not one file name")
+        out.append(str(item[0]).strip())
+    return out
+
+
+def _load_mat(path: Path, key: str):
+    from scipy.io import loadmat  # MATLAB v5 files; no pickle involved
+
+    if not path.is_file():
+        raise UserError(f"label file not found: {path}")
+    try:
+        data = loadmat(str(path))
+    except (ValueError, TypeError, OSError, NotImplementedError) as exc:
+        raise UserError(f"{path}: not a readable MATLAB .mat file ({' '.join(str(exc).split())})") from None
+    if key not in data:
+        keys = ", ".join(k for k in data if not k.startswith("__"))
+        raise UserError(f"{path}: no variable '{key}' (variables: {keys})")
+    return data[key]
+
+
+def clive_files(label_files) -> tuple[Path, Path]:
+    """(AllImages_release.mat, AllMOS_release.mat) of a LIVE Challenge release: both given (any order),
+    or the images file alone with the MOS file beside it (the release's `Data` folder holds both)."""
+    files = [Path(f) for f in label_files]
+    names = {f.name.lower(): f for f in files}
+    images = names.get("allimages_release.mat", files[0])
+    mos = names.get("allmos_release.mat")
+    if mos is None:
+        if len(files) > 1:
+            mos = next(f for f in files if f != images)
+        else:
+            mos = images.with_name("AllMOS_release.mat")
+    return images, mos
+
+
+def read_clive(label_files, mos_scale: str | None = None) -> pd.DataFrame:
+    """LIVE Challenge as released: names from AllImages_release.mat, MOS from AllMOS_release.mat (same
+    order); the first `CLIVE_TRAINING_IMAGES` entries (the subjects' training images) are left out."""
+    images_mat, mos_mat = clive_files(label_files)
+    names = _mat_strings(_load_mat(images_mat, "AllImages_release"), images_mat, "AllImages_release")
+    raw = np.asarray(_load_mat(mos_mat, "AllMOS_release"), dtype=object).ravel()
+    if len(raw) != len(names):
+        raise UserError(f"{mos_mat}: {len(raw)} MOS values for the {len(names)} images of {images_mat} "
+                        "(the two files must list the same images in the same order)")
+    if len(names) <= CLIVE_TRAINING_IMAGES:
+        raise UserError(f"{images_mat}: {len(names)} entries; the release lists {CLIVE_TRAINING_IMAGES} training "
+                        "images and then the rated ones")
+    keep = slice(CLIVE_TRAINING_IMAGES, None)
+    names, raw = names[keep], pd.Series([str(v) for v in raw[keep]])
+    mos_raw, mos = _mos(raw, mos_mat, "AllMOS_release", mos_scale or FORMATS["clive"].scale,
+                        first_row=CLIVE_TRAINING_IMAGES + 1, unit="entry")
+    ids, rels = zip(*[image_id_and_path(n, f"{images_mat}: entry {i + CLIVE_TRAINING_IMAGES + 1}")
+                      for i, n in enumerate(names)])
+    return pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
+                         "row": np.arange(CLIVE_TRAINING_IMAGES + 1, CLIVE_TRAINING_IMAGES + 1 + len(names)),
+                         "mos_raw": mos_raw, "mos": mos, "split": "kfold", "group": "", "label_file": str(images_mat)})
+
+
 def read_label_file(fmt: str, path, mos_scale: str | None = None) -> pd.DataFrame:
     """One label file of a format -> the common table (see the module docstring)."""
     if fmt not in FORMATS:
@@ -184,10 +296,12 @@ def read_label_file(fmt: str, path, mos_scale: str | None = None) -> pd.DataFram
     if mos_scale is not None and mos_scale not in SCALES:
         raise UserError(f"unknown MOS scale '{mos_scale}' (one of: {', '.join(SCALES)})")
     path = Path(path)
-    if fmt == "folder":
-        return read_folder(path)
+    if fmt == "folder" or (fmt == "image" and path.is_dir()):
+        return read_folder(path, media_of_format(fmt))
+    if fmt == "clive":
+        return read_clive([path], mos_scale)
     spec = FORMATS[fmt]
-    df = _read_csv(path)
+    df = _read_table(path, fmt)
     names = _column(df, spec.id_column, path)
     raw = _column(df, spec.mos_column, path)
     ids, rels = [], []
@@ -196,6 +310,8 @@ def read_label_file(fmt: str, path, mos_scale: str | None = None) -> pd.DataFram
         if fmt in ("konvid", "lsvq"):  # the file is always `<name>.mp4` (LSVQ has names like `x.mov`)
             ident = check_relative(name.strip("\"'"), where)
             rel = ident + ".mp4"
+        elif spec.media == "image":
+            ident, rel = image_id_and_path(name, where)
         else:
             ident, rel = id_and_path(name, where)
         ids.append(ident)
@@ -204,8 +320,10 @@ def read_label_file(fmt: str, path, mos_scale: str | None = None) -> pd.DataFram
     mos_raw, mos = _mos(raw, path, spec.mos_column, scale)
     split = _lsvq_split(df, path) if fmt == "lsvq" else ["kfold"] * len(df)
     group = [""] * len(df)
+    if spec.group_column:
+        group = _column(df, spec.group_column, path).tolist()
     extra = {}
-    if fmt == "generic":
+    if fmt in ("generic", "image"):
         lower = {c.lower(): c for c in df.columns}
         if "split" in lower:
             split = _split_column(df[lower["split"]], path)
@@ -256,15 +374,16 @@ def _split_column(raw: pd.Series, path: Path) -> list[str]:
     return out
 
 
-def read_folder(folder) -> pd.DataFrame:
-    """Every video file under a folder (recursively, sorted), unlabeled: mos NaN, split `all`."""
+def read_folder(folder, media: str = "video") -> pd.DataFrame:
+    """Every video (or image) file under a folder (recursively, sorted), unlabeled: mos NaN, split `all`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"videos folder not found: {folder}")
-    rels = scan_videos(folder)
+        raise UserError(f"{'videos' if media == 'video' else 'images'} folder not found: {folder}")
+    rels = scan_media(folder, media)
     if not rels:
-        raise UserError(f"{folder}: no video files ({', '.join(VIDEO_EXTENSIONS[:5])}, ...) in the folder")
-    ids = [id_and_path(r, str(folder))[0] for r in rels]
+        ext = VIDEO_EXTENSIONS if media == "video" else IMAGE_EXTENSIONS
+        raise UserError(f"{folder}: no {media} files ({', '.join(ext[:5])}, ...) in the folder")
+    ids = [item_id(check_relative(r, str(folder))) for r in rels]
     return pd.DataFrame({"id": pd.array(ids, dtype=object), "path": pd.array(rels, dtype=object),
                          "row": np.arange(1, len(rels) + 1), "mos_raw": np.nan, "mos": np.nan,
                          "split": "all", "group": "", "label_file": str(folder)})
@@ -272,13 +391,21 @@ def read_folder(folder) -> pd.DataFrame:
 
 def scan_videos(folder) -> list[str]:
     """Relative POSIX paths of the video files under a folder (hidden files and folders skipped), sorted."""
+    return scan_media(folder, "video")
+
+
+def scan_media(folder, media: str | tuple = "video") -> list[str]:
+    """Relative POSIX paths of the video and/or image files (`media`: video, image or both as a tuple)
+    under a folder (hidden files and folders skipped), sorted."""
+    kinds = {media} if isinstance(media, str) else set(media)
+    checks = [is_video_file] * ("video" in kinds) + [is_image_file] * ("image" in kinds)
     folder = Path(folder)
     out = []
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel_root = Path(root).relative_to(folder)
         for f in files:
-            if is_video_file(f):
+            if any(check(f) for check in checks):
                 out.append((rel_root / f).as_posix())
     return sorted(out)
 
@@ -292,7 +419,10 @@ def read_labels(fmt: str, label_files, mos_scale: str | None = None) -> pd.DataF
     label_files = list(label_files)
     if not label_files:
         raise UserError("no label file given")
-    parts = [read_label_file(fmt, f, mos_scale) for f in label_files]
+    if fmt == "clive":  # one release = two .mat files read together
+        parts = [read_clive(label_files, mos_scale)]
+    else:
+        parts = [read_label_file(fmt, f, mos_scale) for f in label_files]
     df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     _check_unique(df, "id", "id")
     _check_unique(df, "path", "video path")

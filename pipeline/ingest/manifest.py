@@ -26,8 +26,10 @@ missing counts. Any `UserError` leaves no output (old outputs are removed first)
   appending rows never moves a video and a missing file keeps its slot (shards may hold fewer rows).
 - `size_bytes`, `fingerprint`: file size and sha1 of its first and last 64 KiB (empty without --videos).
 - With a videos folder: labelled rows whose file is absent go to the missing table (`file not found`),
-  as do video files in the folder that no label names (`no label`). Without one, every labelled row is
-  listed and no file is looked at.
+  as do video files (image files, for an image format) in the folder that no label names (`no label`).
+  Without one, every labelled row is listed and no file is looked at. When no labelled row matches a
+  file at all, nothing is written: the error names the folder and the first file names looked for
+  (a wrong folder, or the wrong format: e.g. images under `generic`, which looks for videos).
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def folder_state(folder) -> str:
     if not folder.is_dir():
         return "absent"
     h = hashlib.sha256()
-    for rel in L.scan_videos(folder):
+    for rel in L.scan_media(folder, L.MEDIA):
         st = (folder / rel).stat()
         h.update(f"{rel}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
     return h.hexdigest()[:16]
@@ -116,9 +118,11 @@ def fingerprint(path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def _resolve_files(df: pd.DataFrame, videos_dir: Path) -> tuple[list[str | None], list[str], set[str]]:
-    """Per labelled row: its relative path on disk (None if absent) and why; plus every video file seen."""
-    on_disk = set(L.scan_videos(videos_dir))
+def _resolve_files(df: pd.DataFrame, videos_dir: Path,
+                   media: str = "video") -> tuple[list[str | None], list[str], set[str]]:
+    """Per labelled row: its relative path on disk (None if absent) and why; plus every file of the
+    dataset's media (video or image) seen."""
+    on_disk = set(L.scan_media(videos_dir, media))
     by_stem: dict[str, list[str]] = {}
     for rel in on_disk:
         by_stem.setdefault(str(PurePosixPath(rel).with_suffix("")), []).append(rel)
@@ -136,8 +140,9 @@ def _resolve_files(df: pd.DataFrame, videos_dir: Path) -> tuple[list[str | None]
             continue
         # `<name>.mp4` was assumed: accept `<name>` itself when it is a video file, or a single file
         # `<name>.<other video extension>`
-        if rel.endswith(".mp4"):
-            base = rel[:-4]
+        # an image named without its extension: a single file `<name>.<image extension>`
+        base = rel[:-4] if media == "video" and rel.endswith(".mp4") else (rel if media == "image" else None)
+        if base is not None:
             alternatives = [base] if base in on_disk else by_stem.get(base, [])
             if len(alternatives) == 1 and alternatives[0] not in claimed:
                 claimed.add(alternatives[0])
@@ -163,13 +168,15 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
     if group_by is not None and split_scheme != "kfold":
         raise UserError(f"split.group_by ('{group_by}') applies to k-fold splits only (the split scheme is "
                         f"'{split_scheme}')")
-    if fmt == "folder":
-        files = [label_files] if isinstance(label_files, (str, os.PathLike)) else list(label_files or [])
+    media = L.media_of_format(fmt) if fmt in L.FORMATS else "video"
+    files = [label_files] if isinstance(label_files, (str, os.PathLike)) else list(label_files or [])
+    unrated = fmt == "folder" or (fmt == "image" and len(files) == 1 and Path(files[0]).is_dir())
+    if unrated:
         if videos_dir is None and files:
             videos_dir = files[0]
         if videos_dir is None:
             raise UserError("format 'folder' needs the videos folder (--videos or --labels DIR)")
-        labels = L.read_folder(videos_dir)
+        labels = L.read_folder(videos_dir, media)
     else:
         labels = L.read_labels(fmt, label_files, mos_scale)
     if videos_dir is not None:
@@ -179,7 +186,7 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
 
     df = labels.copy()
     df["level"] = levels(df["mos"])
-    if fmt == "folder":
+    if unrated:
         df["split"], df["fold"] = "all", -1
     elif split_scheme == "kfold":
         df["split"] = "kfold"
@@ -204,8 +211,10 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
 
     missing_rows: list[dict] = []
     if videos_dir is not None:
-        found, reasons, on_disk = _resolve_files(df, videos_dir)
+        found, reasons, on_disk = _resolve_files(df, videos_dir, media)
         present = np.array([f is not None for f in found], dtype=bool)
+        if len(df) and not present.any():
+            raise UserError(no_match_message(df, videos_dir, media))
         for i in np.flatnonzero(~present):
             missing_rows.append({"id": df["id"].iat[i], "path": df["path"].iat[i], "row": int(df["row"].iat[i]),
                                  "reason": reasons[i]})
@@ -227,6 +236,21 @@ def build_manifest(fmt: str, label_files, videos_dir=None, shard_size: int = 256
     missing = pd.DataFrame(missing_rows, columns=MISSING_COLUMNS)
     missing["row"] = pd.array(missing["row"].tolist(), dtype="Int64")
     return manifest, missing
+
+
+def no_match_message(df: pd.DataFrame, videos_dir: Path, media: str) -> str:
+    """Why a dataset whose labels match no file at all stops: the folder, the first names looked for,
+    what the folder holds instead."""
+    looked = ", ".join(df["path"].head(3)) + (", ..." if len(df) > 3 else "")
+    where = ", ".join(dict.fromkeys(df["label_file"]))
+    other = "image" if media == "video" else "video"
+    others = L.scan_media(videos_dir, other)
+    hint = ""
+    if others:
+        hint = (f"; the folder holds {len(others)} {other} file(s) (e.g. {others[0]}): "
+                + ("use format: image for images" if other == "image" else "use a video format for videos"))
+    return (f"{where}: none of the {len(df)} labelled {media}s is a file in {videos_dir} (looked for {looked}); "
+            f"check `videos` and the label names{hint}")
 
 
 def _safe_fingerprint(path: Path) -> tuple[int, str]:
@@ -304,7 +328,8 @@ def shard_digests(manifest_df: pd.DataFrame) -> dict[int, str]:
 # ---------------------------------------------------------------------------------------------------
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, metavar="FORMAT",
-                   help=f"label format: {', '.join(L.FORMATS)} (folder = an unlabeled folder of videos)")
+                   help=f"label format: {', '.join(L.FORMATS)} (folder = an unlabeled folder of videos; "
+                        "image with a folder as --labels = an unlabeled folder of images)")
     p.add_argument("--labels", required=True, nargs="+", metavar="FILE",
                    help="label file(s) of that format, concatenated in order (LSVQ: train test test_1080p); "
                         "for --format folder the videos folder")

@@ -6,7 +6,10 @@ one JSON object per line with `id, dataset, part, type, template, question, answ
 
 * The question is a template of the bank (`pipeline/data/templates.yaml`, or `prompts.templates`),
   chosen deterministically per (video id, seed, question type) by a hash — stable when videos are
-  added or removed, independent of row order and of the Python hash seed.
+  added or removed, independent of row order and of the Python hash seed. A template's `{media}`
+  word is `video`, or `image` for an item whose file is an image (`media.media_of`), and
+  `{video wording|image wording}` picks one of two wordings the same way (`render`); a video's
+  questions read exactly as the bank did before it had these marks.
 * Score answers are the MOS on 0-100 as text in `prompts.answer_format` (pipeline/prompts/answer_format.py:
   `decimal3`, the paper's three decimals `"63.215"`, or `integer`, `"63"`), and the score questions'
   answer-format constraint names it (`answer_format.with_format`); level answers are
@@ -21,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +40,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.levels import LEVELS
 from pipeline.core.levels import levels as manifest_levels
 from pipeline.ingest.manifest import read_manifest
+from pipeline.ingest.media import media_of
 from pipeline.prompts.answer_format import PAPER_FORMAT, with_format
 from pipeline.prompts.answer_format import answer_format as get_format
 from pipeline.prompts.experiments import official_split_names, part_of_row
@@ -60,15 +65,44 @@ def _load_bank(path: str) -> dict[str, tuple[str, ...]]:
     return bank
 
 
-def load_templates(path: str | Path | None = None, answer_format: str | None = None) -> dict[str, tuple[str, ...]]:
+MEDIA_WORD = re.compile(r"\{media\}")
+MEDIA_CHOICE = re.compile(r"\{([^{}|]*)\|([^{}|]*)\}")
+
+
+def render(template: str, media: str = "video") -> str:
+    """A template's text for an item: `{media}` -> video / image, `{for a video|for an image}` -> the
+    first or the second wording. Text without these marks is returned as written."""
+    if media not in ("video", "image"):
+        raise ValueError(f"unknown media '{media}' (video or image)")
+    text = MEDIA_WORD.sub(media, template)
+    return MEDIA_CHOICE.sub(lambda m: m.group(1) if media == "video" else m.group(2), text)
+
+
+class TemplateBank(dict):
+    """{'score': (...), 'level': (...)} as a video's questions read (the bank's text rendered for video),
+    with the bank as written (`raw`, its `{media}` marks kept) for other media (`for_media`)."""
+
+    def __init__(self, raw: dict[str, tuple[str, ...]]):
+        super().__init__({q: tuple(render(t, "video") for t in ts) for q, ts in raw.items()})
+        self.raw = raw
+        self._image = {q: tuple(render(t, "image") for t in ts) for q, ts in raw.items()}
+
+    def for_media(self, media: str = "video") -> dict[str, tuple[str, ...]]:
+        if media not in ("video", "image"):
+            raise ValueError(f"unknown media '{media}' (video or image)")
+        return self if media == "video" else self._image
+
+
+def load_templates(path: str | Path | None = None, answer_format: str | None = None) -> TemplateBank:
     """{'score': (...), 'level': (...)} from a YAML bank (None = the bank shipped in the package), the
     score questions asking for the answer format's numbers (`answer_format.with_format`; None = the
-    paper's format: the bank as written)."""
+    paper's format: the bank as written), as a video's questions read; `.for_media("image")` gives an
+    image's, `.raw` the bank with its `{media}` marks (what a model folder keeps)."""
     bank = _load_bank(str(path or BANK_PATH))
     if answer_format is None or answer_format == PAPER_FORMAT:
-        return bank
+        return TemplateBank(bank)
     fmt = get_format(answer_format)
-    return {**bank, "score": tuple(with_format(q, fmt) for q in bank["score"])}
+    return TemplateBank({**bank, "score": tuple(with_format(q, fmt) for q in bank["score"])})
 
 
 def template_index(video_id: str, seed: int, qtype: str, n_templates: int, k: int = 0) -> int:
@@ -78,11 +112,15 @@ def template_index(video_id: str, seed: int, qtype: str, n_templates: int, k: in
     return (int.from_bytes(digest[:8], "big") + int(k)) % n_templates
 
 
-def question_for(video_id: str, qtype: str, seed: int = 0, bank: dict | None = None, k: int = 0) -> tuple[int, str]:
-    """(template index, question text) of a video's `qtype` question."""
+def question_for(video_id: str, qtype: str, seed: int = 0, bank: dict | None = None, k: int = 0,
+                 media: str = "video") -> tuple[int, str]:
+    """(template index, question text) of an item's `qtype` question; `media` image asks about an image
+    (the same template, its `{media}` marks rendered for an image)."""
     bank = bank or load_templates()
     idx = template_index(video_id, seed, qtype, len(bank[qtype]), k)
-    return idx, bank[qtype][idx]
+    if isinstance(bank, TemplateBank):
+        return idx, bank.for_media(media)[qtype][idx]
+    return idx, render(bank[qtype][idx], media)
 
 
 def score_answer(mos: float, answer_format: str | None = None) -> str:
@@ -130,11 +168,12 @@ def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
         raise UserError(f"manifest of '{dataset}': level '{bad['level'].iloc[0]}' of video {bad['id'].iloc[0]} "
                         f"is not one of {', '.join(LEVELS)}")
     df["part"] = df.apply(part_of_row, axis=1)
+    media = [media_of(p) for p in df["path"]] if "path" in df.columns else ["video"] * len(df)
     samples = []
-    for row in df.itertuples(index=False):
+    for row, kind in zip(df.itertuples(index=False), media):
         vid = str(row.id)
         for qtype in questions:
-            idx, question = question_for(vid, qtype, seed, bank)
+            idx, question = question_for(vid, qtype, seed, bank, media=kind)
             answer = score_answer(row.mos, answer_format) if qtype == "score" else str(row.level)
             samples.append({"id": vid, "dataset": dataset, "part": row.part, "type": qtype, "template": idx,
                             "question": question, "answer": answer, "mos": round(float(row.mos), 6),

@@ -41,7 +41,8 @@ def write_model_folder(out: str | Path, model, cfg: dict, experiment: str, stage
     if scoring["quality_adapter"]:
         copy_quality_adapter(scoring["quality_adapter"], staging)
     (staging / "templates.yaml").write_text(yaml.safe_dump(
-        {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"], cfg["prompts"]["answer_format"]).items()}, sort_keys=False, width=200))
+        {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"], cfg["prompts"]["answer_format"]).raw.items()},
+        sort_keys=False, width=200))
     write_log(log_rows, staging / "train_log.csv")
     plot_loss(log_rows, staging / "loss.png", f"{experiment}: training loss")
     (staging / "README.md").write_text(model_card(experiment, cfg, model, data, val, summary))
