@@ -1,7 +1,7 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
     lmmvqa score VIDEO_OR_FOLDER... [--model DIR | --config C [--experiment E]] [--device cpu|cuda] [--dtype D]
-                 [--out FILE] [--decoding constrained|free]
+                 [--out FILE] [--decoding constrained|free] [--decode-deadline S]
 
 Without `--model`, the model is the one the config's experiment (default: its first) ships:
 `results/models/<E>` for one held-out fold, `results/models/<E>/all` (trained on every fold) for
@@ -12,7 +12,10 @@ or held-out figures, where the workflow has written them, are printed on stderr:
 Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`) -> model -> answers (decoded as its recorded `evaluation.decoding`, default
 constrained, unless `--decoding` says otherwise), through the same functions as the workflow (extractor.Extractor,
-predict.predict_batch). One JSON line per video: video, score (parsed greedy answer, null when
+predict.predict_batch). The decode runs in a decode worker process (decode_pool.DecodePool) under the
+video's deadline (`sampling.decode_deadline` as the model folder records it, `--decode-deadline` for
+its base seconds): a video whose decode hangs is killed there, tried with the fallback backend, and
+then gets an error line ("... timed out ..."). One JSON line per video: video, score (parsed greedy answer, null when
 invalid), prob_score (with a quality prior also its two parts, lmm_prob_score and quality_score), level, p_good/p_fair/p_poor, text, invalid, decoding, seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed. Before scoring, stderr
 names the model folder, its preset and what each role was built from (its recorded `provenance`).
@@ -25,12 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli_args import add_device_arg, add_dtype_arg
+from pipeline.cli_args import add_decode_deadline_arg, add_device_arg, add_dtype_arg
 from pipeline.core import paths
 from pipeline.core.config import load_config, schema
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
+from pipeline.features.deadline import with_decode_deadline
+from pipeline.features.decode import DecodeError
+from pipeline.features.decode_pool import DecodePool
 from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import collate_videos
 from pipeline.ingest.labels import is_video_file, video_id
@@ -59,14 +65,24 @@ class Scorer:
     """A model folder + the feature extractor it was trained with."""
 
     def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
-                 decoding: str | None = None):
+                 decoding: str | None = None, decode_deadline: float | None = None):
         model_dir = Path(model_dir)
+        self.decoders = DecodePool(1)  # the worker starts while the model loads
+        try:
+            self._load(model_dir, device, threads, dtype, decoding, decode_deadline)
+        except BaseException:
+            self.decoders.close()
+            raise
+
+    def _load(self, model_dir: Path, device, threads, dtype, decoding, decode_deadline) -> None:
         self.model = LMMVQA.from_pretrained(model_dir, device=device, dtype=dtype)
         cfg = self.model.config
         if "extraction" not in cfg:
             raise UserError(f"{model_dir}: the model folder does not record its feature extraction settings "
                             "(trained by an older version); retrain it")
-        self.extractor = Extractor(cfg["extraction"], device=device, threads=threads)
+        self.extractor = Extractor(with_decode_deadline(cfg["extraction"], decode_deadline), device=device,
+                                   threads=threads)
+        self.decoders.start(self.extractor.sampler)
         bank = model_dir / "templates.yaml"
         self.bank = load_templates(bank if bank.exists() else None, self.model.answer_format.name)
         self.seed = int(cfg.get("prompts_seed", 0))
@@ -85,9 +101,21 @@ class Scorer:
             lines += [f"  {role}: {text}" for role, text in describe_roles(cfg["provenance"]).items()]
         return "\n".join(lines)
 
+    def close(self) -> None:
+        self.decoders.close()
+
+    def features(self, path) -> tuple:
+        """`Extractor.features`, with the decode in the worker process under the video's deadline."""
+        decoded, error, _ = self.decoders.result(self.decoders.submit(str(path)))
+        if decoded is None:
+            raise DecodeError(error.removeprefix("DecodeError: "))
+        outs, vs, ms = self.extractor.encode([decoded])
+        spatial, motion = outs[0]
+        return spatial, motion, dict(decoded.meta, vision_s=round(vs, 4), motion_s=round(ms, 4))
+
     def score(self, path) -> dict:
         t0 = time.perf_counter()
-        spatial, motion, meta = self.extractor.features(path)
+        spatial, motion, meta = self.features(path)
         # the model was trained on features as stored (float16 by default): round the same way
         f = self.model.config["extraction"]["features"]
         spatial = spatial.astype(f["spatial_dtype"]).astype("float32")
@@ -117,22 +145,27 @@ def default_decoding() -> str:
 
 
 def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
-                 dtype: str | None = None, decoding: str | None = None) -> int:
+                 dtype: str | None = None, decoding: str | None = None, decode_deadline: float | None = None) -> int:
     """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed."""
     out = out or sys.stdout
-    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding)
-    print(scorer.describe(), file=sys.stderr, flush=True)
-    failed = 0
-    for path in expand_inputs(videos):
-        try:
-            if not path.is_file():
-                raise FileNotFoundError(f"no such file: {path}")
-            line = scorer.score(path)
-        except Exception as exc:  # one bad video must not stop the others
-            failed += 1
-            line = {"video": str(path), "error": f"{type(exc).__name__}: {exc}"}
-        out.write(json.dumps(line, allow_nan=False) + "\n")
-        out.flush()
+    inputs = expand_inputs(videos)
+    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding,
+                    decode_deadline=decode_deadline)
+    try:
+        print(scorer.describe(), file=sys.stderr, flush=True)
+        failed = 0
+        for path in inputs:
+            try:
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file: {path}")
+                line = scorer.score(path)
+            except Exception as exc:  # one bad video must not stop the others
+                failed += 1
+                line = {"video": str(path), "error": f"{type(exc).__name__}: {exc}"}
+            out.write(json.dumps(line, allow_nan=False) + "\n")
+            out.flush()
+    finally:
+        scorer.close()
     return failed
 
 
@@ -201,6 +234,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="text answers: constrained (always a valid number / level word) or free greedy "
                              "(default: the model's recorded evaluation.decoding)")
     add_dtype_arg(parser)
+    add_decode_deadline_arg(parser)
 
 
 def main(args) -> int:
@@ -210,10 +244,11 @@ def main(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as fh:
-            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype, args.decoding)
+            failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype, args.decoding,
+                                  args.decode_deadline)
     else:
         failed = score_videos(args.videos, args.model, args.device, threads=args.threads, dtype=args.dtype,
-                              decoding=args.decoding)
+                              decoding=args.decoding, decode_deadline=args.decode_deadline)
     if failed:
         print(f"lmmvqa score: {failed} video(s) failed (see their 'error' lines)", file=sys.stderr)
     return 1 if failed else 0
