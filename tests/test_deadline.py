@@ -273,3 +273,23 @@ def test_damaged_streams_end_decoded_or_listed_within_their_deadline(tmp_path):
     probed = pd.read_csv(tmp_path / "probe.csv")["id"].astype(str).tolist()
     listed = pd.read_csv(tmp_path / "probe.failures.csv")["id"].astype(str).tolist()
     assert sorted(probed + [v for v in listed if v not in probed]) == sorted(Path(n).stem for n in names)
+
+
+def test_probe_lists_a_file_that_crashes_its_reader(tmp_path, make_video, monkeypatch):
+    """A probe that kills its process (a segfault in FFmpeg) is a failure of that file; the next file
+    is probed in a new process."""
+    import os
+
+    from pipeline.ingest import probe
+
+    real = probe.probe_video
+    monkeypatch.setattr(probe, "probe_video", lambda path: os._exit(139) if "crash" in str(path) else real(path))
+    monkeypatch.setattr(deadline, "START_METHOD", "fork")
+    for name in ["crash", "a"]:
+        make_video(f"videos/{name}.mp4", n_frames=5, size=(64, 48))
+    manifest = pd.read_csv(_manifest(tmp_path, ["crash.mp4", "a.mp4"]))
+    with hard_limit(60):
+        table, failures = probe.probe_shard(manifest, tmp_path / "videos", deadline_s=30)
+    assert table["id"].tolist() == ["a"]
+    assert failures.values.tolist() == [["crash", "crash.mp4", "decode", "the process reading the video died (a crash "
+                                         "in FFmpeg, e.g. a segfault)"]]

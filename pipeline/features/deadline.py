@@ -111,9 +111,13 @@ def _serve(conn, main_pid: int) -> None:
         conn.send(answer)
 
 
+class ChildDied(RuntimeError):
+    """The child process ended during a call (a crash in native code, e.g. a segfault in FFmpeg)."""
+
+
 class CallInProcess:
     """Runs calls one at a time in a child process; `call(fn, args, seconds)` returns fn's result,
-    raises RuntimeError with the child's message when fn raised or the child died, and
+    raises RuntimeError with the child's message when fn raised, ChildDied when the child died, and
     DeadlineExceeded (after killing the child) when it took longer than `seconds`."""
 
     def __init__(self):
@@ -141,7 +145,7 @@ class CallInProcess:
             kind, value = self.conn.recv()
         except (EOFError, OSError):
             self.close()
-            raise RuntimeError("the process reading the video died (a crash in FFmpeg, e.g. a segfault)") from None
+            raise ChildDied("the process reading the video died (a crash in FFmpeg, e.g. a segfault)") from None
         if kind == "raised":
             raise RuntimeError(value)
         return value

@@ -38,7 +38,7 @@ import pandas as pd
 
 from pipeline.core import atomic, paths
 from pipeline.core.errors import FAILURE_COLUMNS, UserError
-from pipeline.features.deadline import CallInProcess, DeadlineExceeded, DecodeDeadline
+from pipeline.features.deadline import CallInProcess, ChildDied, DeadlineExceeded, DecodeDeadline
 from pipeline.ingest.manifest import read_manifest
 from pipeline.ingest.streams import display_info, error_text
 
@@ -177,15 +177,15 @@ def probe_shard(manifest_df: pd.DataFrame, videos_dir, shard: int | None = None,
                 answer = child.call(_probe_answer, (videos_dir / rel,), deadline_s)
             except DeadlineExceeded as exc:
                 answer = ("error", "timeout", f"pyav {exc} reading the header and first frame")
-            except RuntimeError as exc:  # the child died
+            except ChildDied as exc:  # a crash in FFmpeg
                 answer = ("error", "decode", str(exc))
             if answer[0] == "error":
                 failures.append({"id": vid, "path": rel, "stage": answer[1], "error": answer[2]})
                 continue
             info = answer[1]
             table.append({"id": vid, "path": rel, **info})
-        if not info["has_video"]:
-            failures.append({"id": vid, "path": rel, "stage": "stream", "error": "no video stream"})
+            if not info["has_video"]:
+                failures.append({"id": vid, "path": rel, "stage": "stream", "error": "no video stream"})
     table_df = pd.DataFrame(table, columns=PROBE_COLUMNS)
     for c in ("n_frames", "width", "height", "rotation"):
         table_df[c] = pd.array(table_df[c].tolist(), dtype="Int64")
