@@ -26,9 +26,10 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli_main
+from pipeline.core import deadline
 from pipeline.core.config import validate
-from pipeline.features import deadline, decode
-from pipeline.features.deadline import DecodeDeadline
+from pipeline.core.deadline import DecodeDeadline
+from pipeline.features import decode
 from pipeline.features.extract import extract_shard
 from pipeline.features.store_reader import FeatureStore
 

@@ -34,7 +34,7 @@ from pipeline.core.config import load_config, schema
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
-from pipeline.features.deadline import with_decode_deadline
+from pipeline.core.deadline import with_decode_deadline
 from pipeline.features.decode import DecodeError
 from pipeline.features.decode_pool import DecodePool
 from pipeline.features.extractor import Extractor

@@ -40,7 +40,7 @@ needs in some builds) and `pyav` (fallback, also selectable), by name in `DECODE
 tries `backend` and then `fallback`; the backend that decoded the video is recorded in
 `meta["backend"]`. Failures raise `DecodeError` with every backend's message. A backend that never
 returns (a damaged stream can make one loop forever) is not stopped here: the decode worker process
-that runs it is killed at the video's deadline (`deadline.py`, `decode_pool.py`), told by the
+that runs it is killed at the video's deadline (`pipeline/core/deadline.py`, `decode_pool.py`), told by the
 `on_facts` (stream facts read from the header) and `on_backend` (the backend starting) callbacks.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.features.deadline import DecodeDeadline
+from pipeline.core.deadline import DecodeDeadline
 from pipeline.ingest.streams import display_info, error_text
 
 BACKENDS = ("decord", "pyav")  # the configurable ones (sampling.backend); DECODERS (below) maps names to code

@@ -79,7 +79,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.features import deadline
+from pipeline.core import deadline
 from pipeline.features.decode import DecodedVideo, VideoSampler
 
 # modules a fork server imports once for all decode workers (see "Start method" above)

@@ -39,7 +39,7 @@ from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.specs import feature_settings_hash
 from pipeline.core.versions import code_version
-from pipeline.features.deadline import with_decode_deadline
+from pipeline.core.deadline import with_decode_deadline
 from pipeline.features.decode_pool import DecodePool, decode_worker_count
 from pipeline.features.extractor import Extractor
 from pipeline.features.staging import BatchStage

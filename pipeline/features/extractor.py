@@ -18,7 +18,7 @@ import torch
 
 from pipeline.core.specs import SAMPLING_KEYS, model_spec
 from pipeline.features import encoders
-from pipeline.features.deadline import DecodeDeadline
+from pipeline.core.deadline import DecodeDeadline
 from pipeline.features.decode import VideoSampler
 from pipeline.features.staging import stack_host
 

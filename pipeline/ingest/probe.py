@@ -38,7 +38,7 @@ import pandas as pd
 
 from pipeline.core import atomic, paths
 from pipeline.core.errors import FAILURE_COLUMNS, UserError
-from pipeline.features.deadline import CallInProcess, ChildDied, DeadlineExceeded, DecodeDeadline
+from pipeline.core.deadline import CallInProcess, ChildDied, DeadlineExceeded, DecodeDeadline
 from pipeline.ingest.manifest import read_manifest
 from pipeline.ingest.streams import display_info, error_text
 

@@ -28,6 +28,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pipeline.core.errors import UserError
+
 START_METHOD: str | None = None
 DEFAULT_FPS = 30.0  # when the header gives no frame rate
 
@@ -66,8 +68,6 @@ def with_decode_deadline(cfg: dict, base_s: float | None) -> dict:
     if base_s is None:
         return cfg
     if not base_s > 0:
-        from pipeline.core.errors import UserError
-
         raise UserError(f"--decode-deadline must be > 0 seconds, got {base_s}")
     sampling = dict(cfg.get("sampling") or {})
     sampling["decode_deadline"] = {**(sampling.get("decode_deadline") or {}), "base_s": float(base_s)}
