@@ -39,7 +39,7 @@ threads).
   flight: the pool restarts and decodes those again one at a time, in order; a video that kills
   its worker again goes to the failures table ("the decoder process died ..."), the others are
   kept, and the shard carries on in parallel (`DecodePool._recover`).
-* Each video has a deadline per backend (`deadline.DecodeDeadline`, `sampling.decode_deadline`): a
+* Each video has a deadline per backend (`core.deadline.DecodeDeadline`, `sampling.decode_deadline`): a
   worker writes into a small shared table which task it runs, since when, which backend, and the
   deadline (`base_s` until the header is read, then scaled by the video's duration, frame rate and
   size). While this process waits for a result it checks that table; a worker past its task's
@@ -48,7 +48,7 @@ threads).
   the fallback times out too (or the header read itself hung, or there is no fallback) the video goes
   to the failures table with each backend and "timed out", and the next video goes on. It is never
   given to the backend that timed out again. The other videos in flight are lost with the pool and
-  decoded again as after a crash (below). With 0 workers (one thread) there is no deadline: a thread
+  decoded again as after a crash (above). With 0 workers (one thread) there is no deadline: a thread
   cannot be killed.
 * A worker exits by itself when the extraction process dies (a watchdog thread notices that it or
   the worker's parent is gone), so `kill -9` of an extraction leaves no decoder running; the shared-memory block is then removed by
@@ -78,8 +78,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core.errors import UserError
 from pipeline.core import deadline
+from pipeline.core.errors import UserError
 from pipeline.features.decode import DecodedVideo, VideoSampler
 
 # modules a fork server imports once for all decode workers (see "Start method" above)
