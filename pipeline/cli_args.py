@@ -34,3 +34,11 @@ def add_stores_arg(parser: argparse.ArgumentParser, whose: str = "the dataset") 
     parser.add_argument("--stores", nargs="+", default=None, metavar="STORE",
                         help=f"feature stores (Zarr) of {whose} (default: the shards of its manifest that "
                              "exist under the config's feature settings)")
+
+
+def add_decode_deadline_arg(parser: argparse.ArgumentParser) -> None:
+    """--decode-deadline: sampling.decode_deadline.base_s for this run (pipeline/features/deadline.py)."""
+    parser.add_argument("--decode-deadline", type=float, default=None, metavar="S",
+                        help="seconds a video's decode may take per backend before the allowance for its duration "
+                             "and size is added (default: the config's sampling.decode_deadline.base_s); a decode "
+                             "past its deadline is killed, then the fallback backend is tried")

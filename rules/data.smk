@@ -82,10 +82,11 @@ rule probe:
         code=code_version("probe"),
         digest=shard_digest,
         videos=lambda w: videos_dir(w.dataset),
+        deadline=config["sampling"]["decode_deadline"]["base_s"],
     resources:
         mem_mb=1000,
     conda:
         ENV
     shell:
         "lmmvqa probe --manifest {input.manifest} --videos {params.videos} --shard {wildcards.shard} "
-        "--out {output.table} --failures {output.failures} > {log} 2>&1"
+        "--out {output.table} --failures {output.failures} --deadline {params.deadline} > {log} 2>&1"

@@ -169,7 +169,7 @@ def test_fallback_backend_is_recorded(make_video, monkeypatch):
     def fail(*a, **k):
         raise RuntimeError("decord says no")
 
-    monkeypatch.setattr(decode, "_decode_decord", fail)
+    monkeypatch.setitem(decode.DECODERS, "decord", fail)
     d = sample_video(path, key_size=32, chunk_size=32, chunk_frames=8, backend="decord", fallback="pyav")
     assert d.meta["backend"] == "pyav"
     assert len(d.meta["decode_retries"]) == 2 and "decord says no" in d.meta["decode_retries"][0]

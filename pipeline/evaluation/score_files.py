@@ -1,7 +1,7 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
     lmmvqa score VIDEO_OR_FOLDER... [--model DIR [--model DIR2 ...]] [--config C [--experiment E]]
-                 [--device cpu|cuda] [--dtype D] [--out FILE] [--decoding constrained|free]
+                 [--device cpu|cuda] [--dtype D] [--out FILE] [--decoding constrained|free] [--decode-deadline S]
 
 Without `--model`, the model is the one the config's experiment (default: its first) ships:
 `results/models/<E>` for one held-out fold, with its ensemble members `results/models/<E>.member<i>`
@@ -15,7 +15,10 @@ Image files (JPEG, PNG, ...) score as stills: one key frame, the still's motion 
 (pipeline/features/decode_image.py). Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`, with the quality adapter the model folder holds a copy of) -> model(s) -> answers,
 through the same functions as the workflow (extractor.Extractor, predict.predict_batch, which also
-averages an ensemble's members as evaluation does). The evaluation settings (evaluation.decoding,
+averages an ensemble's members as evaluation does). The decode runs in a decode worker process
+(decode_pool.DecodePool) under the video's deadline (`sampling.decode_deadline` as the model folder records
+it, `--decode-deadline` for its base seconds): a video whose decode hangs is killed there, tried with the
+fallback backend, and then gets an error line ("... timed out ..."). The evaluation settings (evaluation.decoding,
 templates_per_video, max_new_tokens) are one source with `lmmvqa evaluate`: the config's `evaluation`
 block whenever a config is in play (`--config`, or config.yaml when it picks the model); only a bare
 `--model DIR` falls back to the settings recorded in the model folder at training. `--decoding`
@@ -35,12 +38,15 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli_args import add_device_arg, add_dtype_arg
+from pipeline.cli_args import add_decode_deadline_arg, add_device_arg, add_dtype_arg
 from pipeline.core import paths
 from pipeline.core.config import load_config, schema
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import predict_batch
+from pipeline.core.deadline import with_decode_deadline
+from pipeline.features.decode import DecodeError
+from pipeline.features.decode_pool import DecodePool
 from pipeline.features.extractor import Extractor
 from pipeline.features.store_reader import collate_videos
 from pipeline.ingest.media import is_image_file, is_video_file, item_id
@@ -73,13 +79,23 @@ class Scorer:
     block); None: those the model folder recorded at training."""
 
     def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
-                 decoding: str | None = None, evaluation: dict | None = None):
+                 decoding: str | None = None, evaluation: dict | None = None, decode_deadline: float | None = None):
+        self.decoders = DecodePool(1)  # the worker starts while the model loads
+        try:
+            self._load(model_dir, device, threads, dtype, decoding, evaluation, decode_deadline)
+        except BaseException:
+            self.decoders.close()
+            raise
+
+    def _load(self, model_dir, device, threads, dtype, decoding, evaluation, decode_deadline) -> None:
         dirs = [Path(d) for d in (model_dir if isinstance(model_dir, (list, tuple)) else [model_dir])]
         self.models = [LMMVQA.from_pretrained(d, device=device, dtype=dtype) for d in dirs]
         self.model = self.models[0]
         cfg = self.model.config
         check_members(dirs, self.models)
-        self.extractor = Extractor(scoring_extraction(dirs[0], cfg), device=device, threads=threads)
+        self.extractor = Extractor(with_decode_deadline(scoring_extraction(dirs[0], cfg), decode_deadline),
+                                   device=device, threads=threads)
+        self.decoders.start(self.extractor.sampler)
         bank = dirs[0] / "templates.yaml"
         self.bank = load_templates(bank if bank.exists() else None, self.model.answer_format.name)
         self.seed = int(cfg.get("prompts_seed", 0))
@@ -107,9 +123,21 @@ class Scorer:
                      f"max_new_tokens {int(ev.get('max_new_tokens', 8))}")
         return "\n".join(lines)
 
+    def close(self) -> None:
+        self.decoders.close()
+
+    def features(self, path) -> tuple:
+        """`Extractor.features`, with the decode in the worker process under the video's deadline."""
+        decoded, error, _ = self.decoders.result(self.decoders.submit(str(path)))
+        if decoded is None:
+            raise DecodeError(error.removeprefix("DecodeError: "))
+        outs, vs, ms = self.extractor.encode([decoded])
+        spatial, motion = outs[0]
+        return spatial, motion, dict(decoded.meta, vision_s=round(vs, 4), motion_s=round(ms, 4))
+
     def score(self, path) -> dict:
         t0 = time.perf_counter()
-        spatial, motion, meta = self.extractor.features(path)
+        spatial, motion, meta = self.features(path)
         # the model was trained on features as stored (float16 by default): round the same way
         f = self.model.config["extraction"]["features"]
         spatial = spatial.astype(f["spatial_dtype"]).astype("float32")
@@ -158,23 +186,29 @@ def default_decoding() -> str:
 
 
 def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
-                 dtype: str | None = None, decoding: str | None = None, evaluation: dict | None = None) -> int:
+                 dtype: str | None = None, decoding: str | None = None, evaluation: dict | None = None,
+                 decode_deadline: float | None = None) -> int:
     """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed.
     `model_dir`: a model folder, or a list of them (an ensemble); `evaluation`: see Scorer."""
     out = out or sys.stdout
-    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding, evaluation=evaluation)
-    print(scorer.describe(), file=sys.stderr, flush=True)
-    failed = 0
-    for path in expand_inputs(videos):
-        try:
-            if not path.is_file():
-                raise FileNotFoundError(f"no such file: {path}")
-            line = scorer.score(path)
-        except Exception as exc:  # one bad video must not stop the others
-            failed += 1
-            line = {"video": str(path), "error": f"{type(exc).__name__}: {exc}"}
-        out.write(json.dumps(line, allow_nan=False) + "\n")
-        out.flush()
+    inputs = expand_inputs(videos)
+    scorer = Scorer(model_dir, device=device, threads=threads, dtype=dtype, decoding=decoding, evaluation=evaluation,
+                    decode_deadline=decode_deadline)
+    try:
+        print(scorer.describe(), file=sys.stderr, flush=True)
+        failed = 0
+        for path in inputs:
+            try:
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file: {path}")
+                line = scorer.score(path)
+            except Exception as exc:  # one bad video must not stop the others
+                failed += 1
+                line = {"video": str(path), "error": f"{type(exc).__name__}: {exc}"}
+            out.write(json.dumps(line, allow_nan=False) + "\n")
+            out.flush()
+    finally:
+        scorer.close()
     return failed
 
 
@@ -270,6 +304,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="text answers: constrained (always a valid number / level word) or free greedy "
                              "(default: the model's recorded evaluation.decoding)")
     add_dtype_arg(parser)
+    add_decode_deadline_arg(parser)
 
 
 def main(args) -> int:
@@ -283,7 +318,7 @@ def main(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with (open(args.out, "w") if args.out else contextlib.nullcontext(sys.stdout)) as fh:
         failed = score_videos(args.videos, args.model, args.device, fh, args.threads, args.dtype, args.decoding,
-                              evaluation)
+                              evaluation, args.decode_deadline)
     if failed:
         print(f"lmmvqa score: {failed} video(s) failed (see their 'error' lines)", file=sys.stderr)
     return 1 if failed else 0

@@ -39,9 +39,12 @@ Still images (an image file extension, `pipeline.ingest.media.media_of`) are not
 them once with Pillow into one key frame and no chunks (pipeline/features/decode_image.py).
 
 Backends: `decord` (primary; `decord.VideoReader` directly, retried with `num_threads=1`, which VP9
-needs in some builds) and `pyav` (fallback, also selectable). `sample_video` tries `backend` and then
-`fallback`; the backend that decoded the video is recorded in `meta["backend"]`. Failures raise
-`DecodeError` with every backend's message.
+needs in some builds) and `pyav` (fallback, also selectable), by name in `DECODERS`. `sample_video`
+tries `backend` and then `fallback`; the backend that decoded the video is recorded in
+`meta["backend"]`. Failures raise `DecodeError` with every backend's message. A backend that never
+returns (a damaged stream can make one loop forever) is not stopped here: the decode worker process
+that runs it is killed at the video's deadline (`pipeline/core/deadline.py`, `decode_pool.py`), told by the
+`on_facts` (stream facts read from the header) and `on_backend` (the backend starting) callbacks.
 """
 from __future__ import annotations
 
@@ -56,9 +59,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.ingest.media import media_of
+from pipeline.core.deadline import DecodeDeadline
 from pipeline.ingest.streams import display_info, error_text
 
-BACKENDS = ("decord", "pyav")
+BACKENDS = ("decord", "pyav")  # the configurable ones (sampling.backend); DECODERS (below) maps names to code
 GROUP_FRAMES = 64  # frames requested from the decoder at once (bounds memory)
 
 
@@ -388,11 +392,19 @@ class _Filled:
     chunk_ids: np.ndarray
 
 
+DECODERS = {"decord": _decode_decord, "pyav": _decode_pyav}  # name -> (path, plan, threads) -> (frames, extra)
+
+
 # ---------------------------------------------------------------------------------------------
 def stream_info(path: str | Path) -> dict:
     """{width, height, rotation, codec, pix_fmt} of a video's first video stream (displayed size, after
     rotation; pipeline/ingest/streams.py), from its header and first decoded frame (PyAV). DecodeError when
     the file does not open, has no video stream or no frame that decodes."""
+    return _stream_header(path)[0]
+
+
+def _stream_header(path: str | Path) -> tuple[dict, dict]:
+    """(`stream_info`, {duration, fps} as the header states them, None where it does not)."""
     try:
         container = av.open(str(path), "r")
     except Exception as exc:  # noqa: BLE001 - FFmpeg raises many types; keep its message
@@ -407,7 +419,9 @@ def stream_info(path: str | Path) -> dict:
             raise DecodeError(error_text(exc)) from None
         if frame is None:
             raise DecodeError("no video frame could be decoded")
-        return display_info(stream, frame)
+        rate = stream.average_rate or stream.guessed_rate
+        return display_info(stream, frame), {"duration": _pyav_duration(container, stream),
+                                             "fps": float(rate) if rate else None}
     except DecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - broken headers surface as many FFmpeg error types
@@ -429,15 +443,21 @@ def sample_video(
     threads: int = 0,
     keyframe_mode: str = "stretch",
     fragment_grid: int = 7,
+    on_facts=None,
+    on_backend=None,
 ) -> DecodedVideo:
-    """Key frames + per-second chunks of one video, decoded once (see the module docstring)."""
+    """Key frames + per-second chunks of one video, decoded once (see the module docstring).
+    on_facts({duration, fps, width, height}) is called once the header is read, on_backend(name)
+    before each backend starts (a decode worker sets the video's deadline from them)."""
     path = Path(path)
     t0 = time.perf_counter()
     if not path.is_file():
         raise DecodeError(f"no such file: {path}")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
-    info = stream_info(path)
+    info, timing = _stream_header(path)
+    if on_facts is not None:
+        on_facts({**timing, "width": info["width"], "height": info["height"]})
     p = dict(keyframe_fps=keyframe_fps, max_keyframes=max_keyframes, chunk_frames=chunk_frames,
              max_seconds=max_seconds, key_size=key_size, chunk_size=chunk_size, keyframe_mode=keyframe_mode,
              fragment_grid=fragment_grid)
@@ -445,15 +465,14 @@ def sample_video(
         raise ValueError(f"unknown keyframe_mode {keyframe_mode!r} (one of {KEYFRAME_MODES})")
     attempts = []
     for name in [backend] + ([fallback] if fallback and fallback != backend else []):
-        if name not in BACKENDS:
-            raise ValueError(f"unknown decode backend {name!r} (one of {BACKENDS})")
+        if name not in DECODERS:
+            raise ValueError(f"unknown decode backend {name!r} (one of {tuple(DECODERS)})")
+        if on_backend is not None:
+            on_backend(name)
         tries = [threads, 1] if name == "decord" and threads != 1 else [threads]
         for nt in tries:
             try:
-                if name == "decord":
-                    col, extra = _decode_decord(path, p, nt)
-                else:
-                    col, extra = _decode_pyav(path, p, nt)
+                col, extra = DECODERS[name](path, p, nt)
             except Exception as exc:  # decord.DECORDError, av errors, DecodeError
                 attempts.append(f"{name}(threads={nt}): {type(exc).__name__}: {str(exc).strip()[:300]}")
                 continue
@@ -490,9 +509,12 @@ class VideoSampler:
     backend: str = "decord"
     fallback: str | None = "pyav"
     threads: int = 0
+    deadline: DecodeDeadline | None = None  # enforced by the decode worker processes (decode_pool.py)
 
-    def decode(self, path) -> DecodedVideo:
-        if media_of(path) == "image":  # a still: one key frame, no motion chunks (decode_image.py)
+    def decode(self, path, **callbacks) -> DecodedVideo:
+        """`sample_video` with these settings; callbacks: on_facts / on_backend (see there). A still image
+        is one key frame and no motion chunks (decode_image.py)."""
+        if media_of(path) == "image":
             from pipeline.features.decode_image import sample_image
 
             return sample_image(path, key_size=self.key_size, chunk_frames=self.chunk_frames,
@@ -501,7 +523,8 @@ class VideoSampler:
         return sample_video(path, keyframe_fps=self.keyframe_fps, max_keyframes=self.max_keyframes,
                             chunk_frames=self.chunk_frames, max_seconds=self.max_seconds, key_size=self.key_size,
                             chunk_size=self.chunk_size, backend=self.backend, fallback=self.fallback,
-                            threads=self.threads, keyframe_mode=self.keyframe_mode, fragment_grid=self.fragment_grid)
+                            threads=self.threads, keyframe_mode=self.keyframe_mode, fragment_grid=self.fragment_grid,
+                            **callbacks)
 
     @property
     def max_bytes(self) -> int:

@@ -39,6 +39,17 @@ threads).
   flight: the pool restarts and decodes those again one at a time, in order; a video that kills
   its worker again goes to the failures table ("the decoder process died ..."), the others are
   kept, and the shard carries on in parallel (`DecodePool._recover`).
+* Each video has a deadline per backend (`core.deadline.DecodeDeadline`, `sampling.decode_deadline`): a
+  worker writes into a small shared table which task it runs, since when, which backend, and the
+  deadline (`base_s` until the header is read, then scaled by the video's duration, frame rate and
+  size). While this process waits for a result it checks that table; a worker past its task's
+  deadline (a decoder looping forever on a damaged stream) is killed (SIGKILL). That video is then
+  decoded with the fallback backend (`sampling.fallback_backend`), under a deadline of its own; when
+  the fallback times out too (or the header read itself hung, or there is no fallback) the video goes
+  to the failures table with each backend and "timed out", and the next video goes on. It is never
+  given to the backend that timed out again. The other videos in flight are lost with the pool and
+  decoded again as after a crash (above). With 0 workers (one thread) there is no deadline: a thread
+  cannot be killed.
 * A worker exits by itself when the extraction process dies (a watchdog thread notices that it or
   the worker's parent is gone), so `kill -9` of an extraction leaves no decoder running; the shared-memory block is then removed by
   multiprocessing's resource tracker, or, when the tracker was killed too (kill -9 of the process
@@ -52,19 +63,22 @@ import errno
 import multiprocessing
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.core import deadline
 from pipeline.core.errors import UserError
 from pipeline.features.decode import DecodedVideo, VideoSampler
 
@@ -97,27 +111,38 @@ def _slot_bytes(sampler: VideoSampler) -> int:
 
 
 _WORKER: dict = {}
+# the shared table of running tasks: per slot, these fields (doubles); backend -1 = reading the header
+STATUS_FIELDS = ("serial", "pid", "started", "deadline_s", "backend")
+POLL_S = 0.25  # how often a waiting result() checks the deadlines
 
 
-def _worker_init(main_pid: int) -> None:
-    """Decode-worker start: torch at one thread, and a watchdog that ends the worker when the
-    extraction process (or the fork server between them) is gone."""
+def _worker_init(main_pid: int, status=None) -> None:
+    """Decode-worker start: torch at one thread, the shared task table, and a watchdog that ends the
+    worker when the extraction process (or the fork server between them) is gone."""
     torch.set_num_threads(1)
-    parent = os.getppid()
+    _WORKER["status"] = status
+    deadline.exit_when_orphaned(main_pid)
 
-    def watch():
-        while True:
-            time.sleep(0.5)
-            try:
-                os.kill(main_pid, 0)
-            except ProcessLookupError:
-                os._exit(70)
-            except PermissionError:  # the pid was reused by another user's process
-                os._exit(70)
-            if os.getppid() != parent:
-                os._exit(70)
 
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+def _deadline_callbacks(sampler: VideoSampler, slot: int | None, serial: int) -> dict:
+    """Write this task into the shared table (see STATUS_FIELDS) and return the decode callbacks that
+    keep its deadline and backend up to date there; {} without a table or a deadline."""
+    status = _WORKER.get("status")
+    if status is None or slot is None or sampler.deadline is None:
+        return {}
+    i = slot * len(STATUS_FIELDS)
+    status[i + 1], status[i + 2] = os.getpid(), time.monotonic()
+    status[i + 3], status[i + 4] = sampler.deadline.base_s, -1
+    status[i] = serial  # last: the row is complete once the parent sees this task's serial
+    backends = [sampler.backend, sampler.fallback]
+
+    def on_facts(facts):
+        status[i + 3] = sampler.deadline.seconds(**facts)
+
+    def on_backend(name):
+        status[i + 4] = backends.index(name)
+
+    return {"on_facts": on_facts, "on_backend": on_backend}
 
 
 def _worker_ready() -> int:
@@ -131,13 +156,14 @@ def _worker_shm(name: str):
     return _WORKER["shm"]
 
 
-def _worker_decode(sampler: VideoSampler, path: str, shm_name: str | None, offset: int, capacity: int):
+def _worker_decode(sampler: VideoSampler, path: str, shm_name: str | None, offset: int, capacity: int,
+                   slot: int | None = None, serial: int = 0):
     """-> (payload, error, seconds, cpu seconds of the worker incl. decoder threads); payload
     ("shm", kf_shape, ch_shape, meta, chunk_ids) with the frames in the slot at `offset`, ("inline",
     DecodedVideo), or None when the video failed (error = message)."""
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        d = sampler.decode(path)
+        d = sampler.decode(path, **_deadline_callbacks(sampler, slot, serial))
     except Exception as exc:  # DecodeError and anything a broken file provokes in a decoder
         return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0, time.process_time() - c0
     dt = time.perf_counter() - t0
@@ -218,6 +244,10 @@ class _Task:
     slot: int | None
     future: object = None
     done: tuple | None = None  # the worker's answer once known (set by result or crash recovery)
+    sampler: VideoSampler | None = None  # this attempt's, when not the pool's (the fallback after a timeout)
+    serial: int = 0  # this attempt's number in the shared task table
+    timed_out: tuple | None = None  # (backend index, note) once this attempt's worker was killed at its deadline
+    notes: list = field(default_factory=list)  # the attempts that timed out before this one
 
 
 class DecodePool:
@@ -235,10 +265,14 @@ class DecodePool:
         self.free: deque[int] = deque()
         self.outstanding: deque[_Task] = deque()  # submitted, not yet returned by result(), in order
         self.crashes = 0
+        self.timeouts = 0  # videos that went to the failures table because every backend timed out
         self.start_method = None
+        self.status = None  # the shared task table (STATUS_FIELDS per slot)
+        self._serial = 0
         if self.workers:
-            methods = multiprocessing.get_all_start_methods()
-            self.start_method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
+            self.start_method = start_method or deadline.start_method()
+            ctx = multiprocessing.get_context(self.start_method)
+            self.status = ctx.RawArray("d", len(STATUS_FIELDS) * self.in_flight)
             self.pool = self._new_pool()
         else:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
@@ -257,7 +291,8 @@ class DecodePool:
         ctx = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
             ctx.set_forkserver_preload(WORKER_PRELOAD)
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(os.getpid(), self.status))
 
     def _launch(self) -> None:
         try:
@@ -287,7 +322,59 @@ class DecodePool:
 
     def _submit_task(self, task: "_Task"):
         shm_name = self.shm.name if self.shm is not None else None
-        return self.pool.submit(_worker_decode, self.sampler, task.path, shm_name, task.slot * self.slot, self.slot)
+        self._serial += 1
+        task.serial, task.timed_out = self._serial, None
+        return self.pool.submit(_worker_decode, task.sampler or self.sampler, task.path, shm_name,
+                                task.slot * self.slot, self.slot, task.slot, task.serial)
+
+    def _wait(self, future):
+        """future.result(), checking the deadlines of every task in flight while waiting: a worker past
+        its task's deadline is killed (the pool then breaks: BrokenProcessPool)."""
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except FutureTimeout:
+                self._kill_overdue()
+
+    def _kill_overdue(self) -> None:
+        if self.status is None:
+            return
+        now, n = time.monotonic(), len(STATUS_FIELDS)
+        for task in self.outstanding:
+            f = task.future
+            if task.done is not None or task.timed_out or f is None or f.done():
+                continue
+            row = self.status[task.slot * n:(task.slot + 1) * n]
+            if int(row[0]) != task.serial:  # not started yet
+                continue
+            _, pid, started, limit, backend = row
+            if now - started <= limit:
+                continue
+            sampler = task.sampler or self.sampler
+            name = "the stream header (pyav)" if backend < 0 else (sampler.backend, sampler.fallback)[int(backend)]
+            task.timed_out = (int(backend), f"{name} timed out after {limit:.1f} s")
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+
+    def _after_timeout(self, task: "_Task") -> None:
+        """The task's attempt was killed at its deadline: the fallback backend next (never the same
+        backend again), or a failure naming each backend that timed out."""
+        backend, note = task.timed_out
+        task.notes.append(note)
+        task.timed_out = None
+        sampler = task.sampler or self.sampler
+        if backend == 0 and sampler.fallback and sampler.fallback != sampler.backend:
+            task.sampler = dataclasses.replace(sampler, backend=sampler.fallback, fallback=None)
+            return
+        self.timeouts += 1
+        task.done = (None, "DecodeError: " + "; ".join(task.notes) + " (the decode deadline, sampling.decode_deadline)",
+                     0.0, None)
+
+    def _new_pool_after_break(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
 
     def submit(self, path: str) -> "_Task":
         if not self.workers:
@@ -310,19 +397,23 @@ class DecodePool:
             f = task.future
             if task.done is None and f is not None and f.done() and not f.cancelled() and f.exception() is None:
                 task.done = f.result()
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = self._new_pool()
+        self._new_pool_after_break()
+        for task in self.outstanding:  # killed at their deadline: not suspects of a crash
+            if task.done is None and task.timed_out:
+                self._after_timeout(task)
         for task in self.outstanding:
-            if task.done is not None:
-                continue
-            try:
-                task.done = self._submit_task(task).result()
-            except BrokenProcessPool:
-                self.crashes += 1
-                task.done = (None, "DecodeError: the decoder process died while decoding this video (a crash in "
-                                   "the decoder, e.g. a segfault)", 0.0, None)
-                self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = self._new_pool()
+            while task.done is None:
+                task.future = self._submit_task(task)
+                try:
+                    task.done = self._wait(task.future)
+                except BrokenProcessPool:
+                    self._new_pool_after_break()
+                    if task.timed_out:
+                        self._after_timeout(task)
+                        continue
+                    self.crashes += 1
+                    task.done = (None, "DecodeError: the decoder process died while decoding this video (a crash in "
+                                       "the decoder, e.g. a segfault)", 0.0, None)
 
     def result(self, task: "_Task", hold: bool = False):
         """-> (DecodedVideo or None, error message or None, decode seconds), for the oldest task.
@@ -332,7 +423,7 @@ class DecodePool:
         try:
             if task.done is None:
                 try:
-                    task.done = task.future.result()
+                    task.done = self._wait(task.future)
                 except BrokenProcessPool:
                     self._recover()
             if self.workers:
@@ -341,6 +432,9 @@ class DecodePool:
             payload, error, dt, cpu = task.done
             if cpu is not None:
                 self.cpu_s += cpu
+            if payload is not None and task.notes:  # decoded by the fallback after a timeout: say so
+                meta = payload[1].meta if payload[0] == "inline" else payload[3]
+                meta["decode_retries"] = task.notes + list(meta.get("decode_retries") or [])
             if payload is None or payload[0] == "inline":
                 return (payload[1] if payload else None), error, dt
             _, kf_shape, ch_shape, meta, chunk_ids = payload
@@ -366,6 +460,9 @@ class DecodePool:
 
     def close(self) -> None:
         self._launcher.join()
+        if self.workers and any(t.done is None for t in self.outstanding):  # left early: do not wait for
+            for proc in list((getattr(self.pool, "_processes", None) or {}).values()):  # a decode that may hang
+                proc.kill()
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.shm is not None:
             try:

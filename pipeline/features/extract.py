@@ -3,7 +3,7 @@ and one-second chunks (motion role), and write one Zarr feature store (pipeline/
 
     lmmvqa extract --config C --dataset D --manifest results/manifest/D.csv --videos DIR --shard N \\
                    --out cache/features/D/<settings>/shard-0000N.zarr [--device cpu|cuda|auto] [--threads T]
-                   [--decode-workers N]
+                   [--decode-workers N] [--decode-deadline S]
 
 * The models load once per shard (`extractor.Extractor`), while the decode workers start
   (`decode_pool.DecodePool`, `features.decode_workers` processes, default the job's threads).
@@ -13,9 +13,10 @@ and one-second chunks (motion role), and write one Zarr feature store (pipeline/
   same whatever the worker count.
 * A still image (pipeline/features/decode_image.py) is one key frame and the still's motion row (zeros,
   not encoded); its metadata says `still: true`.
-* A video that cannot be decoded (corrupt, truncated, empty, not a video, missing, or one that
-  crashes its decoder) is written to the store's failures table with the message; the shard still
-  completes.
+* A video that cannot be decoded (corrupt, truncated, empty, not a video, missing, one that
+  crashes its decoder, or one whose decode passes its deadline with every backend: `sampling.decode_deadline`,
+  `--decode-deadline` for its base seconds) is written to the store's failures table with the
+  message; the shard still completes.
 * The store is written to a temporary sibling folder and renamed when complete (StoreWriter).
   Attributes: dataset, shard, vision and motion (the encoders' info: architecture, weights,
   config, tokens / width / dim), sampling (+ key_size, chunk_size, backend), settings_hash,
@@ -35,11 +36,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.cli_args import add_config_arg, add_device_arg, add_no_progress_arg
+from pipeline.cli_args import add_config_arg, add_decode_deadline_arg, add_device_arg, add_no_progress_arg
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.specs import feature_settings_hash
 from pipeline.core.versions import code_version
+from pipeline.core.deadline import with_decode_deadline
 from pipeline.features.decode_pool import DecodePool, decode_worker_count
 from pipeline.features.extractor import Extractor
 from pipeline.features.staging import BatchStage
@@ -136,6 +138,7 @@ def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int,
             if decoders.cpu_s is not None:  # CPU time of the decode workers (vs decode_s: contention)
                 totals["decode_cpu_s"] = decoders.cpu_s
                 totals["decode_crashes"] = decoders.crashes
+                totals["decode_timeouts"] = decoders.timeouts
             totals["total_s"] = time.perf_counter() - t_start
             n_ok = len(writer.ids)
             seconds = float(sum(v.get("duration", 0) or 0 for v in writer.videos))
@@ -162,11 +165,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads (default: config 'threads')")
     parser.add_argument("--decode-workers", type=int, default=None,
                         help="decode worker processes (default: the config's features.decode_workers, else --threads)")
+    add_decode_deadline_arg(parser)
     add_no_progress_arg(parser)
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
+    cfg = with_decode_deadline(load_config(args.config), args.decode_deadline)
     if args.videos and not Path(args.videos).is_dir():
         raise UserError(f"videos folder not found: {args.videos}")
     summary = extract_shard(cfg, args.dataset, args.manifest, args.videos, args.shard, args.out,

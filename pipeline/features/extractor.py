@@ -4,7 +4,7 @@
 `load_motion` from the resolved model specs, on `device`: fp32 on CPU, fp16 on CUDA unless the spec
 sets `dtype`); `.decode(path)` samples key frames and one-second chunks with its `sampler`
 (`decode.VideoSampler`: the sampling settings and the frame sizes of these encoders, the configured
-backend then the fallback), `.encode(decoded videos)` runs them through both encoders in
+backend then the fallback, and the decode deadline that decode worker processes enforce), `.encode(decoded videos)` runs them through both encoders in
 shared batches of `features.batch_size` frames or chunks, and `.features(path)` does both for one
 video (`lmmvqa score` uses it for videos outside a manifest). A still image decodes to one key frame
 and no chunks, and gets `still_motion()` (zeros) as its one motion row: its motion branch has a
@@ -20,6 +20,7 @@ import torch
 
 from pipeline.core.specs import SAMPLING_KEYS, model_spec
 from pipeline.features import encoders
+from pipeline.core.deadline import DecodeDeadline
 from pipeline.features.decode import VideoSampler
 from pipeline.features.staging import stack_host
 
@@ -50,7 +51,7 @@ class Extractor:
             keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"], chunk_frames=s["chunk_frames"],
             max_seconds=s["max_seconds"], key_size=self.key_size, chunk_size=self.chunk_size,
             keyframe_mode=s["keyframe_mode"], fragment_grid=s["fragment_grid"], backend=self.backend,
-            fallback=self.fallback, threads=self.threads)
+            fallback=self.fallback, threads=self.threads, deadline=DecodeDeadline.from_config(cfg))
 
     @property
     def sampling_attrs(self) -> dict:

@@ -1,7 +1,12 @@
 """Probe stage: container and video-stream metadata of each video of a manifest shard (PyAV).
 
-`lmmvqa probe --manifest M --videos DIR [--shard N] --out FILE.csv [--failures F.csv]` writes FILE.csv
+`lmmvqa probe --manifest M --videos DIR [--shard N] --out FILE.csv [--failures F.csv] [--deadline S]` writes FILE.csv
 (`PROBE_COLUMNS`, one row per file that opened) and the failures table (default FILE.failures.csv) (`id, path, stage, error`), each atomically.
+
+Each file is read in a child process (`deadline.CallInProcess`) that is killed when it takes longer than
+the deadline (`--deadline`, default `sampling.decode_deadline.base_s`'s default: a damaged stream can make
+FFmpeg loop forever); such a file is a failure with stage `timeout` ("timed out after S s") and the
+next file goes on. A crash of that process is a failure of its file too.
 
 `probe_video(path) -> dict` with keys `PROBE_KEYS`:
 
@@ -33,6 +38,7 @@ import pandas as pd
 
 from pipeline.core import atomic, paths
 from pipeline.core.errors import FAILURE_COLUMNS, UserError
+from pipeline.core.deadline import CallInProcess, ChildDied, DeadlineExceeded, DecodeDeadline
 from pipeline.ingest.manifest import read_manifest
 from pipeline.ingest.streams import display_info, error_text
 
@@ -147,22 +153,39 @@ def to_display(frame: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k=k)) if k else frame
 
 
-def probe_shard(manifest_df: pd.DataFrame, videos_dir, shard: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(table, failures) for the rows of one shard (every row when shard is None)."""
+def _probe_answer(path) -> tuple:
+    """probe_video in the child process: ("ok", info) or ("error", stage, message)."""
+    try:
+        return ("ok", probe_video(path))
+    except ProbeError as exc:
+        return ("error", exc.stage, str(exc))
+
+
+def probe_shard(manifest_df: pd.DataFrame, videos_dir, shard: int | None = None,
+                deadline_s: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table, failures) for the rows of one shard (every row when shard is None); each file's probe
+    in a child process killed after `deadline_s` seconds (default DecodeDeadline().base_s)."""
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise UserError(f"videos folder not found: {videos_dir}")
+    deadline_s = float(deadline_s or DecodeDeadline().base_s)
     rows = manifest_df if shard is None else manifest_df[manifest_df["shard"].astype(int) == int(shard)]
     table, failures = [], []
-    for vid, rel in zip(rows["id"], rows["path"]):
-        try:
-            info = probe_video(videos_dir / rel)
-        except ProbeError as exc:
-            failures.append({"id": vid, "path": rel, "stage": exc.stage, "error": str(exc)})
-            continue
-        table.append({"id": vid, "path": rel, **info})
-        if not info["has_video"]:
-            failures.append({"id": vid, "path": rel, "stage": "stream", "error": "no video stream"})
+    with CallInProcess() as child:
+        for vid, rel in zip(rows["id"], rows["path"]):
+            try:
+                answer = child.call(_probe_answer, (videos_dir / rel,), deadline_s)
+            except DeadlineExceeded as exc:
+                answer = ("error", "timeout", f"pyav {exc} reading the header and first frame")
+            except ChildDied as exc:  # a crash in FFmpeg
+                answer = ("error", "decode", str(exc))
+            if answer[0] == "error":
+                failures.append({"id": vid, "path": rel, "stage": answer[1], "error": answer[2]})
+                continue
+            info = answer[1]
+            table.append({"id": vid, "path": rel, **info})
+            if not info["has_video"]:
+                failures.append({"id": vid, "path": rel, "stage": "stream", "error": "no video stream"})
     table_df = pd.DataFrame(table, columns=PROBE_COLUMNS)
     for c in ("n_frames", "width", "height", "rotation"):
         table_df[c] = pd.array(table_df[c].tolist(), dtype="Int64")
@@ -177,13 +200,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--failures", default=None, metavar="FILE.csv",
                    help="table of the videos that failed to probe (id, path, stage, error), to write "
                         "(default: beside --out, OUT.failures.csv)")
+    p.add_argument("--deadline", type=float, default=None, metavar="S",
+                   help="seconds one file's probe may take before it is killed and listed as timed out "
+                        f"(default {DecodeDeadline().base_s:g}, sampling.decode_deadline.base_s's default)")
 
 
 def main(args) -> int:
     manifest = read_manifest(args.manifest)
     if args.shard is not None and int(args.shard) not in set(manifest["shard"].astype(int)):
         raise UserError(f"{args.manifest}: no shard {args.shard} in the manifest")
-    table, failures = probe_shard(manifest, args.videos, args.shard)
+    if args.deadline is not None and not args.deadline > 0:
+        raise UserError(f"--deadline must be > 0 seconds, got {args.deadline}")
+    table, failures = probe_shard(manifest, args.videos, args.shard, args.deadline)
     out = Path(args.out)
     fail = Path(args.failures) if args.failures else paths.failures_table(out)
     atomic.write_csv(failures, fail)
