@@ -80,6 +80,10 @@ def test_every_job_asks_for_its_rule_familys_resources(slurm_run):
     work, state, proc = slurm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = {f["family"]: f for f in resources.cluster_table(validate(json.loads(json.dumps(MINI))))}
+    # partitions.yaml: the one with GPUs takes the GPU jobs, the one without the others
+    listed = yaml.safe_load((REPO / "profiles/slurm" / slurm_profile()["slurm-partition-config"]).read_text())
+    partition = {("gpu" if (limits or {}).get("max_gpu", 0) > 0 else "cpu"): name
+                 for name, limits in listed["partitions"].items()}
     subs = _submissions(state)
     for rule, argvs in subs.items():
         family = table[resources.family_of(rule)]
@@ -89,7 +93,7 @@ def test_every_job_asks_for_its_rule_familys_resources(slurm_run):
             assert fake_slurm.option(argv, "--gres") is None, (rule, argv)
             assert not any("gres" in a for a in argv), (rule, argv)
             assert gpus == (str(family["gpu"]) if family["gpu"] else None), (rule, argv)
-            assert fake_slurm.option(argv, "-p") == family["partition"], (rule, argv)  # partitions.yaml's names
+            assert fake_slurm.option(argv, "-p") == partition[family["partition"]], (rule, argv)
             assert fake_slurm.option(argv, "--mem") == str(family["mem_mb"]), (rule, argv)
             assert fake_slurm.option(argv, "-t") == str(family["runtime"]), (rule, argv)
             assert fake_slurm.option(argv, "--cpus-per-task") == str(family["threads"]), (rule, argv)
