@@ -10,6 +10,8 @@ models' shapes, not guessed.
 * Disk: per video, key frames x tokens x width and seconds x motion dim in the store dtypes
   (`features.spatial_dtype` / `motion_dtype`), with the videos' durations from the probe tables when
   they exist, else `--seconds`; zstd gains little on activations, so this is the uncompressed size.
+* Cluster resources: per rule family (pipeline/core/resources.py, the table the rules read), the partition
+  kind (gpu where its jobs ask for a GPU under this config), GPUs, threads, host memory and run time.
 * GPU memory (bytes of live tensors at the peak; the CUDA caching allocator adds fragmentation on top):
   model shapes from the models' config (built on the `meta` device: exact parameter counts, no memory);
   sequence = visual tokens (tokens per key frame + 1 motion token) + the prompt's text tokens.
@@ -37,7 +39,7 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.core import paths
+from pipeline.core import paths, resources
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.specs import model_spec, trains_tokenizer
@@ -414,7 +416,7 @@ def plan(cfg: dict, seconds: float = 10.0, text: int | None = None, vocab: int |
                                            "total": seq, "text_from": text_from},
             "videos": videos, "jobs": job_counts(cfg, videos), "disk": disk, "training": training,
             "evaluation": evaluation_memory(shapes, cfg["evaluation"], seq, eval_dtype),
-            "extraction": extraction_memory(shapes, cfg, enc_dtype)}
+            "extraction": extraction_memory(shapes, cfg, enc_dtype), "cluster": resources.cluster_table(cfg)}
 
 
 def _gib(x) -> str:
@@ -449,6 +451,12 @@ def report_lines(p: dict) -> list[str]:
         m = p[name]
         out.append(f"  {name} [batch {m['batch']}, {m['dtype']}]: {_gib(m['total'])} = "
                    + ", ".join(f"{k} {_gib(v)}" for k, v in m["parts"].items()))
+    out += ["", "what each job asks a scheduler for, per rule family (pipeline/core/resources.py; memory = host RAM):"]
+    for f in p["cluster"]:
+        gpus = f"{f['gpu']} GPU" if f["gpu"] else "no GPU"
+        threads = f"{f['threads']} thread" + ("s" if f["threads"] != 1 else "")
+        out.append(f"  {f['family']:<9} {f['partition']} partition, {gpus}, {threads}, {f['mem_mb']} MB, "
+                   f"{f['runtime']} min: {', '.join(f['rules'])}")
     return out
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core import atomic, paths
+from pipeline.core import atomic, paths, resources
 from pipeline.core.config import stable_hash, validate
 from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors
 from pipeline.prompts.shards import BANK_PATH
 
-# stages whose jobs run on a GPU when the config asks for one
-GPU_STAGES = ("extract", "train", "evaluate")
+# GPUs per stage: pipeline.core.resources (with each rule family's threads, memory and run time)
+GPU_STAGES, gpu_count, on_gpu = resources.GPU_STAGES, resources.gpu_count, resources.on_gpu
 
 
 def load(config: dict) -> dict:
@@ -37,20 +37,6 @@ def offline_jobs(environ=os.environ) -> dict:
     for key, value in OFFLINE.items():
         environ.setdefault(key, value)
     return {key: environ[key] for key in OFFLINE}
-
-
-def on_gpu(cfg: dict) -> bool:
-    """`cuda` or `auto` (auto runs on a GPU where the job has one, so the GPU stages ask for one)."""
-    return cfg["device"] != "cpu"
-
-
-def gpu_count(cfg: dict, stage: str) -> int:
-    """GPUs a job asks for (the `gpu` resource: `--gpus=N` on SLURM, limited by `--resources gpu=N`
-    on one box): one for extraction and evaluation, `training.gpus` for training (DDP through
-    `lmmvqa launch`), none on CPU."""
-    if not on_gpu(cfg) or stage not in GPU_STAGES:
-        return 0
-    return cfg["training"]["gpus"] if stage == "train" else 1
 
 
 def folds(cfg: dict) -> dict[str, list[int]]:

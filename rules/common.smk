@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from pipeline.ingest import manifest as pipeline_manifest
-from pipeline.core import paths
+from pipeline.core import paths, resources as pipeline_resources
 from pipeline import workflow as pipeline_workflow
 from pipeline.core.specs import adapter_file, feature_settings, feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.core.versions import code_version
@@ -55,6 +55,27 @@ FOLD_EXPERIMENTS = pipeline_workflow.names_regex(FOLDS)
 RESOLVED_CONFIG = pipeline_workflow.write_resolved_config(config)
 # The quality adapter of the vision role (rules/encoder.smk): null, its settings, or a file.
 ADAPTED = config["models"]["vision"].get("adapted")
+
+
+def family_threads(rule):
+    """The threads of a rule's jobs, its family's (pipeline/core/resources.py); Snakemake caps them at
+    --cores on one machine."""
+    return pipeline_resources.threads(config, pipeline_resources.family_of(rule))
+
+
+def family_resources(rule):
+    """The resources of a rule's jobs, unpacked into its resources directive (`**family_resources(name)`),
+    from its family: GPUs, memory in MB for the job's threads, run time in minutes, the figures that
+    `lmmvqa plan` prints."""
+    family = pipeline_resources.family_of(rule)
+    fixed = pipeline_resources.job_resources(config, family)
+    out = {
+        "mem_mb": lambda wildcards, threads: pipeline_resources.mem_mb(family, threads),
+        "runtime": fixed["runtime"],
+    }
+    if pipeline_resources.FAMILIES[family].gpu_stage:  # GPU stages declare `gpu` (0 on CPU): train's command reads it
+        out["gpu"] = fixed["gpu"]
+    return out
 
 
 def dataset_cfg(dataset):

@@ -17,9 +17,9 @@ for _dataset in generated_datasets():
             out=lambda w, output: str(Path(output.labels).parent),
             n=dataset_cfg(_dataset)["generate"]["n_videos"],
             seed=dataset_cfg(_dataset)["generate"]["seed"],
-        threads: 2
+        threads: family_threads(f"demo_data_{_dataset}")
         resources:
-            mem_mb=2000,
+            **family_resources(f"demo_data_{_dataset}"),
         conda:
             ENV
         shell:
@@ -57,8 +57,9 @@ checkpoint manifest:
         ),
         shard_size=config["features"]["shard_size"],
         videos_state=lambda w: videos_state(w.dataset),
+    threads: family_threads("manifest")
     resources:
-        mem_mb=2000,
+        **family_resources("manifest"),
     conda:
         ENV
     shell:
@@ -83,8 +84,9 @@ rule probe:
         digest=shard_digest,
         videos=lambda w: videos_dir(w.dataset),
         deadline=config["sampling"]["decode_deadline"]["base_s"],
+    threads: family_threads("probe")
     resources:
-        mem_mb=1000,
+        **family_resources("probe"),
     conda:
         ENV
     shell:

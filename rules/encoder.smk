@@ -19,10 +19,9 @@ if isinstance(ADAPTED, dict):
             settings=json.dumps(ADAPTED, sort_keys=True),
             device=config["device"],
             config=RESOLVED_CONFIG,
-        threads: 2
+        threads: family_threads("adapt_encoder")
         resources:
-            mem_mb=4000,
-            gpu=pipeline_workflow.gpu_count(config, "extract"),
+            **family_resources("adapt_encoder"),
         conda:
             ENV
         shell:

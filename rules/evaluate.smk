@@ -25,10 +25,9 @@ rule evaluate:
         device=config["device"],
         config=RESOLVED_CONFIG,
         fold=fold_option,
-    threads: 2
+    threads: family_threads("evaluate")
     resources:
-        mem_mb=8000,
-        gpu=pipeline_workflow.gpu_count(config, "evaluate"),
+        **family_resources("evaluate"),
     conda:
         ENV
     shell:
@@ -65,8 +64,9 @@ rule aggregate:
     params:
         code=code_version("aggregate"),
         config=RESOLVED_CONFIG,
+    threads: family_threads("aggregate")
     resources:
-        mem_mb=1000,
+        **family_resources("aggregate"),
     conda:
         ENV
     shell:

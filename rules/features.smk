@@ -18,13 +18,11 @@ rule extract:
         videos=lambda w: videos_dir(w.dataset),
         device=config["device"],
         config=RESOLVED_CONFIG,
-    # the job's threads = its decode worker processes (features.decode_workers; else 2, or
-    # --set-threads extract=N): the command gets them as --threads and starts that many decoders
-    threads: max(2, config["features"]["decode_workers"] or 0)
+    # the job's threads = its decode worker processes (features.decode_workers, else the extract family's,
+    # pipeline/core/resources.py; capped at --cores on one machine): the command gets them as --threads
+    threads: family_threads("extract")
     resources:
-        # models + main process ~5 GB; each decode worker ~100-200 MB + 2 shared-memory frame slots
-        mem_mb=lambda wildcards, threads: 5000 + 500 * threads,
-        gpu=pipeline_workflow.gpu_count(config, "extract"),
+        **family_resources("extract"),
     conda:
         ENV
     shell:
@@ -48,9 +46,9 @@ rule feature_stats:
         settings=SETTINGS,
         address=config["dask"]["address"] or "",
         config=RESOLVED_CONFIG,
-    threads: 2
+    threads: family_threads("feature_stats")
     resources:
-        mem_mb=2000,
+        **family_resources("feature_stats"),
     conda:
         ENV
     shell:

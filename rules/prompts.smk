@@ -16,8 +16,9 @@ rule prompts:
         prompts=json.dumps(config["prompts"], sort_keys=True),
         templates=pipeline_workflow.template_bank_digest(config),
         config=RESOLVED_CONFIG,
+    threads: family_threads("prompts")
     resources:
-        mem_mb=1000,
+        **family_resources("prompts"),
     conda:
         ENV
     shell:
@@ -37,8 +38,9 @@ rule tokenizer:
     params:
         code=code_version("tokenizer"),
         answer_format=config["prompts"]["answer_format"],
+    threads: family_threads("tokenizer")
     resources:
-        mem_mb=1000,
+        **family_resources("tokenizer"),
     conda:
         ENV
     shell:

@@ -27,8 +27,9 @@ rule report:
     params:
         code=code_version("report"),
         config=RESOLVED_CONFIG,
+    threads: family_threads("report")
     resources:
-        mem_mb=2000,
+        **family_resources("report"),
     conda:
         ENV
     shell:

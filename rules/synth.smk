@@ -18,9 +18,9 @@ for _dataset in pipeline_workflow.synth_datasets(config, generated=True):
             out=lambda w, output: str(Path(output.labels).parent),
             n=dataset_cfg(_dataset)["generate"]["n_videos"],
             seed=dataset_cfg(_dataset)["generate"]["seed"],
-        threads: 2
+        threads: family_threads(f"synth_references_{_dataset}")
         resources:
-            mem_mb=2000,
+            **family_resources(f"synth_references_{_dataset}"),
         conda:
             ENV
         shell:
@@ -44,8 +44,9 @@ checkpoint synth_plan:
         settings=lambda w: synth_settings(w.dataset),
         state=lambda w: references_state(w.dataset),
         config=RESOLVED_CONFIG,
+    threads: family_threads("synth_plan")
     resources:
-        mem_mb=1000,
+        **family_resources("synth_plan"),
     conda:
         ENV
     shell:
@@ -68,8 +69,9 @@ rule synth_segments:
         code=code_version("synth_segments"),
         digest=synth_segment_digest,
         config=RESOLVED_CONFIG,
+    threads: family_threads("synth_segments")
     resources:
-        mem_mb=1000,
+        **family_resources("synth_segments"),
     conda:
         ENV
     shell:
@@ -93,9 +95,9 @@ rule synth_variants:
         code=code_version("synth_variants"),
         digest=synth_shard_digest,
     # variants encoded + scored at once, each by single-threaded ffmpeg processes
-    threads: 2
+    threads: family_threads("synth_variants")
     resources:
-        mem_mb=lambda wildcards, threads: 500 + 500 * threads,
+        **family_resources("synth_variants"),
     conda:
         ENV
     shell:
@@ -121,8 +123,9 @@ rule synth_labels:
         code=code_version("synth_labels"),
         metric=lambda w: dataset_cfg(w.dataset)["synth"]["metric"],
         config=RESOLVED_CONFIG,
+    threads: family_threads("synth_labels")
     resources:
-        mem_mb=1000,
+        **family_resources("synth_labels"),
     conda:
         ENV
     shell:

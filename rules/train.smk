@@ -26,10 +26,9 @@ rule train_stage1:
         config=RESOLVED_CONFIG,
         fold=fold_option,
         inputs=lambda w, input: training_input_args(input),
-    threads: 2
+    threads: family_threads("train_stage1")
     resources:
-        mem_mb=8000,
-        gpu=pipeline_workflow.gpu_count(config, "train"),
+        **family_resources("train_stage1"),
     conda:
         ENV
     shell:
@@ -84,10 +83,9 @@ rule train:
         fold=fold_option,
         member=member_option,
         inputs=lambda w, input: training_input_args(input),
-    threads: 2
+    threads: family_threads("train")
     resources:
-        mem_mb=8000,
-        gpu=pipeline_workflow.gpu_count(config, "train"),
+        **family_resources("train"),
     conda:
         ENV
     shell:

@@ -296,3 +296,65 @@ def test_group_by_any_column(tmp_path):
         build_manifest("generic", f, None, k=4, group_by="source")
     with pytest.raises(UserError, match="applies to k-fold splits only"):
         build_manifest("generic", f, None, split_scheme="official", group_by="source")
+
+
+# ---------------------------------------------------------------------------------------------------
+# LSVQ's official split is the default; a k-fold split of it is still there when asked for
+# ---------------------------------------------------------------------------------------------------
+def _lsvq_labels(folder: Path) -> list[Path]:
+    """A tiny LSVQ in its own label-file layout: a train file with an `is_test` column, and test_1080p."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = folder / "LSVQ_whole_train.csv"
+    train.write_text("name,height,mos,is_test\n" + "".join(
+        f"yfcc-batch1/{i},720,{20 + 7 * i},{'True' if i >= 6 else 'False'}\n" for i in range(9)))
+    hd = folder / "LSVQ_whole_test_1080p.csv"
+    hd.write_text("name,height,mos\n" + "".join(f"yfcc-batch2/{i},1080,{30 + 9 * i}\n" for i in range(3)))
+    return [train, hd]
+
+
+LSVQ_SPLITS = {"train": 6, "test": 3, "test_1080p": 3}
+
+
+def test_lsvq_cli_without_a_scheme_is_official_and_kfold_when_asked(tmp_path, capsys):
+    files = _lsvq_labels(tmp_path / "labels")
+    out = tmp_path / "m.csv"
+    assert cli(["manifest", "--format", "lsvq", "--labels", *map(str, files), "--out", str(out)]) == 0
+    m = read_manifest(out)
+    assert m["split"].value_counts().to_dict() == LSVQ_SPLITS and (m["fold"] == -1).all()
+    assert cli(["manifest", "--format", "lsvq", "--labels", *map(str, files), "--out", str(out),
+                "--split-scheme", "kfold", "--k", "2"]) == 0
+    m = read_manifest(out)
+    assert set(m["split"]) == {"kfold"} and set(m["fold"]) == {0, 1}
+
+
+def test_config_split_scheme_follows_the_format():
+    from pipeline.core.config import validate
+
+    cfg = validate({"datasets": {"lsvq": {"format": "lsvq", "labels": "a.csv"},
+                                 "konvid": {"format": "konvid", "labels": "b.csv"},
+                                 "asked": {"format": "lsvq", "labels": "c.csv", "split": {"scheme": "kfold", "k": 3}},
+                                 "seeded": {"format": "lsvq", "labels": "d.csv", "split": {"seed": 2}}}})
+    schemes = {d: (ds["split"]["scheme"], ds["split"]["k"]) for d, ds in cfg["datasets"].items()}
+    assert schemes == {"lsvq": ("official", 5), "konvid": ("kfold", 5), "asked": ("kfold", 3),
+                       "seeded": ("official", 5)}
+
+
+@pytest.mark.slow
+def test_workflow_lsvq_without_a_split_key_uses_the_official_split(tmp_path):
+    """The user's path: a config naming LSVQ's label files and no `split`, then `snakemake`; and the same
+    config asking for k folds."""
+    import yaml
+    from workflow_run import snakemake
+
+    files = _lsvq_labels(tmp_path / "data")
+    lsvq = {"format": "lsvq", "labels": str(files[0]), "extra_labels": [str(files[1])]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"datasets": {"lsvq": lsvq}}))
+    snakemake(tmp_path)
+    m = read_manifest(tmp_path / "results/manifest/lsvq.csv")
+    assert m["split"].value_counts().to_dict() == LSVQ_SPLITS and (m["fold"] == -1).all()
+
+    lsvq["split"] = {"scheme": "kfold", "k": 2}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"datasets": {"lsvq": lsvq}}))
+    snakemake(tmp_path)
+    m = read_manifest(tmp_path / "results/manifest/lsvq.csv")
+    assert set(m["split"]) == {"kfold"} and set(m["fold"]) == {0, 1}

@@ -88,3 +88,9 @@ def test_plan_command_prints_and_writes_json(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train (stage 1)" in out and "checkpointing on" in out and "checkpointing off" in out
     assert json.loads((tmp_path / "p.json").read_text())["jobs"]["evaluate"] == 5
+    # what each rule family's jobs ask a cluster for: the table the rules read (pipeline/core/resources.py)
+    cluster = {f["family"]: f for f in json.loads((tmp_path / "p.json").read_text())["cluster"]}
+    assert {k: cluster["train"][k] for k in ("partition", "gpu", "threads", "mem_mb", "runtime")} == {
+        "partition": "gpu", "gpu": 1, "threads": 8, "mem_mb": 64000, "runtime": 1440}
+    assert "train_stage1_fold" in cluster["train"]["rules"] and cluster["light"]["partition"] == "cpu"
+    assert "  train     gpu partition, 1 GPU, 8 threads, 64000 MB, 1440 min: train_stage1, " in out

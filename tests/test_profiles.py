@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO
 
 from pipeline.core import config as pipeline_config
+from pipeline.core import resources
 from pipeline.prompts.experiments import parse_selector
 from pipeline.training.runs import check_experiments, experiment_training, init_model_dir
 
@@ -41,8 +42,8 @@ def test_paper_config_is_the_cross_dataset_protocol():
     stage1, stage2 = experiment_training(cfg, "lsvq_cross", 1), experiment_training(cfg, "lsvq_cross")
     assert not stage1["lora"]["enabled"] and stage2["lora"]["enabled"] and stage2["llm_lr"] > stage2["lr"]
     assert str(init_model_dir(cfg, "lsvq_cross")) == "results/models/lsvq_cross.stage1"
-    gpu_box = yaml.safe_load((REPO / "profiles" / "gpu-box" / "config.yaml").read_text())
-    assert gpu_box["set-threads"]["extract"] >= cfg["features"]["decode_workers"]
+    # an extraction job's threads are its decode workers (pipeline/core/resources.py)
+    assert resources.threads(cfg, "extract") == cfg["features"]["decode_workers"] == 8
 
 
 def test_paper_intra_config_runs_every_fold_with_two_stages():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-GPU_RULES = {"extract", "train", "evaluate"}
+GPU_RULES = {"extract", "train", "evaluate"}  # of the rules the shared run submits (MINI: `device: auto`)
 
 
 def slurm_profile() -> dict:
@@ -69,28 +69,38 @@ def test_slurm_run_completes_with_outputs(slurm_run):
     assert fake_slurm.calls(state, "sacct"), "job states were queried with sacct"
 
 
-def test_gpu_rules_ask_for_one_gpu_and_cpu_rules_for_none(slurm_run):
+def test_every_job_asks_for_its_rule_familys_resources(slurm_run):
+    """Partition, memory, time, threads and GPUs of every submitted job are its rule family's
+    (pipeline/core/resources.py), as `lmmvqa plan` prints them; the partition is the profile's
+    partitions.yaml one with GPUs for a GPU job, the one without for the others."""
+    from pipeline.core import resources
+    from pipeline.core.config import validate
+    from workflow_run import MINI
+
     work, state, proc = slurm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
+    table = {f["family"]: f for f in resources.cluster_table(validate(json.loads(json.dumps(MINI))))}
+    # partitions.yaml: the one with GPUs takes the GPU jobs, the one without the others
+    listed = yaml.safe_load((REPO / "profiles/slurm" / slurm_profile()["slurm-partition-config"]).read_text())
+    partition = {("gpu" if (limits or {}).get("max_gpu", 0) > 0 else "cpu"): name
+                 for name, limits in listed["partitions"].items()}
     subs = _submissions(state)
     for rule, argvs in subs.items():
+        family = table[resources.family_of(rule)]
+        assert (family["partition"] == "gpu") == (rule in GPU_RULES), rule
         for argv in argvs:
             gpus = fake_slurm.option(argv, "--gpus")
             assert fake_slurm.option(argv, "--gres") is None, (rule, argv)
             assert not any("gres" in a for a in argv), (rule, argv)
-            if rule in GPU_RULES:
-                assert gpus == "1", (rule, argv)
-                assert fake_slurm.option(argv, "-p") == "gpu", (rule, argv)
-            else:
-                assert gpus is None, (rule, argv)
-                assert fake_slurm.option(argv, "-p") == "cpu", (rule, argv)  # sinfo's default partition
+            assert gpus == (str(family["gpu"]) if family["gpu"] else None), (rule, argv)
+            assert fake_slurm.option(argv, "-p") == partition[family["partition"]], (rule, argv)
+            assert fake_slurm.option(argv, "--mem") == str(family["mem_mb"]), (rule, argv)
+            assert fake_slurm.option(argv, "-t") == str(family["runtime"]), (rule, argv)
+            assert fake_slurm.option(argv, "--cpus-per-task") == str(family["threads"]), (rule, argv)
             assert fake_slurm.option(argv, "-A") == fake_slurm.ACCOUNT
     # the job step inside each GPU job asks srun for the GPU too; CPU steps do not
     steps = fake_slurm.calls(state, "srun")
     assert sum("--gpus=1" in s for s in steps) == sum(len(subs[r]) for r in GPU_RULES)
-    train = subs["train"][0]
-    assert fake_slurm.option(train, "--mem") == str(slurm_profile()["set-resources"]["train"]["mem_mb"])
-    assert fake_slurm.option(train, "-t") == str(slurm_profile()["set-resources"]["train"]["runtime"])
 
 
 def test_plugin_pin_is_the_tested_version():

@@ -89,11 +89,33 @@ def validate(cfg: dict, source: str = "config") -> dict:
         raise UserError(f"{source}: the config must be a mapping, got {type(cfg).__name__}")
     apply_recipe(cfg)
     _synth_outputs(cfg, source)
+    _split_schemes(cfg)
     for _ in range(3):
         errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))
         if errors:
             raise UserError(f"{source}: " + _error_line(errors[0]))
     return cfg
+
+
+# Formats whose dataset defines its own train / test split (LSVQ's label files); the others are k-folded.
+OFFICIAL_SPLIT_FORMATS = ("lsvq",)
+
+
+def default_split_scheme(fmt: str) -> str:
+    """The split a dataset of this format gets when its config names none: official where the dataset
+    defines one, else k-fold."""
+    return "official" if fmt in OFFICIAL_SPLIT_FORMATS else "kfold"
+
+
+def _split_schemes(cfg: dict) -> None:
+    """Fill each dataset's `split.scheme` from its format where the config leaves it unset (the schema
+    cannot: its default would be the same for every format)."""
+    datasets = cfg.get("datasets")
+    for ds in (datasets.values() if isinstance(datasets, dict) else ()):
+        if isinstance(ds, dict) and isinstance(ds.get("format"), str):
+            split = ds.setdefault("split", {})
+            if isinstance(split, dict) and "scheme" not in split:
+                split["scheme"] = default_split_scheme(ds["format"])
 
 
 def _synth_outputs(cfg: dict, source: str) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import atomic, paths
+from pipeline.core.config import default_split_scheme
 from pipeline.core.errors import UserError
 from pipeline.core.levels import levels
 from pipeline.ingest import labels as L
@@ -53,10 +54,6 @@ MISSING_COLUMNS = ["id", "path", "row", "reason"]
 SPLIT_SCHEMES = ("kfold", "official")
 
 FINGERPRINT_BYTES = 64 * 1024
-
-
-def default_split_scheme(fmt: str) -> str:
-    return "official" if fmt == "lsvq" else "kfold"
 
 
 def fold_of(video_id: str, k: int, seed: int = 0) -> int:
