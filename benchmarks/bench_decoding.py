@@ -1,4 +1,4 @@
-"""Free vs constrained greedy text answers, side by side, on one trained model.
+"""Free and constrained greedy and mbr text answers, side by side, on one trained model.
 
     .venv/bin/python benchmarks/bench_decoding.py [--workdir .] [--experiment demo] [--dataset demo]
 
@@ -8,11 +8,11 @@ datasets): run `snakemake --cores 2` there first. When the model folder is absen
 workflow on the 10-video test config (tests/test_workflow.py `MINI`, with `--max-steps` training
 steps) in a temporary folder and uses that model instead.
 
-Each test dataset is evaluated twice through `pipeline.evaluation.evaluate.evaluate`, once per
-`evaluation.decoding` (free, constrained); everything else is the workflow's config. Prints, per
+Each test dataset is evaluated through `pipeline.evaluation.evaluate.evaluate` once per
+`evaluation.decoding` (free, constrained, mbr); everything else is the workflow's config. Prints, per
 decoding, the text method's n / SRCC / PLCC / KRCC / RMSE, the invalid answers, level accuracy and
 invalid level answers (the probability score, which does not depend on decoding, for reference),
-then answers side by side; writes benchmarks/results/decoding.json (predictions of both runs under
+then answers side by side; writes benchmarks/results/decoding.json (predictions of every run under
 benchmarks/results/decoding/).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DECODINGS = ("free", "constrained")
+DECODINGS = ("free", "constrained", "mbr")
 
 
 def build_mini_demo(max_steps: int) -> Path:

@@ -306,7 +306,7 @@ def test_config_decoding_default_and_check():
     from pipeline.core.errors import UserError
     from pipeline.evaluation.score_files import default_decoding
 
-    cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}})
+    cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "models": {"preset": "tiny"}})
     assert cfg["evaluation"]["decoding"] == "constrained" == default_decoding()
     with pytest.raises(UserError, match="evaluation.decoding"):
         validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "evaluation": {"decoding": "beam"}})
@@ -328,7 +328,7 @@ def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train(cfg, "exp", "results/models/exp", max_steps=1, progress=False)
     got = {}
-    for decoding in ("free", "constrained"):
+    for decoding in ("free", "constrained", "mbr"):
         cfg["evaluation"]["decoding"] = decoding
         out = tmp_path / decoding / "predictions.csv"
         metrics = evaluate(cfg, "exp", "syn:test", out, out.with_name("metrics.json"))
@@ -341,3 +341,7 @@ def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
     assert all(parse_score(str(t))[1] == "ok" for t in preds["text"])
     assert set(preds["level"]) <= set(LEVELS) and preds["level"].notna().all()
     assert list(preds["prob_score"]) == list(got["free"][1]["prob_score"])
+    metrics, preds = got["mbr"]  # the median of the probability score's candidates, the most probable level
+    assert metrics["invalid"] == 0 and list(preds["prob_score"]) == list(got["free"][1]["prob_score"])
+    assert all(parse_score(str(t))[1] == "ok" for t in preds["text"])
+    assert list(preds["level"]) == [max(LEVELS, key=lambda lv: r[f"p_{lv}"]) for _, r in preds.iterrows()]

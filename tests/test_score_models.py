@@ -184,6 +184,22 @@ def test_score_follows_the_configs_evaluation_settings(trained, tmp_path, monkey
     assert " | " not in bare[0]["text"]
 
 
+def test_score_decoding_mbr(trained, monkeypatch, capsys):
+    """`lmmvqa score --decoding mbr`: the text is the weighted median of the model's own score candidates,
+    written in its answer format, and parses; the level is the most probable level word."""
+    from pipeline.model.answers import parse_score
+
+    monkeypatch.chdir(trained["work"])
+    rc, lines, err = score(trained["videos"][0], "--model", trained["members"][0], "--decoding", "mbr", capsys=capsys)
+    assert rc == 0, err
+    line = lines[0]
+    value, reason = parse_score(line["text"])
+    assert reason == "ok" and not line["invalid"] and line["score"] == value and line["decoding"] == "mbr"
+    assert line["text"] == f"{value:.3f}"  # the tiny preset answers in the paper's format, decimal3
+    assert line["level"] == max(("poor", "fair", "good"), key=lambda lv: line[f"p_{lv}"])
+    assert "evaluation settings (recorded in the model folder): decoding mbr" in err
+
+
 def test_an_older_model_folder_falls_back_to_the_adapter_its_features_recorded(tmp_path, monkeypatch):
     """A folder written before model folders held the adapter: its features' adapter file, where it still
     is with the recorded hash, else an error naming both places."""

@@ -5,7 +5,11 @@ Per video:
   parsed strictly (pipeline.model.answers). `decoding` (config `evaluation.decoding`): `constrained`
   masks the logits at each greedy step so the text is always a number in [0, 100] in the model's
   answer format (and the level answer one of good / fair / poor; pipeline.model.constrained), `free` is
-  plain greedy text, which may be invalid. Either way the answer is parsed and `invalid` counted.
+  plain greedy text, which may be invalid. `mbr` generates nothing: the text is the candidate answer
+  with the least expected absolute error under the very log-probabilities `prob_score` is computed from
+  (their weighted median, pipeline.model.answers.mbr_score), written in the answer format, so it agrees
+  with `prob_score` (with a quality prior: with `lmm_prob_score`). Either way the answer is parsed and
+  `invalid` counted.
   With K templates (evaluation.templates_per_video) the valid parsed answers are averaged; the
   video is invalid only when none of the K answers parses.
 * `prob_score`: the expected score under the model's distribution over integer answers: the
@@ -18,7 +22,8 @@ Per video:
   pipeline/model/quality_prior.py): `prob_score` = (1 - w) x the model's expected score + w x the
   quality adapter's calibrated score; `lmm_prob_score` and `quality_score` hold the two parts. Without
   one, `lmm_prob_score` = `prob_score` and `quality_score` is empty.
-* `level` (greedy answer to the level question, parsed) and `p_good`, `p_fair`, `p_poor` (the
+* `level` (greedy answer to the level question, parsed; under `mbr` the most probable level word of the
+  averaged probabilities, `level_text` that of each template's) and `p_good`, `p_fair`, `p_poor` (the
   three level words scored as complete answers, renormalised); with K templates the level question
   is asked K times too: the probabilities are averaged and `level` is the most frequent answer.
 * An ensemble (a list of models, `experiments.<E>.ensemble`): every member answers every template;
@@ -32,14 +37,15 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.core.levels import LEVELS
-from pipeline.model.answers import LEVEL_PROB_COLUMNS, level_probabilities, parse_level, parse_score
+from pipeline.model.answers import (LEVEL_PROB_COLUMNS, expected_score, level_probabilities, mbr_score,
+                                    most_probable_level, parse_level, parse_score)
 from pipeline.model.quality_prior import prior_scores
 from pipeline.prompts.answer_format import answer_format
 from pipeline.prompts.shards import question_for
 
 # the paper format's candidates (a model's own are `model.answer_format.candidates()`)
 SCORE_CANDIDATES = answer_format("decimal3").candidates()
-DECODINGS = ("constrained", "free")
+DECODINGS = ("constrained", "free", "mbr")
 
 
 def _answer(model, videos, questions, kind, constrained, max_new_tokens, parse, texts, values) -> None:
@@ -52,6 +58,17 @@ def _answer(model, videos, questions, kind, constrained, max_new_tokens, parse, 
             values[i].append(value)
 
 
+def _mbr_answers(model, videos, questions, texts, values) -> np.ndarray:
+    """The `mbr` text answer per video (appended to `texts` / `values` as `_answer` does) and the
+    probability scores, both from one scoring of the answer format's candidates."""
+    rows = model.score_logprobs(videos, questions)
+    for i, row in enumerate(rows):
+        text = model.answer_format.render(mbr_score(row))
+        texts[i].append(text)
+        values[i].append(parse_score(text)[0])  # a rendered answer always parses
+    return np.array([expected_score(row) for row in rows])
+
+
 def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: int = 0, templates: int = 1,
                   max_new_tokens: int = 8, decoding: str = "constrained", media: Sequence[str] | None = None) -> list[dict]:
     """Prediction rows (see module docstring) for one collated batch of videos. `model` may be a list of
@@ -60,7 +77,7 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
     media = list(media) if media is not None else ["video"] * len(ids)
     if decoding not in DECODINGS:
         raise ValueError(f"unknown decoding '{decoding}' (one of: {', '.join(DECODINGS)})")
-    constrained = decoding == "constrained"
+    constrained, mbr = decoding == "constrained", decoding == "mbr"
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     n = len(ids)
     texts = [[] for _ in range(n)]
@@ -76,8 +93,11 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
         q = prior_scores(prior, videos["spatial"], videos["spatial_mask"]) if prior else None
         for k in range(templates):
             questions = [question_for(vid, "score", seed, bank, k, media=kind)[1] for vid, kind in zip(ids, media)]
-            _answer(m, videos, questions, "score", constrained, max_new_tokens, parse_score, texts, parsed)
-            p = np.asarray(m.prob_scores(videos, questions), dtype=float)
+            if mbr:
+                p = _mbr_answers(m, videos, questions, texts, parsed)
+            else:
+                _answer(m, videos, questions, "score", constrained, max_new_tokens, parse_score, texts, parsed)
+                p = np.asarray(m.prob_scores(videos, questions), dtype=float)
             lmm_prob += p
             if q is not None:
                 w = float(prior["weight"])
@@ -86,10 +106,14 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
                 with_prior += 1
             prob += p
             level_questions = [question_for(vid, "level", seed, bank, k, media=kind)[1] for vid, kind in zip(ids, media)]
-            _answer(m, videos, level_questions, "level", constrained, max_new_tokens, parse_level, level_texts, levels)
+            if not mbr:
+                _answer(m, videos, level_questions, "level", constrained, max_new_tokens, parse_level, level_texts, levels)
             lp = m.candidate_logprobs(videos, level_questions, list(LEVELS), append_eos=True)
-            level_p += np.array([[level_probabilities({lv: float(v) for lv, v in zip(LEVELS, row)})[lv]
-                                  for lv in LEVELS] for row in lp])
+            pass_p = [level_probabilities({lv: float(v) for lv, v in zip(LEVELS, row)}) for row in lp]
+            level_p += np.array([[probs[lv] for lv in LEVELS] for probs in pass_p])
+            if mbr:
+                for i, probs in enumerate(pass_p):
+                    level_texts[i].append(most_probable_level(probs))
             passes += 1
     prob /= passes
     lmm_prob /= passes
@@ -106,7 +130,7 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
             "lmm_prob_score": float(lmm_prob[i]),
             "quality_score": float(quality[i] / with_prior) if with_prior else None,
             "level_text": " | ".join(level_texts[i]),
-            "level": majority_level(levels[i], p),
+            "level": most_probable_level(p) if mbr else majority_level(levels[i], p),
             **{col: float(p[lv]) for lv, col in LEVEL_PROB_COLUMNS.items()},
         })
     return rows

@@ -1,7 +1,7 @@
 """`lmmvqa score`: quality scores for video files outside any dataset, with a trained model folder.
 
     lmmvqa score VIDEO_OR_FOLDER... [--model DIR [--model DIR2 ...]] [--config C [--experiment E]]
-                 [--device cpu|cuda] [--dtype D] [--out FILE] [--decoding constrained|free] [--decode-deadline S]
+                 [--device cpu|cuda] [--dtype D] [--out FILE] [--decoding constrained|free|mbr] [--decode-deadline S]
 
 Without `--model`, the model is the one the config's experiment (default: its first) ships:
 `results/models/<E>` for one held-out fold, with its ensemble members `results/models/<E>.member<i>`
@@ -22,7 +22,7 @@ fallback backend, and then gets an error line ("... timed out ..."). The evaluat
 templates_per_video, max_new_tokens) are one source with `lmmvqa evaluate`: the config's `evaluation`
 block whenever a config is in play (`--config`, or config.yaml when it picks the model); only a bare
 `--model DIR` falls back to the settings recorded in the model folder at training. `--decoding`
-overrides the decoding. One JSON line per video: video, score (parsed greedy answer, null when
+overrides the decoding. One JSON line per video: video, score (the parsed text answer, greedy or under mbr the median, null when
 invalid), prob_score (with a quality prior the blend (1 - w) x lmm_prob_score + w x quality_score, with
 its two parts and w as quality_prior), level, p_good/p_fair/p_poor, text, invalid, decoding, media (video or image), seconds. A video that fails gives a
 line with `error` and the others still score; the exit code is 1 when any failed. Before scoring, stderr
@@ -43,7 +43,7 @@ from pipeline.core import paths
 from pipeline.core.config import load_config, schema
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import describe_roles
-from pipeline.evaluation.predict import predict_batch
+from pipeline.evaluation.predict import DECODINGS, predict_batch
 from pipeline.core.deadline import with_decode_deadline
 from pipeline.features.decode import DecodeError
 from pipeline.features.decode_pool import DecodePool
@@ -300,8 +300,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_device_arg(parser, default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch + decoder threads")
     parser.add_argument("--out", default=None, help="write the JSON lines to this file (default: stdout)")
-    parser.add_argument("--decoding", choices=["constrained", "free"], default=None,
-                        help="text answers: constrained (always a valid number / level word) or free greedy "
+    parser.add_argument("--decoding", choices=list(DECODINGS), default=None,
+                        help="text answers: constrained (always a valid number / level word), free greedy, or mbr (the "
+                             "weighted median of the probability-score candidates) "
                              "(default: the model's recorded evaluation.decoding)")
     add_dtype_arg(parser)
     add_decode_deadline_arg(parser)

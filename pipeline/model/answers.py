@@ -178,6 +178,26 @@ def expected_score(logprobs: dict[str, float]) -> float:
     return float(np.clip(np.dot(p, values), SCORE_MIN, SCORE_MAX))
 
 
+def mbr_score(logprobs: dict[str, float]) -> float:
+    """Minimum Bayes risk score: the candidate answer ("0".."100" -> log-probability, as `expected_score`)
+    with the least expected absolute error under the distribution renormalised over the candidates, a
+    weighted median of it. When several candidates tie (the median falls between two candidates, e.g. half
+    the mass on 20 and half on 80, where every value from 20 to 80 has the same risk), the one nearest the
+    expected score wins, and of two equally near the lower one, so the answer agrees with the probability
+    score where the distribution leaves it free."""
+    keys, p = _normalise(logprobs)
+    values = np.asarray([float(k) for k in keys])
+    risk = np.abs(values[:, None] - values[None, :]) @ p  # risk[c] = sum_j p_j |v_c - v_j|
+    tied = np.flatnonzero(risk <= risk.min() + 1e-9)
+    mean = float(np.dot(p, values))
+    return float(min(values[tied], key=lambda v: (abs(v - mean), v)))
+
+
+def most_probable_level(probabilities: dict[str, float]) -> str:
+    """The level word with the highest probability (ties: the first of poor, fair, good)."""
+    return max(LEVELS, key=lambda lv: probabilities[lv])
+
+
 def level_probabilities(logprobs: dict[str, float]) -> dict[str, float]:
     """{"good", "fair", "poor"} -> probability, renormalised over the three level words."""
     missing = [lv for lv in LEVELS if lv not in logprobs]

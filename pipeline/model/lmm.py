@@ -381,13 +381,19 @@ class LMMVQA(nn.Module):
         finally:
             self.train(was_training)
 
-    def prob_scores(self, videos, questions: Sequence[str]) -> np.ndarray:
-        """[B] probability scores: the expected score under the model's distribution over the answer
-        format's 101 candidate answers (pipeline/prompts/answer_format.py), renormalised over them."""
+    def score_logprobs(self, videos, questions: Sequence[str]) -> list[dict[str, float]]:
+        """Per question, the score value of each of the answer format's 101 candidate answers
+        (pipeline/prompts/answer_format.py; "0".."100") -> its log-probability: what the probability score
+        and the `mbr` text answer (pipeline/model/answers.py) are computed from."""
         fmt = self.answer_format
         lp = self.candidate_logprobs(videos, questions, fmt.candidates(), append_eos=fmt.candidate_eos)
         keys = [str(int(v)) for v in fmt.candidate_values()]
-        return np.array([expected_score(dict(zip(keys, map(float, row)))) for row in lp])
+        return [dict(zip(keys, map(float, row))) for row in lp]
+
+    def prob_scores(self, videos, questions: Sequence[str]) -> np.ndarray:
+        """[B] probability scores: the expected score under the model's distribution over the answer
+        format's 101 candidate answers, renormalised over them."""
+        return np.array([expected_score(row) for row in self.score_logprobs(videos, questions)])
 
     # ---- persistence (pipeline/model/model_files.py)
     def weight_parts(self) -> list[str]:
