@@ -7,6 +7,7 @@ build the DAG.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import yaml
 
 from pipeline.core import atomic, paths, resources
 from pipeline.core.config import stable_hash, validate
-from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors
+from pipeline.core.errors import UserError
+from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors, unrated
 from pipeline.prompts.shards import BANK_PATH
 
 # GPUs per stage: pipeline.core.resources (with each rule family's threads, memory and run time)
@@ -62,9 +64,24 @@ def names_regex(names) -> str:
     return "|".join(sorted(names)) or "(?!)"
 
 
-def experiment_datasets(cfg: dict, experiment: str, role: str) -> list[str]:
-    """Datasets an experiment trains (`role="train"`) or tests (`"test"`) on."""
-    return sorted({parse_selector(s)[0] for s in cfg["experiments"][experiment][role]})
+def experiment_datasets(cfg: dict, experiment: str, role: str, rated: bool = False) -> list[str]:
+    """Datasets an experiment trains (`role="train"`) or tests (`"test"`) on; `rated`: only those with
+    ratings (not format `folder`)."""
+    return sorted({d for d in (parse_selector(s)[0] for s in cfg["experiments"][experiment][role])
+                   if not (rated and unrated(cfg, d))})
+
+
+def rated_datasets(cfg: dict) -> list[str]:
+    """Datasets with ratings (all but format `folder`): what the tokenizer is trained on."""
+    return [d for d in cfg["datasets"] if not unrated(cfg, d)]
+
+
+def training_experiment(cfg: dict, experiment: str) -> str:
+    """An experiment's settings as its training jobs depend on them (JSON): all but its test selectors
+    of unrated datasets, so listing a folder of new videos to score retrains nothing."""
+    exp = dict(cfg["experiments"][experiment])
+    exp["test"] = [s for s in exp["test"] if not unrated(cfg, parse_selector(s)[0])]
+    return json.dumps(exp, sort_keys=True)
 
 
 def experiment_tests(cfg: dict) -> list[tuple[str, str]]:
@@ -119,3 +136,54 @@ def write_resolved_config(cfg: dict) -> str:
     if not path.exists() or path.read_text() != text:
         atomic.write_text(path, text)
     return str(path)
+
+
+def config_sources(configfiles, workdir: str | Path | None = None) -> list[str]:
+    """The config files a run was started with (`snakemake --configfile`, else the default config.yaml),
+    as the experiment records name them: relative to the working directory when inside it (so a moved
+    checkout keeps its records), else absolute."""
+    base = Path(workdir or os.getcwd()).resolve()
+    out = []
+    for f in configfiles:
+        p = Path(f).resolve()
+        out.append(str(p.relative_to(base)) if p.is_relative_to(base) else str(p))
+    return out
+
+
+def experiment_results(experiment: str) -> list[Path]:
+    """What an experiment's name holds on disk: its model folders (stages and members included) and
+    its evaluation results (anything under results/eval/<E>/ but the source record)."""
+    models = paths.model_dir(experiment)
+    found = [p for p in [models, *sorted(models.parent.glob(f"{experiment}.*"))] if p.exists()]
+    source = paths.experiment_source(experiment)
+    evals = source.parent
+    found += sorted(p for p in evals.iterdir() if p != source) if evals.is_dir() else []
+    return found
+
+
+def claim_experiments(cfg: dict, sources: list[str]) -> None:
+    """Stop a run whose config names an experiment that already holds results of another config
+    file (naming both), before any job runs; else record this run's config file(s) beside each
+    experiment's results (`paths.experiment_source`). "Another config" is another file: an edit of
+    the same file (an evaluation key, a training setting) reruns what it changes, as always, while
+    two files naming one experiment would overwrite each other's models and metrics. A record without
+    results (a dry run, an interrupted first run) is taken over."""
+    for experiment in cfg["experiments"]:
+        record = paths.experiment_source(experiment)
+        mine = {"experiment": experiment, "config_files": list(sources)}
+        try:
+            theirs = json.loads(record.read_text()) if record.is_file() else None
+        except ValueError:
+            theirs = None
+        if theirs == mine:
+            continue
+        held = experiment_results(experiment)
+        if theirs is not None and theirs.get("config_files") != mine["config_files"] and held:
+            def name(files):
+                return " + ".join(files) if files else "the command line's config"
+            raise UserError(
+                f"experiment '{experiment}' already holds the results of config {name(theirs.get('config_files'))} "
+                f"({', '.join(map(str, held[:3]))}; recorded in {record}); this run's config {name(sources)} names "
+                f"the same experiment and would overwrite them. Rename the experiment in one of the configs, or "
+                f"delete {record} to let this config take the results over")
+        atomic.write_text(record, json.dumps(mine, indent=2) + "\n")

@@ -53,6 +53,10 @@ FOLDS = pipeline_workflow.folds(config)
 SINGLE_EXPERIMENTS = pipeline_workflow.names_regex(set(config["experiments"]) - set(FOLDS))
 FOLD_EXPERIMENTS = pipeline_workflow.names_regex(FOLDS)
 RESOLVED_CONFIG = pipeline_workflow.write_resolved_config(config)
+# An experiment name that already holds another config file's results stops the run here, naming both;
+# else the config file is recorded beside its results. Jobs (which re-read the Snakefile) skip it.
+if workflow.is_main_process:
+    pipeline_workflow.claim_experiments(config, pipeline_workflow.config_sources(workflow.configfiles))
 # The quality adapter of the vision role (rules/encoder.smk): null, its settings, or a file.
 ADAPTED = config["models"]["vision"].get("adapted")
 
@@ -168,7 +172,7 @@ def training_inputs(wildcards):
         inputs["tokenizer"] = str(paths.tokenizer_dir())
     if config["experiments"][wildcards.experiment].get("exclude_shared"):
         # which training videos share content with the test videos is read from every manifest involved
-        tested = pipeline_workflow.experiment_datasets(config, wildcards.experiment, "test")
+        tested = pipeline_workflow.experiment_datasets(config, wildcards.experiment, "test", rated=True)
         inputs["manifests"] = [str(paths.manifest(d)) for d in sorted(set(datasets) | set(tested))]
     return inputs
 

@@ -28,7 +28,7 @@ rule prompts:
 
 rule tokenizer:
     input:
-        prompts=[str(paths.prompts_dir(d)) for d in config["datasets"]],
+        prompts=[str(paths.prompts_dir(d)) for d in pipeline_workflow.rated_datasets(config)],
     output:
         directory(str(paths.tokenizer_dir())),
     log:

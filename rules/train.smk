@@ -20,7 +20,7 @@ rule train_stage1:
     params:
         code=code_version("train"),
         training=lambda w: json.dumps(pipeline_runs.experiment_training(config, w.experiment, 1), sort_keys=True),
-        experiment=lambda w: json.dumps(config["experiments"][w.experiment], sort_keys=True),
+        experiment=lambda w: pipeline_workflow.training_experiment(config, w.experiment),
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],
         config=RESOLVED_CONFIG,
@@ -76,7 +76,7 @@ rule train:
     params:
         code=code_version("train"),
         training=lambda w: json.dumps(pipeline_runs.experiment_training(config, w.experiment), sort_keys=True),
-        experiment=lambda w: json.dumps(config["experiments"][w.experiment], sort_keys=True),
+        experiment=lambda w: pipeline_workflow.training_experiment(config, w.experiment),
         llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
         device=config["device"],
         config=RESOLVED_CONFIG,

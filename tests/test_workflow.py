@@ -47,6 +47,35 @@ def test_a_users_config_replaces_the_default(tmp_path):
     assert "manifest" in proc.stdout and "demo_data" not in proc.stdout
 
 
+def test_two_configs_naming_one_experiment_stop_at_parse_time(tmp_path):
+    """A second config file whose experiment name already holds the first one's results stops before
+    any job, naming both files; the first file, edited (an evaluation key), still plans its run."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "labels.csv").write_text("name,mos\na.mp4,50\n")
+    mine = {"datasets": {"mine": {"format": "generic", "labels": "labels.csv", "videos": "videos"}},
+            "experiments": {"loso": {"train": ["mine:train"], "test": ["mine:test"]}}}
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+
+    def dry_run(name: str, cfg: dict) -> subprocess.CompletedProcess:
+        (tmp_path / name).write_text(yaml.safe_dump(cfg))
+        return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                               str(tmp_path), "--configfile", str(tmp_path / name), "-n", "--quiet", "rules"],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    first = dry_run("plain.yaml", mine)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (tmp_path / "results/models/loso").mkdir(parents=True)  # what plain.yaml's run leaves: its model
+    second = dry_run("quality.yaml", mine)
+    assert second.returncode != 0
+    said = second.stdout + second.stderr
+    assert ("experiment 'loso' already holds the results of config plain.yaml" in said
+            and "this run's config quality.yaml names the same experiment" in said), said
+    edited = dry_run("plain.yaml", {**mine, "evaluation": {"bootstrap": 10}})
+    assert edited.returncode == 0, edited.stdout + edited.stderr
+    renamed = dry_run("quality.yaml", {**mine, "experiments": {"loso-quality": mine["experiments"]["loso"]}})
+    assert renamed.returncode == 0, renamed.stdout + renamed.stderr
+
+
 @pytest.fixture(scope="module")
 def demo_run(shared_run):
     """The session's run of MINI (conftest.py `shared_run`, every job through the SLURM profile); the
@@ -569,4 +598,40 @@ def test_ensemble_members_are_jobs_and_evaluation_averages_them(demo_copy):
     assert (own["training"]["seed"], member["training"]["seed"]) == (0, 1)
     metrics = json.loads((work / "results/eval/ens/demo/test/metrics.json").read_text())
     assert metrics["ensemble"] == 2
+    assert planned_rules(work) == {}
+
+
+@pytest.mark.slow
+def test_a_folder_of_unrated_videos_is_scored_without_metrics(demo_copy):
+    """A `folder` dataset (videos without labels) in an experiment's `test:` beside the rated one: its
+    videos get predictions, its metrics.json says unrated (no metrics), the report lists it without
+    metric rows; nothing is retrained and the rated test set's results stay as they were."""
+    import pandas as pd
+
+    work = demo_copy
+    videos = sorted((work / "resources/demo/videos").glob("*.mp4"))[:3]
+    (work / "new/sub").mkdir(parents=True)
+    for i, v in enumerate(videos):  # recursively: one of them in a subfolder
+        shutil.copy(v, work / ("new/sub" if i == 0 else "new") / v.name)
+    rated = {p: (work / p).read_bytes() for p in ("results/eval/demo/demo/test/metrics.json",
+                                                   "results/eval/demo/demo/test/predictions.csv")}
+    cfg = json.loads(json.dumps(MINI))
+    cfg["datasets"]["new"] = {"format": "folder", "labels": "new"}
+    cfg["experiments"]["demo"]["test"].append("new:all")
+    write_config(work, cfg)
+    plan = planned_rules(work)
+    assert not {"train", "tokenizer", "demo_data_demo"} & set(plan) and plan.get("evaluate") == 1, plan
+    snakemake(work)
+    preds = pd.read_csv(work / "results/eval/demo/new/all/predictions.csv", dtype={"id": str})
+    assert sorted(preds["id"]) == sorted([f"sub/{videos[0].stem}", *(v.stem for v in videos[1:])])
+    assert preds["mos"].isna().all() and preds["prob_score"].between(0, 100).all()
+    metrics = json.loads((work / "results/eval/demo/new/all/metrics.json").read_text())
+    assert metrics["unrated"] is True and metrics["n"] == 3 and "methods" not in metrics
+    for path, content in rated.items():
+        assert (work / path).read_bytes() == content, path
+    summary = pd.read_csv(work / "results/eval/summary.csv")
+    assert summary["test"].tolist() == ["demo:test"] and summary["config"].tolist() == ["config.yaml"]
+    assert pd.read_csv(work / "results/eval/demo/table.csv")["test"].tolist() == ["demo:test"]
+    html = (work / "results/report/index.html").read_text()
+    assert 'data-unrated="new:all"' in html and "3 scored, no metrics" in html
     assert planned_rules(work) == {}

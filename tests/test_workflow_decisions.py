@@ -1,6 +1,7 @@
 """pipeline/workflow.py: what the Snakefile decides from the config, tested without Snakemake."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -127,3 +128,50 @@ def test_score_without_a_model_finds_the_shipped_one_or_names_the_command(tmp_pa
     folders, worth = default_model(experiment="ens")
     assert [str(f) for f in folders] == ["results/models/ens", "results/models/ens.member1", "results/models/ens.member2"]
     assert "an ensemble of 3 models, scores averaged" in worth
+
+
+def test_an_experiment_name_holding_another_configs_results_is_refused(tmp_path, monkeypatch):
+    """The record beside an experiment's results names its config file: another file naming the same
+    experiment stops (both named) once results exist; the same file, edited, goes on; a record without
+    results (a dry run) is taken over."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg()
+    (tmp_path / "config").mkdir()
+    assert workflow.config_sources([tmp_path / "config/a.yaml"]) == ["config/a.yaml"]
+    assert workflow.config_sources(["/elsewhere/b.yaml"]) == ["/elsewhere/b.yaml"]
+    workflow.claim_experiments(cfg, ["config/a.yaml"])
+    workflow.claim_experiments(cfg, ["config/b.yaml"])  # no results yet: b takes the name over
+    assert json.loads(paths.experiment_source("e").read_text())["config_files"] == ["config/b.yaml"]
+    paths.model_dir("e").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"experiment 'e' already holds the results of config config/b.yaml "
+                                        r"\(results/models/e;.*this run's config config/a.yaml names"):
+        workflow.claim_experiments(cfg, ["config/a.yaml"])
+    workflow.claim_experiments(_cfg(evaluation={"bootstrap": 7}), ["config/b.yaml"])  # an edit of b
+    paths.experiment_source("e").unlink()  # what the message offers: a (now) takes b's results over
+    workflow.claim_experiments(cfg, ["config/a.yaml"])
+    assert json.loads(paths.experiment_source("e").read_text())["config_files"] == ["config/a.yaml"]
+
+
+def test_a_folder_of_unrated_videos_is_tested_not_trained_on():
+    """A `folder` dataset (unrated videos) may be tested on (its videos scored) but not trained on; listing
+    it retrains nothing (not in the training jobs' settings) and the tokenizer does not read it."""
+    from pipeline.prompts.experiments import prompt_parts, unseen_tests
+    from pipeline.training.runs import check_experiments
+
+    raw = {"datasets": {"demo": {"format": "generic", "labels": "l.csv", "videos": "v"},
+                        "new": {"format": "folder", "labels": "clips"}},
+           "experiments": {"e": {"train": ["demo:train"], "test": ["demo:test"]}}}
+    before = workflow.training_experiment(workflow.load(json.loads(json.dumps(raw))), "e")
+    raw["experiments"]["e"]["test"].append("new:all")
+    cfg = workflow.load(json.loads(json.dumps(raw)))
+    assert cfg["datasets"]["new"]["videos"] == "clips"  # a folder dataset's videos are its `labels` folder
+    assert workflow.training_experiment(cfg, "e") == before
+    assert workflow.rated_datasets(cfg) == ["demo"]
+    assert workflow.experiment_tests(cfg) == [("e", "demo:test"), ("e", "new:all")]
+    assert prompt_parts(cfg, "new:all", 0) == ["all"] and unseen_tests(cfg, "e") == ["demo:test"]
+    with pytest.raises(UserError, match="'new' is a folder of unrated videos"):
+        prompt_parts(cfg, "new:test", 0)
+    check_experiments(cfg)
+    raw["experiments"]["e"]["train"].append("new:all")
+    with pytest.raises(UserError, match=r"experiments\.e\.train: 'new:all' is a folder of unrated videos"):
+        check_experiments(workflow.load(raw))

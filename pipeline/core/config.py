@@ -90,6 +90,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
     apply_recipe(cfg)
     _synth_outputs(cfg, source)
     _split_schemes(cfg)
+    _folder_videos(cfg)
     for _ in range(3):
         errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))
         if errors:
@@ -136,6 +137,15 @@ def _synth_outputs(cfg: dict, source: str) -> None:
                             f"got {ds.get('references')!r}")
         if ds.get("synth") is None:
             ds["synth"] = {}
+
+
+def _folder_videos(cfg: dict) -> None:
+    """A `folder` dataset's `labels` is its videos folder: `videos` defaults to it, so probing and
+    extraction find the files as for any other format."""
+    datasets = cfg.get("datasets")
+    for ds in (datasets.values() if isinstance(datasets, dict) else ()):
+        if isinstance(ds, dict) and ds.get("format") == "folder" and not ds.get("videos"):
+            ds["videos"] = ds.get("labels")
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:

@@ -275,6 +275,12 @@ def fold_summary(values: Iterable) -> dict:
     return out
 
 
+def unrated_metrics(n: int, experiment: str | None = None, dataset: str | None = None) -> dict:
+    """metrics.json of a test selector without ratings (a `folder` dataset): how many videos were
+    scored and `unrated: true`, no `methods` (nothing to correlate with)."""
+    return {"experiment": experiment, "dataset": dataset, "unrated": True, "n": int(n)}
+
+
 def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dataset: str | None = None) -> dict:
     """metrics.json of a `folds: all` experiment on one dataset, from its per-fold metrics.json (each
     with `fold`): `fold_metrics` (every fold, compact), `aggregate` (per method and metric: mean, std,

@@ -201,6 +201,11 @@ def experiment_table(experiment: str) -> Path:
     return RESULTS / "eval" / experiment / "table.csv"
 
 
+def experiment_source(experiment: str) -> Path:
+    """Which config file(s) an experiment's results come from (pipeline.workflow.claim_experiments)."""
+    return RESULTS / "eval" / experiment / "source.json"
+
+
 def summary_table() -> Path:
     """Cross-experiment summary (experiments x test datasets), written by the report."""
     return RESULTS / "eval" / "summary.csv"

@@ -27,7 +27,7 @@ from pipeline.cli_args import add_config_arg
 from pipeline.core import paths
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.core.metrics import aggregate_folds, write_results
+from pipeline.core.metrics import aggregate_folds, unrated_metrics, write_results
 from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors
 
 
@@ -53,7 +53,11 @@ def aggregate(cfg: dict, experiment: str, selector: str, out: str | Path, predic
         df = pd.read_csv(ppath, dtype={"id": str, "text": str}, keep_default_na=True)
         df.insert(1, "fold", f)
         preds.append(df)
-    metrics = aggregate_folds(per_fold, experiment, parse_selector(selector)[0])
+    if any(m.get("unrated") for m in per_fold):  # a folder of unrated videos: scored by every fold's model
+        metrics = {**unrated_metrics(sum(m["n"] for m in per_fold), experiment, parse_selector(selector)[0]),
+                   "folds": len(folds)}
+    else:
+        metrics = aggregate_folds(per_fold, experiment, parse_selector(selector)[0])
     metrics["test"] = selector
     write_results(pd.concat(preds, ignore_index=True), metrics, predictions_out, out)
     return metrics
@@ -72,6 +76,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     cfg = load_config(args.config)
     m = aggregate(cfg, args.experiment, args.test, args.out, args.predictions or paths.predictions_beside(args.out))
+    if m.get("unrated"):
+        print(f"{args.experiment}/{args.test}: {m['n']} predictions of unrated videos over {m['folds']} folds (no metrics)")
+        return 0
     for method in ("text", "prob"):
         agg = m["aggregate"][method]
         cells = []

@@ -2,7 +2,9 @@
 
 Every entry of an experiment's `test:` list (`dataset:subset`, e.g. `lsvq:test` and `lsvq:test_1080p`)
 is evaluated on its own: its videos only, its own predictions and metrics.json
-(`paths.predictions(experiment, selector)`), so two test sets of one dataset never merge.
+(`paths.predictions(experiment, selector)`), so two test sets of one dataset never merge. A selector of
+an unrated dataset (format `folder`) gets its predictions and a metrics.json that says `unrated: true`
+and counts the videos, without metrics.
 """
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ from pipeline.cli_args import add_config_arg, add_device_arg, add_dtype_arg, add
 from pipeline.core import paths
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.core.metrics import compute_metrics, write_results
+from pipeline.core.metrics import compute_metrics, unrated_metrics, write_results
 from pipeline.evaluation.predict import predict_batch
 from pipeline.features.store_reader import collate_videos, dataset_features
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.quality_prior import check_features
-from pipeline.prompts.experiments import parse_selector, prompt_parts, test_selectors, with_holdout
+from pipeline.prompts.experiments import parse_selector, prompt_parts, test_selectors, unrated, with_holdout
 from pipeline.prompts.shards import load_templates, read_prompts
 
 PREDICTION_COLUMNS = ["id", "mos", "level_true", "text", "score", "invalid", "prob_score", "lmm_prob_score",
@@ -41,7 +43,7 @@ def test_videos(cfg: dict, experiment: str, selector: str, prompts_dir: str | Pa
     parts = sorted(prompt_parts(cfg, selector, exp["holdout_fold"]))
     folder = Path(prompts_dir) if prompts_dir else paths.prompts_dir(dataset)
     rows = read_prompts([folder / paths.prompt_file(p) for p in parts])
-    videos = {r["id"]: (float(r["mos"]), r["level"]) for r in rows}
+    videos = {r["id"]: (float("nan") if r["mos"] is None else float(r["mos"]), r["level"] or "") for r in rows}
     return pd.DataFrame([(vid, mos, lv) for vid, (mos, lv) in videos.items()], columns=["id", "mos", "level_true"])
 
 
@@ -79,7 +81,10 @@ def evaluate(cfg: dict, experiment: str, selector: str, out: str | Path, metrics
                               decoding=ev["decoding"], media=[features.media(v) for v in chunk])
     preds = videos.merge(pd.DataFrame(rows, columns=[c for c in PREDICTION_COLUMNS if c not in ("mos", "level_true")]),
                          on="id", how="left")[PREDICTION_COLUMNS]
-    metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)
+    if unrated(cfg, dataset):
+        metrics = unrated_metrics(len(preds), experiment, dataset)
+    else:
+        metrics = compute_metrics(preds, ev["bootstrap"], ev["seed"], experiment, dataset)
     metrics["test"] = selector
     metrics["templates_per_video"] = ev["templates_per_video"]
     metrics["decoding"] = ev["decoding"]
@@ -117,6 +122,9 @@ def main(args) -> int:
     metrics_out = args.metrics or paths.metrics_beside(args.out)
     metrics = evaluate(cfg, args.experiment, args.test, args.out, metrics_out, device=device, dtype=args.dtype, fold=args.fold,
                        model_dir=args.model, prompts_dir=args.prompts, stores=args.stores)
+    if metrics.get("unrated"):
+        print(f"{args.experiment}/{args.test}: {metrics['n']} unrated videos scored (no metrics) -> {args.out}")
+        return 0
     for method, m in metrics["methods"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         print(f"{args.experiment}{'' if args.fold is None else f'/fold{args.fold}'}/{args.test} {method:>4}: n={m['n']} SRCC={fmt(m['srcc'])} "

@@ -11,6 +11,10 @@ Plots are PNGs embedded as base64 (no external assets, no scripts), and also wri
 `<experiment>--loss.png`) for Snakemake's `report()`. The experiment table of each experiment is
 also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pipeline.core.paths).
 
+The page names the config file each experiment's results come from (the record the workflow keeps
+beside them, `paths.experiment_source`), in its heading and provenance and in the summary's `config`
+column: every config writes this one page and summary.
+
 The page opens with a cross-experiment summary (experiments x test selectors: SRCC / PLCC of both
 scoring methods, mean ± std over folds for `folds: all` experiments, and the invalid count), also
 written as CSV + Markdown to `results/eval/summary.{csv,md}`. A `folds: all` experiment's section
@@ -18,6 +22,9 @@ shows, per test selector, a fold table: every fold, then mean, std and median ov
 its aggregate metrics.json); its main table holds the means with ± std beside them, and its loss
 plot overlays the folds' training curves. Its model trained on every fold (`results/models/<E>/all`,
 the one `lmmvqa score` uses) is listed with the figures that say what it is worth: the folds'.
+
+A test selector of an unrated dataset (format `folder`, metrics.json `unrated: true`) is listed with its
+video count and predictions file, without metric rows, plots or a summary entry.
 
 Inputs are found through pipeline.core.paths relative to the working directory; a missing metrics file
 or training log is shown as missing on the page rather than failing the report.
@@ -96,6 +103,15 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return pd.read_csv(path, dtype={"id": str, "text": str}, keep_default_na=True)
     except (OSError, ValueError, pd.errors.EmptyDataError):
         return None
+
+
+def experiment_config(experiment: str) -> str | None:
+    """The config file(s) an experiment's results come from, as recorded when the workflow started
+    (pipeline.workflow.claim_experiments); None where no record exists (e.g. results of a hand-run)."""
+    record = _read_json(paths.experiment_source(experiment))
+    if not isinstance(record, dict) or not isinstance(record.get("config_files"), list):
+        return None
+    return " + ".join(record["config_files"]) or "(the command line's config)"
 
 
 def _git_commit() -> str | None:
@@ -241,7 +257,8 @@ def _stat(metrics: dict | None, method: str | None, key: str) -> tuple:
 def summary_table(entries: list[tuple[str, str, dict | None]]) -> pd.DataFrame:
     """Long form of the cross-experiment summary: one row per (experiment, test selector) with the
     selector's dataset, the folds count (empty for a single held-out fold), SRCC / PLCC of both methods
-    (mean and std over folds for `folds: all` experiments), the invalid count and the level accuracy."""
+    (mean and std over folds for `folds: all` experiments), the invalid count, the level accuracy and
+    the config file the experiment's results come from."""
     rows = []
     for experiment, test, m in entries:
         row = {"experiment": experiment, "test": test, "dataset": parse_selector(test)[0],
@@ -251,6 +268,7 @@ def summary_table(entries: list[tuple[str, str, dict | None]]) -> pd.DataFrame:
                 row[f"{method}_{key}"], row[f"{method}_{key}_std"] = _stat(m, method, key)
         row["invalid"] = _stat(m, None, "invalid")[0]
         row["level_accuracy"], row["level_accuracy_std"] = _stat(m, None, "level")
+        row["config"] = experiment_config(experiment)
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:
@@ -400,6 +418,10 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
             if dataset not in feature_datasets:
                 feature_datasets.append(dataset)
             metrics = _read_json(paths.metrics(name, test))
+            if (metrics or {}).get("unrated"):  # a folder of unrated videos: predictions only, no metric rows
+                datasets.append({"name": test, "predictions": str(paths.predictions(name, test)), "unrated": True,
+                                 "n": metrics.get("n"), "scatter": None, "confusion": None, "invalid_examples": []})
+                continue
             summary_entries.append((name, test, metrics))
             if metrics is None:
                 missing.append(str(paths.metrics(name, test)))
@@ -446,6 +468,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
                      "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
                      "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables,
+                     "config": experiment_config(name),
                      "shipped": shipped_model_entry(cfg, name, metrics_list)})
         for fold in [*folds, paths.FULL_MODEL] if folds is not None else [None]:
             model_cfg = _read_json(paths.model_dir(name, fold) / "lmmvqa.json")
@@ -461,6 +484,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
         write_summary(summary, summary_csv)
     provenance = {
         "config_path": str(config_path) if config_path else "(in memory)",
+        "config_files": sorted({c for c in (experiment_config(n) for n in names) if c}),
         "config_yaml": yaml.safe_dump(cfg, sort_keys=True),
         "git": _git_commit(),
         "preset": cfg["models"]["preset"],

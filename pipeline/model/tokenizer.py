@@ -60,7 +60,8 @@ def corpus(samples: list[dict], fmt: AnswerFormat | None = None) -> list[str]:
     for s in samples:
         texts.append(str(s["question"]))
         texts.append(" " + str(s["question"]))
-        texts.append(str(s["answer"]))
+        if s["answer"] is not None:  # an unrated video's samples have no answer
+            texts.append(str(s["answer"]))
     return texts
 
 

@@ -35,6 +35,13 @@ def parse_selector(selector: str) -> tuple[str, str]:
     return dataset, subset or "all"
 
 
+def unrated(cfg: dict, dataset: str) -> bool:
+    """Whether a dataset has no ratings (format `folder`: videos to score). An experiment may test on it
+    (predictions, no metrics) but not train on it."""
+    ds = cfg["datasets"].get(dataset)
+    return ds is not None and ds["format"] == "folder"
+
+
 def prompt_parts(cfg: dict, selector: str, holdout_fold: int | None) -> list[str]:
     """Prompt shard names (see paths.prompt_part) that make up a selector. `holdout_fold` None: no fold
     is held out (the model a `folds: all` experiment trains on every fold): `train` is every fold and
@@ -44,6 +51,11 @@ def prompt_parts(cfg: dict, selector: str, holdout_fold: int | None) -> list[str
     ds = cfg["datasets"].get(dataset)
     if ds is None:
         raise UserError(f"experiment selector '{selector}': unknown dataset '{dataset}'")
+    if unrated(cfg, dataset):  # one part, whatever the split scheme: the manifest gives every video split `all`
+        if subset != "all":
+            raise UserError(f"experiment selector '{selector}': '{dataset}' is a folder of unrated videos; "
+                            f"select all of it ('{dataset}:all')")
+        return ["all"]
     split = ds["split"]
     if split["scheme"] == "kfold":
         k = split["k"]
@@ -97,7 +109,8 @@ def fold_dependent(cfg: dict, selector: str) -> bool:
     """Whether a selector's videos depend on the held-out fold (`train` / `test` of a k-fold dataset)."""
     dataset, subset = parse_selector(selector)
     ds = cfg["datasets"].get(dataset)
-    return ds is not None and ds["split"]["scheme"] == "kfold" and subset in ("train", "test")
+    return (ds is not None and not unrated(cfg, dataset) and ds["split"]["scheme"] == "kfold"
+            and subset in ("train", "test"))
 
 
 def experiment_folds(cfg: dict, experiment: str) -> list[int] | None:
@@ -158,10 +171,11 @@ def shipped_model(cfg: dict, experiment: str):
 
 def unseen_tests(cfg: dict, experiment: str) -> list[str]:
     """Test selectors whose videos the experiment's models never train on: a held-out fold, or a dataset
-    it does not train on (these say what its model is worth; `dataset:all` of a training dataset does not)."""
+    it does not train on (these say what its model is worth; `dataset:all` of a training dataset does not).
+    Unrated datasets are left out: they have no metrics."""
     trained = {parse_selector(s)[0] for s in require_experiment(cfg, experiment)["train"]}
-    return [s for s in test_selectors(cfg, experiment)
-            if fold_dependent(cfg, s) or parse_selector(s)[0] not in trained]
+    return [s for s in test_selectors(cfg, experiment) if not unrated(cfg, parse_selector(s)[0])
+            and (fold_dependent(cfg, s) or parse_selector(s)[0] not in trained)]
 
 
 def official_split_names(ds: dict) -> list[str]:
@@ -201,7 +215,7 @@ def shared_content(cfg: dict, experiment: str, manifests: dict[str, pd.DataFrame
             yield dataset, rows["id"].astype(str), rows[column].astype(str).str.strip()
 
     values = set()
-    for _, _, cells in selected(exp["test"]):
+    for _, _, cells in selected([s for s in exp["test"] if not unrated(cfg, parse_selector(s)[0])]):
         values |= set(cells) - {""}
     videos = set()
     for dataset, ids, cells in selected(exp["train"]):

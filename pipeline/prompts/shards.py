@@ -15,6 +15,8 @@ one JSON object per line with `id, dataset, part, type, template, question, answ
   answer-format constraint names it (`answer_format.with_format`); level answers are
   the manifest's `level` column (the dataset's 33rd / 66th MOS percentiles), recomputed the same
   way only when a manifest lacks the column.
+* An unrated video (a `folder` dataset's) gets its questions with `answer`, `mos` and `level` null:
+  evaluation scores it, the tokenizer and training never read it.
 * The folder is written into a temporary sibling and renamed into place, so a reader never sees
   half a set of shards.
 """
@@ -137,6 +139,8 @@ def levels_from_mos(mos: pd.Series) -> pd.Series:
 def part_names(cfg: dict, dataset: str, manifest: pd.DataFrame) -> list[str]:
     """Every part of a dataset: all k folds for k-fold datasets (empty ones included), else the split names."""
     ds = cfg["datasets"][dataset]
+    if ds["format"] == "folder":  # unrated videos: one part, `all`
+        return ["all"]
     present = sorted(set(manifest.apply(part_of_row, axis=1))) if len(manifest) else []
     if ds["split"]["scheme"] == "kfold" and (not present or all(p.startswith("fold") for p in present)):
         return sorted(set(present) | {f"fold{f}" for f in range(ds["split"]["k"])}, key=_part_key)
@@ -161,23 +165,28 @@ def build_samples(manifest: pd.DataFrame, dataset: str, seed: int = 0,
         if col not in df.columns:
             raise UserError(f"manifest of '{dataset}' has no '{col}' column")
     df["mos"] = pd.to_numeric(df["mos"], errors="raise").astype(float)
-    if "level" not in df.columns or (df["level"].astype(str) == "").any():
+    rated = df["mos"].notna()  # a `folder` dataset's videos have no MOS: their samples carry no answer
+    if "level" not in df.columns or (df.loc[rated, "level"].astype(str) == "").any():
         df["level"] = levels_from_mos(df["mos"])
-    bad = df[~df["level"].isin(LEVELS)]
+    bad = df[rated & ~df["level"].isin(LEVELS)]
     if len(bad):
         raise UserError(f"manifest of '{dataset}': level '{bad['level'].iloc[0]}' of video {bad['id'].iloc[0]} "
                         f"is not one of {', '.join(LEVELS)}")
     df["part"] = df.apply(part_of_row, axis=1)
     media = [media_of(p) for p in df["path"]] if "path" in df.columns else ["video"] * len(df)
     samples = []
-    for row, kind in zip(df.itertuples(index=False), media):
+    for row, kind, has_mos in zip(df.itertuples(index=False), media, rated):
         vid = str(row.id)
         for qtype in questions:
             idx, question = question_for(vid, qtype, seed, bank, media=kind)
-            answer = score_answer(row.mos, answer_format) if qtype == "score" else str(row.level)
+            if not has_mos:
+                answer = None
+            else:
+                answer = score_answer(row.mos, answer_format) if qtype == "score" else str(row.level)
             samples.append({"id": vid, "dataset": dataset, "part": row.part, "type": qtype, "template": idx,
-                            "question": question, "answer": answer, "mos": round(float(row.mos), 6),
-                            "level": str(row.level)})
+                            "question": question, "answer": answer,
+                            "mos": round(float(row.mos), 6) if has_mos else None,
+                            "level": str(row.level) if has_mos else None})
     return samples
 
 

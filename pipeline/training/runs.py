@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator
 from pipeline.core import paths
 from pipeline.core.config import deep_merge, schema
 from pipeline.core.errors import UserError
-from pipeline.prompts.experiments import experiment_folds, require_experiment
+from pipeline.prompts.experiments import experiment_folds, parse_selector, require_experiment, unrated
 
 STAGE1_SUFFIX = ".stage1"
 MEMBER_SUFFIX = ".member"
@@ -111,6 +111,10 @@ def check_experiments(cfg: dict) -> None:
     exps = cfg["experiments"]
     for name, exp in exps.items():
         experiment_training(cfg, name)
+        for selector in exp["train"]:
+            if unrated(cfg, parse_selector(selector)[0]):
+                raise UserError(f"experiments.{name}.train: '{selector}' is a folder of unrated videos (format "
+                                "folder): nothing to train on; list it under test to score its videos")
         if exp.get("stage1") is not None:
             experiment_training(cfg, name, 1)
             if exp.get("init_from"):
