@@ -1,6 +1,6 @@
 """The answer head side by side with a linear readout of its own features, on the same folds and seeds.
 
-    .venv/bin/python benchmarks/bench_head.py [--setup demo realset-dev realset-dev-loso] \\
+    .venv/bin/python benchmarks/bench_head.py [--setup clive-dev demo realset-dev realset-dev-loso] \\
         [--folds 0,1] [--seeds 0,1,2] [--set training.epochs=6 --set prompts.answer_format=integer ...] \\
         [--name NAME] [--out benchmarks/results/bench_head-NAME.json]
     .venv/bin/python benchmarks/bench_head.py --setup realset-dev-loso --seeds 0,1 \\
@@ -8,7 +8,8 @@
     .venv/bin/python benchmarks/bench_head.py --table benchmarks/results/bench_head-*.json
 
 Trains in this process from the feature stores a workflow run left in the working directory (run
-`snakemake --cores 2` and `snakemake --cores 2 --configfile config/realset-dev.yaml` once first), through
+`snakemake --cores 2`, `snakemake --cores 2 --configfile config/clive-dev.yaml` and
+`snakemake --cores 2 --configfile config/realset-dev.yaml` once first), through
 the same functions as `lmmvqa train` / `lmmvqa evaluate` (`training.train.new_model` + `fit`,
 `evaluation.predict.predict_batch`, `core.metrics.compute_metrics`), so an alternative costs one
 `--set`. Per setup (a config file, its dataset and its folds):
@@ -40,7 +41,8 @@ its videos (`--extra-fraction`), its labels mapped by rank onto the training fol
 
 Summary per setup: mean over all (fold, seed) runs; "std seeds" = the std (ddof 1) over seeds within a
 fold, averaged over folds (and its maximum over folds); "std folds" = the std over folds of the per-fold
-means. Prints a table, writes JSON (every run's numbers and predictions' metrics).
+means; "pooled" = the SRCC of every fold's out-of-fold predictions ranked together (per seed, then the
+mean and std over seeds; the ridge's once), which also counts whether the folds' models share a scale. Prints a table, writes JSON (every run's numbers and predictions' metrics).
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SETUPS = {  # name -> (config file, dataset)
+SETUPS = {  # name -> (config file, dataset); clive-dev (photos rated by people) is the yardstick
+    "clive-dev": ("config/clive-dev.yaml", "clive-dev"),
     "demo": ("config.yaml", "demo"),
     "realset-dev": ("config/realset-dev.yaml", "realset-dev"),
     "realset-dev-loso": ("config/realset-dev-loso.yaml", "realset-dev"),
@@ -339,7 +342,7 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
         return mapped_mos(mos, y[fold_of != f]) if extra.get("map") == "quantile" else mos
 
     xe = {d: video_vectors(e["features"], e["manifest"]["id"].astype(str).tolist()) for d, e in extras.items()}
-    ridge_res = {}
+    ridge_res, ridge_pooled = {}, []
     for f in folds:
         ridge_extra = None
         if extras:
@@ -347,6 +350,7 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
                            {h: np.concatenate([excluded[h][d] for d in extras]) for h in excluded})
         pred, alpha = ridge_fold(x, y, fold_of, f, ridge_extra)
         te = fold_of == f
+        ridge_pooled.append(pd.DataFrame({"prob_score": pred, "mos": y[te]}))
         r = metrics_row(pd.DataFrame({"id": np.array(ids)[te], "mos": y[te], "level_true": "", "score": pred,
                                       "invalid": False, "prob_score": pred, "level": ""}))
         n_extra = int(sum((~excluded[f][d]).sum() for d in extras)) if extras else 0
@@ -357,12 +361,14 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     extra_doc = {**extra, "exclude": column, "videos": {d: len(e["manifest"]) for d, e in extras.items()}} if extras else None
     results = {v: {"setup": name, "eval_variant": v, "config": config_file, "dataset": dataset, "folds": folds,
                    "seeds": seeds, "answer_format": fmt, "training": cfg["training"], "evaluation": ev,
-                   "videos": len(ids), "extra": extra_doc, "ridge": ridge_res, "runs": [], "ensemble": {}}
+                   "videos": len(ids), "extra": extra_doc, "ridge": ridge_res, "runs": [], "ensemble": {},
+                   "pooled": {"ridge": pooled_srcc(ridge_pooled), "seeds": {}}}
                for v, ev in evals.items()}
     if ridge_only:
         return [results[""]]
 
     test_rows = manifest.set_index("id")
+    pooled = {}  # (variant, seed) -> that seed's test predictions of every fold
     for f in folds:
         train_all = ordered_training_samples(cfg, samples, dataset, f)
         for d, e in extras.items():  # after the setup's own, as an experiment's later train selectors
@@ -373,6 +379,8 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
         test_samples = [s for s in samples if s["id"] in set(test_ids)]
         members = {v: [] for v in evals}
         for seed in seeds:
+            for v in evals:
+                pooled.setdefault((v, seed), [])
             c = copy.deepcopy(cfg)
             c["training"] = deep_merge(c["training"], {"seed": int(seed)})
             tr = c["training"]
@@ -397,6 +405,7 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
                 preds = predict(model, features, test_ids, bank, c["prompts"]["seed"], ev, test_rows)
                 eval_s = time.perf_counter() - t0
                 members[v].append(preds)
+                pooled[(v, seed)].append(preds)
                 row = {"fold": f, "seed": seed, **metrics_row(preds), "train_s": round(train_s, 1),
                        "eval_s": round(eval_s, 1), "steps": run["step"], "selection": run["selection"],
                        "n_train_videos": len({(s["dataset"], s["id"]) for s in tr_s}),
@@ -414,9 +423,25 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
                 results[v]["ensemble"][str(f)] = ens
                 log(f"{name}{'+' + v if v else ''} fold {f} ensemble of {len(members[v])}: prob SRCC "
                     f"{ens['prob_srcc']:.3f} PLCC {ens['prob_plcc']:.3f}")
+    for (v, seed), parts in pooled.items():
+        results[v]["pooled"]["seeds"][str(seed)] = pooled_srcc(parts)
     for r in results.values():
         r["summary"] = summarise(r)
     return list(results.values())
+
+
+def pooled_srcc(parts: list[pd.DataFrame]) -> dict:
+    """SRCC of the out-of-fold predictions of every fold pooled into one ranking (prob and, where there is
+    one, text): unlike the per-fold mean it also counts how well the folds' scales agree."""
+    if not parts:
+        return {}
+    p = pd.concat(parts, ignore_index=True)
+    out = {"n": len(p), "prob_srcc": _srcc(p["prob_score"].to_numpy(float), p["mos"].to_numpy(float))}
+    if "score" in p:
+        text = pd.to_numeric(p["score"], errors="coerce")
+        ok = text.notna().to_numpy()
+        out["text_srcc"] = _srcc(text[ok].to_numpy(float), p["mos"].to_numpy(float)[ok]) if ok.sum() > 2 else None
+    return out
 
 
 def predict(model, features, test_ids, bank, prompt_seed, ev, test_rows) -> pd.DataFrame:
@@ -429,7 +454,8 @@ def predict(model, features, test_ids, bank, prompt_seed, ev, test_rows) -> pd.D
         chunk = test_ids[i:i + ev["batch_size"]]
         batch = collate_videos([(features.spatial(v), features.motion(v)) for v in chunk])
         rows += predict_batch(model, batch, chunk, bank=bank, seed=prompt_seed, templates=ev["templates_per_video"],
-                              max_new_tokens=ev["max_new_tokens"], decoding=ev["decoding"])
+                              max_new_tokens=ev["max_new_tokens"], decoding=ev["decoding"],
+                              media=[features.media(v) for v in chunk])
     preds = pd.DataFrame(rows)
     preds.insert(1, "mos", test_rows.loc[preds["id"], "mos"].to_numpy(float))
     preds.insert(2, "level_true", test_rows.loc[preds["id"], "level"].to_numpy())
@@ -450,8 +476,17 @@ def summarise(result: dict) -> dict:
     out = {"ridge_srcc": float(np.mean([r["srcc"] for r in result["ridge"].values()])),
            "ridge_plcc": float(np.mean([r["plcc"] for r in result["ridge"].values()])),
            "ridge_srcc_std_folds": _std([r["srcc"] for r in result["ridge"].values()])}
+    pooled = result.get("pooled") or {}
+    if pooled.get("ridge"):
+        out["ridge_pooled_srcc"] = pooled["ridge"]["prob_srcc"]
     if not len(runs):
         return out
+    per_seed = list((pooled.get("seeds") or {}).values())
+    if per_seed:
+        for key in ("prob_srcc", "text_srcc"):
+            vals = [s_[key] for s_ in per_seed if s_.get(key) is not None]
+            out[f"pooled_{key}"] = float(np.mean(vals)) if vals else None
+            out[f"pooled_{key}_std_seeds"] = _std(vals)
     for key in ("prob_srcc", "prob_plcc", "prob_plcc_raw", "text_srcc", "text_plcc", "level_accuracy", "invalid",
                 "train_s", "eval_s"):
         vals = pd.to_numeric(runs[key], errors="coerce")
@@ -480,9 +515,11 @@ def summarise(result: dict) -> dict:
 # ------------------------------------------------------------------ table
 
 COLUMNS = [
-    ("ridge SRCC", lambda s: _f(s.get("ridge_srcc"))),
+    ("ridge SRCC (pooled)", lambda s: f"{_f(s.get('ridge_srcc'))} ({_f(s.get('ridge_pooled_srcc'))})"),
     ("prob SRCC", lambda s: f"{_f(s.get('prob_srcc'))} ({_f(s.get('prob_srcc_std_seeds'))} / "
                             f"{_f(s.get('prob_srcc_std_seeds_max'))} / {_f(s.get('prob_srcc_std_folds'))})"),
+    ("pooled prob / text SRCC (seeds)", lambda s: f"{_f(s.get('pooled_prob_srcc'))} / {_f(s.get('pooled_text_srcc'))} "
+                                                  f"({_f(s.get('pooled_prob_srcc_std_seeds'))})"),
     ("prob PLCC / raw", lambda s: f"{_f(s.get('prob_plcc'))} / {_f(s.get('prob_plcc_raw'))}"),
     ("text SRCC", lambda s: _f(s.get("text_srcc"))),
     ("level acc.", lambda s: _f(s.get("level_accuracy"))),
