@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,7 @@ import yaml
 from pipeline.core import atomic, paths, resources
 from pipeline.core.config import stable_hash, validate
 from pipeline.core.errors import UserError
+from pipeline.ingest.inputs import require_inputs
 from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors, unrated
 from pipeline.prompts.shards import BANK_PATH
 
@@ -51,6 +53,57 @@ def synth_datasets(cfg: dict, generated: bool | None = None) -> list[str]:
     renders (`generate:`), False: the others."""
     return [d for d, ds in cfg["datasets"].items() if ds["format"] == "synth"
             and (generated is None or bool(ds.get("generate")) == generated)]
+
+
+def written_inputs(cfg: dict) -> list[Path]:
+    """The dataset files and folders the workflow writes itself (none of them needs to exist when it
+    starts): a generated dataset's label file and videos (the demo generator), a synth dataset's label
+    file and variants (its stages), and a synth dataset's rendered references with their labels.csv."""
+    out = []
+    for ds in cfg["datasets"].values():
+        if ds["format"] == "synth":
+            out += [Path(ds["labels"]), Path(ds["videos"])]
+            if ds.get("generate"):
+                out += [Path(ds["references"]), Path(ds["references"]).parent / "labels.csv"]
+        elif ds.get("generate"):
+            out += [Path(ds["labels"]), Path(ds["videos"])]
+    return out
+
+
+def read_inputs(cfg: dict) -> list[tuple[str, str, str]]:
+    """(key, path, dataset) of every dataset input the workflow only reads: the label files, videos and
+    references folders and reference tables of the config, less those it writes itself (`written_inputs`,
+    and anything inside them: a `folder` dataset of the demo's videos)."""
+    written = [os.path.normpath(os.path.abspath(p)) for p in written_inputs(cfg)]
+
+    def is_written(path: str) -> bool:
+        full = os.path.normpath(os.path.abspath(path))
+        return any(full == w or full.startswith(w + os.sep) for w in written)
+
+    out = []
+    for name, ds in cfg["datasets"].items():
+        keys = [("labels", ds["labels"]), *(("extra_labels", f) for f in ds["extra_labels"]),
+                ("videos", ds["videos"]), ("references", ds["references"]),
+                ("reference_labels", ds["reference_labels"])]
+        out += [(key, path, name) for key, path in keys if path and not is_written(path)]
+    return out
+
+
+def check_inputs(cfg: dict) -> None:
+    """Stop before any job when a dataset input that no rule writes is absent, in one line naming the
+    dataset, the key and the path (with a word on `../shared`, the development data, when the path runs
+    through it): the same line as `lmmvqa manifest` run by hand (pipeline/ingest/inputs.py)."""
+    require_inputs(read_inputs(cfg))
+
+
+def at_parse_time(decide, *args):
+    """`decide(*args)` as the Snakefile calls it while Snakemake reads it: a UserError ends Snakemake
+    with its one line on stderr and exit code 1, where Snakemake would print a traceback."""
+    try:
+        return decide(*args)
+    except UserError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def label_format(cfg: dict, dataset: str) -> str:

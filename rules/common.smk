@@ -18,8 +18,13 @@ from pipeline.training import runs as pipeline_runs
 min_version("9.0")
 
 
-# Validated once, by the package (it names a bad key in one line and fills every default).
-config = pipeline_workflow.load(config)
+# Validated once, by the package (it names a bad key in one line and fills every default); a mistake found
+# while Snakemake reads this file ends it with that one line (no traceback).
+config = pipeline_workflow.at_parse_time(pipeline_workflow.load, config)
+# A label file or media folder that no rule writes and that does not exist stops the run here, naming
+# the dataset, the key and the path (and ../shared, the development data, where the path runs through it).
+if workflow.is_main_process:
+    pipeline_workflow.at_parse_time(pipeline_workflow.check_inputs, config)
 
 SETTINGS = feature_settings_hash(config)
 # jobs never touch the network (HF_HUB_OFFLINE=1): weights come from `lmmvqa fetch-weights`
@@ -56,7 +61,9 @@ RESOLVED_CONFIG = pipeline_workflow.write_resolved_config(config)
 # An experiment name that already holds another config file's results stops the run here, naming both;
 # else the config file is recorded beside its results. Jobs (which re-read the Snakefile) skip it.
 if workflow.is_main_process:
-    pipeline_workflow.claim_experiments(config, pipeline_workflow.config_sources(workflow.configfiles))
+    pipeline_workflow.at_parse_time(
+        pipeline_workflow.claim_experiments, config, pipeline_workflow.config_sources(workflow.configfiles)
+    )
 # The quality adapter of the vision role (rules/encoder.smk): null, its settings, or a file.
 ADAPTED = config["models"]["vision"].get("adapted")
 

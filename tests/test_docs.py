@@ -172,3 +172,18 @@ def test_every_key_of_a_yaml_example_exists():
             if not _resolves(parts):
                 bad.append((doc, ".".join(path)))
     assert bad == []
+
+
+def test_the_development_data_is_marked_wherever_the_docs_name_it():
+    """`../shared` (the development data beside the repository) is not on the README's path; every
+    paragraph of docs/ that names it says it is absent in a user's clone or links the page that does."""
+    assert "../shared" not in (REPO / "README.md").read_text()
+    unmarked = []
+    for doc in sorted((REPO / "docs").glob("**/*.md")):
+        if doc.name == "development-data.md":  # the page that explains it
+            continue
+        for paragraph in re.split(r"\n\s*\n", doc.read_text()):
+            if "../shared" in paragraph and "absent in a user's clone" not in paragraph \
+                    and "development-data.md" not in paragraph:
+                unmarked.append((_rel(doc), paragraph[:80]))
+    assert unmarked == []

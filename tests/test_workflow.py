@@ -469,6 +469,32 @@ def test_a_wrong_format_name_stops_before_any_job(tmp_path):
     assert proc.returncode != 0 and "konvidd" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("key", ["labels", "videos"])
+def test_absent_development_data_stops_with_one_line_naming_the_folder(tmp_path, key):
+    """A config reading `../shared` (the development data beside the repository) in a clone without that
+    folder: the dry run stops before any job with one line (no traceback) naming the dataset, the key,
+    the path and what `../shared` is; `lmmvqa manifest` by hand on the same files says the same."""
+    work = tmp_path / "clone"
+    (work / "mine" / "videos").mkdir(parents=True)
+    (work / "mine" / "labels.csv").write_text("name,mos\na.mp4,50\n")
+    assert not (tmp_path / "shared").exists()
+    absent = "../shared/datasets/realset-dev/" + ("labels.csv" if key == "labels" else "videos")
+    ds = {"format": "generic", "labels": "mine/labels.csv", "videos": "mine/videos", key: absent}
+    write_config(work, {"datasets": {"realset-dev": ds},
+                        "experiments": {"e": {"train": ["realset-dev:train"], "test": ["realset-dev:test"]}}})
+    proc = snakemake(work, "-n", check=False)
+    said = proc.stdout + proc.stderr
+    expected = (f"{key} not found: {absent}; ../shared is the development data folder kept beside the repository, "
+                "absent in a user's clone: point the dataset at files of your own, see docs/development-data.md")
+    assert proc.returncode == 1 and [line for line in said.splitlines() if absent in line] == [
+        f"Error: dataset 'realset-dev': {expected}"], said
+    assert "Traceback" not in said and 'File "' not in said and "Missing input files" not in said
+    assert not (work / "results" / "manifest").exists()
+    by_hand = lmmvqa("manifest", "--format", "generic", "--labels", ds["labels"], "--videos", ds["videos"],
+                     "--out", "m.csv", cwd=work)
+    assert by_hand.returncode != 0 and by_hand.stderr.strip() == f"lmmvqa manifest: error: {expected}"
+
+
 @pytest.mark.slow
 def test_every_fold_experiment_trains_one_model_per_fold_and_aggregates(demo_copy):
     """`folds: all` on the 10-video demo (k=2): one train and one evaluate job per fold, per-fold

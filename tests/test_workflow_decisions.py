@@ -6,6 +6,7 @@ import os
 
 import pytest
 import yaml
+from conftest import REPO
 
 from pipeline import workflow
 from pipeline.core import paths
@@ -175,3 +176,63 @@ def test_a_folder_of_unrated_videos_is_tested_not_trained_on():
     raw["experiments"]["e"]["train"].append("new:all")
     with pytest.raises(UserError, match=r"experiments\.e\.train: 'new:all' is a folder of unrated videos"):
         check_experiments(workflow.load(raw))
+
+
+def test_only_inputs_no_rule_writes_are_checked_at_parse_time(tmp_path, monkeypatch):
+    """The dataset inputs checked before any job are those the workflow only reads: not a generated
+    dataset's files, not a synth dataset's outputs or rendered references, nor a folder inside them."""
+    monkeypatch.chdir(tmp_path)
+    cfg = workflow.load({"datasets": {
+        "gen": {"format": "generic", "labels": "resources/demo/labels.csv", "videos": "resources/demo/videos",
+                "generate": {"n_videos": 2}},
+        "new": {"format": "folder", "labels": "resources/demo/videos/more"},
+        "syn": {"format": "synth", "references": "refs", "reference_labels": "refs.csv"},
+        "syn2": {"format": "synth", "references": "resources/syn2/videos", "generate": {"n_videos": 2},
+                 "reference_labels": "resources/syn2/labels.csv"},
+        "mine": {"format": "lsvq", "labels": "a.csv", "extra_labels": ["../shared/b.csv"], "videos": "v"},
+    }})
+    assert workflow.read_inputs(cfg) == [("references", "refs", "syn"), ("reference_labels", "refs.csv", "syn"),
+                                         ("labels", "a.csv", "mine"), ("extra_labels", "../shared/b.csv", "mine"),
+                                         ("videos", "v", "mine")]
+    with pytest.raises(UserError, match=r"^dataset 'syn': references not found: refs$"):
+        workflow.check_inputs(cfg)
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs.csv").write_text("name\n")
+    (tmp_path / "a.csv").write_text("name,mos\n")
+    with pytest.raises(UserError, match=r"^dataset 'mine': extra_labels not found: \.\./shared/b\.csv; \.\./shared is "
+                                        r"the development data folder kept beside the repository, absent in a user's clone"):
+        workflow.check_inputs(cfg)
+
+
+def _reads_dev_data(cfg: dict) -> bool:
+    return any(str(v).startswith("../shared/") for ds in cfg["datasets"].values() for v in ds.values())
+
+
+DEV_CONFIGS = sorted(p.name for p in (REPO / "config").glob("*.yaml") if _reads_dev_data(yaml.safe_load(p.read_text())))
+
+
+def test_the_development_configs_are_the_ones_docs_list():
+    """docs/development-data.md lists every config of config/ that reads ../shared, and no other."""
+    import re
+
+    listed = set(re.findall(r"^\| \[`config/([\w-]+\.yaml)`\]", (REPO / "docs/development-data.md").read_text(), re.M))
+    assert DEV_CONFIGS and sorted(listed) == DEV_CONFIGS
+
+
+@pytest.mark.parametrize("config", DEV_CONFIGS)
+def test_configs_reading_the_development_data_say_so_and_stop_with_one_line_without_it(config, tmp_path, monkeypatch):
+    """A config of config/ that reads ../shared says so in its header comment, and in a folder with no
+    ../shared beside it (a user's clone) stops before any job naming the missing path and what
+    ../shared is; nothing else of the config is in the way (it validates)."""
+    text = (REPO / "config" / config).read_text()
+    header = " ".join(line.lstrip("# ") for line in text.split("\ndatasets:")[0].splitlines())
+    assert "This config READS ../shared/datasets/" in header and "absent in a user's clone" in header, header
+    assert "docs/development-data.md" in header
+    work = tmp_path / "clone"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(UserError, match=r"^dataset '[\w-]+': \w+ not found: \.\./shared/datasets/\S+; \.\./shared is "
+                                        r"the development data folder kept beside the repository, absent in a "
+                                        r"user's clone: point the dataset at files of your own, see "
+                                        r"docs/development-data\.md$"):
+        workflow.check_inputs(workflow.load(yaml.safe_load(text)))

@@ -5,7 +5,9 @@
 
 writes FILE.csv (columns `MANIFEST_COLUMNS`, contract in docs/DESIGN.md) and the missing table (default
 `<stem>.missing.csv` beside it) (`id, path, row, reason`), each through a temp file + `os.replace`, and prints the row and
-missing counts. Any `UserError` leaves no output (old outputs are removed first).
+missing counts. Any `UserError` leaves no output (old outputs are removed first). A label file or videos
+folder that does not exist stops it with the one line the workflow gives at parse time
+(pipeline/ingest/inputs.py).
 
 - `level`: good / fair / poor by the 33rd / 66th percentiles of the MOS of every labelled row
   (`mos <= p33` poor, `<= p66` fair), so whether a file is present never changes another's level.
@@ -47,6 +49,7 @@ from pipeline.core.config import default_split_scheme
 from pipeline.core.errors import UserError
 from pipeline.core.levels import levels
 from pipeline.ingest import labels as L
+from pipeline.ingest.inputs import require_inputs
 
 MANIFEST_COLUMNS = ["id", "path", "row", "mos_raw", "mos", "level", "split", "fold", "shard", "size_bytes",
                     "fingerprint", "group"]
@@ -355,6 +358,8 @@ def main(args) -> int:
     for stale in (out, missing_out):  # a failed run must not leave an older, complete-looking table
         if stale.is_file():
             stale.unlink()
+    require_inputs([*(("labels", f, None) for f in args.labels),
+                    *([("videos", args.videos, None)] if args.videos else [])])
     manifest, missing = build_manifest(args.format, args.labels, args.videos, shard_size=args.shard_size,
                                        k=args.k, seed=args.seed, split_scheme=args.split_scheme,
                                        mos_scale=args.mos_scale, group_by=args.group_by)
