@@ -5,11 +5,12 @@ real clips and a few clive-dev photos with it beside their human scores, in seco
 
 Rebuild: the repository's tracked and untracked-but-not-ignored files are copied into a temporary folder
 with `shared` beside it (a link to the real ../shared, which config/shipped.yaml reads), and there
-`snakemake --cores 2 --configfile config/shipped.yaml results/models/shipped/all` trains the shipped
+`snakemake results/models/shipped/all --cores 2 --configfile config/shipped.yaml` trains the shipped
 experiment's model on every fold from scratch (manifests, feature extraction, prompts, tokenizer,
 training); the sha256 of each of its weight files must equal the one the shipped folder records
 (`lmmvqa.json` `shipped.weights_sha256`, also in its card). `--keep-features` copies this checkout's
-feature cache (cache/features) into the copy first, so only prompts, tokenizer and training are redone.
+manifests and feature stores (results/manifest, cache/features) into the copy first, so only prompts,
+tokenizer and training are redone.
 
 Scoring: `lmmvqa score --model models/lmmvqa-offline` as a user runs it, on the six real clips of
 ../shared/datasets/real-clips (human scores on their own datasets' scales) and `--photos` clive-dev photos
@@ -55,11 +56,12 @@ def rebuild(keep_features: bool) -> dict:
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, root / f)
         (Path(tmp) / "shared").symlink_to(SHARED.resolve())
-        if keep_features and (REPO / "cache/features").is_dir():
-            shutil.copytree(REPO / "cache/features", root / "cache/features")
+        if keep_features:  # the manifests and feature stores as they are (older first: nothing re-extracts)
+            for folder in ("results/manifest", "cache/features"):
+                shutil.copytree(REPO / folder, root / folder)
         t0 = time.perf_counter()
-        proc = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "config/shipped.yaml",
-                               "results/models/shipped/all"], cwd=root, capture_output=True, text=True,
+        proc = subprocess.run([str(BIN / "snakemake"), "results/models/shipped/all", "--cores", "2",
+                               "--configfile", "config/shipped.yaml"], cwd=root, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(root)})
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:

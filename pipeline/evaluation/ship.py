@@ -1,7 +1,7 @@
 """`lmmvqa ship`: a trained model + what it is worth -> a folder to commit, that `lmmvqa score` scores with
 when it has no other model (the repository's `models/lmmvqa-offline`, docs/shipped-model.md).
 
-    lmmvqa ship --config C [--experiment E] --card CARD.md --out DIR
+    lmmvqa ship --config C [--experiment E] [--card CARD.md] --out DIR
 
 Copies the model the config's experiment ships (`results/models/<E>/all` for `folds: all`: the one trained
 on every fold) without its training artefacts, every file readable by everyone, and records in its
@@ -9,7 +9,8 @@ on every fold) without its training artefacts, every file readable by everyone, 
 figures on content it did not train on (each test selector's per-fold results: the `folds: all`
 experiment's per-fold models are the cross-validation), the sha256 of every weight file, and the commands
 that rebuild it. The model card `README.md` is those facts as tables followed by CARD.md's text (what the
-model has and has not been checked on, the training data's terms). CARD.md starts with a YAML front matter
+model has and has not been checked on, the training data's terms; default: `<config stem>-card.md` beside
+the config, e.g. config/shipped-card.md). CARD.md starts with a YAML front matter
 naming what kind of data each dataset is:
 
     ---
@@ -90,8 +91,20 @@ def figures(cfg: dict, experiment: str, kinds: dict) -> list[dict]:
             "plcc": _round(prob.get("plcc")), "plcc_std": _round((agg.get("plcc") or {}).get("std")),
             "fold_srcc": [_round(((f.get("methods") or {}).get("prob") or {}).get("srcc"))
                           for f in m.get("fold_metrics") or []],
+            "fold_names": fold_names(dataset, split.get("group_by"), [f.get("fold") for f in m.get("fold_metrics") or []]),
         })
     return out
+
+
+def fold_names(dataset: str, column: str | None, folds: list) -> list[str] | None:
+    """What each fold holds when a dataset is folded by a column (e.g. its source), from its manifest."""
+    manifest = paths.manifest(dataset)
+    if not column or not manifest.is_file():
+        return None
+    table = read_manifest(manifest)
+    if column not in table.columns:
+        return None
+    return ["+".join(sorted(table.loc[table["fold"] == f, column].astype(str).unique())) for f in folds]
 
 
 def _round(x):
@@ -129,7 +142,8 @@ def ship(config: str | Path, card: str | Path, out: str | Path, experiment: str 
               "folds": len(experiment_folds(cfg, name) or []) or None,
               "trained_on": trained_on(cfg, name, kinds), "figures": figures(cfg, name, kinds),
               "rebuild": [f"snakemake --cores 2 --configfile {config}",
-                          f"lmmvqa ship --config {config} --card {card} --out {out}"]}
+                          f"lmmvqa ship --config {config}"
+                          + ("" if Path(card) == default_card(config) else f" --card {card}") + f" --out {out}"]}
     with atomic.directory(out) as tmp:
         for item in SCORING_FILES:
             src = source / item
@@ -161,12 +175,19 @@ def model_card(record: dict, body: str) -> str:
               "| data | test | protocol | n | SRCC | PLCC | SRCC per fold |", "|---|---|---|---|---|---|---|"]
     for f in record["figures"]:
         lines.append(f"| {f['kind']} | {f['test']} | {f['protocol']} | {f['n']} | {_pm(f['srcc'], f['srcc_std'])} | "
-                     f"{_pm(f['plcc'], f['plcc_std'])} | {', '.join('n/a' if s is None else f'{s:.3f}' for s in f['fold_srcc'])} |")
+                     f"{_pm(f['plcc'], f['plcc_std'])} | {per_fold(f)} |")
     lines += ["", "## Weights (sha256)", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{k}` | `{v}` |" for k, v in record["weights_sha256"].items()]
     lines += ["", "Rebuild (needs the training data; gives these hashes again):", "", "```"]
     lines += record["rebuild"] + ["```", ""]
     return "\n".join(lines) + "\n" + body
+
+
+def per_fold(figure: dict) -> str:
+    """Each fold's SRCC, named by what the fold holds where the dataset is folded by a column."""
+    names = figure.get("fold_names") or [None] * len(figure["fold_srcc"])
+    return ", ".join(("" if n is None else f"{n} ") + ("n/a" if s is None else f"{s:.3f}")
+                     for n, s in zip(names, figure["fold_srcc"]))
 
 
 def _pm(mean, std) -> str:
@@ -194,13 +215,23 @@ def shipped_summary(folder: str | Path) -> str:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_config_arg(parser)
     parser.add_argument("--experiment", default=None, help="the experiment whose model ships (default: the config's first)")
-    parser.add_argument("--card", required=True, metavar="MD",
-                        help="model card template: YAML front matter (title, datasets: NAME: kind of data) + text")
+    parser.add_argument("--card", default=None, metavar="MD",
+                        help="model card template: YAML front matter (title, datasets: NAME: kind of data) + text "
+                             "(default: <config without .yaml>-card.md beside the config)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the shipped model folder to write (replaced)")
 
 
+def default_card(config: str | Path) -> Path:
+    """The card template beside a config: config/shipped.yaml -> config/shipped-card.md."""
+    config = Path(config)
+    return config.with_name(f"{config.stem}-card.md")
+
+
 def main(args) -> int:
-    record = ship(args.config, args.card, args.out, args.experiment)
+    card = args.card or default_card(args.config)
+    if not Path(card).is_file():
+        raise UserError(f"no model card template at {card} (--card MD)")
+    record = ship(args.config, card, args.out, args.experiment)
     print(f"lmmvqa ship: {args.out} from {record['from']}: {shipped_summary(args.out)}")
     for name, digest in record["weights_sha256"].items():
         print(f"  sha256 {digest}  {name}")
