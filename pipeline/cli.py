@@ -32,13 +32,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aggregate": ("pipeline.evaluation.aggregate", "aggregate the folds of a `folds: all` experiment (each fold, mean, std, median)"),
     "report": ("pipeline.evaluation.report", "write the HTML report of experiments"),
     "score": ("pipeline.evaluation.score_files", "score video files with a trained model (decode -> features -> model)"),
+    "ship": ("pipeline.evaluation.ship", "a trained model + its cross-validated figures -> a model folder to commit "
+             "(the one `lmmvqa score` uses when it has no other, with its card)"),
     "launch": ("pipeline.launch", "run a command on N GPUs of this machine (train: DDP through torchrun)"),
     "fetch-weights": ("pipeline.features.fetch", "download the pretrained weights a preset names (where there is "
                       "internet), for offline runs"),
     "plan": ("pipeline.plan", "what a config will cost: jobs per stage, disk per feature store, GPU memory per stage"),
 }
 # commands no rule runs (no code version of their own)
-TOOLS = ("score", "launch", "fetch-weights", "plan")
+TOOLS = ("score", "ship", "launch", "fetch-weights", "plan")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -62,6 +62,25 @@ def _drop_key(file, key):
     save_file(state, str(file), metadata={"format": "pt"})
 
 
+# ------------------------------------------------------------------ file modes
+
+def test_model_folder_files_are_readable_by_everyone(tok, tmp_path):
+    """A model folder is for others to score with (one is committed in the repository): every weight file,
+    `projector.safetensors` and the LLM's included, is 0644 under the usual umask, not safetensors' 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        LMMVQA.build(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    files = {p.relative_to(tmp_path / "m").as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    assert "projector.safetensors" in files and any(f.startswith("llm/") and f.endswith(".safetensors") for f in files)
+    assert {f: oct(m) for f, m in files.items() if m != 0o644} == {}
+
+
 # ------------------------------------------------------------------ device "auto"
 
 def test_from_pretrained_device_auto(tok, tmp_path):

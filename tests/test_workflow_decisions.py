@@ -101,11 +101,12 @@ def test_score_without_a_model_finds_the_shipped_one_or_names_the_command(tmp_pa
     raw = {"datasets": {"demo": {"format": "generic", "labels": "l.csv"}},
            "experiments": {"cv": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all"}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match=r"no trained model in results/models/cv/all .*`snakemake --cores 2 "
-                                        r"results/models/cv/all`"):
+    with pytest.raises(UserError, match=r"no trained model in results/models/cv/all .*`snakemake "
+                                        r"results/models/cv/all --cores 2`"):
         default_model()
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match=r"--configfile mine.yaml results/models/cv/all"):
+    # the target before --configfile, which would take it for a second config file
+    with pytest.raises(UserError, match=r"`snakemake results/models/cv/all --cores 2 --configfile mine.yaml`"):
         default_model("mine.yaml")
     (tmp_path / "results/models/cv/all").mkdir(parents=True)
     (tmp_path / "results/models/cv/all/lmmvqa.json").write_text("{}")
@@ -121,8 +122,8 @@ def test_score_without_a_model_finds_the_shipped_one_or_names_the_command(tmp_pa
     for folder in ("results/models/ens", "results/models/ens.member2"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "lmmvqa.json").write_text("{}")
-    with pytest.raises(UserError, match=r"no trained model in results/models/ens.member1 .*`snakemake --cores 2 "
-                                        r"results/models/ens.member1`"):
+    with pytest.raises(UserError, match=r"no trained model in results/models/ens.member1 .*`snakemake "
+                                        r"results/models/ens.member1 --cores 2`"):
         default_model(experiment="ens")
     (tmp_path / "results/models/ens.member1").mkdir()
     (tmp_path / "results/models/ens.member1/lmmvqa.json").write_text("{}")

@@ -28,6 +28,19 @@ def write_file(path, write) -> Path:
     return path
 
 
+def readable_by_all(path) -> Path:
+    """Give `path` (a file, or every file and folder under it) the mode a plain `open` would: 0666 / 0777
+    less the umask (0644 / 0755 by default). Writers that go through a private temporary file (safetensors'
+    `save_file` writes 0600) would otherwise leave weights only their owner can read."""
+    path = Path(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+    return path
+
+
 def write_text(path, text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

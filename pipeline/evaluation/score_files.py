@@ -7,7 +7,10 @@ Without `--model`, the model is the one the config's experiment (default: its fi
 `results/models/<E>` for one held-out fold, with its ensemble members `results/models/<E>.member<i>`
 (`experiments.<E>.ensemble`), `results/models/<E>/all` (trained on every fold) for `folds: all`; the
 config is `--config`, else `config.yaml` in the working directory. When a folder has no trained model,
-the error names the command that makes one. The model's cross-validated or held-out figures, where the
+the error names the command that makes one. Without `--config`, when there is no config.yaml or its
+experiment has no trained model yet, the model is the one committed in the repository (models/lmmvqa-offline,
+pipeline/evaluation/ship.py), and stderr says so with what it was trained on and its cross-validated figures
+per kind of data. The model's cross-validated or held-out figures, where the
 workflow has written them, are printed on stderr: what its scores are worth. Several `--model` folders
 are an ensemble.
 
@@ -44,6 +47,7 @@ from pipeline.core.config import load_config, schema
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import DECODINGS, predict_batch
+from pipeline.evaluation.ship import SHIPPED_MODEL, shipped_summary
 from pipeline.core.deadline import with_decode_deadline
 from pipeline.features.decode import DecodeError
 from pipeline.features.decode_pool import DecodePool
@@ -237,7 +241,8 @@ def default_model(config: str | Path | None = None, experiment: str | None = Non
         if not (folder / "lmmvqa.json").is_file():
             configfile = "" if path == DEFAULT_CONFIG else f" --configfile {path}"
             raise UserError(f"no trained model in {folder} (experiment '{name}' of {path}): train it with "
-                            f"`snakemake --cores 2{configfile} {folder}` (or the whole run, `snakemake --cores 2{configfile}`), "
+                            f"`snakemake {folder} --cores 2{configfile}` (the target first: --configfile takes every "
+                            f"word after it), or the whole run, `snakemake --cores 2{configfile}`; "
                             "or pass --model DIR")
     return folders, model_worth(cfg, name, folders)
 
@@ -292,7 +297,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, action="append", metavar="DIR",
                         help="trained model folder; repeated: an ensemble, scores averaged (default: the model the "
                              "config's experiment ships: results/models/<experiment> with its ensemble members, or "
-                             "results/models/<experiment>/all for folds: all)")
+                             "results/models/<experiment>/all for folds: all; without --config, when config.yaml is "
+                             "absent or its model untrained: the shipped model models/lmmvqa-offline)")
     parser.add_argument("--config", default=None,
                         help=f"workflow config whose experiment's model to use without --model (default {DEFAULT_CONFIG}); "
                              "its `evaluation` settings apply (with or without --model), as `lmmvqa evaluate` applies them")
@@ -308,13 +314,44 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_decode_deadline_arg(parser)
 
 
+def model_to_use(config: str | Path | None, experiment: str | None) -> tuple[list[Path], str, bool]:
+    """(model folders, the stderr line saying what they are worth, whether the config picked them) when no
+    --model is given: the config's experiment's trained model; else, when the config was not named (no
+    --config) and config.yaml is missing or its experiment's model is not trained, the shipped model
+    (SHIPPED_MODEL, committed in the repository), with what it was trained on and its cross-validated
+    figures. A named --config whose model is not trained stays an error naming the command that trains it."""
+    if config is not None:
+        folders, worth = default_model(config, experiment)
+        return folders, worth, True
+    why = None
+    if not DEFAULT_CONFIG.is_file():
+        why = f"no {DEFAULT_CONFIG} here"
+    else:
+        try:
+            folders, worth = default_model(None, experiment)
+            return folders, worth, True
+        except UserError as exc:
+            if not str(exc).startswith("no trained model in") or experiment:
+                raise
+            why = f"{DEFAULT_CONFIG}'s experiment has no trained model yet"
+    if not (SHIPPED_MODEL / "lmmvqa.json").is_file():
+        raise UserError(f"{why}, and the shipped model {SHIPPED_MODEL} is missing: pass --model DIR")
+    return ([SHIPPED_MODEL], f"the shipped model {SHIPPED_MODEL} ({why}; --model DIR picks another): "
+            f"{shipped_summary(SHIPPED_MODEL)}", False)
+
+
 def main(args) -> int:
     # the evaluation settings: a config's (given, or config.yaml when it picks the model), as `lmmvqa
-    # evaluate` answers with them; a bare --model DIR: those recorded in the model folder
-    evaluation = scoring_config(args.config)[1]["evaluation"] if args.config or args.model is None else None
+    # evaluate` answers with them; a bare --model DIR and the shipped model: those recorded in the model folder
+    evaluation = scoring_config(args.config)[1]["evaluation"] if args.config else None
     if args.model is None:
-        args.model, worth = default_model(args.config, args.experiment)
+        args.model, worth, from_config = model_to_use(args.config, args.experiment)
+        if from_config and evaluation is None:
+            evaluation = scoring_config(None)[1]["evaluation"]
         print(f"lmmvqa score: {worth}", file=sys.stderr)
+        if from_config and (SHIPPED_MODEL / "lmmvqa.json").is_file():
+            print(f"lmmvqa score: the model trained on real rated photos and videos that ships with the package: "
+                  f"--model {SHIPPED_MODEL}", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with (open(args.out, "w") if args.out else contextlib.nullcontext(sys.stdout)) as fh:

@@ -20,7 +20,6 @@ hashes in the metadata (`save_adapter` / `load_adapter`).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -174,9 +173,7 @@ def save_adapter(path, adapter: QualityAdapter, meta: dict) -> Path:
 
     def write(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp), metadata=header)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # readable like the other outputs (the temporary file may be private)
+        atomic.readable_by_all(tmp)  # readable like the other outputs (safetensors writes the file private)
 
     return atomic.write_file(path, write)
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
+from pipeline.core.atomic import readable_by_all
 from pipeline.core.provenance import sha256_of
 from pipeline.model.llm_loading import DTYPES, check_missing, load_adapter, load_llm
 from pipeline.model.projector import Projector, projector_settings
@@ -162,6 +163,7 @@ def save_model_folder(model, path: str | Path, extra: dict | None = None) -> Pat
     if extra:
         cfg.update(extra)
     (tmp / "lmmvqa.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+    readable_by_all(tmp)  # the weights are written 0600 by safetensors; a model folder is for everyone to read
     if path.exists():
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
