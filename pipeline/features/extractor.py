@@ -38,7 +38,6 @@ class Extractor:
         self.device = encoders.resolve_device(device or cfg.get("device", "cpu"))
         s = cfg["sampling"]
         self.sampling = sampling_settings(cfg)
-        self.native = self.sampling["keyframe_mode"] == "native"  # key frames of each video's own size
         self.backend, self.fallback = s.get("backend", "decord"), s.get("fallback_backend", "pyav")
         self.batch_size = int(cfg["features"]["batch_size"])
         t0 = time.perf_counter()
@@ -59,6 +58,11 @@ class Extractor:
             keyframe_mode=s["keyframe_mode"], fragment_grid=s["fragment_grid"],
             native_max_short_side=s.get("native_max_short_side", NATIVE_MAX_SHORT_SIDE), backend=self.backend,
             fallback=self.fallback, threads=self.threads, deadline=DecodeDeadline.from_config(cfg))
+
+    @property
+    def native(self) -> bool:
+        """Key frames of each video's own size (`keyframe_mode: native`): encoded video by video."""
+        return self.sampling.get("keyframe_mode") == "native"
 
     @property
     def sampling_attrs(self) -> dict:
