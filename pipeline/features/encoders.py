@@ -178,7 +178,11 @@ class LiteBackbone(nn.Module):
 
     def __init__(self, variant: str = "efficientnet-lite0"):
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet  # installed by scripts/install.sh (weights.txt)
+        try:
+            from efficientnet_lite_pytorch import EfficientNet  # installed by scripts/install.sh (weights.txt)
+        except ImportError:
+            raise weights.WeightsError("the EfficientNet-Lite architecture package efficientnet_lite_pytorch is not "
+                                       "installed: run `bash scripts/install.sh` (it installs the pinned wheel)") from None
 
         self.net = EfficientNet.from_name(variant)
         if not isinstance(self.net._swish, nn.ReLU6):
