@@ -56,6 +56,7 @@ KNOWN_SHAPES = {
                                             "max_position_embeddings": 8192},
 }
 MOBILENET_V2_CHANNELS = [32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280]
+LITE0_CHANNELS = [32, 16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280]  # stem, MBConv, head
 DEFAULT_TEXT_TOKENS = 64  # prompt text around the visual tokens, when no tokenizer is at hand to count them
 CANDIDATE_ROWS = 256  # (video, answer) rows of the probability score's candidate pass (LMMVQA.candidate_logprobs)
 
@@ -98,6 +99,11 @@ def vision_shape(cfg: dict) -> dict:
         width = 2 * sum(MOBILENET_V2_CHANNELS[b] for b in conf["blocks"])
         return {"kind": "mobilenet_v2", "tokens": 1 + conf["grid"] ** 2, "width": width, "params": 3_504_872,
                 "image_size": conf.get("image_size", 224), "intermediate": 0, "layers": 0}
+    if spec.get("arch") == "efficientnet_lite0":
+        conf = spec["config"]
+        width = 2 * sum(LITE0_CHANNELS[b] for b in conf.get("blocks", [12, 13, 14, 15]))
+        return {"kind": "efficientnet_lite0", "tokens": 1 + conf.get("grid", 3) ** 2, "width": width,
+                "params": 4_652_008, "image_size": conf.get("image_size", 224), "intermediate": 0, "layers": 0}
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     hub = _hub_config(spec.get("source")) or {}

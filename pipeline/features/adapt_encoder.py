@@ -69,7 +69,8 @@ def base_tokens(cfg: dict, videos: pd.DataFrame, device=None, threads=None, log=
             log(f"failed: {r.path}: {type(e).__name__}: {e}")
             continue
         t1 = time.perf_counter()
-        tokens.append(encode_keyframes(ex.vision, decoded.keyframes, ex.device, ex.batch_size))
+        frames = [decoded.keyframes] if ex.native else decoded.keyframes  # native: the video's own size
+        tokens.append(encode_keyframes(ex.vision, frames, ex.device, ex.batch_size))
         labels.append(r.label)
         t_dec, t_enc = t_dec + t1 - t0, t_enc + time.perf_counter() - t1
         if (i + 1) % 50 == 0:

@@ -29,7 +29,10 @@ Sampling (all by presentation timestamp, so variable-frame-rate video is sampled
   `fragments` (FAST-VQA-style: a `fragment_grid` x `fragment_grid` mosaic of key_size / grid pixel
   patches taken at the video's own resolution from the centre of each grid cell, so compression,
   noise and blur are seen unscaled; frames smaller than key_size are upscaled just enough first).
-  `crop` and `fragments` decode at the native size and resize in torch.
+  `native` (the whole frame at its own resolution and aspect ratio, resized only where its short side
+  exceeds `native_max_short_side`, never upscaled: key frames differ in size from video to video, so
+  only a CNN vision arch, which pools over any size, takes them; chunks as in `stretch`).
+  `crop`, `fragments` and `native` decode at the native size and resize in torch.
 * `chunk_ids` [n_sec, chunk_frames]: the source frame index behind each chunk frame (repeated
   indices = frames repeated by the resampling, not by the video).
 * Rotation metadata (display matrix) is applied: decord applies it itself; for PyAV this module
@@ -58,6 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE
 from pipeline.ingest.media import media_of
 from pipeline.core.deadline import DecodeDeadline
 from pipeline.ingest.streams import display_info, error_text
@@ -70,12 +74,12 @@ class DecodeError(RuntimeError):
     """The video could not be decoded by any backend (message names each backend's error)."""
 
 
-KEYFRAME_MODES = ("stretch", "crop", "fragments")
+KEYFRAME_MODES = ("stretch", "crop", "fragments", "native")
 
 
 @dataclass
 class DecodedVideo:
-    keyframes: np.ndarray  # uint8 [n_kf, key_size, key_size, 3]
+    keyframes: np.ndarray  # uint8 [n_kf, key_size, key_size, 3]; native mode: [n_kf, h, w, 3] of this video
     chunks: np.ndarray  # uint8 [n_sec, chunk_frames, chunk_size, chunk_size, 3]
     meta: dict = field(default_factory=dict)
     chunk_ids: np.ndarray | None = None  # int [n_sec, chunk_frames] source frame indices
@@ -205,8 +209,23 @@ def fragments(frames: np.ndarray, size: int, grid: int = 7) -> np.ndarray:
     return out
 
 
-def spatial_view(frames: np.ndarray, size: int, mode: str = "stretch", grid: int = 7) -> np.ndarray:
+def native_view(frames: np.ndarray, max_short_side: int = NATIVE_MAX_SHORT_SIDE) -> np.ndarray:
+    """uint8 [n, h, w, 3] -> the same frames, resized (aspect ratio kept, antialiased bilinear) so that
+    their short side is `max_short_side` when it is longer; smaller frames are returned as they are."""
+    h, w = frames.shape[1:3]
+    short = min(h, w)
+    if short <= max_short_side:
+        return frames
+    s = max_short_side / short
+    nh, nw = (max_short_side, max(1, round(w * s))) if h <= w else (max(1, round(h * s)), max_short_side)
+    return _resize_to(frames, nh, nw)
+
+
+def spatial_view(frames: np.ndarray, size: int, mode: str = "stretch", grid: int = 7,
+                 max_short_side: int = NATIVE_MAX_SHORT_SIDE) -> np.ndarray:
     """Frames as the vision encoder sees them (see `keyframe_mode` in the module docstring)."""
+    if mode == "native":
+        return native_view(frames, max_short_side)
     if mode == "stretch":
         return _resize_square(frames, size)
     if mode == "crop":
@@ -224,11 +243,12 @@ def chunk_view(frames: np.ndarray, size: int, mode: str = "stretch") -> np.ndarr
 class _Collector:
     """Requests (frame index -> output slots) sorted by frame index, filled group by group."""
 
-    def __init__(self, kf_idx, ch_idx, key_size, chunk_size, mode="stretch", grid=7):
+    def __init__(self, kf_idx, ch_idx, key_size, chunk_size, mode="stretch", grid=7,
+                 max_short_side=NATIVE_MAX_SHORT_SIDE):
         n_kf, (n_sec, c) = len(kf_idx), ch_idx.shape
         self.key_size, self.chunk_size = key_size, chunk_size
-        self.mode, self.grid = mode, grid
-        self.keyframes = np.zeros((n_kf, key_size, key_size, 3), np.uint8)
+        self.mode, self.grid, self.max_short_side = mode, grid, max_short_side
+        self.views = _KeyFrames(n_kf, key_size)
         self.chunks = np.zeros((n_sec, c, chunk_size, chunk_size, 3), np.uint8)
         self.kf_idx, self.ch_idx = np.asarray(kf_idx), np.asarray(ch_idx)
         self.needed = np.unique(np.concatenate([self.kf_idx.ravel(), self.ch_idx.ravel()]))
@@ -242,8 +262,9 @@ class _Collector:
         pos = {int(f): i for i, f in enumerate(indices)}
         kf_sel = [(k, pos[int(f)]) for k, f in enumerate(self.kf_idx) if int(f) in pos]
         if kf_sel:
-            src = spatial_view(frames[[p for _, p in kf_sel]], self.key_size, self.mode, self.grid)
-            self.keyframes[[k for k, _ in kf_sel]] = src
+            src = spatial_view(frames[[p for _, p in kf_sel]], self.key_size, self.mode, self.grid,
+                               self.max_short_side)
+            self.views.put([k for k, _ in kf_sel], src)
         sec, j = np.nonzero(np.isin(self.ch_idx, indices))
         if len(sec):
             rows = np.array([pos[int(self.ch_idx[s, jj])] for s, jj in zip(sec, j)])
@@ -252,8 +273,33 @@ class _Collector:
             self.chunks[sec, j] = small[inv]
 
     @property
+    def keyframes(self) -> np.ndarray:
+        return self.views.array
+
+    @property
     def chunk_ids(self) -> np.ndarray:
         return self.ch_idx
+
+
+class _KeyFrames:
+    """The key frames of one video, allocated at the size of the first view put in (`native` mode: the
+    video's own, capped size; otherwise key_size x key_size); `array` is all of them."""
+
+    def __init__(self, n: int, key_size: int):
+        self.n, self.key_size, self.array_ = n, key_size, None
+
+    def put(self, rows, views: np.ndarray) -> None:
+        if self.array_ is None:
+            self.array_ = np.zeros((self.n, *views.shape[1:]), np.uint8)
+        elif views.shape[1:] != self.array_.shape[1:]:  # a stream whose frame size changes midway
+            views = _resize_to(views, *self.array_.shape[1:3])
+        self.array_[rows] = views
+
+    @property
+    def array(self) -> np.ndarray:
+        if self.array_ is None:
+            return np.zeros((self.n, self.key_size, self.key_size, 3), np.uint8)
+        return self.array_
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +335,8 @@ def _decode_decord(path, p, threads):
         fps = float(vr.get_avg_fps() or 25.0)
         pts, duration = np.arange(n) / fps, n / fps
     kf_idx, ch_idx, _ = _plan(pts, duration, p)
-    col = _Collector(kf_idx, ch_idx, p["key_size"], p["chunk_size"], p["keyframe_mode"], p["fragment_grid"])
+    col = _Collector(kf_idx, ch_idx, p["key_size"], p["chunk_size"], p["keyframe_mode"], p["fragment_grid"],
+                     p["native_max_short_side"])
     for group in col.groups():
         frames = vr.get_batch(group.tolist()).asnumpy()
         col.fill(group, frames)
@@ -335,7 +382,7 @@ def _decode_pyav(path, p, threads):
         # sample times come from the container's duration; frames are matched to them as they arrive
         kf_t = keyframe_times(expected, p["keyframe_fps"], p["max_keyframes"])
         ch_t = chunk_times(expected, p["chunk_frames"], p["max_seconds"])
-        keyframes = np.zeros((len(kf_t), p["key_size"], p["key_size"], 3), np.uint8)
+        keyframes = _KeyFrames(len(kf_t), p["key_size"])
         chunks = np.zeros((*ch_t.shape, p["chunk_size"], p["chunk_size"], 3), np.uint8)
         targets = np.concatenate([kf_t, ch_t.ravel()])
         order = np.argsort(targets, kind="stable")
@@ -360,8 +407,9 @@ def _decode_pyav(path, p, threads):
                 views = convert(frame, fi)
                 if t < len(kf_t):
                     if "key" not in views:
-                        views["key"] = spatial_view(views["src"][None], p["key_size"], mode, p["fragment_grid"])[0]
-                    keyframes[t] = views["key"]
+                        views["key"] = spatial_view(views["src"][None], p["key_size"], mode, p["fragment_grid"],
+                                                    p["native_max_short_side"])
+                    keyframes.put([t], views["key"])
                 else:
                     if "chunk" not in views:
                         views["chunk"] = chunk_view(views["src"][None], p["chunk_size"], mode)[0]
@@ -382,7 +430,7 @@ def _decode_pyav(path, p, threads):
             raise DecodeError(f"truncated: decoded {last_t + frame_dur:.2f} s of {expected:.2f} s")
         assign(math.inf, prev, prev_i)
     duration = min(expected, last_t + frame_dur) if expected else last_t + frame_dur
-    return _Filled(keyframes, chunks, chunk_ids), {"duration": float(duration), "n_frames": i + 1, "vfr": None}
+    return _Filled(keyframes.array, chunks, chunk_ids), {"duration": float(duration), "n_frames": i + 1, "vfr": None}
 
 
 @dataclass
@@ -443,6 +491,7 @@ def sample_video(
     threads: int = 0,
     keyframe_mode: str = "stretch",
     fragment_grid: int = 7,
+    native_max_short_side: int = NATIVE_MAX_SHORT_SIDE,
     on_facts=None,
     on_backend=None,
 ) -> DecodedVideo:
@@ -460,7 +509,7 @@ def sample_video(
         on_facts({**timing, "width": info["width"], "height": info["height"]})
     p = dict(keyframe_fps=keyframe_fps, max_keyframes=max_keyframes, chunk_frames=chunk_frames,
              max_seconds=max_seconds, key_size=key_size, chunk_size=chunk_size, keyframe_mode=keyframe_mode,
-             fragment_grid=fragment_grid)
+             fragment_grid=fragment_grid, native_max_short_side=int(native_max_short_side))
     if keyframe_mode not in KEYFRAME_MODES:
         raise ValueError(f"unknown keyframe_mode {keyframe_mode!r} (one of {KEYFRAME_MODES})")
     attempts = []
@@ -506,6 +555,7 @@ class VideoSampler:
     chunk_size: int
     keyframe_mode: str = "stretch"
     fragment_grid: int = 7
+    native_max_short_side: int = NATIVE_MAX_SHORT_SIDE
     backend: str = "decord"
     fallback: str | None = "pyav"
     threads: int = 0
@@ -519,15 +569,23 @@ class VideoSampler:
 
             return sample_image(path, key_size=self.key_size, chunk_frames=self.chunk_frames,
                                 chunk_size=self.chunk_size, keyframe_mode=self.keyframe_mode,
-                                fragment_grid=self.fragment_grid)
+                                fragment_grid=self.fragment_grid, native_max_short_side=self.native_max_short_side)
         return sample_video(path, keyframe_fps=self.keyframe_fps, max_keyframes=self.max_keyframes,
                             chunk_frames=self.chunk_frames, max_seconds=self.max_seconds, key_size=self.key_size,
                             chunk_size=self.chunk_size, backend=self.backend, fallback=self.fallback,
                             threads=self.threads, keyframe_mode=self.keyframe_mode, fragment_grid=self.fragment_grid,
-                            **callbacks)
+                            native_max_short_side=self.native_max_short_side, **callbacks)
+
+    @property
+    def key_pixels(self) -> int:
+        """Pixels of the largest key frame planned for: key_size^2, or in `native` mode a 16:9 frame at the
+        short-side cap (wider frames still decode; a decode worker then returns them without shared memory)."""
+        if self.keyframe_mode == "native":
+            return int(self.native_max_short_side) * math.ceil(self.native_max_short_side * 16 / 9)
+        return self.key_size**2
 
     @property
     def max_bytes(self) -> int:
         """Bytes of the largest decoded output: max_keyframes key frames + max_seconds chunks, uint8 RGB."""
-        return (int(self.max_keyframes) * self.key_size**2 * 3
+        return (int(self.max_keyframes) * self.key_pixels * 3
                 + int(self.max_seconds) * int(self.chunk_frames) * self.chunk_size**2 * 3)

