@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,3 +132,28 @@ def pytest_xdist_make_scheduler(config, log):
             return nodeid if path in ONE_BY_ONE else path
 
     return FilesAndWorkflowTests(config, log)
+
+
+def store_bytes(path):
+    """Everything a feature store holds, as comparable values: ids, spatial and motion bytes, failures and
+    key-frame counts (stores made with other decode worker counts must be equal)."""
+    from pipeline.features.store_reader import FeatureStore
+
+    store = FeatureStore(path)
+    return (store.ids, [store.spatial(v).tobytes() for v in store.ids], [store.motion(v).tobytes() for v in store.ids],
+            store.failures[["id", "path", "stage", "error"]].values.tolist(),
+            [store.video_meta(v)["n_keyframes"] for v in store.ids])
+
+
+def write_synth_variants(root, prefix="v"):
+    """A tiny synth dataset `syn` as the synth stage leaves it under `root` (six videos of rising CRF in
+    cache/synth/syn/videos, their full-reference labels in results/synth/syn/labels.csv): training data
+    for the quality adapter."""
+    root = Path(root)
+    names = [f"{prefix}{i}.mp4" for i in range(6)]
+    for i, name in enumerate(names):
+        write_video(root / "cache/synth/syn/videos" / name, n_frames=25, size=(64, 48), seed=i,
+                    options={"crf": str(10 + 8 * i)})
+    (root / "results/synth/syn").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"name": names, "mos": [95, 85, 70, 55, 40, 20]}).to_csv(root / "results/synth/syn/labels.csv",
+                                                                          index=False)

@@ -25,6 +25,7 @@ from pipeline.features.decode import VideoSampler
 from pipeline.features.decode_pool import DecodePool, decode_worker_count
 from pipeline.features.extract import CODE_VERSION, extract_shard
 from pipeline.features.extractor import Extractor
+from conftest import store_bytes
 from pipeline.features.store_reader import FeatureStore, IncompleteStoreError
 
 torch.set_num_threads(2)
@@ -94,13 +95,6 @@ def test_same_video_identical_across_runs(shard_dir):
     np.testing.assert_array_equal(stores[0].motion("c"), stores[1].motion("c"))
 
 
-def _store_bytes(path):
-    store = FeatureStore(path)
-    return (store.ids, [store.spatial(v).tobytes() for v in store.ids], [store.motion(v).tobytes() for v in store.ids],
-            store.failures[["id", "path", "stage", "error"]].values.tolist(),
-            [store.video_meta(v)["n_keyframes"] for v in store.ids])
-
-
 @pytest.fixture
 def order_dir(tmp_path, make_video):
     """A slow (long, larger) video first, then fast ones and a corrupt one: workers finish out of order."""
@@ -127,11 +121,11 @@ def test_store_identical_whatever_the_decode_workers(order_dir, monkeypatch):
         s = extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
                           decode_workers=workers)
         assert s["decode_workers"] == workers and s["n_videos"] == 5 and s["n_failed"] == 1
-        stores[workers] = _store_bytes(out)
+        stores[workers] = store_bytes(out)
     monkeypatch.setattr(decode_pool, "_reserve_shm", lambda nbytes: None)
     out = root / "pipe" / "shard-00000.zarr"
     extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False, decode_workers=2)
-    stores["pipe"] = _store_bytes(out)
+    stores["pipe"] = store_bytes(out)
     assert stores[2][0] == ["long", "s0", "s1", "s2", "s3"]
     assert stores[2][4] == [6, 1, 1, 2, 2]  # the 6 s video really is first
     for key in (1, 0, "pipe"):
@@ -401,7 +395,7 @@ def test_offline_store_identical_whatever_the_decode_workers(order_dir):
         out = root / f"off{workers}" / "shard-00000.zarr"
         extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
                       decode_workers=workers)
-        stores[workers] = _store_bytes(out)
+        stores[workers] = store_bytes(out)
     assert stores[2] == stores[0]
     motion = FeatureStore(root / "off2" / "shard-00000.zarr").motion("s1")
     assert motion[0, 0] == 0.0  # frozen fraction: 25 fps resampled to the chunk has no frozen pairs

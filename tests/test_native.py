@@ -16,6 +16,7 @@ from pipeline.features.decode import _resize_to, native_view, sample_video, spat
 from pipeline.features.decode_image import sample_image
 from pipeline.features.extract import extract_shard
 from pipeline.features.extractor import Extractor
+from conftest import store_bytes
 from pipeline.features.store_reader import FeatureStore
 
 torch.set_num_threads(2)
@@ -138,13 +139,6 @@ def test_lite0_tokens_shape_and_determinism():
     assert encoders.encode_keyframes(one, frames, "cpu").shape == (3, 5, 384) and one_info["width"] == 384
 
 
-def _store_bytes(path):
-    store = FeatureStore(path)
-    return (store.ids, [store.spatial(v).tobytes() for v in store.ids], [store.motion(v).tobytes() for v in store.ids],
-            store.failures[["id", "path", "stage", "error"]].values.tolist(),
-            [store.video_meta(v)["n_keyframes"] for v in store.ids])
-
-
 @pytest.fixture
 def sizes_dir(tmp_path, make_video):
     """A shard of videos of different resolutions and aspect ratios (and one that does not decode)."""
@@ -171,11 +165,11 @@ def test_native_shard_of_mixed_resolutions_same_store_whatever_the_workers(sizes
         s = extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
                           decode_workers=workers)
         assert s["n_videos"] == 3 and s["n_failed"] == 1
-        stores[workers] = _store_bytes(out)
+        stores[workers] = store_bytes(out)
     monkeypatch.setattr(decode_pool, "_reserve_shm", lambda nbytes: None)
     extract_shard(cfg, "t", manifest, vids, 0, root / "pipe" / "shard-00000.zarr", device="cpu", threads=2,
                   progress=False, decode_workers=2)
-    stores["pipe"] = _store_bytes(root / "pipe" / "shard-00000.zarr")
+    stores["pipe"] = store_bytes(root / "pipe" / "shard-00000.zarr")
     assert stores[0] == stores[2] == stores["pipe"]
     store = FeatureStore(root / "w2" / "shard-00000.zarr")
     ex = Extractor(cfg, device="cpu", threads=2)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import write_video
+from conftest import write_synth_variants
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.core.specs import adapter_file, adapter_hash, feature_settings_hash, model_spec
@@ -95,14 +95,7 @@ def test_feature_settings_hash_follows_the_adapter():
 
 def test_stage_writes_once_and_extraction_wraps_the_base(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    names = []
-    for i in range(6):
-        names.append(f"v{i}.mp4")
-        write_video(tmp_path / "cache/synth/syn/videos" / names[-1], n_frames=25, size=(64, 48), seed=i,
-                    options={"crf": str(10 + 8 * i)})
-    (tmp_path / "results/synth/syn").mkdir(parents=True)
-    pd.DataFrame({"name": names, "mos": [95, 85, 70, 55, 40, 20]}).to_csv(tmp_path / "results/synth/syn/labels.csv",
-                                                                          index=False)
+    write_synth_variants(tmp_path)
     cfg = _config()
     out = adapt_encoder.adapt(cfg, log=lambda m: None)
     assert out == adapter_file(cfg) and out.is_file()

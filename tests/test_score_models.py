@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import write_video
+from conftest import write_synth_variants, write_video
 from pipeline.cli import main
 from pipeline.core import paths
 from pipeline.core.config import load_config
@@ -58,14 +58,7 @@ def trained(tmp_path_factory):
 
     os.chdir(work)
     try:
-        names = []
-        for i in range(6):  # the adapter's synth videos and their full-reference labels
-            names.append(f"s{i}.mp4")
-            write_video(work / "cache/synth/syn/videos" / names[-1], n_frames=25, size=(64, 48), seed=i,
-                        options={"crf": str(10 + 8 * i)})
-        (work / "results/synth/syn").mkdir(parents=True)
-        pd.DataFrame({"name": names, "mos": [95, 85, 70, 55, 40, 20]}).to_csv(work / "results/synth/syn/labels.csv",
-                                                                              index=False)
+        write_synth_variants(work, prefix="s")  # the adapter's synth videos and their full-reference labels
         vids = [f"v{i:02d}.mp4" for i in range(N_VIDEOS)]
         for i, name in enumerate(vids):
             write_video(work / "videos" / name, n_frames=25, size=(64, 48), seed=100 + i,
