@@ -214,8 +214,7 @@ def member_option(wildcards):
 def ensemble_model_dirs(experiment, fold):
     """The model folders an evaluation scores with: the experiment's (fold's) own model, then its
     ensemble members' (`experiments.<E>.ensemble`)."""
-    return [str(paths.model_dir(pipeline_runs.member_run(experiment, m), fold))
-            for m in [0, *pipeline_runs.ensemble_members(config, experiment)]]
+    return [str(d) for d in pipeline_runs.ensemble_model_dirs(config, experiment, fold)]
 
 
 def fold_metrics(wildcards):

@@ -59,7 +59,7 @@ from pipeline.model.lmm import LMMVQA
 from pipeline.model.model_files import scoring_extraction
 from pipeline.prompts.experiments import experiment_folds, shipped_model, unseen_tests
 from pipeline.prompts.shards import load_templates
-from pipeline.training.runs import ensemble_members, member_run
+from pipeline.training.runs import ensemble_model_dirs
 
 
 def expand_inputs(items) -> list[Path]:
@@ -252,10 +252,9 @@ def shipped_models(cfg: dict, experiment: str) -> list[Path]:
     (`<E>.member<i>`, as `lmmvqa evaluate` averages them) for an experiment with one held-out split. The
     workflow trains ensemble members per fold only, so a `folds: all` experiment ships its one model on
     every fold."""
-    folder = shipped_model(cfg, experiment)
     if experiment_folds(cfg, experiment) is not None:
-        return [folder]
-    return [folder, *(paths.model_dir(member_run(experiment, m)) for m in ensemble_members(cfg, experiment))]
+        return [shipped_model(cfg, experiment)]
+    return ensemble_model_dirs(cfg, experiment)
 
 
 def model_worth(cfg: dict, experiment: str, folders: list[Path]) -> str:

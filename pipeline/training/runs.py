@@ -63,6 +63,12 @@ def ensemble_members(cfg: dict, experiment: str) -> list[int]:
     return list(range(1, int(cfg["experiments"][experiment].get("ensemble") or 1)))
 
 
+def ensemble_model_dirs(cfg: dict, experiment: str, fold: int | str | None = None) -> list[Path]:
+    """The model folders that score together for an experiment (or one fold of it): its own model, then
+    its ensemble members' (`experiments.<E>.ensemble`), averaged by `predict_batch`."""
+    return [paths.model_dir(member_run(experiment, m), fold) for m in [0, *ensemble_members(cfg, experiment)]]
+
+
 def experiment_training(cfg: dict, experiment: str, stage: int | None = None) -> dict:
     """The training settings of an experiment's run: the top-level `training`, then the experiment's
     `training` overrides; for its stage 1 (`stage=1`) then `lora.enabled: false` and the `stage1`
