@@ -35,7 +35,7 @@ def sampling_settings(cfg: dict) -> dict:
 def model_spec(cfg: dict, role: str) -> dict:
     """{'source': hub id / path / None, 'config': {...}, 'dtype': ..., ['arch', 'weights']} for role in
     vision|motion|llm. `arch` picks the model family (null = CLIP / SlowFast / Llama); `weights` names
-    a packaged weight file and its sha256 (pipeline/features/weights.py)."""
+    a packaged weight file and its sha256 (pipeline/features/encoding/weights.py)."""
     preset = _plain_spec(cfg, role)
     override = cfg["models"].get(role) or {}
     if role == "vision" and override.get("adapted"):
