@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_decode.py [--videos DIR ...] [--threads 2] [--repeat 2]
 
-* ours: `pipeline.features.decode.sample_video` with the tiny preset's sizes (key frames 224, chunks 112,
+* ours: `pipeline.features.decoding.decode.sample_video` with the tiny preset's sizes (key frames 224, chunks 112,
   32 frames per second, 1 key frame per second), decord backend (and PyAV for comparison);
 * ffmpeg: `ffmpeg -threads T -i V -f null -` (decodes every frame; no conversion, no scaling);
 * seed-style: PyAV decodes every frame; the key frames are converted at full resolution, written to
@@ -32,7 +32,7 @@ DEMO = REPO / "resources" / "demo" / "videos"
 
 
 def ours(path, threads, backend="decord"):
-    from pipeline.features.decode import sample_video
+    from pipeline.features.decoding.decode import sample_video
 
     t0 = time.perf_counter()
     sample_video(path, key_size=224, chunk_size=112, chunk_frames=32, backend=backend, fallback=None, threads=threads)

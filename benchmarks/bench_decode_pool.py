@@ -5,7 +5,7 @@
 
 What runs: `pipeline.features.extract.extract_shard` itself (decode pool, in-order consumption, shared-memory
 slots, host staging buffers, store writer) on a manifest of the real clips (each listed `--copies`
-times), with `pipeline.features.encoders.encode_keyframes` / `encode_chunks` replaced in this process by a
+times), with `pipeline.features.encoding.encoders.encode_keyframes` / `encode_chunks` replaced in this process by a
 stub that records a CRC-32 of every frame it is fed and returns zeros. So the figure is what the
 CPUs can feed to the encoders (on a GPU box the encoders take ~10-30 ms per video and the decode
 side is the limit), and the frame digests prove that the per-video input of the encoders (hence the
@@ -76,9 +76,9 @@ def rows_of(manifest) -> list:
 
 def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Path) -> dict:
     """One shard through extract_shard with the encoders stubbed."""
-    from pipeline.features import encoders
+    from pipeline.features.encoding import encoders
     from pipeline.features.extract import extract_shard
-    from pipeline.features.store_reader import FeatureStore
+    from pipeline.features.stores.store_reader import FeatureStore
 
     stub = StubEncoders()
     saved = encoders.encode_keyframes, encoders.encode_chunks

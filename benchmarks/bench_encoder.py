@@ -7,7 +7,7 @@
 
 Per setup (bench_head.py's folds: realset-dev leave one source out, realset-dev grouped 5-fold) and fold:
 
-* the adapter (pipeline/features/quality_adapter.py) is trained on the frozen vision tokens of the synth
+* the adapter (pipeline/features/encoding/quality_adapter.py) is trained on the frozen vision tokens of the synth
   variants (feature stores of the synth datasets under the same feature settings) and their VMAF
   labels, nothing else; synth variants whose reference shares the held-out fold's source (leave one
   source out) or segment group (grouped folds) are left out, so no content of the test fold trains it;
@@ -59,7 +59,7 @@ def stores_of(root: Path, dataset: str, settings: str) -> list[Path]:
 
 def load_synth(names, synth_root: Path, features_root: Path, settings: str) -> pd.DataFrame:
     """One row per synth variant with its tokens: name, dataset, source, group, vmaf, tokens."""
-    from pipeline.features.store_reader import DatasetFeatures
+    from pipeline.features.stores.store_reader import DatasetFeatures
 
     rows = []
     for name in names:
@@ -76,8 +76,8 @@ def load_synth(names, synth_root: Path, features_root: Path, settings: str) -> p
 def run_setup(setup: str, synth: pd.DataFrame, features_root: Path, objectives, seeds, settings: dict, log) -> dict:
     from pipeline.core.config import load_config
     from pipeline.core.specs import feature_settings_hash
-    from pipeline.features import quality_adapter as qa
-    from pipeline.features.store_reader import DatasetFeatures
+    from pipeline.features.encoding import quality_adapter as qa
+    from pipeline.features.stores.store_reader import DatasetFeatures
 
     config_file, dataset = SETUPS[setup]
     cfg = load_config(config_file)

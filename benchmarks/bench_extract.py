@@ -67,7 +67,7 @@ def matmul_flops(threads: int, n: int = 2048, reps: int = 5) -> float:
 
 
 def bench_preset(name: str, videos: list[Path], threads: int) -> dict:
-    from pipeline.features import encoders
+    from pipeline.features.encoding import encoders
     from pipeline.features.extractor import Extractor
 
     cfg = _cfg(name == "paper-sized")
@@ -146,8 +146,8 @@ def _ridge_loco(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alpha: float =
 def quality_probe(threads: int, frames_per_clip: int = 4) -> dict:
     from scipy.stats import spearmanr
 
-    from pipeline.features.decode import sample_video
-    from pipeline.features.encoders import encode_keyframes, load_vision
+    from pipeline.features.decoding.decode import sample_video
+    from pipeline.features.encoding.encoders import encode_keyframes, load_vision
 
     torch.set_num_threads(threads)
     clips = sorted(REAL.glob("*.mp4"))

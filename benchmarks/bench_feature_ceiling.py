@@ -4,7 +4,7 @@
         --dataset demo --holdout 0 --out benchmarks/results/feature_ceiling.json [--no-torch] [--no-handcrafted]
 
 Why: the LMM (projector + small LLM) sees the video only through the cached encoder features
-(`cache/features/...`, read with `pipeline.features.store_reader.dataset_features`). If a direct regression
+(`cache/features/...`, read with `pipeline.features.stores.store_reader.dataset_features`). If a direct regression
 from those features to MOS cannot rank the videos well, no amount of LMM training will; if it can,
 the LMM training is the bottleneck. This script fits such direct readouts and reports what they reach.
 
@@ -96,7 +96,7 @@ def _pad(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def load_features(cfg: dict, dataset: str, ids: list[str]) -> dict:
     """Spatial tokens [n, kf, 197, d] and motion vectors [n, sec, m] (padded, float32) with masks."""
-    from pipeline.features.store_reader import dataset_features
+    from pipeline.features.stores.store_reader import dataset_features
 
     feats, stores = dataset_features(cfg, dataset)
     missing = [i for i in ids if i not in feats]
@@ -383,7 +383,7 @@ def _chunk_stats(chunks: np.ndarray) -> list[float]:
 
 def handcrafted_features(table: pd.DataFrame, videos_dir: Path, cfg: dict, threads: int) -> np.ndarray:
     """Per-video mean over key frames of _frame_stats plus _chunk_stats (decoded like the pipeline)."""
-    from pipeline.features.decode import sample_video
+    from pipeline.features.decoding.decode import sample_video
 
     s = cfg["sampling"]
     rows = []

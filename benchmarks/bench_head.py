@@ -162,7 +162,7 @@ def load_extras(cfg: dict, selectors: list[str], extra_config: str, fraction: fl
     from pipeline.core import paths
     from pipeline.core.config import load_config
     from pipeline.core.specs import feature_settings_hash
-    from pipeline.features.store_reader import DatasetFeatures
+    from pipeline.features.stores.store_reader import DatasetFeatures
     from pipeline.ingest.manifest import read_manifest
     from pipeline.prompts.experiments import parse_selector, select
 
@@ -291,7 +291,7 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     from pipeline.core import paths
     from pipeline.core.config import deep_merge, load_config
     from pipeline.core.specs import feature_settings_hash, model_spec, trains_tokenizer
-    from pipeline.features.store_reader import DatasetFeatures
+    from pipeline.features.stores.store_reader import DatasetFeatures
     from pipeline.model.tokenizer import load_tokenizer, train_tokenizer
     from pipeline.prompts.shards import build_samples, load_templates
     from pipeline.training.data import split_validation
@@ -448,7 +448,7 @@ def pooled_srcc(parts: list[pd.DataFrame]) -> dict:
 def predict(model, features, test_ids, bank, prompt_seed, ev, test_rows) -> pd.DataFrame:
     """Prediction rows of the test videos (as `lmmvqa evaluate` makes them), with mos and level_true."""
     from pipeline.evaluation.predict import predict_batch
-    from pipeline.features.store_reader import collate_videos
+    from pipeline.features.stores.store_reader import collate_videos
 
     rows = []
     for i in range(0, len(test_ids), ev["batch_size"]):

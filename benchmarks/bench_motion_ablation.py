@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.core import paths  # noqa: E402
 from pipeline.core.metrics import score_metrics  # noqa: E402
 from pipeline.core.specs import feature_settings_hash  # noqa: E402
-from pipeline.features.store_reader import DatasetFeatures  # noqa: E402
+from pipeline.features.stores.store_reader import DatasetFeatures  # noqa: E402
 
 TEMPORAL = {"distortions": ("stutter", "drops", "judder"), "distortion": ("stutter", "combo_lowfps_crf")}
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)

@@ -87,7 +87,7 @@ def measure(cfg: dict, keyframes: int = 4, seed: int = 0) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.features.store_reader import collate_videos
+    from pipeline.features.stores.store_reader import collate_videos
     from pipeline.model.lmm import LMMVQA, enable_checkpointing
     from pipeline.model.tokenizer import train_tokenizer
     from pipeline.prompts.shards import load_templates, question_for

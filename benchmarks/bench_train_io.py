@@ -77,7 +77,7 @@ def main() -> int:
         for i, sec in enumerate(zarr_feats.motion(vid)):
             np.save(d / f"sec_{i:03d}.npy", sec)
     n_files = sum(1 for _ in npy_root.rglob("*.npy"))
-    from pipeline.features.store_reader import DatasetFeatures
+    from pipeline.features.stores.store_reader import DatasetFeatures
 
     preloaded = DatasetFeatures([s.path for s in zarr_feats.stores])
     t0 = time.perf_counter()

@@ -22,9 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("pipeline.ingest.manifest", "label file + video folder -> manifest table (+ missing table)"),
     "probe": ("pipeline.ingest.probe", "probe the videos of a manifest (duration, fps, size, codec, ...)"),
     "extract": ("pipeline.features.extract", "decode a shard of videos once; the preset's vision and motion features into a Zarr store"),
-    "adapt-encoder": ("pipeline.features.adapt_encoder", "learn a quality adapter on the frozen vision tokens from synth "
+    "adapt-encoder": ("pipeline.features.encoding.adapt_encoder", "learn a quality adapter on the frozen vision tokens from synth "
                       "datasets (full-reference labels, no MOS)"),
-    "feature-stats": ("pipeline.features.stats", "dataset-level feature statistics with dask (out of core, optionally distributed)"),
+    "feature-stats": ("pipeline.features.stores.stats", "dataset-level feature statistics with dask (out of core, optionally distributed)"),
     "prompts": ("pipeline.prompts.shards", "build Q&A prompt shards (JSONL) for a dataset"),
     "tokenizer": ("pipeline.model.tokenizer", "train the tokenizer of an LLM built at random init (tiny, offline presets) on prompt shards"),
     "train": ("pipeline.training.train", "train the projector (+ LoRA / LLM) from cached features and prompts"),
@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ship": ("pipeline.evaluation.ship", "a trained model + its cross-validated figures -> a model folder to commit "
              "(the one `lmmvqa score` uses when it has no other, with its card)"),
     "launch": ("pipeline.launch", "run a command on N GPUs of this machine (train: DDP through torchrun)"),
-    "fetch-weights": ("pipeline.features.fetch", "download the pretrained weights a preset names (where there is "
+    "fetch-weights": ("pipeline.features.encoding.fetch", "download the pretrained weights a preset names (where there is "
                       "internet), for offline runs"),
     "plan": ("pipeline.plan", "what a config will cost: jobs per stage, disk per feature store, GPU memory per stage"),
 }

@@ -37,7 +37,7 @@ def add_stores_arg(parser: argparse.ArgumentParser, whose: str = "the dataset") 
 
 
 def add_decode_deadline_arg(parser: argparse.ArgumentParser) -> None:
-    """--decode-deadline: sampling.decode_deadline.base_s for this run (pipeline/features/deadline.py)."""
+    """--decode-deadline: sampling.decode_deadline.base_s for this run (pipeline/core/deadline.py)."""
     parser.add_argument("--decode-deadline", type=float, default=None, metavar="S",
                         help="seconds a video's decode may take per backend before the allowance for its duration "
                              "and size is added (default: the config's sampling.decode_deadline.base_s); a decode "

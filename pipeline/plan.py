@@ -120,7 +120,7 @@ def motion_shape(cfg: dict) -> dict:
     if spec.get("arch") == "temporal_stats":
         return {"kind": "temporal_stats", "dim": 10, "params": 0, "input_size": spec["config"].get("input_size", 64),
                 "stem": 0, "ratio": 1}
-    from pipeline.features.encoders import SLOWFAST_ARCHS, _motion_kwargs
+    from pipeline.features.encoding.encoders import SLOWFAST_ARCHS, _motion_kwargs
 
     arch = dict(SLOWFAST_ARCHS.get(str(spec.get("source")), {})) if spec.get("source") else {}
     config = {**arch, **(spec.get("config") or {})}

@@ -137,7 +137,7 @@ def pytest_xdist_make_scheduler(config, log):
 def store_bytes(path):
     """Everything a feature store holds, as comparable values: ids, spatial and motion bytes, failures and
     key-frame counts (stores made with other decode worker counts must be equal)."""
-    from pipeline.features.store_reader import FeatureStore
+    from pipeline.features.stores.store_reader import FeatureStore
 
     store = FeatureStore(path)
     return (store.ids, [store.spatial(v).tobytes() for v in store.ids], [store.motion(v).tobytes() for v in store.ids],

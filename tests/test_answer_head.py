@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_lmm import INFO, _cfg, _data
 
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model import objective
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import train_tokenizer

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_lmm import INFO, _cfg
 
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model.answers import GRAMMARS, LEVELS, parse_level, parse_score
 from pipeline.model.constrained import TokenConstraint, constraint_for, mask_logits, token_pieces
 from pipeline.model.lmm import LMMVQA

@@ -29,9 +29,9 @@ from pipeline.cli import main as cli_main
 from pipeline.core import deadline
 from pipeline.core.config import validate
 from pipeline.core.deadline import DecodeDeadline
-from pipeline.features import decode
+from pipeline.features.decoding import decode
 from pipeline.features.extract import extract_shard
-from pipeline.features.store_reader import FeatureStore
+from pipeline.features.stores.store_reader import FeatureStore
 
 torch.set_num_threads(2)
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import write_audio_only
 
-from pipeline.features import decode
-from pipeline.features.decode import DecodeError, chunk_times, frame_at, keyframe_times, sample_video
+from pipeline.features.decoding import decode, views
+from pipeline.features.decoding.decode import sample_video
+from pipeline.features.decoding.sampling import DecodeError, chunk_times, frame_at, keyframe_times
 
 BACKENDS = ["decord", "pyav"]
 
@@ -226,6 +227,6 @@ def test_halving_fast_path_gives_the_float_path_s_bytes(h, w, c):
               rng.integers(0, 4, (5, 2 * h, 2 * w, c), dtype=np.uint8),
               (rng.integers(0, 2, (5, 2 * h, 2 * w, c)) * 255).astype(np.uint8),
               rng.integers(0, 256, (3, 2 * h + 5, 2 * w + 3, c), dtype=np.uint8)[:, 2 : 2 + 2 * h, 1 : 1 + 2 * w]):
-        fast = decode._resize_to(x, h, w)
+        fast = views.resize_to(x, h, w)
         assert fast.dtype == np.uint8 and fast.shape == (len(x), h, w, c)
-        np.testing.assert_array_equal(fast, decode._resize_float(x, h, w))
+        np.testing.assert_array_equal(fast, views._resize_float(x, h, w))

@@ -146,7 +146,7 @@ def test_resolve_device_is_the_one_resolution(monkeypatch):
     the model and training all use this one function."""
     import torch
 
-    from pipeline.features import encoders
+    from pipeline.features.encoding import encoders
     from pipeline.model import lmm
     from pipeline.training import train
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.core.specs import presets
-from pipeline.features.encoders import encode_chunks, encode_keyframes, load_motion, load_vision
+from pipeline.features.encoding.encoders import encode_chunks, encode_keyframes, load_motion, load_vision
 
 torch.set_num_threads(2)
 

@@ -20,13 +20,14 @@ import yaml
 from pipeline.cli import main as cli_main
 from pipeline.core.config import validate
 from pipeline.core.specs import feature_settings_hash
-from pipeline.features import decode_pool, extractor, staging
-from pipeline.features.decode import VideoSampler
-from pipeline.features.decode_pool import DecodePool, decode_worker_count
+from pipeline.features import extractor
+from pipeline.features.decoding import decode_pool, staging
+from pipeline.features.decoding.decode import VideoSampler
+from pipeline.features.decoding.decode_pool import DecodePool, decode_worker_count
 from pipeline.features.extract import CODE_VERSION, extract_shard
 from pipeline.features.extractor import Extractor
 from conftest import store_bytes
-from pipeline.features.store_reader import FeatureStore, IncompleteStoreError
+from pipeline.features.stores.store_reader import FeatureStore, IncompleteStoreError
 
 torch.set_num_threads(2)
 
@@ -162,7 +163,7 @@ def test_decode_pool_uses_processes_and_keeps_order(order_dir):
 def _fake_decode(self, path):
     """Stands in for VideoSampler.decode in forked workers: a video named *crash* kills its process the
     way a segfaulting decoder does; the others decode to frames filled with their number."""
-    from pipeline.features.decode import DecodedVideo
+    from pipeline.features.decoding.sampling import DecodedVideo
 
     name = Path(path).stem
     if "crash" in name:
@@ -255,10 +256,10 @@ def test_host_buffers_pinned_only_for_cuda(monkeypatch):
     ex.device = torch.device("cuda", 0)
     ex.vision = ex.motion = None
     ex.sampling, ex.batch_size = {"slow_stride": 4}, 8
-    from pipeline.features import encoders
+    from pipeline.features.encoding import encoders
     monkeypatch.setattr(encoders, "encode_keyframes", lambda m, kf, dev, bs: np.zeros((len(kf), 2, 3), np.float32))
     monkeypatch.setattr(encoders, "encode_chunks", lambda m, ch, st, dev, bs, frame_ids=None: np.zeros((len(ch), 5), np.float32))
-    from pipeline.features.decode import DecodedVideo
+    from pipeline.features.decoding.sampling import DecodedVideo
     d = DecodedVideo(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 4, 4, 4, 3), np.uint8))
     outs, _, _ = ex.encode([d, d])
     assert devices == [torch.device("cuda", 0)] * 2 and [o[0].shape for o in outs] == [(2, 2, 3)] * 2
@@ -269,8 +270,8 @@ def test_batch_stage_feeds_the_encoders_what_encode_would(monkeypatch):
     """BatchStage copies each video once into reused host buffers (pinned for CUDA) and hands the
     encoders the same arrays, batches and per-video split as Extractor.encode; a video larger than
     the buffers foresee grows them; the buffers are reused for the next batch."""
-    from pipeline.features import encoders
-    from pipeline.features.decode import DecodedVideo
+    from pipeline.features.encoding import encoders
+    from pipeline.features.decoding.sampling import DecodedVideo
 
     fed = []
 

@@ -16,7 +16,7 @@ import torch
 
 from pipeline.core.config import validate
 from pipeline.features.extract import extract_shard
-from pipeline.features.store_reader import FeatureStore
+from pipeline.features.stores.store_reader import FeatureStore
 
 torch.set_num_threads(2)
 
@@ -98,7 +98,7 @@ def test_every_awkward_video_is_decoded_or_listed(tmp_path):
         if outcome[name] == "ok" and duration is not None:
             meta = store.video_meta(name.split(".")[0])
             assert meta["duration"] == pytest.approx(duration, abs=0.15), name
-            expected = min(16, max(1, math.ceil(meta["duration"] - 0.5 - 1e-9)))  # one per second (decode.py)
+            expected = min(16, max(1, math.ceil(meta["duration"] - 0.5 - 1e-9)))  # one per second (decoding/sampling.py)
             assert len(store.spatial(name.split(".")[0])) == expected, name
             assert len(store.motion(name.split(".")[0])) == expected, name
     rotated = store.video_meta("rotated")

@@ -16,7 +16,7 @@ from pipeline import workflow
 from pipeline.cli import main as cli_main
 from pipeline.cli import offline_weights_missing
 from pipeline.core.errors import UserError
-from pipeline.features import fetch
+from pipeline.features.encoding import fetch
 
 LLAMA, CLIP = "meta-llama/Meta-Llama-3-8B-Instruct", "openai/clip-vit-large-patch14"
 FILES = {"config.json": b'{"hidden_size": 8}', "model.safetensors": b"weights" * 100, "tf_model.h5": b"tf",
@@ -114,7 +114,7 @@ def test_fetch_downloads_the_wanted_files_of_one_commit_and_verifies_them(tmp_pa
 def test_the_slowfast_url_is_pytorchvideos_own():
     from pytorchvideo.models.hub import slowfast as hub_slowfast
 
-    from pipeline.features.encoders import SLOWFAST_R50_URL
+    from pipeline.features.encoding.encoders import SLOWFAST_R50_URL
 
     assert SLOWFAST_R50_URL == hub_slowfast.checkpoint_paths["slowfast_r50"]
     assert fetch.TORCH_HUB["slowfast_r50"] == Path(SLOWFAST_R50_URL).name

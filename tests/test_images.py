@@ -18,8 +18,8 @@ from scipy.io import savemat
 from pipeline.cli import main as cli_main
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
-from pipeline.features.decode import VideoSampler
-from pipeline.features.encoders import TemporalStats
+from pipeline.features.decoding.decode import VideoSampler
+from pipeline.features.encoding.statistics_encoders import TemporalStats
 from pipeline.features.extractor import Extractor
 from pipeline.ingest.labels import read_labels
 from pipeline.ingest.manifest import build_manifest
@@ -191,7 +191,7 @@ def test_a_shard_of_stills_extracts_and_its_store_marks_them(tmp_path):
     """A batch of stills alone has no chunk to encode (it used to divide by zero timing the motion
     encoder); the store records each still and its zero motion row, beside a video of another shard."""
     from pipeline.features.extract import extract_shard
-    from pipeline.features.store_reader import FeatureStore
+    from pipeline.features.stores.store_reader import FeatureStore
 
     torch.set_num_threads(2)
     (tmp_path / "v").mkdir()

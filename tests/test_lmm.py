@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.core.config import validate
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.projector import pool_time
 from pipeline.model.prompt_format import PromptFormatter

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model.llm_loading import training_dtype
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import VIDEO_TOKEN, load_tokenizer, train_tokenizer, video_token
@@ -162,7 +162,7 @@ def test_random_init_llm_without_saved_weights_is_refused(tok, tmp_path):
 def test_missing_vision_weight_is_named(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from pipeline.features.encoders import load_vision
+    from pipeline.features.encoding.encoders import load_vision
 
     conf = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
                 patch_size=16)
@@ -175,7 +175,7 @@ def test_missing_vision_weight_is_named(tmp_path):
 
 
 def test_missing_motion_weight_is_named(tmp_path):
-    from pipeline.features.encoders import load_motion
+    from pipeline.features.encoding.encoders import load_motion
 
     spec = {"source": None, "config": {"input_size": 32, "model_depth": 18, "stem_dim_out": 8,
                                        "slowfast_channel_reduction_ratio": 4}}

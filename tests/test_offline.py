@@ -11,8 +11,9 @@ from conftest import REPO, write_video
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.specs import feature_settings_hash, model_spec
-from pipeline.features import encoders, weights
-from pipeline.features.decode import centre_crop, fragments, sample_video, spatial_view
+from pipeline.features.encoding import encoders, statistics_encoders, weights
+from pipeline.features.decoding.decode import sample_video
+from pipeline.features.decoding.views import centre_crop, fragments, spatial_view
 
 MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
@@ -61,7 +62,7 @@ def test_local_weights_load_through_the_same_loader(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (2, 224, 224, 3), dtype=np.uint8)
     tokens = encoders.encode_keyframes(model, frames)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(encoders.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(encoders.IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(statistics_encoders.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(statistics_encoders.IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         h = net.features[:2](x)  # block 1 output: the first 16 + 16 values of the global token
     np.testing.assert_allclose(tokens[:, 0, :16], h.mean((2, 3)).numpy(), rtol=1e-4, atol=1e-5)
@@ -176,7 +177,7 @@ def test_temporal_stats_skip_frames_repeated_by_resampling():
 def test_projector_standardisation_removes_channel_scales():
     """With moments from the data, a projector sees the same standardised input whatever the scale
     and offset of each feature channel (CNN statistics and temporal statistics differ by 1000x)."""
-    from pipeline.features.store_reader import feature_moments
+    from pipeline.features.stores.store_reader import feature_moments
     from pipeline.model.projector import Projector
 
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ from conftest import REPO
 from pipeline.core import provenance
 from pipeline.core.config import load_config
 from pipeline.core.specs import model_spec
-from pipeline.features import encoders
+from pipeline.features.encoding import encoders
 
 MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 

@@ -1,4 +1,4 @@
-"""The quality adapter (pipeline/features/quality_adapter.py) and its stage `lmmvqa adapt-encoder`."""
+"""The quality adapter (pipeline/features/encoding/quality_adapter.py) and its stage `lmmvqa adapt-encoder`."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,8 @@ from conftest import write_synth_variants
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.core.specs import adapter_file, adapter_hash, feature_settings_hash, model_spec
-from pipeline.features import adapt_encoder, encoders
-from pipeline.features import quality_adapter as qa
+from pipeline.features.encoding import adapt_encoder, encoders
+from pipeline.features.encoding import quality_adapter as qa
 
 
 def toy_set(n, seed, width=12, frames=3, tokens=5):

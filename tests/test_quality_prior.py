@@ -11,8 +11,8 @@ import torch
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.evaluation.predict import predict_batch
-from pipeline.features import quality_adapter as qa
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.encoding import quality_adapter as qa
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model import quality_prior as qp
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import train_tokenizer

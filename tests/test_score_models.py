@@ -199,7 +199,7 @@ def test_an_older_model_folder_falls_back_to_the_adapter_its_features_recorded(t
     import torch
 
     from pipeline.core.errors import UserError
-    from pipeline.features import quality_adapter as qa
+    from pipeline.features.encoding import quality_adapter as qa
     from pipeline.model.model_files import scoring_extraction
 
     monkeypatch.chdir(tmp_path)

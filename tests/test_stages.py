@@ -70,7 +70,7 @@ def two_stage(tmp_path, monkeypatch):
 def test_stage2_continues_from_stage1(two_stage, tmp_path):
     from pipeline.cli import main
     from pipeline.core import paths
-    from pipeline.features.store_reader import dataset_features, feature_info
+    from pipeline.features.stores.store_reader import dataset_features, feature_info
     from pipeline.model.lmm import LMMVQA
     from pipeline.training.data import load_training_tokenizer
     from pipeline.training.train import train

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.features.store_reader import DatasetFeatures, FeatureStore, IncompleteStoreError
-from pipeline.features.store_writer import StoreWriter
+from pipeline.features.stores.store_reader import DatasetFeatures, FeatureStore, IncompleteStoreError
+from pipeline.features.stores.store_writer import StoreWriter
 
 
 def _videos(seed, n=5, tokens=5, width=8, dim=12):
@@ -122,7 +122,7 @@ def test_preload_serves_the_same_arrays(tmp_path):
 
 
 def test_feature_stats_with_dask_equal_numpy(tmp_path):
-    from pipeline.features.stats import dataset_stats
+    from pipeline.features.stores.stats import dataset_stats
 
     paths = _two_shards(tmp_path)
     feats = DatasetFeatures(paths)
@@ -141,7 +141,7 @@ def test_feature_stats_with_dask_equal_numpy(tmp_path):
 def test_feature_stats_on_a_distributed_scheduler(tmp_path):
     from distributed import LocalCluster
 
-    from pipeline.features.stats import dataset_stats
+    from pipeline.features.stores.stats import dataset_stats
 
     feats = DatasetFeatures(_two_shards(tmp_path))
     local = dataset_stats(feats)
@@ -156,7 +156,7 @@ def test_dataset_features_reads_the_stores_it_is_given(tmp_path):
     """The workflow hands evaluate / feature-stats the stores their rule declares (--stores): those are
     read, with no manifest or config lookup, and a missing one is named."""
     from pipeline.core.errors import UserError
-    from pipeline.features.store_reader import dataset_features
+    from pipeline.features.stores.store_reader import dataset_features
 
     stores = _two_shards(tmp_path)
     feats, given = dataset_features({}, "any", [str(stores[1])])
@@ -169,7 +169,7 @@ def test_dataset_features_reads_the_stores_it_is_given(tmp_path):
 def test_feature_info_from_attrs_or_array_shapes(tmp_path):
     """feature_info reads the store attributes, else the arrays' shapes (FeatureStore.shapes), also
     when the store is preloaded; collate_videos pads to the longest video with time masks."""
-    from pipeline.features.store_reader import collate_videos, feature_info
+    from pipeline.features.stores.store_reader import collate_videos, feature_info
 
     p = tmp_path / "shard-00000.zarr"
     with StoreWriter(p, token_shape=(5, 8), motion_dim=12,

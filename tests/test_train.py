@@ -41,7 +41,7 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
     from pipeline.core import paths
     from pipeline.core.config import validate
     from pipeline.core.specs import feature_settings_hash
-    from pipeline.features.store_writer import StoreWriter
+    from pipeline.features.stores.store_writer import StoreWriter
     from pipeline.model.tokenizer import train_tokenizer, write_tokenizer
     from pipeline.prompts.shards import build_prompts, read_prompts
 

@@ -30,20 +30,23 @@ def _touch(root, rel):
 
 def test_stage_sources_follow_the_imports():
     """The modules each stage imports (directly, through others, or inside a function) are in it."""
-    assert {"model/tokenizer.py", "core/specs.py", "prompts/experiments.py", "features/store_reader.py", "model/lmm.py"} <= set(stage_sources("train"))
+    assert {"model/tokenizer.py", "core/specs.py", "prompts/experiments.py", "features/stores/store_reader.py", "model/lmm.py"} <= set(stage_sources("train"))
     assert {"evaluation/predict.py", "model/answers.py", "core/metrics.py", "model/constrained.py"} <= set(stage_sources("evaluate"))
-    assert {"features/decode.py", "features/encoders.py", "features/store_writer.py", "features/weights.py", "core/presets.yaml"} <= set(stage_sources("extract"))
+    assert {"features/decoding/decode.py", "features/decoding/sampling.py", "features/decoding/views.py", "features/encoding/encoders.py",
+            "features/encoding/statistics_encoders.py", "features/stores/store_writer.py", "features/encoding/weights.py",
+            "core/presets.yaml"} <= set(stage_sources("extract"))
     assert "data/templates.yaml" in stage_sources("prompts")
     assert "core/versions.py" not in stage_sources("extract")  # computes the hashes, changes no output
 
 
 def test_reader_changes_do_not_rerun_extraction():
     """Re-extracting LSVQ costs GPU-days: only what decides a store's bytes belongs to extraction."""
-    assert "features/store_reader.py" not in stage_sources("extract")
-    assert {"features/store_reader.py"} <= set(stage_sources("train")) & set(stage_sources("evaluate"))
+    assert "features/stores/store_reader.py" not in stage_sources("extract")
+    assert {"features/stores/store_reader.py"} <= set(stage_sources("train")) & set(stage_sources("evaluate"))
 
 
-@pytest.mark.parametrize("edited", ["model/tokenizer.py", "features/store_reader.py", "core/metrics.py", "features/decode.py", "core/presets.yaml"])
+@pytest.mark.parametrize("edited", ["model/tokenizer.py", "features/stores/store_reader.py", "core/metrics.py", "features/decoding/decode.py",
+                                    "features/decoding/views.py", "features/encoding/statistics_encoders.py", "core/presets.yaml"])
 def test_a_module_edit_reruns_exactly_the_stages_that_import_it(package_copy, edited):
     before = _versions(package_copy)
     _touch(package_copy, edited)

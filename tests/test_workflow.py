@@ -374,7 +374,7 @@ def test_killed_run_resumes_to_identical_results(request, tmp_path):
 
     import numpy as np
 
-    from pipeline.features.store_reader import DatasetFeatures
+    from pipeline.features.stores.store_reader import DatasetFeatures
 
     write_config(tmp_path, MINI)
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")

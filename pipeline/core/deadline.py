@@ -13,7 +13,7 @@ works whatever the decoder is doing.
 * `CallInProcess`: calls of a picklable function, one at a time, in one child process, each with a
   deadline; a call past it kills the child (`DeadlineExceeded`) and the next call starts a new one.
   `lmmvqa probe` reads each file's header this way. Decoding for `lmmvqa extract` and `score` runs in
-  the decode worker processes of `decode_pool.DecodePool`, which enforce `DecodeDeadline` themselves.
+  the decode worker processes of `features.decoding.decode_pool.DecodePool`, which enforce `DecodeDeadline` themselves.
 * Children end by themselves when the process that started them is gone (`exit_when_orphaned`).
 * `START_METHOD`: how the children start (None = forkserver where there is one, else spawn; never a
   plain fork of a process that may run torch's thread pool). Tests set "fork" so that a stand-in

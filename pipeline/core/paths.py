@@ -63,7 +63,7 @@ def store(dataset: str, settings_hash: str, shard: int | str) -> Path:
 
 
 def adapter(adapter_hash: str) -> Path:
-    """A quality adapter's weights (safetensors), named by its hash (pipeline/features/quality_adapter.py)."""
+    """A quality adapter's weights (safetensors), named by its hash (pipeline/features/encoding/quality_adapter.py)."""
     return CACHE / "encoders" / f"adapter-{adapter_hash}.safetensors"
 
 
@@ -108,7 +108,7 @@ def synth_shard(dataset: str, reference: str, shard: int | str) -> Path:
 
 
 def stats(dataset: str) -> Path:
-    """Dataset-level feature statistics (pipeline/features/stats.py)."""
+    """Dataset-level feature statistics (pipeline/features/stores/stats.py)."""
     return RESULTS / "stats" / f"{dataset}.json"
 
 

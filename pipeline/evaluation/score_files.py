@@ -15,7 +15,7 @@ workflow has written them, are printed on stderr: what its scores are worth. Sev
 are an ensemble.
 
 Image files (JPEG, PNG, ...) score as stills: one key frame, the still's motion row, image questions
-(pipeline/features/decode_image.py). Each video goes decode -> features (the extraction settings the model was trained with, recorded in
+(pipeline/features/decoding/decode_image.py). Each video goes decode -> features (the extraction settings the model was trained with, recorded in
 its `lmmvqa.json`, with the quality adapter the model folder holds a copy of) -> model(s) -> answers,
 through the same functions as the workflow (extractor.Extractor, predict.predict_batch, which also
 averages an ensemble's members as evaluation does). The decode runs in a decode worker process
@@ -49,10 +49,10 @@ from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import DECODINGS, predict_batch
 from pipeline.evaluation.ship import SHIPPED_MODEL, shipped_summary
 from pipeline.core.deadline import with_decode_deadline
-from pipeline.features.decode import DecodeError
-from pipeline.features.decode_pool import DecodePool
+from pipeline.features.decoding.sampling import DecodeError
+from pipeline.features.decoding.decode_pool import DecodePool
 from pipeline.features.extractor import Extractor
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.ingest.media import is_image_file, is_video_file, item_id
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA

@@ -1,1 +1,3 @@
-"""Decode videos once, encode key frames and motion, write and read the chunked Zarr feature stores."""
+"""Video features: `decoding` (a video decoded once, in worker processes, staged into batches),
+`encoding` (the frozen encoders, their weights, the quality adapter), `stores` (the Zarr feature
+stores and their statistics); `extractor` and the `lmmvqa extract` command (`extract`) on top."""

@@ -1,5 +1,5 @@
 """`lmmvqa extract`: decode each video of one manifest shard ONCE, encode its key frames (vision role)
-and one-second chunks (motion role), and write one Zarr feature store (pipeline/features/store_writer.py).
+and one-second chunks (motion role), and write one Zarr feature store (pipeline/features/stores/store_writer.py).
 
     lmmvqa extract --config C --dataset D --manifest results/manifest/D.csv --videos DIR --shard N \\
                    --out cache/features/D/<settings>/shard-0000N.zarr [--device cpu|cuda|auto] [--threads T]
@@ -11,7 +11,7 @@ and one-second chunks (motion role), and write one Zarr feature store (pipeline/
   buffers (`staging.BatchStage`); a full batch goes through both encoders and its videos into the
   store. The store (order of videos, bytes of the features, batches of the forward passes) is the
   same whatever the worker count.
-* A still image (pipeline/features/decode_image.py) is one key frame and the still's motion row (zeros,
+* A still image (pipeline/features/decoding/decode_image.py) is one key frame and the still's motion row (zeros,
   not encoded); its metadata says `still: true`.
 * A video that cannot be decoded (corrupt, truncated, empty, not a video, missing, one that
   crashes its decoder, or one whose decode passes its deadline with every backend: `sampling.decode_deadline`,
@@ -42,10 +42,10 @@ from pipeline.core.errors import UserError
 from pipeline.core.specs import feature_settings_hash
 from pipeline.core.versions import code_version
 from pipeline.core.deadline import with_decode_deadline
-from pipeline.features.decode_pool import DecodePool, decode_worker_count
+from pipeline.features.decoding.decode_pool import DecodePool, decode_worker_count
 from pipeline.features.extractor import Extractor
-from pipeline.features.staging import BatchStage
-from pipeline.features.store_writer import StoreWriter
+from pipeline.features.decoding.staging import BatchStage
+from pipeline.features.stores.store_writer import StoreWriter
 from pipeline.ingest.manifest import read_manifest
 
 CODE_VERSION = code_version("extract")

@@ -20,10 +20,10 @@ import torch
 
 from pipeline.core.errors import UserError
 from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE, model_spec, sampling_settings
-from pipeline.features import encoders
+from pipeline.features.encoding import encoders
 from pipeline.core.deadline import DecodeDeadline
-from pipeline.features.decode import VideoSampler
-from pipeline.features.staging import stack_host
+from pipeline.features.decoding.decode import VideoSampler
+from pipeline.features.decoding.staging import stack_host
 
 
 class Extractor:

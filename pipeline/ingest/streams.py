@@ -1,6 +1,6 @@
 """What a video's first video stream shows, read with PyAV from its header and first decoded frame:
 the displayed size, rotation, codec and pixel format. Shared by the probe stage (pipeline/ingest/probe.py)
-and the decoder (pipeline/features/decode.py), which keep their own opening and error types.
+and the decoder (pipeline/features/decoding/decode.py), which keep their own opening and error types.
 
 `rotation`: degrees (0, 90, 180, 270) from the display matrix, counter-clockwise, as FFmpeg's
 `av_display_rotation_get` reports it (the frame's `rotation`; else the stream's `rotate` tag; else

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from pipeline.core.errors import UserError
-from pipeline.features.encoders import loading_missing, missing_weights_message
+from pipeline.features.encoding.weights import loading_missing, missing_weights_message
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

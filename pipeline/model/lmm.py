@@ -41,7 +41,7 @@ from torch import nn
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
 from pipeline.core.specs import model_spec
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model import objective
 from pipeline.model.answers import expected_score
 from pipeline.model.constrained import constraint_for, mask_logits, row_kinds

@@ -96,7 +96,7 @@ def scoring_extraction(path: str | Path, cfg: dict) -> dict:
 
 
 def _adapter_hash(file: Path) -> str | None:
-    from pipeline.features.quality_adapter import read_meta
+    from pipeline.features.encoding.quality_adapter import read_meta
 
     try:
         return read_meta(file).get("hash")

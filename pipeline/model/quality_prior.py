@@ -1,6 +1,6 @@
 """The quality adapter's own score as a prior blended into the model's expected score.
 
-A quality adapter (`models.vision.adapted`, pipeline/features/quality_adapter.py) learns, without any
+A quality adapter (`models.vision.adapted`, pipeline/features/encoding/quality_adapter.py) learns, without any
 MOS, a score that orders synthetic variants of many contents by their full-reference label; its
 embedding is the last `dim` columns of every stored vision token. Measured across content, that score
 carries to unseen footage better than what a model trained on a few sources' MOS learns from the same
@@ -42,8 +42,8 @@ def mean_embeddings(spatial: torch.Tensor, mask: torch.Tensor, dim: int) -> np.n
 def fit_prior(features: dict, samples: list[dict], weight: float) -> dict:
     """The prior of a run: its training videos' ((dataset, id) of `samples`, with their `mos`) adapter
     scores mapped onto their MOS by a least-squares line. Every training dataset must carry the same adapter."""
-    from pipeline.features.quality_adapter import load_adapter
-    from pipeline.features.store_reader import collate_videos
+    from pipeline.features.encoding.quality_adapter import load_adapter
+    from pipeline.features.stores.store_reader import collate_videos
 
     records = {d: adapter_record(f) for d, f in features.items()}
     if any(r is None for r in records.values()):

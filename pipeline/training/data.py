@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from pipeline.core import paths
 from pipeline.core.errors import UserError
 from pipeline.core.specs import feature_settings_hash, model_spec, trains_tokenizer
-from pipeline.features.store_reader import collate_videos, dataset_features
+from pipeline.features.stores.store_reader import collate_videos, dataset_features
 from pipeline.model.tokenizer import load_tokenizer
 from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment, shared_content
 from pipeline.prompts.shards import read_prompts

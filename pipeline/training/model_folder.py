@@ -71,7 +71,7 @@ def quality_adapter_record(cfg: dict) -> dict:
     """The config's quality adapter file (`specs.adapter_file`) as a model folder records its copy: the
     copy's name in the folder, the adapter's hash and base vision hash (its header), the file's sha256,
     and where it was copied from."""
-    from pipeline.features.quality_adapter import read_meta
+    from pipeline.features.encoding.quality_adapter import read_meta
 
     source = Path(adapter_file(cfg))
     if not source.is_file():

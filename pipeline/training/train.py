@@ -62,7 +62,7 @@ from pipeline.core.config import load_config
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
 from pipeline.core.specs import model_spec
-from pipeline.features.store_reader import feature_info, feature_moments
+from pipeline.features.stores.store_reader import feature_info, feature_moments
 from pipeline.model.llm_loading import training_dtype
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.quality_prior import fit_prior

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.core.metrics import score_metrics
-from pipeline.features.store_reader import collate_videos
+from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model.answers import parse_level, parse_score
 
 

@@ -10,15 +10,25 @@ the key frames and chunks of consecutive videos (in manifest order) until a batc
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from pipeline.features.decode import DecodedVideo
+from pipeline.features.decoding.sampling import DecodedVideo
 
-if TYPE_CHECKING:
-    from pipeline.features.extractor import Extractor
+
+class StagedEncoder(Protocol):
+    """What a `BatchStage` needs of the encoders it stages for (`extractor.Extractor` is one): their
+    device, batch size and sampling settings, and `encode_staged` of the staged batch. Declared here so
+    that staging, below the extractor, does not import it."""
+
+    device: object
+    native: bool
+    batch_size: int
+    sampling: dict
+
+    def encode_staged(self, kf, ch: np.ndarray, n_kf: list[int], n_ch: list[int], chunk_ids: list) -> tuple: ...
 
 
 def host_buffer(shape, device) -> np.ndarray:
@@ -47,7 +57,7 @@ class BatchStage:
     batch after batch: the encoders return only when their input is consumed (the features are copied
     back to the host). Same batches, same bytes as `Extractor.encode` of the videos."""
 
-    def __init__(self, ex: "Extractor"):
+    def __init__(self, ex: StagedEncoder):
         self.device = ex.device
         self.native = ex.native  # key frames of each video's own size: kept as one array per video
         self.kf_list: list[np.ndarray] = []
@@ -84,7 +94,7 @@ class BatchStage:
     def full(self, batch_size: int) -> bool:
         return self.n_kf >= batch_size or self.n_ch >= batch_size
 
-    def encode(self, ex: "Extractor"):
+    def encode(self, ex: StagedEncoder):
         """-> ([(id, meta, spatial, motion)], vision_s, motion_s) of the staged videos; empties the stage."""
         kf = self.kf_list if self.native else self.kf[: self.n_kf]
         outs, vs, ms = ex.encode_staged(kf, self.ch[: self.n_ch], *self.counts,

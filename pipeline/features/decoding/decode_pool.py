@@ -80,10 +80,11 @@ import torch
 
 from pipeline.core import deadline
 from pipeline.core.errors import UserError
-from pipeline.features.decode import DecodedVideo, VideoSampler
+from pipeline.features.decoding.decode import VideoSampler
+from pipeline.features.decoding.sampling import DecodedVideo
 
 # modules a fork server imports once for all decode workers (see "Start method" above)
-WORKER_PRELOAD = ["pipeline.features.decode_pool", "pipeline.features.decode", "torch", "decord", "av"]
+WORKER_PRELOAD = ["pipeline.features.decoding.decode_pool", "pipeline.features.decoding.decode", "torch", "decord", "av"]
 
 
 def available_cpus() -> int:

@@ -9,7 +9,7 @@ Layout of `shard-XXXXX.zarr/`:
 
 A store is written into a temporary sibling folder by one writer and renamed into place when
 complete, so a reader never sees a partial store as whole. This module is the writer (what decides
-the bytes of a store, part of extraction's code version); pipeline/features/store_reader.py reads them.
+the bytes of a store, part of extraction's code version); pipeline/features/stores/store_reader.py reads them.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from pipeline.cli_args import add_config_arg, add_stores_arg
 from pipeline.core import atomic
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.features.store_reader import dataset_features
+from pipeline.features.stores.store_reader import dataset_features
 
 
 @contextlib.contextmanager

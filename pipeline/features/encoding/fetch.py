@@ -37,7 +37,7 @@ from pipeline.core import atomic
 from pipeline.core.config import load_config, validate
 from pipeline.core.errors import UserError
 from pipeline.core.specs import model_spec, presets
-from pipeline.features.weights import sha256_of
+from pipeline.features.encoding.weights import sha256_of
 
 ROLES = ("vision", "motion", "llm")
 # Commits fetched unless --revision says otherwise (found as the snapshot folders of these repos in
@@ -142,7 +142,7 @@ def fetch_torch_hub(item: dict, to: Path | None, verify: bool, download=None) ->
     """The SlowFast checkpoint from its torch hub URL, into DIR or $TORCH_HOME/hub/checkpoints."""
     import torch
 
-    from pipeline.features.encoders import SLOWFAST_R50_URL
+    from pipeline.features.encoding.encoders import SLOWFAST_R50_URL
 
     name = TORCH_HUB[str(item["source"])]
     folder = (to / str(item["source"])) if to is not None else Path(torch.hub.get_dir()) / "checkpoints"
@@ -164,7 +164,7 @@ def fetch_torch_hub(item: dict, to: Path | None, verify: bool, download=None) ->
 
 def verify_slowfast(path: Path, role: str) -> None:
     """Load the checkpoint, with weights_only, into the preset's SlowFast R50: every key must match."""
-    from pipeline.features.encoders import load_motion
+    from pipeline.features.encoding.encoders import load_motion
 
     try:
         load_motion({"source": str(path), "config": {"input_size": 224}}, device="cpu")

