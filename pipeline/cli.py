@@ -14,7 +14,7 @@ from pipeline.core.errors import UserError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("pipeline.ingest.demo_data", "generate the synthetic demo dataset (videos + generic label CSV)"),
+    "demo-data": ("pipeline.ingest.demo.dataset", "generate the synthetic demo dataset (videos + generic label CSV)"),
     "synth-plan": ("pipeline.synth.plan", "plan a synth dataset: references, segments, one row per graded variant"),
     "synth-segments": ("pipeline.synth.segments", "cut one reference's planned segments to lossless files"),
     "synth-variants": ("pipeline.synth.variants", "encode one shard of variants and score them against their segments"),

@@ -110,17 +110,18 @@ def every_rule_run(tmp_path_factory):
         ffmpeg.executable()
     except UserError as exc:  # pragma: no cover - the pinned dependency is missing
         pytest.skip(str(exc))
-    from pipeline.ingest import demo_data
+    from pipeline.ingest.demo.labels import clean_params, sample_params
+    from pipeline.ingest.demo.video import render_video
 
     work = tmp_path_factory.mktemp("every-rule")
     (work / "data").mkdir()
     pd.DataFrame({"name": [f"v{i}.mp4" for i in range(8)], "mos": [10 + 10 * i for i in range(8)]}).to_csv(
         work / "data/labels.csv", index=False)
     for i, content in enumerate(("pan", "texture")):
-        params = demo_data.clean_params({**demo_data.sample_params(5, i), "width": 96, "height": 64, "n_frames": 8,
-                                         "fps": 8, "content": content})
+        params = clean_params({**sample_params(5, i), "width": 96, "height": 64, "n_frames": 8,
+                               "fps": 8, "content": content})
         (work / "refs").mkdir(exist_ok=True)
-        demo_data.render_video(params, work / "refs" / f"r{i}.mkv")
+        render_video(params, work / "refs" / f"r{i}.mkv")
     (work / "config.yaml").write_text(yaml.safe_dump(EVERY_RULE))
     _run(work, "--cores", "2", "results/manifest/demo.csv", "results/synth/syn/plan.csv")
     rules = _run(work, "--list-rules").stdout.split()

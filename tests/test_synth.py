@@ -12,7 +12,9 @@ import yaml
 
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
-from pipeline.ingest import demo_data
+from pipeline.ingest.demo import dataset as demo_dataset
+from pipeline.ingest.demo.labels import clean_params, sample_params
+from pipeline.ingest.demo.video import render_video
 from pipeline.synth import collect, distortions, ffmpeg, plan, segments, variants
 
 try:
@@ -23,10 +25,10 @@ except UserError as exc:  # pragma: no cover - the pinned dependency is missing
 
 def render_reference(path: Path, index: int, content: str, size=(128, 96), frames=16, fps=8) -> Path:
     """A small clean demo render (moving, textured content) as a lossless reference."""
-    params = demo_data.clean_params({**demo_data.sample_params(5, index), "width": size[0], "height": size[1],
-                                     "n_frames": frames, "fps": fps, "content": content})
+    params = clean_params({**sample_params(5, index), "width": size[0], "height": size[1],
+                           "n_frames": frames, "fps": fps, "content": content})
     path.parent.mkdir(parents=True, exist_ok=True)
-    demo_data.render_video(params, path)
+    render_video(params, path)
     return path
 
 
@@ -231,11 +233,11 @@ def test_the_user_page_lists_every_family():
 
 
 def test_the_demo_generator_renders_clean_lossless_references(tmp_path):
-    labels = demo_data.generate(tmp_path, n_videos=1, seed=4, workers=1, clean=True)
+    labels = demo_dataset.generate(tmp_path, n_videos=1, seed=4, workers=1, clean=True)
     row = labels.iloc[0]
     assert (row["name"], row["codec"], row["mos"], row["distortions"]) == ("clean_0000.mkv", "ffv1", 100.0, "")
     from pipeline.ingest.probe import probe_video
     info = probe_video(tmp_path / "videos" / "clean_0000.mkv")
     assert info["codec"] == "ffv1" and (info["width"], info["height"]) == (row["width"], row["height"])
-    distorted = demo_data.sample_params(4, 0)
+    distorted = sample_params(4, 0)
     assert (distorted["content"], distorted["width"], distorted["n_frames"]) == (row["content"], row["width"], row["n_frames"])

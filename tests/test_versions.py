@@ -80,4 +80,4 @@ def test_import_forms_are_all_followed(tmp_path):
 def test_code_version_is_a_stable_short_hash():
     assert code_version("extract") == code_version("extract") and len(code_version("extract")) == 12
     assert code_version("extract") != code_version("train")
-    assert versions.stage_module("demo_data") == versions.stage_module("demo-data") == "pipeline.ingest.demo_data"
+    assert versions.stage_module("demo_data") == versions.stage_module("demo-data") == "pipeline.ingest.demo.dataset"

@@ -23,7 +23,7 @@ _SELF = __name__
 
 
 def stage_module(stage: str) -> str:
-    """The command module of a stage (`demo_data` or `demo-data` -> `pipeline.ingest.demo_data`)."""
+    """The command module of a stage (`demo_data` or `demo-data` -> `pipeline.ingest.demo.dataset`)."""
     return COMMANDS[stage.replace("_", "-")][0]
 
 

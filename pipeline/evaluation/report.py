@@ -6,10 +6,11 @@ there), for each (experiment, test selector) -- each entry of the experiment's `
 curve and the level confusion matrix, the training loss curve of each experiment, the invalid-answer
 counts, and the provenance of the run (config, model ids, code versions, feature stores).
 
-Plots are PNGs embedded as base64 (no external assets, no scripts), and also written as files into
-`--plots` (default `<report folder>/plots/`; `<experiment>--<dataset>--<subset>--scatter.png`, `...--confusion.png`,
-`<experiment>--loss.png`) for Snakemake's `report()`. The experiment table of each experiment is
-also written as CSV + Markdown to `results/eval/<experiment>/table.{csv,md}` (pipeline.core.paths).
+Plots (pipeline.evaluation.report_figures) are PNGs embedded as base64 (no external assets, no scripts),
+and also written as files into `--plots` (default `<report folder>/plots/`;
+`<experiment>--<dataset>--<subset>--scatter.png`, `...--confusion.png`, `<experiment>--loss.png`) for
+Snakemake's `report()`. The experiment table of each experiment is also written as CSV + Markdown to
+`results/eval/<experiment>/table.{csv,md}` (pipeline.core.paths).
 
 The page names the config file each experiment's results come from (the record the workflow keeps
 beside them, `paths.experiment_source`), in its heading and provenance and in the summary's `config`
@@ -32,15 +33,12 @@ or training log is shown as missing on the page rather than failing the report.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import math
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 from jinja2 import Environment
@@ -49,16 +47,7 @@ from pipeline import DATA_DIR
 from pipeline.cli_args import add_config_arg
 from pipeline.core import atomic, paths
 from pipeline.core.config import load_config
-from pipeline.core.levels import LEVELS
-from pipeline.core.metrics import (
-    FOLD_STATS,
-    METHODS,
-    experiment_table,
-    fit_logistic,
-    invalid_flags,
-    logistic,
-    write_table,
-)
+from pipeline.core.metrics import FOLD_STATS, METHODS, experiment_table, invalid_flags, write_table
 from pipeline.core.provenance import ARCH_NAMES, describe_roles, describe_weights
 from pipeline.core.specs import feature_settings_hash, model_spec
 from pipeline.core.versions import STAGES, code_version
@@ -70,7 +59,8 @@ from pipeline.prompts.experiments import (
     test_selectors,
     unseen_tests,
 )
-from pipeline.training.plots import figure, fold_loss_figure, loss_figure
+from pipeline.evaluation.report_figures import confusion_plot, scatter_plot, write_png
+from pipeline.training.plots import fold_loss_figure, loss_figure
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -138,66 +128,6 @@ def _store_info(cfg: dict, dataset: str) -> dict:
                        "code_version": attrs.get("code_version"), "complete": attrs.get("complete")})
     stats = _read_json(paths.stats(dataset)) or {}
     return {"dataset": dataset, "settings_hash": settings, "folder": str(folder), "stores": stores, "stats": stats}
-
-
-# ------------------------------------------------------------------ plots
-
-def _png(fig, path: Path) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return base64.b64encode(data).decode("ascii")
-
-
-def scatter_plot(pred: pd.DataFrame, metrics: dict | None, title: str):
-    """Prediction vs MOS for both scoring methods, with the fitted 4-parameter logistic."""
-    fig = figure(7.4, 3.5)
-    axes = fig.subplots(1, 2)
-    mos = pd.to_numeric(pred["mos"], errors="coerce").to_numpy(float)
-    for ax, method, col in zip(axes, METHODS, ("score", "prob_score")):
-        x = pd.to_numeric(pred[col], errors="coerce").to_numpy(float) if col in pred else np.full(len(mos), np.nan)
-        ok = np.isfinite(x) & np.isfinite(mos)
-        if method == "text":
-            ok &= ~invalid_flags(pred).to_numpy(dtype=bool)
-        ax.scatter(x[ok], mos[ok], s=14, alpha=0.7, color="#1f77b4", edgecolors="none", label="videos")
-        params = fit_logistic(x[ok], mos[ok]) if ok.sum() else None
-        if params is not None:
-            grid = np.linspace(np.nanmin(x[ok]), np.nanmax(x[ok]), 200)
-            ax.plot(grid, logistic(grid, *params), color="#d62728", lw=2, label="4-parameter logistic fit")
-        m = ((metrics or {}).get("methods") or {}).get(method) or {}
-        label = "generated text score" if method == "text" else "probability score"
-        stats_txt = ", ".join(f"{k.upper()} {m[k]:.3f}" for k in ("srcc", "plcc") if m.get(k) is not None) or "n/a"
-        n_bad = int((~ok).sum())
-        ax.set_title(f"{label}\n{stats_txt} (n={int(ok.sum())}" + (f", {n_bad} invalid/missing)" if n_bad else ")"),
-                     fontsize=10)
-        ax.set_xlabel(f"predicted ({col})")
-        ax.set_ylabel("MOS (0-100)")
-        ax.grid(alpha=0.3)
-        if ok.sum():
-            ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def confusion_plot(level: dict, title: str):
-    labels = level.get("labels") or list(LEVELS)
-    cm = np.asarray(level.get("confusion") or np.zeros((len(labels), len(labels))), dtype=float)
-    fig = figure(3.8, 3.5)
-    ax = fig.subplots()
-    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(cm.max(), 1))
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted level")
-    ax.set_ylabel("true level")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    acc = level.get("accuracy")
-    ax.set_title(f"{title}\naccuracy {acc:.3f}" if acc is not None else f"{title}\naccuracy n/a", fontsize=10)
-    return fig
 
 
 # ------------------------------------------------------------------ page
@@ -438,7 +368,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
                      "n": (metrics or {}).get("n")}
             stem = f"{name}--{'--'.join(paths.selector_part(test).parts)}"
             if pred is not None and len(pred):
-                entry["scatter"] = _png(scatter_plot(pred, metrics, f"{name} \u2192 {test}: prediction vs MOS"),
+                entry["scatter"] = write_png(scatter_plot(pred, metrics, f"{name} \u2192 {test}: prediction vs MOS"),
                                         plots_dir / f"{stem}--scatter.png")
                 if "invalid" in pred:
                     bad = pred[invalid_flags(pred)]
@@ -446,7 +376,7 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
                     entry["invalid_examples"] = [{"id": r["id"], "text": "" if pd.isna(r.get("text")) else str(r["text"])[:200]}
                                                  for _, r in bad.head(5).iterrows()]
             if metrics and metrics.get("level"):
-                entry["confusion"] = _png(confusion_plot(metrics["level"], f"{name} \u2192 {test}: level"),
+                entry["confusion"] = write_png(confusion_plot(metrics["level"], f"{name} \u2192 {test}: level"),
                                           plots_dir / f"{stem}--confusion.png")
             datasets.append(entry)
         table = experiment_table(metrics_list)
@@ -458,13 +388,13 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
             log_path = paths.train_log(name)
             log = _read_csv(log_path)
             if log is not None and len(log) and {"step", "loss"} <= set(log.columns):
-                loss = _png(loss_figure(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
+                loss = write_png(loss_figure(log, f"{name}: training loss"), plots_dir / f"{name}--loss.png")
         else:
             log_path = paths.train_log(name, "{fold}")
             logs = {f: _read_csv(paths.train_log(name, f)) for f in folds}
             logs = {f: lg for f, lg in logs.items() if lg is not None and len(lg) and {"step", "loss"} <= set(lg.columns)}
             if logs:
-                loss = _png(fold_loss_figure(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
+                loss = write_png(fold_loss_figure(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
         exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
                      "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
                      "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables,
@@ -500,5 +430,4 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
     return out
 
 
-__all__ = ["build_report", "configure_parser", "main", "metrics_rows", "scatter_plot", "confusion_plot",
-           "shipped_model_entry"]
+__all__ = ["build_report", "configure_parser", "main", "metrics_rows", "shipped_model_entry"]
