@@ -1,20 +1,20 @@
 """Config-dict spellings of the selector functions (pipeline/prompts/selectors.py) for callers that
-still hold a config dict; each answers from the resolved settings, `settings.of(cfg)`."""
+still hold a config dict; each answers from the resolved settings, `resolve.of(cfg)`."""
 from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.core import settings
+from pipeline.core import resolve
 from pipeline.prompts import selectors
 from pipeline.prompts.selectors import fold_arg, official_split_names, parse_selector, part_of_row  # noqa: F401
 
 
 def _ds(cfg):
-    return settings.of(cfg).datasets
+    return resolve.of(cfg).datasets
 
 
 def require_experiment(cfg, experiment: str) -> dict:
-    return settings.of(cfg).experiment(experiment).block
+    return resolve.of(cfg).experiment(experiment).block
 
 
 def unrated(cfg, dataset: str) -> bool:
@@ -30,7 +30,7 @@ def split_names(cfg, dataset: str) -> list[str]:
 
 
 def test_selectors(cfg, experiment: str) -> list[str]:
-    return selectors.test_selectors(settings.of(cfg).experiment(experiment))
+    return selectors.test_selectors(resolve.of(cfg).experiment(experiment))
 
 
 def fold_dependent(cfg, selector: str) -> bool:
@@ -38,19 +38,19 @@ def fold_dependent(cfg, selector: str) -> bool:
 
 
 def experiment_folds(cfg, experiment: str) -> list[int] | None:
-    return settings.of(cfg).experiments[experiment].folds
+    return resolve.of(cfg).experiments[experiment].folds
 
 
 def with_holdout(cfg, experiment: str, fold: int | str) -> dict:
-    return settings.of(cfg).with_holdout(experiment, fold).config
+    return resolve.of(cfg).with_holdout(experiment, fold).config
 
 
 def shipped_model(cfg, experiment: str):
-    return selectors.shipped_model(settings.of(cfg).experiment(experiment))
+    return selectors.shipped_model(resolve.of(cfg).experiment(experiment))
 
 
 def unseen_tests(cfg, experiment: str) -> list[str]:
-    s = settings.of(cfg)
+    s = resolve.of(cfg)
     return selectors.unseen_tests(s.experiment(experiment), s.datasets)
 
 
@@ -59,5 +59,5 @@ def select(manifest: pd.DataFrame, cfg, selector: str, holdout_fold: int) -> pd.
 
 
 def shared_content(cfg, experiment: str, manifests: dict[str, pd.DataFrame] | None = None) -> dict:
-    s = settings.of(cfg)
+    s = resolve.of(cfg)
     return selectors.shared_content(s.experiment(experiment), s.datasets, manifests)

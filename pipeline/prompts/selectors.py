@@ -7,7 +7,7 @@ the label file names), or the values of a generic label file's `split` column.
 An experiment either holds out one fold (`folds: holdout`, the default: `holdout_fold`) or runs every
 fold (`folds: all`): one model per fold f, trained and evaluated as if `holdout_fold` were f
 (`Settings.with_holdout`), with per-fold results aggregated by pipeline/evaluation/aggregate.py.
-`experiment_folds` says which folds an experiment runs. `shared_content` lists the training videos that
+The resolver (pipeline/core/resolve.py) decides which folds an experiment runs. `shared_content` lists the training videos that
 `exclude_shared` leaves out (they share a source, group or other column value with a test video).
 Every function takes the typed pieces of the resolved plan (pipeline/core/settings.py): the
 `datasets` mapping (name -> Dataset) and an `Experiment`.
@@ -110,25 +110,6 @@ def fold_dependent(datasets: Mapping[str, "Dataset"], selector: str) -> bool:
     dataset, subset = parse_selector(selector)
     ds = datasets.get(dataset)
     return ds is not None and ds.rated and ds.split.scheme == "kfold" and subset in ("train", "test")
-
-
-def experiment_folds(name: str, mode: str, selectors, datasets: Mapping[str, "Dataset"]) -> tuple[int, ...] | None:
-    """Folds an experiment runs: None for a single held-out fold (`folds: holdout`), else 0..k-1
-    (`folds: all`). UserError when `folds: all` has no k-fold selector or the k-fold datasets' k differ."""
-    if mode != "all":
-        return None
-    ks = {}
-    for selector in selectors:
-        if fold_dependent(datasets, selector):
-            dataset = parse_selector(selector)[0]
-            ks[dataset] = int(datasets[dataset].split.k)
-    if not ks:
-        raise UserError(f"experiment '{name}': folds: all needs a k-fold dataset selected as "
-                        "DATASET:train or DATASET:test (official splits have no folds)")
-    if len(set(ks.values())) > 1:
-        raise UserError(f"experiment '{name}': folds: all needs one k for all its k-fold datasets "
-                        f"(got {', '.join(f'{d}: k={k}' for d, k in sorted(ks.items()))})")
-    return tuple(range(next(iter(ks.values()))))
 
 
 def fold_arg(value: str) -> int | str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from pipeline.core import paths, settings
+from pipeline.core import paths, resolve, settings
 
 if TYPE_CHECKING:
     from pipeline.core.settings import Experiment
@@ -82,19 +82,19 @@ def member_seed(training, member: int | None) -> int:
 
 
 def ensemble_members(cfg, experiment: str) -> list[int]:
-    return settings.of(cfg).experiment(experiment).members
+    return resolve.of(cfg).experiment(experiment).members
 
 
 def ensemble_model_dirs(cfg, experiment: str, fold: int | str | None = None) -> list[Path]:
-    return member_model_dirs(settings.of(cfg).experiment(experiment), fold)
+    return member_model_dirs(resolve.of(cfg).experiment(experiment), fold)
 
 
 def experiment_training(cfg, experiment: str, stage: int | None = None) -> dict:
-    return settings.as_dict(settings.of(cfg).experiment(experiment).run_training(stage))
+    return settings.as_dict(resolve.of(cfg).experiment(experiment).run_training(stage))
 
 
 def init_model_dir(cfg, experiment: str, stage: int | None = None, fold: int | str | None = None) -> Path | None:
-    s = settings.of(cfg)
+    s = resolve.of(cfg)
     return continues_from(s.experiment(experiment), s.experiments, stage, fold)
 
 
@@ -107,4 +107,4 @@ def init_inputs(cfg, experiment: str, stage: int | None = None, fold: int | str 
 def check_experiments(cfg) -> None:
     """Every experiment's training settings (both stages) and `init_from` chain, checked up front (by
     resolving them)."""
-    settings.of(cfg).check_experiments()
+    resolve.of(cfg).check_experiments()
