@@ -1,6 +1,6 @@
 """The two frozen encoders and the sampling settings of a config: decode a video once, encode many.
 
-`Extractor(cfg, device, threads)` loads the vision and motion models once (`encoders.load_vision` /
+`Extractor(features, device, threads)` (the resolved `FeatureSettings`) loads the vision and motion models once (`encoders.load_vision` /
 `load_motion` from the resolved model specs, on `device`: fp32 on CPU, fp16 on CUDA unless the spec
 sets `dtype`); `.decode(path)` samples key frames and one-second chunks with its `sampler`
 (`decode.VideoSampler`: the sampling settings and the frame sizes of these encoders, the configured
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE, model_spec, sampling_settings
+from pipeline.core import resolve
+from pipeline.core.settings import NATIVE_MAX_SHORT_SIDE, FeatureSettings, as_dict
 from pipeline.features.encoding import encoders
 from pipeline.core.deadline import DecodeDeadline
 from pipeline.features.decoding.decode import VideoSampler
@@ -27,23 +28,26 @@ from pipeline.features.decoding.staging import stack_host
 
 
 class Extractor:
-    """Both encoders + the decode settings of a config; decode once, encode many."""
+    """Both encoders + the decode settings of the feature settings; decode once, encode many."""
 
-    def __init__(self, cfg: dict, device: str | None = None, threads: int | None = None):
-        self.cfg = cfg
-        threads = int(threads or cfg.get("threads") or 0)
+    def __init__(self, features: "FeatureSettings", device: str | None = None, threads: int | None = None):
+        if isinstance(features, dict):  # a config dict (callers not yet handed the resolved settings)
+            resolved = resolve.of(features)
+            features, device, threads = resolved.features, device or resolved.device, threads or resolved.threads
+        self.settings = features
+        threads = int(threads or 0)
         if threads > 0:
             torch.set_num_threads(threads)
         self.threads = threads
-        self.device = encoders.resolve_device(device or cfg.get("device", "cpu"))
-        s = cfg["sampling"]
-        self.sampling = sampling_settings(cfg)
-        self.backend, self.fallback = s.get("backend", "decord"), s.get("fallback_backend", "pyav")
-        self.batch_size = int(cfg["features"]["batch_size"])
+        self.device = encoders.resolve_device(device or "cpu")
+        s = features.sampling
+        self.sampling = s.hashed()
+        self.backend, self.fallback = s.backend, s.fallback_backend
+        self.batch_size = int(features.batch_size)
         t0 = time.perf_counter()
-        self.vision, self.vision_info = encoders.load_vision(model_spec(cfg, "vision"), self.device)
-        self.motion, self.motion_info = encoders.load_motion(model_spec(cfg, "motion"), self.device,
-                                                             slow_stride=self.sampling["slow_stride"])
+        self.vision, self.vision_info = encoders.load_vision(features.vision.as_dict(), self.device)
+        self.motion, self.motion_info = encoders.load_motion(features.motion.as_dict(), self.device,
+                                                             slow_stride=s.slow_stride)
         self.load_s = time.perf_counter() - t0
         if self.native and self.vision_info.get("arch") in (None, "clip"):
             raise UserError("sampling.keyframe_mode: native gives key frames of each video's own size; the CLIP "
@@ -51,13 +55,13 @@ class Extractor:
                             "efficientnet_lite0) or another keyframe_mode")
         self.key_size = int(self.vision_info["image_size"])
         self.chunk_size = int(self.motion_info["input_size"])
-        s = self.sampling
         self.sampler = VideoSampler(
-            keyframe_fps=s["keyframe_fps"], max_keyframes=s["max_keyframes"], chunk_frames=s["chunk_frames"],
-            max_seconds=s["max_seconds"], key_size=self.key_size, chunk_size=self.chunk_size,
-            keyframe_mode=s["keyframe_mode"], fragment_grid=s["fragment_grid"],
-            native_max_short_side=s.get("native_max_short_side", NATIVE_MAX_SHORT_SIDE), backend=self.backend,
-            fallback=self.fallback, threads=self.threads, deadline=DecodeDeadline.from_config(cfg))
+            keyframe_fps=s.keyframe_fps, max_keyframes=s.max_keyframes, chunk_frames=s.chunk_frames,
+            max_seconds=s.max_seconds, key_size=self.key_size, chunk_size=self.chunk_size,
+            keyframe_mode=s.keyframe_mode, fragment_grid=s.fragment_grid,
+            native_max_short_side=self.sampling.get("native_max_short_side", NATIVE_MAX_SHORT_SIDE),
+            backend=self.backend, fallback=self.fallback, threads=self.threads,
+            deadline=DecodeDeadline(**as_dict(s.decode_deadline)))
 
     @property
     def native(self) -> bool:

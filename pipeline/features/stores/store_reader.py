@@ -16,9 +16,8 @@ import pandas as pd
 import torch
 import zarr
 
-from pipeline.core import paths
+from pipeline.core import paths, resolve
 from pipeline.core.errors import FAILURE_COLUMNS, UserError
-from pipeline.core.specs import feature_settings_hash
 from pipeline.ingest.manifest import read_manifest
 
 
@@ -230,15 +229,18 @@ def collate_videos(items: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, 
     return {"spatial": spatial, "spatial_mask": smask, "motion": motion, "motion_mask": mmask}
 
 
-def dataset_features(cfg: dict, dataset: str, stores: list[str] | None = None):
+def dataset_features(settings_hash: str, dataset: str, stores: list[str] | None = None):
     """(reader over the feature stores of a dataset, their paths): `stores` as given (a rule's declared
-    inputs), else those of the manifest's shards that exist under the config's feature settings."""
+    inputs), else those of the manifest's shards that exist under the feature settings of
+    `settings_hash` (`FeatureSettings.hash`)."""
     if stores:
         absent = [s for s in stores if not Path(s).is_dir()]
         if absent:
             raise UserError(f"feature store(s) of '{dataset}' not found: {', '.join(absent[:5])}")
         return DatasetFeatures(stores), [str(s) for s in stores]
-    settings = feature_settings_hash(cfg)
+    if not isinstance(settings_hash, str):  # a config dict (callers not yet handed the resolved settings)
+        settings_hash = resolve.of(settings_hash).features.hash
+    settings = settings_hash
     manifest = read_manifest(paths.manifest(dataset))
     stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
     present = [p for p in stores if p.exists()]
