@@ -103,9 +103,9 @@ class Scorer:
         self.model = self.models[0]
         record = self.model.config  # the model folder's lmmvqa.json
         check_members(dirs, self.models)
-        self.features = with_decode_deadline(resolve.extraction_settings(scoring_extraction(dirs[0], record)),
+        self.feature_settings = with_decode_deadline(resolve.extraction_settings(scoring_extraction(dirs[0], record)),
                                              decode_deadline)
-        self.extractor = Extractor(self.features, device=device, threads=threads)
+        self.extractor = Extractor(self.feature_settings, device=device, threads=threads)
         self.decoders.start(self.extractor.sampler)
         bank = dirs[0] / "templates.yaml"
         self.bank = load_templates(bank if bank.exists() else None, self.model.answer_format.name)
@@ -150,8 +150,8 @@ class Scorer:
         t0 = time.perf_counter()
         spatial, motion, meta = self.features(path)
         # the model was trained on features as stored (float16 by default): round the same way
-        spatial = spatial.astype(self.features.spatial_dtype).astype("float32")
-        motion = motion.astype(self.features.motion_dtype).astype("float32")
+        spatial = spatial.astype(self.feature_settings.spatial_dtype).astype("float32")
+        motion = motion.astype(self.feature_settings.motion_dtype).astype("float32")
         batch = collate_videos([(spatial, motion)])
         # the question templates are drawn per video id, as the prompt stage draws them for a dataset's
         # videos (the file name without its extension), so a dataset's video gets the same questions here;
