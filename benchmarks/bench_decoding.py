@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -79,10 +80,9 @@ def main() -> int:
     import pandas as pd
     import torch
 
-    from pipeline.core import paths
-    from pipeline.core.config import load_config
+    from pipeline.core import paths, resolve
     from pipeline.evaluation.evaluate import evaluate
-    from pipeline.prompts.experiments import parse_selector
+    from pipeline.prompts.selectors import parse_selector
 
     torch.set_num_threads(torch_threads)
     out_json = Path(args.out).resolve()
@@ -95,21 +95,20 @@ def main() -> int:
         work, experiment = build_mini_demo(args.max_steps), "demo"
     config = Path(args.config).resolve() if args.config else work / "results" / "config.resolved.yaml"
     os.chdir(work)
-    cfg = load_config(config)
-    device = args.device or cfg["device"]
-    datasets = args.dataset or sorted({parse_selector(s)[0] for s in cfg["experiments"][experiment]["test"]})
+    settings = resolve.load(config)
+    device = args.device or settings.device
+    datasets = args.dataset or sorted({parse_selector(s)[0] for s in settings.experiment(experiment).test})
 
     result = {"workdir": str(work), "experiment": experiment, "config": str(config), "device": device,
-              "max_new_tokens": cfg["evaluation"]["max_new_tokens"],
-              "templates_per_video": cfg["evaluation"]["templates_per_video"], "datasets": {}}
+              "max_new_tokens": settings.evaluation.max_new_tokens,
+              "templates_per_video": settings.evaluation.templates_per_video, "datasets": {}}
     for dataset in datasets:
         entry, preds = {}, {}
         for decoding in DECODINGS:
-            run = copy.deepcopy(cfg)
-            run["evaluation"]["decoding"] = decoding
+            run = dataclasses.replace(settings, evaluation=dataclasses.replace(settings.evaluation, decoding=decoding))
             out = pred_root / experiment / dataset / decoding / "predictions.csv"
             t0 = time.perf_counter()
-            metrics = evaluate(run, experiment, dataset, out, device=device)
+            metrics = evaluate(run, experiment, dataset, out, paths.metrics_beside(out), device=device)
             entry[decoding] = {**text_summary(metrics), "seconds": round(time.perf_counter() - t0, 1)}
             preds[decoding] = pd.read_csv(out, dtype={"id": str}, keep_default_na=False)
         both = preds["free"][["id", "mos", "text", "level_true", "level_text"]].merge(

@@ -36,7 +36,7 @@ def main() -> int:
 
     from test_train import make_workspace
 
-    from pipeline.core import paths
+    from pipeline.core import paths, resolve
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.training.train import train
 
@@ -49,7 +49,7 @@ def main() -> int:
     t0 = time.perf_counter()
     trained = train(cfg, "exp", "results/models/exp", progress=False)
     train_s = time.perf_counter() - t0
-    metrics = evaluate(cfg, "exp", "syn:test", paths.predictions("exp", "syn:test"), paths.metrics("exp", "syn:test"))
+    metrics = evaluate(resolve.of(cfg), "exp", "syn:test", paths.predictions("exp", "syn:test"), paths.metrics("exp", "syn:test"))
     rows = {m: {k: metrics["methods"][m][k] for k in ("n", "srcc", "plcc", "krcc", "rmse")} for m in ("text", "prob")}
     result = {"videos": args.videos, "epochs": args.epochs, "train_s": round(train_s, 1),
               "validation": trained.get("validation"), "test": rows, "invalid": metrics["invalid"],

@@ -88,12 +88,18 @@ def test_evaluate_and_aggregate_write_their_side_output_beside_out(tmp_path, mon
     module, name = function.rsplit(".", 1)
     seen = {}
 
-    def fake(cfg, experiment, selector, out, second, **kw):
-        seen.update(out=out, second=second)
+    def fake(*args, **kw):  # evaluate(settings, experiment, selector, out, metrics), aggregate(exp, selector, out, preds)
+        seen.update(out=args[-2], second=args[-1])
         raise SystemExit(0)
 
+    class Resolved:  # what `resolve.load` gives, as far as the commands read it
+        device = "cpu"
+
+        def experiment(self, name):
+            return name
+
     monkeypatch.setattr(importlib.import_module(module), name, fake)
-    monkeypatch.setattr(importlib.import_module(module), "load_config", lambda path: {"device": "cpu"})
+    monkeypatch.setattr("pipeline.core.resolve.load", lambda path: Resolved())
     out = tmp_path / "eval" / ("predictions.csv" if command == "evaluate" else "metrics.json")
     with pytest.raises(SystemExit):
         cli_main([command, "--config", "c.yaml", "--experiment", "e", "--test", "d:all", "--out", str(out)])

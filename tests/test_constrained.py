@@ -320,6 +320,7 @@ def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
     import pandas as pd
     from test_train import make_workspace
 
+    from pipeline.core import resolve
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.training.train import train
 
@@ -331,7 +332,7 @@ def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
     for decoding in ("free", "constrained", "mbr"):
         cfg["evaluation"]["decoding"] = decoding
         out = tmp_path / decoding / "predictions.csv"
-        metrics = evaluate(cfg, "exp", "syn:test", out, out.with_name("metrics.json"))
+        metrics = evaluate(resolve.resolve(cfg), "exp", "syn:test", out, out.with_name("metrics.json"))
         preds = pd.read_csv(out)
         assert json.loads(out.with_name("metrics.json").read_text())["decoding"] == decoding
         assert metrics["invalid"] == int(preds["invalid"].sum())

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.prompts.shards import (
     build_prompts,
@@ -84,14 +85,15 @@ def test_build_prompts_writes_all_folds(tmp_path):
     df = _manifest(n=12, k=5)
     df = df[df["fold"] != 4]  # fold 4 has no videos: its shard exists, empty
     df.to_csv(tmp_path / "m.csv", index=False)
-    counts = build_prompts(_cfg(), "d", tmp_path / "m.csv", tmp_path / "out")
+    s = resolve.resolve(_cfg())
+    counts = build_prompts(s.prompts, s.dataset("d"), tmp_path / "m.csv", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"fold{k}.jsonl" for k in range(5)]
     assert counts["fold4"] == 0 and sum(counts.values()) == 2 * len(df)
     rows = [json.loads(l) for l in (tmp_path / "out" / "fold0.jsonl").read_text().splitlines()]
     assert set(rows[0]) == {"id", "dataset", "part", "type", "template", "question", "answer", "mos", "level"}
     # rerun: identical bytes (deterministic), no temporary folders left
     before = (tmp_path / "out" / "fold1.jsonl").read_bytes()
-    build_prompts(_cfg(), "d", tmp_path / "m.csv", tmp_path / "out")
+    build_prompts(s.prompts, s.dataset("d"), tmp_path / "m.csv", tmp_path / "out")
     assert (tmp_path / "out" / "fold1.jsonl").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "out"]
     assert len(read_prompts([tmp_path / "out"])) == 2 * len(df)
@@ -104,7 +106,8 @@ def test_official_split_parts(tmp_path):
                        "split": ["train", "train", "test", "test"], "fold": -1, "shard": 0,
                        "level": ["poor", "fair", "good", "good"]})
     df.to_csv(tmp_path / "m.csv", index=False)
-    counts = build_prompts(cfg, "lsvq", tmp_path / "m.csv", tmp_path / "out")
+    s = resolve.resolve(cfg)
+    counts = build_prompts(s.prompts, s.dataset("lsvq"), tmp_path / "m.csv", tmp_path / "out")
     assert counts == {"test": 4, "train": 4}
 
 

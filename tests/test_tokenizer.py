@@ -52,13 +52,15 @@ def test_tokenizer_cli(tmp_path):
     import pandas as pd
 
     from pipeline.cli import main
+    from pipeline.core import resolve
     from pipeline.core.config import validate
     from pipeline.prompts.shards import build_prompts
 
     pd.DataFrame({"id": ["a", "b", "c"], "path": ["a.mp4", "b.mp4", "c.mp4"], "shard": 0, "mos": [10.0, 50, 90], "split": "kfold", "fold": [0, 1, 2],
                   "level": ["poor", "fair", "good"]}).to_csv(tmp_path / "m.csv", index=False)
     cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}})
-    build_prompts(cfg, "d", tmp_path / "m.csv", tmp_path / "p")
+    s = resolve.resolve(cfg)
+    build_prompts(s.prompts, s.dataset("d"), tmp_path / "m.csv", tmp_path / "p")
     assert main(["tokenizer", "--prompts", str(tmp_path / "p"), "--out", str(tmp_path / "tok")]) == 0
     t = load_tokenizer(tmp_path / "tok")
     assert t.convert_tokens_to_ids(VIDEO_TOKEN) != t.unk_token_id

@@ -38,7 +38,7 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
                    missing: int = 0, chunk_mb: float = 0.05) -> dict:
     """Write results/manifest, results/prompts, results/tokenizer and cache/features under `root`
     (paths are relative: run with cwd = root). Returns the validated config."""
-    from pipeline.core import paths
+    from pipeline.core import paths, resolve
     from pipeline.core.config import validate
     from pipeline.core.specs import feature_settings_hash
     from pipeline.features.stores.store_writer import StoreWriter
@@ -68,7 +68,8 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
             "size_bytes": 1000, "fingerprint": "x"})
         paths.manifest("syn").parent.mkdir(parents=True, exist_ok=True)
         manifest.to_csv(paths.manifest("syn"), index=False)
-        build_prompts(cfg, "syn", paths.manifest("syn"), paths.prompts_dir("syn"))
+        build_prompts(resolve.of(cfg).prompts, resolve.of(cfg).dataset("syn"), paths.manifest("syn"),
+                      paths.prompts_dir("syn"))
         write_tokenizer(train_tokenizer(read_prompts([paths.prompts_dir("syn")]), cfg["prompts"]["answer_format"]),
                         paths.tokenizer_dir())
         settings = feature_settings_hash(cfg)

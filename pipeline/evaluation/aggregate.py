@@ -20,21 +20,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipeline.cli_args import add_config_arg
-from pipeline.core import paths
-from pipeline.core.config import load_config
+from pipeline.core import paths, resolve
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import aggregate_folds, unrated_metrics, write_results
-from pipeline.prompts.experiments import experiment_folds, parse_selector, test_selectors
+from pipeline.prompts.selectors import parse_selector, test_selectors
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import Experiment
 
 
-def aggregate(cfg: dict, experiment: str, selector: str, out: str | Path, predictions_out: str | Path) -> dict:
-    if selector not in test_selectors(cfg, experiment):
+def aggregate(exp: "Experiment", selector: str, out: str | Path, predictions_out: str | Path) -> dict:
+    """The results of every fold of `exp` (a `folds: all` experiment) on one test selector, as one."""
+    experiment = exp.name
+    if selector not in test_selectors(exp):
         raise UserError(f"experiment '{experiment}' has no test selector '{selector}'")
-    folds = experiment_folds(cfg, experiment)
+    folds = exp.folds
     if folds is None:
         raise UserError(f"experiment '{experiment}' runs a single held-out fold (folds: holdout); nothing to aggregate")
     per_fold, preds = [], []
@@ -74,8 +79,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    m = aggregate(cfg, args.experiment, args.test, args.out, args.predictions or paths.predictions_beside(args.out))
+    exp = resolve.load(args.config).experiment(args.experiment)
+    m = aggregate(exp, args.test, args.out, args.predictions or paths.predictions_beside(args.out))
     if m.get("unrated"):
         print(f"{args.experiment}/{args.test}: {m['n']} predictions of unrated videos over {m['folds']} folds (no metrics)")
         return 0

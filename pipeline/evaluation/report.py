@@ -38,6 +38,7 @@ import math
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import pandas as pd
 import yaml
@@ -45,22 +46,16 @@ from jinja2 import Environment
 
 from pipeline import DATA_DIR
 from pipeline.cli_args import add_config_arg
-from pipeline.core import atomic, paths
-from pipeline.core.config import load_config
+from pipeline.core import atomic, paths, resolve
 from pipeline.core.metrics import FOLD_STATS, METHODS, experiment_table, invalid_flags, write_table
 from pipeline.core.provenance import ARCH_NAMES, describe_roles, describe_weights
-from pipeline.core.specs import feature_settings_hash, model_spec
 from pipeline.core.versions import STAGES, code_version
-from pipeline.prompts.experiments import (
-    experiment_folds,
-    parse_selector,
-    require_experiment,
-    shipped_model,
-    test_selectors,
-    unseen_tests,
-)
+from pipeline.prompts.selectors import parse_selector, shipped_model, test_selectors, unseen_tests
 from pipeline.evaluation.report_figures import confusion_plot, scatter_plot, write_png
 from pipeline.training.plots import fold_loss_figure, loss_figure
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import Dataset, Experiment, ModelSpec, Settings
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -73,8 +68,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    out = build_report(cfg, args.out, experiments=args.experiment, config_path=args.config, plots_dir=args.plots)
+    settings = resolve.load(args.config)
+    out = build_report(settings, args.out, experiments=args.experiment, config_path=args.config, plots_dir=args.plots)
     print(f"report written: {out}")
     return 0
 
@@ -117,8 +112,8 @@ def _git_commit() -> str | None:
         return None
 
 
-def _store_info(cfg: dict, dataset: str) -> dict:
-    settings = feature_settings_hash(cfg)
+def _store_info(settings: str, dataset: str) -> dict:
+    """The feature stores of a dataset under the feature settings of hash `settings` (FeatureSettings.hash)."""
     folder = paths.store_dir(dataset, settings)
     stores = []
     for store in sorted(folder.glob("shard-*.zarr")) if folder.is_dir() else []:
@@ -293,15 +288,16 @@ def render_html(**context) -> str:
 DEFAULT_ARCH = {"vision": "clip", "motion": "slowfast", "llm": "llama"}
 
 
-def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
+def _model_sources(model_record: dict | None, models: Mapping[str, "ModelSpec"], preset: str) -> dict:
     """What each role was built from, one line per role: the model folder's record (`provenance` in
     lmmvqa.json: architecture, weights file + sha256 / hub id + revision / random init, how the LLM was
-    trained), else what the config asks for, marked as such (no trained model to read it from)."""
-    if isinstance(model_cfg, dict) and model_cfg.get("provenance"):
-        return describe_roles(model_cfg["provenance"])
+    trained), else what the config asks for (`models`: role -> ModelSpec of the `preset`), marked as such
+    (no trained model to read it from)."""
+    if isinstance(model_record, dict) and model_record.get("provenance"):
+        return describe_roles(model_record["provenance"])
     out = {}
     for role in ("vision", "motion", "llm"):
-        spec = model_spec(cfg, role)
+        spec = models[role].as_dict()
         arch = ARCH_NAMES.get(spec.get("arch") or DEFAULT_ARCH[role], spec.get("arch"))
         w = spec.get("weights") or {}
         if spec.get("source"):
@@ -311,17 +307,17 @@ def _model_sources(model_cfg: dict | None, cfg: dict) -> dict:
         elif spec.get("arch") == "temporal_stats":
             what = describe_weights({"kind": "none"})
         else:
-            what = f"random init from the {cfg['models']['preset']} preset's config"
+            what = f"random init from the {preset} preset's config"
         out[role] = f"{arch}: {what} [from the config: no trained model folder]"
     return out
 
 
-def shipped_model_entry(cfg: dict, experiment: str, metrics_list: list[dict]) -> dict:
+def shipped_model_entry(exp: "Experiment", datasets: Mapping[str, "Dataset"], metrics_list: list[dict]) -> dict:
     """The model of an experiment to score videos with and what it is worth: for `folds: all`, the model
     trained on every fold, worth what its folds measured on videos they did not train on (mean ± std
     of SRCC / PLCC over the folds, `unseen_tests`); for one held-out fold, its model and held-out figures."""
-    folder = shipped_model(cfg, experiment)
-    worth, unseen = [], set(unseen_tests(cfg, experiment))
+    folder = shipped_model(exp)
+    worth, unseen = [], set(unseen_tests(exp, datasets))
     for m in (m for m in metrics_list if (m.get("test") or m.get("dataset")) in unseen):
         cells = {}
         for method in ("prob", "text"):
@@ -330,20 +326,21 @@ def shipped_model_entry(cfg: dict, experiment: str, metrics_list: list[dict]) ->
                 cells[f"{method}_{key}"] = {"value": v, "std": sd}
         worth.append({"test": m.get("test") or m.get("dataset"), "folds": m.get("folds"), **cells})
     return {"dir": str(folder), "exists": (folder / "lmmvqa.json").is_file(),
-            "every_fold": experiment_folds(cfg, experiment) is not None, "worth": worth}
+            "every_fold": exp.every_fold, "worth": worth}
 
 
-def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = None,
+def build_report(settings: "Settings", out: str | Path, experiments: list[str] | None = None,
                  config_path: str | None = None, plots_dir: str | Path | None = None) -> Path:
+    """The page of every experiment of `settings` (or of `experiments`), written to `out`."""
     out = Path(out)
     plots_dir = Path(plots_dir) if plots_dir else paths.plots_beside(out)
-    names = experiments or list(cfg["experiments"])
+    names = experiments or list(settings.experiments)
     exps, models, feature_datasets, summary_entries = [], [], [], []
     for name in names:
-        exp_cfg = require_experiment(cfg, name)
-        folds = experiment_folds(cfg, name)
+        exp = settings.experiment(name)
+        folds = exp.folds
         metrics_list, missing, datasets, fold_tables = [], [], [], []
-        for test in test_selectors(cfg, name):
+        for test in test_selectors(exp):
             dataset = parse_selector(test)[0]
             if dataset not in feature_datasets:
                 feature_datasets.append(dataset)
@@ -395,18 +392,18 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
             logs = {f: lg for f, lg in logs.items() if lg is not None and len(lg) and {"step", "loss"} <= set(lg.columns)}
             if logs:
                 loss = write_png(fold_loss_figure(logs, f"{name}: training loss of each fold"), plots_dir / f"{name}--loss.png")
-        exps.append({"name": name, "train": exp_cfg["train"], "test": exp_cfg["test"], "rows": metrics_rows(metrics_list),
+        exps.append({"name": name, "train": list(exp.train), "test": list(exp.test), "rows": metrics_rows(metrics_list),
                      "missing": missing, "datasets": datasets, "loss": loss, "train_log": str(log_path),
                      "table_csv": table_csv, "folds": folds, "fold_tables": fold_tables,
                      "config": experiment_config(name),
-                     "shipped": shipped_model_entry(cfg, name, metrics_list)})
+                     "shipped": shipped_model_entry(exp, settings.datasets, metrics_list)})
         for fold in [*folds, paths.FULL_MODEL] if folds is not None else [None]:
-            model_cfg = _read_json(paths.model_dir(name, fold) / "lmmvqa.json")
+            model_record = _read_json(paths.model_dir(name, fold) / "lmmvqa.json")
             label = name if fold is None else (f"{name} on every fold" if fold == paths.FULL_MODEL else f"{name} fold {fold}")
             models.append({"experiment": label,
                            "dir": str(paths.model_dir(name, fold)),
-                           "config": json.dumps(model_cfg, indent=2, sort_keys=True) if model_cfg else None,
-                           "sources": _model_sources(model_cfg, cfg)})
+                           "config": json.dumps(model_record, indent=2, sort_keys=True) if model_record else None,
+                           "sources": _model_sources(model_record, settings.models, settings.preset)})
     summary = summary_table(summary_entries)
     summary_csv = None
     if not summary.empty and experiments is None:  # the whole config's summary, not a --experiment subset
@@ -415,12 +412,12 @@ def build_report(cfg: dict, out: str | Path, experiments: list[str] | None = Non
     provenance = {
         "config_path": str(config_path) if config_path else "(in memory)",
         "config_files": sorted({c for c in (experiment_config(n) for n in names) if c}),
-        "config_yaml": yaml.safe_dump(cfg, sort_keys=True),
+        "config_yaml": yaml.safe_dump(settings.config, sort_keys=True),
         "git": _git_commit(),
-        "preset": cfg["models"]["preset"],
+        "preset": settings.preset,
         "code_versions": {stage: code_version(stage) for stage in STAGES},
         "models": models,
-        "features": [_store_info(cfg, d) for d in feature_datasets],
+        "features": [_store_info(settings.features.hash, d) for d in feature_datasets],
     }
     html = render_html(
         experiments=exps, provenance=provenance, fold_columns=FOLD_COLUMNS,

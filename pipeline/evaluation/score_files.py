@@ -36,19 +36,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 from pipeline.cli_args import add_decode_deadline_arg, add_device_arg, add_dtype_arg
-from pipeline.core import paths
-from pipeline.core.config import load_config, schema
+from pipeline.core import paths, resolve
+from pipeline.core.config import schema
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import describe_roles
 from pipeline.evaluation.predict import DECODINGS, predict_batch
 from pipeline.evaluation.ship import SHIPPED_MODEL, shipped_summary
-from pipeline.core.deadline import with_decode_deadline
 from pipeline.features.decoding.sampling import DecodeError
 from pipeline.features.decoding.decode_pool import DecodePool
 from pipeline.features.extractor import Extractor
@@ -57,9 +58,13 @@ from pipeline.ingest.media import is_image_file, is_video_file, item_id
 from pipeline.model.answers import LEVEL_PROB_COLUMNS
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.model_files import scoring_extraction
-from pipeline.prompts.experiments import experiment_folds, shipped_model, unseen_tests
+from pipeline.core.settings import as_dict
+from pipeline.prompts.selectors import shipped_model, unseen_tests
 from pipeline.prompts.shards import load_templates
-from pipeline.training.runs import ensemble_model_dirs
+from pipeline.training.runs import member_model_dirs
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import Dataset, EvaluationSettings, Experiment, FeatureSettings, Settings
 
 
 def expand_inputs(items) -> list[Path]:
@@ -79,11 +84,12 @@ def expand_inputs(items) -> list[Path]:
 
 class Scorer:
     """A model folder (several: an ensemble, scored as `lmmvqa evaluate` scores it) + the feature extractor
-    it was trained with. `evaluation`: the evaluation settings to answer with (a config's `evaluation`
-    block); None: those the model folder recorded at training."""
+    it was trained with. `evaluation`: the evaluation settings to answer with (a config's); None: those
+    the model folder recorded at training."""
 
     def __init__(self, model_dir, device: str = "cpu", threads: int | None = None, dtype: str | None = None,
-                 decoding: str | None = None, evaluation: dict | None = None, decode_deadline: float | None = None):
+                 decoding: str | None = None, evaluation: "EvaluationSettings | None" = None,
+                 decode_deadline: float | None = None):
         self.decoders = DecodePool(1)  # the worker starts while the model loads
         try:
             self._load(model_dir, device, threads, dtype, decoding, evaluation, decode_deadline)
@@ -95,16 +101,17 @@ class Scorer:
         dirs = [Path(d) for d in (model_dir if isinstance(model_dir, (list, tuple)) else [model_dir])]
         self.models = [LMMVQA.from_pretrained(d, device=device, dtype=dtype) for d in dirs]
         self.model = self.models[0]
-        cfg = self.model.config
+        record = self.model.config  # the model folder's lmmvqa.json
         check_members(dirs, self.models)
-        self.extractor = Extractor(with_decode_deadline(scoring_extraction(dirs[0], cfg), decode_deadline),
-                                   device=device, threads=threads)
+        self.feature_settings = with_decode_deadline(resolve.extraction_settings(scoring_extraction(dirs[0], record)),
+                                             decode_deadline)
+        self.extractor = Extractor(self.feature_settings, device=device, threads=threads)
         self.decoders.start(self.extractor.sampler)
         bank = dirs[0] / "templates.yaml"
         self.bank = load_templates(bank if bank.exists() else None, self.model.answer_format.name)
-        self.seed = int(cfg.get("prompts_seed", 0))
+        self.seed = int(record.get("prompts_seed", 0))
         self.evaluation_source = "the config" if evaluation is not None else "recorded in the model folder"
-        self.evaluation = evaluation if evaluation is not None else (cfg.get("evaluation") or {})
+        self.evaluation = as_dict(evaluation) if evaluation is not None else (record.get("evaluation") or {})
         self.decoding = decoding or self.evaluation.get("decoding") or default_decoding()
         self.model_dirs = dirs
         self.model_dir = dirs[0]
@@ -112,15 +119,15 @@ class Scorer:
     def describe(self) -> str:
         """What scores the videos: the model folder(s), its preset, what each role was built from, and
         where the evaluation settings come from."""
-        cfg = self.model.config
-        preset = ((cfg.get("extraction") or {}).get("models") or {}).get("preset")
+        record = self.model.config
+        preset = ((record.get("extraction") or {}).get("models") or {}).get("preset")
         which = (f"model {self.model_dir}" if len(self.models) == 1 else
                  f"ensemble of {len(self.models)} models {', '.join(map(str, self.model_dirs))}")
-        lines = [f"lmmvqa score: {which} (preset {preset}, experiment {cfg.get('experiment')})"]
-        if not cfg.get("provenance"):
+        lines = [f"lmmvqa score: {which} (preset {preset}, experiment {record.get('experiment')})"]
+        if not record.get("provenance"):
             lines.append("  (the model folder does not record what its roles were built from: trained by an older version)")
         else:
-            lines += [f"  {role}: {text}" for role, text in describe_roles(cfg["provenance"]).items()]
+            lines += [f"  {role}: {text}" for role, text in describe_roles(record["provenance"]).items()]
         ev = self.evaluation
         lines.append(f"  evaluation settings ({self.evaluation_source}): decoding {self.decoding}, "
                      f"templates_per_video {int(ev.get('templates_per_video', 1))}, "
@@ -143,9 +150,8 @@ class Scorer:
         t0 = time.perf_counter()
         spatial, motion, meta = self.features(path)
         # the model was trained on features as stored (float16 by default): round the same way
-        f = self.model.config["extraction"]["features"]
-        spatial = spatial.astype(f["spatial_dtype"]).astype("float32")
-        motion = motion.astype(f["motion_dtype"]).astype("float32")
+        spatial = spatial.astype(self.feature_settings.spatial_dtype).astype("float32")
+        motion = motion.astype(self.feature_settings.motion_dtype).astype("float32")
         batch = collate_videos([(spatial, motion)])
         # the question templates are drawn per video id, as the prompt stage draws them for a dataset's
         # videos (the file name without its extension), so a dataset's video gets the same questions here;
@@ -171,6 +177,18 @@ class Scorer:
         }
 
 
+def with_decode_deadline(features: "FeatureSettings", base_s: float | None) -> "FeatureSettings":
+    """`features` with `sampling.decode_deadline.base_s` = `base_s` (--decode-deadline); themselves when
+    base_s is None (as `Settings.with_decode_deadline` does for a whole config's)."""
+    if base_s is None:
+        return features
+    if not base_s > 0:
+        raise UserError(f"--decode-deadline must be > 0 seconds, got {base_s}")
+    sampling = features.sampling
+    deadline = dataclasses.replace(sampling.decode_deadline, base_s=float(base_s))
+    return dataclasses.replace(features, sampling=dataclasses.replace(sampling, decode_deadline=deadline))
+
+
 def check_members(dirs: list[Path], models: list) -> None:
     """An ensemble's members must see the same features and questions: same extraction settings, quality
     adapter, answer format and prompt seed."""
@@ -190,7 +208,7 @@ def default_decoding() -> str:
 
 
 def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int | None = None,
-                 dtype: str | None = None, decoding: str | None = None, evaluation: dict | None = None,
+                 dtype: str | None = None, decoding: str | None = None, evaluation: "EvaluationSettings | None" = None,
                  decode_deadline: float | None = None) -> int:
     """Score every video, writing JSON lines to `out` (a text stream). Returns the number that failed.
     `model_dir`: a model folder, or a list of them (an ensemble); `evaluation`: see Scorer."""
@@ -219,24 +237,25 @@ def score_videos(videos, model_dir, device: str = "cpu", out=None, threads: int 
 DEFAULT_CONFIG = Path("config.yaml")
 
 
-def scoring_config(config: str | Path | None = None) -> tuple[Path, dict]:
-    """(path, validated config) of `--config`, else `config.yaml` in the working directory."""
+def scoring_config(config: str | Path | None = None) -> tuple[Path, "Settings"]:
+    """(path, resolved settings) of `--config`, else `config.yaml` in the working directory."""
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
         raise UserError(f"no config at {path} (it names the default experiment's model and the evaluation "
                         "settings): pass --model results/models/<experiment> (or --config C)")
-    return path, load_config(path)
+    return path, resolve.load(path)
 
 
 def default_model(config: str | Path | None = None, experiment: str | None = None) -> tuple[list[Path], str]:
     """(model folders, what they are worth) of a config's experiment (default: the first one): the model it
     ships (`experiments.shipped_model`), with its ensemble members (`experiments.<E>.ensemble`) where
     they are trained beside it. A UserError names the command that trains a missing one."""
-    path, cfg = scoring_config(config)
-    if not cfg["experiments"]:
+    path, settings = scoring_config(config)
+    if not settings.experiments:
         raise UserError(f"{path} has no experiments, so no model: pass --model DIR")
-    name = experiment or next(iter(cfg["experiments"]))
-    folders = shipped_models(cfg, name)
+    exp = settings.experiment(experiment or next(iter(settings.experiments)))
+    name = exp.name
+    folders = shipped_models(exp)
     for folder in folders:
         if not (folder / "lmmvqa.json").is_file():
             configfile = "" if path == DEFAULT_CONFIG else f" --configfile {path}"
@@ -244,24 +263,25 @@ def default_model(config: str | Path | None = None, experiment: str | None = Non
                             f"`snakemake {folder} --cores 2{configfile}` (the target first: --configfile takes every "
                             f"word after it), or the whole run, `snakemake --cores 2{configfile}`; "
                             "or pass --model DIR")
-    return folders, model_worth(cfg, name, folders)
+    return folders, model_worth(exp, settings.datasets, folders)
 
 
-def shipped_models(cfg: dict, experiment: str) -> list[Path]:
+def shipped_models(exp: "Experiment") -> list[Path]:
     """The model folders that score for an experiment: the model it ships, then its ensemble members
     (`<E>.member<i>`, as `lmmvqa evaluate` averages them) for an experiment with one held-out split. The
     workflow trains ensemble members per fold only, so a `folds: all` experiment ships its one model on
     every fold."""
-    if experiment_folds(cfg, experiment) is not None:
-        return [shipped_model(cfg, experiment)]
-    return ensemble_model_dirs(cfg, experiment)
+    if exp.every_fold:
+        return [shipped_model(exp)]
+    return member_model_dirs(exp)
 
 
-def model_worth(cfg: dict, experiment: str, folders: list[Path]) -> str:
+def model_worth(exp: "Experiment", datasets: Mapping[str, "Dataset"], folders: list[Path]) -> str:
     """One line: which model (or ensemble), and its figures on each test set from the workflow's metrics
     (mean ± std over folds for a model trained on every fold), or that they are not computed yet."""
-    folds = experiment_folds(cfg, experiment)
-    members = int(cfg["experiments"][experiment].get("ensemble") or 1)
+    experiment = exp.name
+    folds = exp.folds
+    members = exp.ensemble
     if folds is not None:
         kind = (f"trained on every fold; worth its {len(folds)} per-fold models' figures on videos they did not train on"
                 if members == 1 else
@@ -271,7 +291,7 @@ def model_worth(cfg: dict, experiment: str, folders: list[Path]) -> str:
         kind = ("its figures on videos it did not train on" if len(folders) == 1 else
                 f"an ensemble of {len(folders)} models, scores averaged; their figures on videos they did not train on")
     cells = []
-    for test in unseen_tests(cfg, experiment):
+    for test in unseen_tests(exp, datasets):
         m = _read_metrics(paths.metrics(experiment, test))
         if m is None:
             cells.append(f"{test}: not evaluated yet ({paths.metrics(experiment, test)})")
@@ -342,11 +362,11 @@ def model_to_use(config: str | Path | None, experiment: str | None) -> tuple[lis
 def main(args) -> int:
     # the evaluation settings: a config's (given, or config.yaml when it picks the model), as `lmmvqa
     # evaluate` answers with them; a bare --model DIR and the shipped model: those recorded in the model folder
-    evaluation = scoring_config(args.config)[1]["evaluation"] if args.config else None
+    evaluation = scoring_config(args.config)[1].evaluation if args.config else None
     if args.model is None:
         args.model, worth, from_config = model_to_use(args.config, args.experiment)
         if from_config and evaluation is None:
-            evaluation = scoring_config(None)[1]["evaluation"]
+            evaluation = scoring_config(None)[1].evaluation
         print(f"lmmvqa score: {worth}", file=sys.stderr)
         if from_config and (SHIPPED_MODEL / "lmmvqa.json").is_file():
             print(f"lmmvqa score: the model trained on real rated photos and videos that ships with the package: "

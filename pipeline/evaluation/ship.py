@@ -29,17 +29,19 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import yaml
 
 from pipeline.cli_args import add_config_arg
-from pipeline.core import atomic, paths
-from pipeline.core.config import load_config
+from pipeline.core import atomic, paths, resolve
 from pipeline.core.errors import UserError
 from pipeline.ingest.manifest import read_manifest
 from pipeline.model.model_files import ADAPTER_FILE
-from pipeline.prompts.experiments import (experiment_folds, parse_selector, require_experiment, shipped_model,
-                                          unseen_tests)
+from pipeline.prompts.selectors import parse_selector, shipped_model, unseen_tests
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import Dataset, Experiment
 
 # the model `lmmvqa score` uses when given no model and no trained experiment model is at hand
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "lmmvqa-offline"
@@ -68,11 +70,12 @@ def weight_hashes(folder: str | Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*.safetensors"))}
 
 
-def figures(cfg: dict, experiment: str, kinds: dict) -> list[dict]:
+def figures(exp: "Experiment", datasets: Mapping[str, "Dataset"], kinds: dict) -> list[dict]:
     """Per test selector the model's experiment never trained on (per fold: the held-out fold): SRCC and
     PLCC of the probability score, mean and std over folds and each fold's, from the workflow's metrics."""
+    experiment = exp.name
     out = []
-    for test in unseen_tests(cfg, experiment):
+    for test in unseen_tests(exp, datasets):
         dataset = parse_selector(test)[0]
         path = paths.metrics(experiment, test)
         if not path.is_file():
@@ -80,18 +83,18 @@ def figures(cfg: dict, experiment: str, kinds: dict) -> list[dict]:
         m = json.loads(path.read_text())
         agg = (m.get("aggregate") or {}).get("prob") or {}
         prob = (m.get("methods") or {}).get("prob") or {}
-        split = cfg["datasets"][dataset]["split"]
+        split = datasets[dataset].split
         folds = m.get("folds") or len(m.get("fold_metrics") or []) or None
         out.append({
             "test": test, "dataset": dataset, "kind": kinds.get(dataset, dataset), "n": m.get("n"),
-            "protocol": (f"{folds} folds" + (f" by {split['group_by']} (each fold's model never saw that "
-                                             f"{split['group_by']})" if split.get("group_by") else "")
+            "protocol": (f"{folds} folds" + (f" by {split.group_by} (each fold's model never saw that "
+                                             f"{split.group_by})" if split.group_by else "")
                          if folds else "held-out fold"),
             "srcc": _round(prob.get("srcc")), "srcc_std": _round((agg.get("srcc") or {}).get("std")),
             "plcc": _round(prob.get("plcc")), "plcc_std": _round((agg.get("plcc") or {}).get("std")),
             "fold_srcc": [_round(((f.get("methods") or {}).get("prob") or {}).get("srcc"))
                           for f in m.get("fold_metrics") or []],
-            "fold_names": fold_names(dataset, split.get("group_by"), [f.get("fold") for f in m.get("fold_metrics") or []]),
+            "fold_names": fold_names(dataset, split.group_by, [f.get("fold") for f in m.get("fold_metrics") or []]),
         })
     return out
 
@@ -111,36 +114,37 @@ def _round(x):
     return None if x is None else round(float(x), 4)
 
 
-def trained_on(cfg: dict, experiment: str, kinds: dict) -> list[dict]:
+def trained_on(exp: "Experiment", datasets: Mapping[str, "Dataset"], kinds: dict) -> list[dict]:
     """Each training dataset: its kind (the card's words), format and number of rated items (its manifest)."""
     out = []
-    for dataset in dict.fromkeys(parse_selector(s)[0] for s in require_experiment(cfg, experiment)["train"]):
+    for dataset in dict.fromkeys(parse_selector(s)[0] for s in exp.train):
         manifest = paths.manifest(dataset)
         if not manifest.is_file():
             raise UserError(f"{manifest} not found: run the workflow first")
         if dataset not in kinds:
             raise UserError(f"the card's front matter does not say what kind of data '{dataset}' is "
                             f"(datasets: {dataset}: ...)")
-        out.append({"dataset": dataset, "kind": kinds[dataset], "format": cfg["datasets"][dataset]["format"],
+        out.append({"dataset": dataset, "kind": kinds[dataset], "format": datasets[dataset].format,
                     "items": int(len(read_manifest(manifest)))})
     return out
 
 
 def ship(config: str | Path, card: str | Path, out: str | Path, experiment: str | None = None) -> dict:
     """Write the shipped model folder `out` (replaced whole); returns its `shipped` record."""
-    cfg = load_config(config)
-    name = experiment or next(iter(cfg["experiments"]), None)
+    settings = resolve.load(config)
+    name = experiment or next(iter(settings.experiments), None)
     if name is None:
         raise UserError(f"{config} has no experiments")
-    source = shipped_model(cfg, name)
+    exp = settings.experiment(name)
+    source = shipped_model(exp)
     if not (source / "lmmvqa.json").is_file():
         raise UserError(f"no trained model in {source}: run `snakemake --cores 2 --configfile {config}` first")
     meta, body = read_card(card)
     kinds = meta["datasets"]
     record = {"name": Path(out).name, "title": meta.get("title") or Path(out).name, "config": str(config),
               "experiment": name, "from": str(source),
-              "folds": len(experiment_folds(cfg, name) or []) or None,
-              "trained_on": trained_on(cfg, name, kinds), "figures": figures(cfg, name, kinds),
+              "folds": len(exp.folds or []) or None,
+              "trained_on": trained_on(exp, settings.datasets, kinds), "figures": figures(exp, settings.datasets, kinds),
               "rebuild": [f"snakemake --cores 2 --configfile {config}",
                           f"lmmvqa ship --config {config}"
                           + ("" if Path(card) == default_card(config) else f" --card {card}") + f" --out {out}"]}
@@ -152,9 +156,9 @@ def ship(config: str | Path, card: str | Path, out: str | Path, experiment: str 
             elif src.is_file():
                 shutil.copyfile(src, tmp / item)
         record["weights_sha256"] = weight_hashes(tmp)
-        model_cfg = json.loads((tmp / "lmmvqa.json").read_text())
-        model_cfg["shipped"] = record
-        (tmp / "lmmvqa.json").write_text(json.dumps(model_cfg, indent=2, sort_keys=True, default=str) + "\n")
+        model_record = json.loads((tmp / "lmmvqa.json").read_text())
+        model_record["shipped"] = record
+        (tmp / "lmmvqa.json").write_text(json.dumps(model_record, indent=2, sort_keys=True, default=str) + "\n")
         (tmp / "README.md").write_text(model_card(record, body), encoding="utf-8")
         atomic.readable_by_all(tmp)
     return record

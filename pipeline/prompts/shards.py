@@ -30,14 +30,14 @@ import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 import yaml
 
 from pipeline import DATA_DIR
 from pipeline.cli_args import add_config_arg
-from pipeline.core.config import load_config
+from pipeline.core import resolve
 from pipeline.core.errors import UserError
 from pipeline.core.levels import LEVELS
 from pipeline.core.levels import levels as manifest_levels
@@ -45,7 +45,10 @@ from pipeline.ingest.manifest import read_manifest
 from pipeline.ingest.media import media_of
 from pipeline.prompts.answer_format import PAPER_FORMAT, with_format
 from pipeline.prompts.answer_format import answer_format as get_format
-from pipeline.prompts.experiments import official_split_names, part_of_row
+from pipeline.prompts.selectors import official_split_names, part_of_row
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import Dataset, PromptSettings
 
 BANK_PATH = DATA_DIR / "templates.yaml"
 QUESTION_TYPES = ("score", "level")
@@ -136,14 +139,13 @@ def levels_from_mos(mos: pd.Series) -> pd.Series:
     return pd.Series(manifest_levels(mos), index=mos.index)
 
 
-def part_names(cfg: dict, dataset: str, manifest: pd.DataFrame) -> list[str]:
+def part_names(ds: "Dataset", manifest: pd.DataFrame) -> list[str]:
     """Every part of a dataset: all k folds for k-fold datasets (empty ones included), else the split names."""
-    ds = cfg["datasets"][dataset]
-    if ds["format"] == "folder":  # unrated videos: one part, `all`
+    if not ds.rated:  # unrated videos (format folder): one part, `all`
         return ["all"]
     present = sorted(set(manifest.apply(part_of_row, axis=1))) if len(manifest) else []
-    if ds["split"]["scheme"] == "kfold" and (not present or all(p.startswith("fold") for p in present)):
-        return sorted(set(present) | {f"fold{f}" for f in range(ds["split"]["k"])}, key=_part_key)
+    if ds.split.scheme == "kfold" and (not present or all(p.startswith("fold") for p in present)):
+        return sorted(set(present) | {f"fold{f}" for f in range(ds.split.k)}, key=_part_key)
     return sorted(set(present) | set(official_split_names(ds)) - {"all"} if present else official_split_names(ds))
 
 
@@ -233,14 +235,14 @@ def read_prompts(paths: Iterable[str | Path]) -> list[dict]:
     return out
 
 
-def build_prompts(cfg: dict, dataset: str, manifest_path: str | Path, out_dir: str | Path) -> dict[str, int]:
-    if dataset not in cfg["datasets"]:
-        raise UserError(f"unknown dataset '{dataset}' (config has: {', '.join(cfg['datasets'])})")
+def build_prompts(prompts: "PromptSettings", dataset: "Dataset", manifest_path: str | Path,
+                  out_dir: str | Path) -> dict[str, int]:
+    """The prompt shards of one dataset (`Settings.dataset(name)`) under the run's prompt settings."""
     manifest = read_manifest(manifest_path)
-    fmt = cfg["prompts"]["answer_format"]
-    bank = load_templates(cfg["prompts"]["templates"], fmt)
-    samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)
-    return write_shards(samples, part_names(cfg, dataset, manifest), out_dir)
+    fmt = prompts.answer_format
+    bank = load_templates(prompts.templates, fmt)
+    samples = build_samples(manifest, dataset.name, prompts.seed, prompts.questions, bank, fmt)
+    return write_shards(samples, part_names(dataset, manifest), out_dir)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -251,8 +253,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    counts = build_prompts(cfg, args.dataset, args.manifest, args.out_dir)
+    s = resolve.load(args.config)
+    counts = build_prompts(s.prompts, s.dataset(args.dataset), args.manifest, args.out_dir)
     total = sum(counts.values())
     print(f"prompts: {args.dataset}: {total} samples in {len(counts)} shards -> {args.out_dir} "
           f"({', '.join(f'{p}={n}' for p, n in counts.items())})")
