@@ -82,7 +82,7 @@ def main() -> int:
     from pipeline.core import paths
     from pipeline.core.config import load_config
     from pipeline.evaluation.evaluate import evaluate
-    from pipeline.prompts.experiments import parse_selector
+    from pipeline.prompts.selectors import parse_selector
 
     torch.set_num_threads(torch_threads)
     out_json = Path(args.out).resolve()
