@@ -1,7 +1,7 @@
 # Training per experiment (per fold for `folds: all` experiments, plus their model on every fold), from
 # cached features and prompt shards only. A two-stage experiment (`stage1:` set) trains
 # `results/models/<E>.stage1` first (per fold: `<E>.stage1/fold<F>`, and `<E>.stage1/all`); an experiment
-# with `init_from:` or a stage 1 continues from that model (pipeline.training.runs.init_model_dir).
+# with `init_from:` or a stage 1 continues from that model (pipeline.training.runs.continues_from).
 
 pipeline_workflow.at_parse_time(SETTINGS_PLAN.check_experiments)
 
