@@ -21,5 +21,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        pipeline_workflow.targets(config),
+        pipeline_workflow.targets(SETTINGS_PLAN),
     default_target: True

@@ -35,7 +35,7 @@ sets of config/synth-dev.yaml): their manifests and feature stores come from a w
 LMM (their prompt samples after the setup's, as `lmmvqa train` orders an experiment's train selectors) and
 the ridge readout, less the videos that share the setup's `exclude_shared` column (source for leave one
 source out, group for grouped folds) with the fold's test videos, found by the workflow's own
-`prompts.experiments.shared_content` on the benchmark's folds. Variants of the extra data: a fixed share of
+`prompts.selectors.shared_content` on the benchmark's folds. Variants of the extra data: a fixed share of
 its videos (`--extra-fraction`), its labels mapped by rank onto the training folds' MOS distribution
 (`--extra-map quantile`). The tokenizer is trained on the setup's and the extra datasets' samples.
 
@@ -159,16 +159,15 @@ def ridge_fold(x, y, folds, test_fold, extra=None) -> tuple[np.ndarray, float]:
 def load_extras(cfg: dict, selectors: list[str], extra_config: str, fraction: float, subset_seed: int = 0) -> dict:
     """Extra training datasets: {dataset: {"selector", "manifest" (the selector's rows, a fixed `fraction`
     of them, drawn with `subset_seed`), "features"}}; their configs are added to `cfg["datasets"]` (for the exclusion's selectors)."""
-    from pipeline.core import paths
+    from pipeline.core import paths, resolve
     from pipeline.core.config import load_config
-    from pipeline.core.specs import feature_settings_hash
     from pipeline.features.stores.store_reader import DatasetFeatures
     from pipeline.ingest.manifest import read_manifest
-    from pipeline.prompts.experiments import parse_selector, select
+    from pipeline.prompts.selectors import parse_selector, select
 
     xcfg = load_config(extra_config, {})
-    settings = feature_settings_hash(cfg)
-    if feature_settings_hash(xcfg) != settings:
+    settings = resolve.of(cfg).features.hash
+    if resolve.of(xcfg).features.hash != settings:
         raise SystemExit(f"--extra-config {extra_config}: feature settings differ from the setup's")
     out = {}
     for selector in selectors:
@@ -181,7 +180,7 @@ def load_extras(cfg: dict, selectors: list[str], extra_config: str, fraction: fl
         if not paths.manifest(dataset).is_file():
             raise SystemExit(f"--extra-train {selector}: {paths.manifest(dataset)} not found: run the workflow on "
                              f"{extra_config} first")
-        manifest = select(read_manifest(paths.manifest(dataset)), cfg, selector, None)
+        manifest = select(read_manifest(paths.manifest(dataset)), resolve.of(cfg).datasets, selector, None)
         if fraction < 1:  # a fixed share of the videos, the same for every fold and seed
             keep = np.random.default_rng(subset_seed).permutation(len(manifest))[:int(round(fraction * len(manifest)))]
             manifest = manifest.iloc[np.sort(keep)]
@@ -200,7 +199,8 @@ def excluded_extras(cfg: dict, dataset: str, manifest: pd.DataFrame, extras: dic
                     fold: int) -> dict[str, np.ndarray]:
     """Per extra dataset, the mask of its videos left out while `fold` is held out: those sharing `column`
     with a test video, as `experiments.<E>.exclude_shared` leaves them out (`shared_content`)."""
-    from pipeline.prompts.experiments import shared_content
+    from pipeline.core import resolve
+    from pipeline.prompts.selectors import shared_content
 
     if not column:
         return {d: np.zeros(len(e["manifest"]), bool) for d, e in extras.items()}
@@ -208,7 +208,8 @@ def excluded_extras(cfg: dict, dataset: str, manifest: pd.DataFrame, extras: dic
     c["experiments"] = {"bench": {"train": [f"{dataset}:train", *[e["selector"] for e in extras.values()]],
                                   "test": [f"{dataset}:test"], "holdout_fold": int(fold), "exclude_shared": column}}
     given = {dataset: manifest, **{d: e["manifest"] for d, e in extras.items()}}
-    videos = shared_content(c, "bench", manifests=given)["videos"]
+    s = resolve.of(c)
+    videos = shared_content(s.experiment("bench"), s.datasets, manifests=given)["videos"]
     return {d: np.array([(d, str(i)) in videos for i in e["manifest"]["id"]], bool) for d, e in extras.items()}
 
 
@@ -223,14 +224,15 @@ def mapped_mos(mos: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def ordered_training_samples(cfg: dict, samples: list[dict], dataset: str, fold: int,
                              selector: str | None = None) -> list[dict]:
     """The training samples of fold `fold` held out (of `selector`, default DATASET:train), in the order
-    `lmmvqa train` reads them (prompt shard by prompt shard, as `prompts.experiments.prompt_parts` lists them)."""
-    from pipeline.prompts.experiments import prompt_parts
+    `lmmvqa train` reads them (prompt shard by prompt shard, as `prompts.selectors.prompt_parts` lists them)."""
+    from pipeline.core import resolve
+    from pipeline.prompts.selectors import prompt_parts
 
     by_part: dict[str, list[dict]] = {}
     for s in samples:
         by_part.setdefault(s["part"], []).append(s)
     out = []
-    for part in prompt_parts(cfg, selector or f"{dataset}:train", fold):
+    for part in prompt_parts(resolve.of(cfg).datasets, selector or f"{dataset}:train", fold):
         out += by_part.get(part, [])
     return out
 
@@ -288,9 +290,8 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     training data {"selectors", "config", "fraction", "map", "exclude"} (see the module docstring)."""
     import torch
 
-    from pipeline.core import paths
+    from pipeline.core import paths, resolve
     from pipeline.core.config import deep_merge, load_config
-    from pipeline.core.specs import feature_settings_hash, model_spec, trains_tokenizer
     from pipeline.features.stores.store_reader import DatasetFeatures
     from pipeline.model.tokenizer import load_tokenizer, train_tokenizer
     from pipeline.prompts.shards import build_samples, load_templates
@@ -304,7 +305,7 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     cfg = load_config(config_file, overrides)
     cfg["experiments"] = {}
     manifest = manifest_for(cfg, dataset)
-    settings = feature_settings_hash(cfg)
+    settings = resolve.of(cfg).features.hash
     stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].unique())]
     missing = [str(s) for s in stores if not s.exists()]
     if missing:
@@ -327,7 +328,8 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
         return build_samples(m, d, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)
 
     vocab = samples + [x for d in extras for x in extra_samples(d)]
-    tokenizer = train_tokenizer(vocab, fmt) if trains_tokenizer(cfg) else load_tokenizer(model_spec(cfg, "llm")["source"])
+    llm = resolve.of(cfg).models["llm"]
+    tokenizer = train_tokenizer(vocab, fmt) if llm.source is None else load_tokenizer(llm.source)
     all_features = {dataset: features, **{d: e["features"] for d, e in extras.items()}}
     info = training_feature_info(all_features)
     evals = {"": cfg["evaluation"], **{v: deep_merge(cfg["evaluation"], o) for v, o in (eval_variants or {}).items()}}

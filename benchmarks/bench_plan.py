@@ -131,14 +131,17 @@ def measure(cfg: dict, keyframes: int = 4, seed: int = 0) -> dict:
 
 def estimate(cfg: dict, measured: dict) -> dict:
     """The plan's figure for the same run: its shapes from the config, the same tokens per sample."""
-    from pipeline.core.specs import model_spec
+    from pipeline.core import resolve
+    from pipeline.core.settings import as_dict
     from pipeline.model.lmm import resolve_train_llm
     from pipeline.plan import model_shapes, training_memory
 
-    shapes = model_shapes(cfg, vocab=measured["vocab"])
-    tr = cfg["training"]
-    return training_memory(shapes, tr, measured["seq"], measured["answer"], resolve_train_llm(tr, model_spec(cfg, "llm")),
-                           "float32", "float32", bool(tr["gradient_checkpointing"]))
+    s = resolve.resolve(cfg, validated=True)
+    shapes = model_shapes(s.models, s.features.sampling, vocab=measured["vocab"])
+    tr = s.training
+    train_llm = resolve_train_llm(as_dict(tr), s.models["llm"].as_dict())
+    return training_memory(shapes, tr, measured["seq"], measured["answer"], train_llm, "float32", "float32",
+                           bool(tr.gradient_checkpointing))
 
 
 def compare(layers: int, batch: int, lora: bool = False, checkpointing: bool = False) -> dict:

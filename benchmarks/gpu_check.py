@@ -295,13 +295,13 @@ def plan_estimates(work: Path, cfg: dict) -> dict:
     comparison with the measured peaks (the same sequence length as the run: counted with its tokenizer)."""
     import os as _os
 
-    from pipeline.core.config import validate
+    from pipeline.core import resolve
     from pipeline.plan import plan
 
     here = Path.cwd()
     _os.chdir(work)  # the run's tokenizer and manifests
     try:
-        p = plan(validate(json.loads(json.dumps(cfg)), "gpu_check"))
+        p = plan(resolve.resolve(json.loads(json.dumps(cfg)), source="gpu_check"))
     finally:
         _os.chdir(here)
     runs = {t["stage"]: t for t in p["training"] if t["configured"]}

@@ -38,11 +38,15 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
-from pipeline.core import paths, resources
-from pipeline.core.config import load_config
+from pipeline.core import paths, resolve, resources
 from pipeline.core.errors import UserError
-from pipeline.core.specs import model_spec, trains_tokenizer
+from pipeline.core.settings import as_dict
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import (Dataset, EvaluationSettings, Experiment, FeatureSettings, ModelSpec,
+                                        PromptSettings, Sampling, Settings, TrainingSettings)
 
 GIB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -92,8 +96,8 @@ def _count(build) -> int:
         return sum(p.numel() for p in build().parameters())
 
 
-def vision_shape(cfg: dict) -> dict:
-    spec = model_spec(cfg, "vision")
+def vision_shape(vision: "ModelSpec") -> dict:
+    spec = vision.as_dict()
     if spec.get("arch") == "mobilenet_v2":
         conf = spec["config"]
         width = 2 * sum(MOBILENET_V2_CHANNELS[b] for b in conf["blocks"])
@@ -115,8 +119,8 @@ def vision_shape(cfg: dict) -> dict:
             "image_size": conf.image_size, "params": _count(lambda: CLIPVisionModel(conf))}
 
 
-def motion_shape(cfg: dict) -> dict:
-    spec = model_spec(cfg, "motion")
+def motion_shape(motion: "ModelSpec", sampling: "Sampling") -> dict:
+    spec = motion.as_dict()
     if spec.get("arch") == "temporal_stats":
         return {"kind": "temporal_stats", "dim": 10, "params": 0, "input_size": spec["config"].get("input_size", 64),
                 "stem": 0, "ratio": 1}
@@ -124,7 +128,7 @@ def motion_shape(cfg: dict) -> dict:
 
     arch = dict(SLOWFAST_ARCHS.get(str(spec.get("source")), {})) if spec.get("source") else {}
     config = {**arch, **(spec.get("config") or {})}
-    kwargs, size, slow, fast = _motion_kwargs(config, int(cfg["sampling"]["slow_stride"]))
+    kwargs, size, slow, fast = _motion_kwargs(config, int(sampling.slow_stride))
 
     def build():
         import warnings
@@ -138,10 +142,10 @@ def motion_shape(cfg: dict) -> dict:
             "stem": kwargs["stem_dim_outs"][0], "ratio": kwargs["slowfast_channel_reduction_ratio"][0]}
 
 
-def llm_shape(cfg: dict, vocab: int | None = None) -> dict:
+def llm_shape(llm: "ModelSpec", vocab: int | None = None) -> dict:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    spec = model_spec(cfg, "llm")
+    spec = llm.as_dict()
     hub = _hub_config(spec.get("source")) or {}
     conf = {**{k: v for k, v in hub.items() if k in LlamaConfig().to_dict()}, **(spec.get("config") or {})}
     if vocab:
@@ -160,27 +164,28 @@ def projector_params(vision_width: int, motion_dim: int, llm_width: int) -> int:
     return _count(lambda: Projector(vision_width, motion_dim, llm_width))
 
 
-def lora_params(llm: dict, lora: dict) -> int:
+def lora_params(llm: dict, lora) -> int:
     h, kv = llm["hidden"], llm["kv_heads"] * llm["head_dim"]
     dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
             "gate_proj": (h, llm["intermediate"]), "up_proj": (h, llm["intermediate"]),
             "down_proj": (llm["intermediate"], h)}
-    return llm["layers"] * sum(lora["r"] * sum(dims[m]) for m in lora["target_modules"] if m in dims)
+    return llm["layers"] * sum(lora.r * sum(dims[m]) for m in lora.target_modules if m in dims)
 
 
-def text_tokens(cfg: dict, default: int = DEFAULT_TEXT_TOKENS) -> tuple[int, int, str]:
+def text_tokens(llm: "ModelSpec", prompts: "PromptSettings",
+                default: int = DEFAULT_TEXT_TOKENS) -> tuple[int, int, str]:
     """(prompt text tokens, answer tokens, how they were found): counted with the LLM's tokenizer when it is
-    at hand (a local folder / cache, or the trained tokenizer), else the default."""
+    at hand (a local folder / cache, or the tokenizer trained for an LLM without a source), else the default."""
     try:
         from pipeline.model.prompt_format import PromptFormatter
         from pipeline.model.tokenizer import load_tokenizer
         from pipeline.prompts.shards import load_templates
 
-        source = paths.tokenizer_dir() if trains_tokenizer(cfg) else model_spec(cfg, "llm")["source"]
+        source = paths.tokenizer_dir() if llm.source is None else llm.source
         if _local_file(source, "tokenizer_config.json") is None:
             raise FileNotFoundError(source)  # neither a folder nor in the local cache: never the network
         tok = load_tokenizer(source)
-        bank = load_templates(cfg["prompts"]["templates"])
+        bank = load_templates(prompts.templates)
         fmt = PromptFormatter(tok, n_visual=1)
         questions = [q for qs in bank.values() for q in qs]  # a video's questions (an image's differ by a word)
         enc = fmt.batch(questions, ["63.215"] * len(questions))
@@ -195,29 +200,29 @@ def _c(dtype: str) -> int:
     return DTYPE_BYTES[dtype]
 
 
-def layer_activation_bytes(llm: dict, c: int, mode: str, lora: dict | None) -> float:
+def layer_activation_bytes(llm: dict, c: int, mode: str, lora) -> float:
     """Bytes one decoder layer keeps for backward per token (see the module docstring)."""
     h, inter = llm["hidden"], llm["intermediate"]
     if mode == "full":
         return 8 * h + 9 * c * h + 4 * c * inter
     out = 8 * h + 4 * c * h + 3 * c * inter  # frozen weights: norms' fp32 inputs, SDPA's q/k/v/out, the MLP
-    if lora and lora.get("enabled"):
+    if lora and lora.enabled:
         inputs = {"q_proj": ("attn", h), "k_proj": ("attn", h), "v_proj": ("attn", h), "o_proj": ("o", h),
                   "gate_proj": ("mlp", h), "up_proj": ("mlp", h), "down_proj": ("down", inter)}
-        targets = [inputs[m] for m in lora["target_modules"] if m in inputs]
-        if lora.get("dropout", 0) > 0:
+        targets = [inputs[m] for m in lora.target_modules if m in inputs]
+        if lora.dropout > 0:
             out += sum((c + 1) * size for _, size in targets)  # a dropout copy (+ its mask) per module
         else:
             out += sum(c * size for size in dict(targets).values())  # one input per group shares its tensor
     return out
 
 
-def training_memory(shapes: dict, tr: dict, seq: int, answer: int, train_llm: bool, weights_dtype: str,
+def training_memory(shapes: dict, tr: "TrainingSettings", seq: int, answer: int, train_llm: bool, weights_dtype: str,
                     compute_dtype: str, checkpointing: bool) -> dict:
     """Peak bytes of one training process: weights, gradients, optimizer state, activations."""
     llm, c = shapes["llm"], _c(compute_dtype)
-    b = int(tr["batch_size"])
-    lora = tr["lora"] if tr["lora"]["enabled"] and not train_llm else None
+    b = int(tr.batch_size)
+    lora = tr.lora if tr.lora.enabled and not train_llm else None
     n_proj, n_llm = shapes["projector_params"], llm["params"]
     n_lora = lora_params(llm, lora) if lora else 0
     trainable = n_proj + n_lora + (n_llm if train_llm else 0)
@@ -240,11 +245,11 @@ def training_memory(shapes: dict, tr: dict, seq: int, answer: int, train_llm: bo
             "checkpointing": checkpointing, "mode": "full LLM" if train_llm else ("LoRA" if lora else "frozen LLM")}
 
 
-def evaluation_memory(shapes: dict, ev: dict, seq: int, dtype: str) -> dict:
+def evaluation_memory(shapes: dict, ev: "EvaluationSettings", seq: int, dtype: str) -> dict:
     llm, c = shapes["llm"], _c(dtype)
-    b = int(ev["batch_size"])
+    b = int(ev.batch_size)
     kv_token = 2 * llm["layers"] * llm["kv_heads"] * llm["head_dim"] * c
-    prompt_kv = b * (seq + int(ev["max_new_tokens"])) * kv_token
+    prompt_kv = b * (seq + int(ev.max_new_tokens)) * kv_token
     rows = min(CANDIDATE_ROWS, b * 101)
     parts = {"weights": llm["params"] * c + shapes["projector_params"] * 4,
              "kv_cache": prompt_kv + rows * (seq + 4) * kv_token,
@@ -253,17 +258,17 @@ def evaluation_memory(shapes: dict, ev: dict, seq: int, dtype: str) -> dict:
     return {"parts": parts, "total": sum(parts.values()), "batch": b, "dtype": dtype}
 
 
-def extraction_memory(shapes: dict, cfg: dict, dtype: str) -> dict:
+def extraction_memory(shapes: dict, features: "FeatureSettings", dtype: str) -> dict:
     v, m, c = shapes["vision"], shapes["motion"], _c(dtype)
-    b = int(cfg["features"]["batch_size"])
-    frames = cfg["sampling"]["chunk_frames"]
+    b = int(features.batch_size)
+    frames = features.sampling.chunk_frames
     if v["kind"] == "clip":
         vision_act = b * v["tokens"] * (3 * v["width"] + v["intermediate"]) * c
     else:
         vision_act = b * 3 * v["image_size"] ** 2 * 32 * c  # the CNN's widest early map (32 ch at full size)
     if m["kind"] == "slowfast":
         s = m["input_size"]
-        slow_t = frames // int(cfg["sampling"]["slow_stride"])
+        slow_t = frames // int(features.sampling.slow_stride)
         # the two largest maps of each pathway (stem output, res2 output), kept at once by a conv
         slow = slow_t * (s // 2) ** 2 * m["stem"] + slow_t * (s // 4) ** 2 * m["stem"] * 4
         fast = frames * (s // 2) ** 2 * (m["stem"] // m["ratio"]) + frames * (s // 4) ** 2 * m["stem"] * 4 // m["ratio"]
@@ -282,54 +287,55 @@ def extraction_memory(shapes: dict, cfg: dict, dtype: str) -> dict:
 TYPICAL_SECONDS = {"lsvq": 8, "konvid": 8, "live_vqc": 10, "youtube_ugc": 20, "live_gaming": 8}
 
 
-def dataset_videos(cfg: dict, dataset: str) -> dict:
+def dataset_videos(ds: "Dataset", shard_size: int) -> dict:
     """Videos, label rows and shards of a dataset: from its manifest when built, else its label files."""
     import pandas as pd
 
-    ds, size = cfg["datasets"][dataset], int(cfg["features"]["shard_size"])
-    manifest = paths.manifest(dataset)
+    size = int(shard_size)
+    manifest = paths.manifest(ds.name)
     if manifest.is_file():
         df = pd.read_csv(manifest, usecols=["id", "shard"])
         return {"videos": len(df), "shards": int(df["shard"].nunique()), "from": str(manifest)}
-    if ds.get("generate"):
-        n = int(ds["generate"]["n_videos"])
+    if ds.generate:
+        n = int(ds.generate["n_videos"])
         return {"videos": n, "shards": math.ceil(n / size), "from": "generated"}
     try:
         from pipeline.ingest.labels import read_labels
 
-        rows = len(read_labels(ds["format"], [ds["labels"], *ds["extra_labels"]], ds.get("mos_scale")))
+        rows = len(read_labels(ds.format, ds.label_files, ds.mos_scale))
     except (UserError, OSError, ValueError) as exc:
         return {"videos": None, "shards": None, "from": f"unknown ({exc})"}
     return {"videos": rows, "shards": math.ceil(rows / size), "from": "label files"}
 
 
-def durations(cfg: dict, dataset: str, default: float) -> tuple[list[float] | None, float, str]:
+def durations(ds: "Dataset", default: float) -> tuple[list[float] | None, float, str]:
     """(probed durations or None, mean seconds, where it came from)."""
     import pandas as pd
 
-    folder = paths.probe(dataset, 0).parent
+    folder = paths.probe(ds.name, 0).parent
     files = sorted(folder.glob("shard-*.csv")) if folder.is_dir() else []
     files = [f for f in files if not f.name.endswith(".failures.csv")]
     if files:
         d = pd.concat([pd.read_csv(f, usecols=["duration"]) for f in files])["duration"].dropna().tolist()
         if d:
             return d, float(sum(d) / len(d)), f"probed ({len(d)} videos)"
-    fmt = cfg["datasets"][dataset]["format"]
+    fmt = ds.format
     if fmt in TYPICAL_SECONDS:
         return None, float(TYPICAL_SECONDS[fmt]), f"typical {fmt} clip length"
     return None, float(default), "--seconds"
 
 
-def store_bytes(cfg: dict, shapes: dict, seconds: list[float] | None, n: int | None, mean: float) -> dict:
-    s, f = cfg["sampling"], cfg["features"]
+def store_bytes(features: "FeatureSettings", shapes: dict, seconds: list[float] | None, n: int | None,
+                mean: float) -> dict:
+    s, f = features.sampling, features
     if n is None:
         return {"spatial": None, "motion": None, "total": None}
 
     def per_video(t: float) -> tuple[float, float]:
-        kf = max(1, min(int(s["max_keyframes"]), math.ceil(t * float(s["keyframe_fps"]))))
-        sec = max(1, min(int(s["max_seconds"]), math.ceil(t)))
-        return (kf * shapes["vision"]["tokens"] * shapes["vision"]["width"] * DTYPE_BYTES[f["spatial_dtype"]],
-                sec * shapes["motion"]["dim"] * DTYPE_BYTES[f["motion_dtype"]])
+        kf = max(1, min(int(s.max_keyframes), math.ceil(t * float(s.keyframe_fps))))
+        sec = max(1, min(int(s.max_seconds), math.ceil(t)))
+        return (kf * shapes["vision"]["tokens"] * shapes["vision"]["width"] * DTYPE_BYTES[f.spatial_dtype],
+                sec * shapes["motion"]["dim"] * DTYPE_BYTES[f.motion_dtype])
 
     if seconds:
         parts = [per_video(t) for t in seconds]
@@ -341,22 +347,22 @@ def store_bytes(cfg: dict, shapes: dict, seconds: list[float] | None, n: int | N
     return {"spatial": spatial, "motion": motion, "total": spatial + motion}
 
 
-def job_counts(cfg: dict, videos: dict) -> dict:
-    from pipeline.prompts.experiments import experiment_folds, test_selectors
+def job_counts(s: "Settings", videos: dict) -> dict:
+    from pipeline.prompts.selectors import test_selectors
 
     shards = {d: v["shards"] for d, v in videos.items()}
     known = all(v is not None for v in shards.values())
     n_shards = sum(shards.values()) if known else None
-    jobs = {"manifest": len(cfg["datasets"]), "probe": n_shards, "extract": n_shards,
-            "feature_stats": len(cfg["datasets"]), "prompts": len(cfg["datasets"]),
-            "tokenizer": 1 if trains_tokenizer(cfg) else 0, "train (stage 1)": 0, "train": 0, "evaluate": 0,
-            "aggregate": 0, "report": 1 if cfg["experiments"] else 0}
-    for name, exp in cfg["experiments"].items():
-        folds = experiment_folds(cfg, name)
+    jobs = {"manifest": len(s.datasets), "probe": n_shards, "extract": n_shards,
+            "feature_stats": len(s.datasets), "prompts": len(s.datasets),
+            "tokenizer": 1 if s.trains_tokenizer else 0, "train (stage 1)": 0, "train": 0, "evaluate": 0,
+            "aggregate": 0, "report": 1 if s.experiments else 0}
+    for exp in s.experiments.values():
+        folds = exp.folds
         runs = 1 if folds is None else len(folds) + 1  # per fold + the model on every fold
         jobs["train"] += runs
-        jobs["train (stage 1)"] += runs if exp.get("stage1") is not None else 0
-        tests = len(test_selectors(cfg, name))
+        jobs["train (stage 1)"] += runs if exp.stage1 is not None else 0
+        tests = len(test_selectors(exp))
         jobs["evaluate"] += tests * (1 if folds is None else len(folds))
         jobs["aggregate"] += 0 if folds is None else tests
     return jobs
@@ -364,65 +370,65 @@ def job_counts(cfg: dict, videos: dict) -> dict:
 
 # ------------------------------------------------------------------ the plan
 
-def model_shapes(cfg: dict, vocab: int | None = None) -> dict:
-    vision, motion = vision_shape(cfg), motion_shape(cfg)
-    if vocab is None and trains_tokenizer(cfg):
+def model_shapes(models: Mapping[str, "ModelSpec"], sampling: "Sampling", vocab: int | None = None) -> dict:
+    """The shapes of the three models (`models`: role -> ModelSpec) and the projector between them."""
+    vision, motion = vision_shape(models["vision"]), motion_shape(models["motion"], sampling)
+    if vocab is None and models["llm"].source is None:  # the LLM uses the tokenizer trained on the prompts
         try:
             from pipeline.model.tokenizer import load_tokenizer
 
             vocab = len(load_tokenizer(paths.tokenizer_dir()))
         except Exception:  # noqa: BLE001 - not trained yet: a few hundred tokens
             vocab = 512
-    llm = llm_shape(cfg, vocab)
+    llm = llm_shape(models["llm"], vocab)
     return {"vision": vision, "motion": motion, "llm": llm, "visual_tokens": vision["tokens"] + 1,
             "projector_params": projector_params(vision["width"], motion["dim"], llm["hidden"])}
 
 
-def training_runs(cfg: dict) -> list[tuple[str, int | None, dict]]:
+def training_runs(experiments: Mapping[str, "Experiment"]) -> list[tuple[str, int | None, "TrainingSettings"]]:
     """(experiment, stage, training settings) of every distinct training run of the config."""
-    from pipeline.training.runs import experiment_training
-
     runs = []
-    for name, exp in cfg["experiments"].items():
-        if exp.get("stage1") is not None:
-            runs.append((name, 1, experiment_training(cfg, name, 1)))
-        runs.append((name, None, experiment_training(cfg, name)))
+    for name, exp in experiments.items():
+        if exp.stage1 is not None:
+            runs.append((name, 1, exp.run_training(1)))
+        runs.append((name, None, exp.run_training()))
     return runs
 
 
-def plan(cfg: dict, seconds: float = 10.0, text: int | None = None, vocab: int | None = None) -> dict:
+def plan(s: "Settings", seconds: float = 10.0, text: int | None = None, vocab: int | None = None) -> dict:
+    """Every figure of `lmmvqa plan` for a resolved config."""
     from pipeline.model.lmm import resolve_train_llm
 
-    shapes = model_shapes(cfg, vocab)
+    shapes = model_shapes(s.models, s.features.sampling, vocab)
     if text is None:
-        n_text, n_answer, text_from = text_tokens(cfg)
+        n_text, n_answer, text_from = text_tokens(s.models["llm"], s.prompts)
     else:
         n_text, n_answer, text_from = text, 8, "--text-tokens"
     seq = shapes["visual_tokens"] + n_text
-    on_gpu = cfg["device"] != "cpu"
-    llm_spec = model_spec(cfg, "llm")
-    videos = {d: dataset_videos(cfg, d) for d in cfg["datasets"]}
+    on_gpu = resources.on_gpu(s.device)
+    llm = s.models["llm"]
+    videos = {d: dataset_videos(ds, s.features.shard_size) for d, ds in s.datasets.items()}
     disk = {}
     for d, v in videos.items():
-        secs, mean, where = durations(cfg, d, seconds)
-        disk[d] = {**store_bytes(cfg, shapes, secs, v["videos"], mean), "videos": v["videos"],
+        secs, mean, where = durations(s.datasets[d], seconds)
+        disk[d] = {**store_bytes(s.features, shapes, secs, v["videos"], mean), "videos": v["videos"],
                    "mean_seconds": mean, "seconds_from": where}
     training = []
-    for name, stage, tr in training_runs(cfg):
-        train_llm = resolve_train_llm(tr, llm_spec)
-        compute = (tr["dtype"] or ("bfloat16" if llm_spec.get("source") else "float32")) if on_gpu else "float32"
-        weights = llm_spec.get("dtype") or compute
+    for name, stage, tr in training_runs(s.experiments):
+        train_llm = resolve_train_llm(as_dict(tr), llm.as_dict())
+        compute = (tr.dtype or ("bfloat16" if llm.source else "float32")) if on_gpu else "float32"
+        weights = llm.dtype or compute
         for ckpt in (False, True):
             m = training_memory(shapes, tr, seq, n_answer, train_llm, weights, compute, ckpt)
-            training.append({"experiment": name, "stage": stage or (2 if cfg["experiments"][name].get("stage1") else None),
-                             "gpus": tr["gpus"], **m, "configured": ckpt == bool(tr["gradient_checkpointing"])})
-    eval_dtype = (cfg["training"]["dtype"] or ("bfloat16" if llm_spec.get("source") else "float32")) if on_gpu else "float32"
-    enc_dtype = model_spec(cfg, "vision").get("dtype") or ("float16" if on_gpu else "float32")
+            training.append({"experiment": name, "stage": stage or (2 if s.experiments[name].stage1 else None),
+                             "gpus": tr.gpus, **m, "configured": ckpt == bool(tr.gradient_checkpointing)})
+    eval_dtype = (s.training.dtype or ("bfloat16" if llm.source else "float32")) if on_gpu else "float32"
+    enc_dtype = s.models["vision"].dtype or ("float16" if on_gpu else "float32")
     return {"shapes": shapes, "sequence": {"visual": shapes["visual_tokens"], "text": n_text, "answer": n_answer,
                                            "total": seq, "text_from": text_from},
-            "videos": videos, "jobs": job_counts(cfg, videos), "disk": disk, "training": training,
-            "evaluation": evaluation_memory(shapes, cfg["evaluation"], seq, eval_dtype),
-            "extraction": extraction_memory(shapes, cfg, enc_dtype), "cluster": resources.cluster_table(cfg)}
+            "videos": videos, "jobs": job_counts(s, videos), "disk": disk, "training": training,
+            "evaluation": evaluation_memory(shapes, s.evaluation, seq, eval_dtype),
+            "extraction": extraction_memory(shapes, s.features, enc_dtype), "cluster": resources.cluster_table(s)}
 
 
 def _gib(x) -> str:
@@ -479,8 +485,7 @@ def main(args) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # shapes from local files and caches only, never the network
-    cfg = load_config(args.config)
-    p = plan(cfg, args.seconds, args.text_tokens)
+    p = plan(resolve.load(args.config), args.seconds, args.text_tokens)
     print("\n".join(report_lines(p)))
     if args.json:
         from pipeline.core import atomic

@@ -1,13 +1,13 @@
 # Demo data generation, manifests and probe tables.
 
-for _dataset in generated_datasets():
+for _dataset in pipeline_workflow.generated_datasets(DATASETS):
 
     rule:
         name:
             f"demo_data_{_dataset}"
         output:
-            labels=dataset_cfg(_dataset)["labels"],
-            videos=directory(dataset_cfg(_dataset)["videos"]),
+            labels=DATASETS[_dataset].labels,
+            videos=directory(DATASETS[_dataset].videos),
         log:
             str(paths.log("demo_data", _dataset)),
         benchmark:
@@ -15,8 +15,8 @@ for _dataset in generated_datasets():
         params:
             code=code_version("demo_data"),
             out=lambda w, output: str(Path(output.labels).parent),
-            n=dataset_cfg(_dataset)["generate"]["n_videos"],
-            seed=dataset_cfg(_dataset)["generate"]["seed"],
+            n=DATASETS[_dataset].generate["n_videos"],
+            seed=DATASETS[_dataset].generate["seed"],
         threads: family_threads(f"demo_data_{_dataset}")
         resources:
             **family_resources(f"demo_data_{_dataset}"),
@@ -29,8 +29,8 @@ for _dataset in generated_datasets():
 
 checkpoint manifest:
     input:
-        labels=lambda w: label_files(w.dataset),
-        videos=lambda w: videos_dir(w.dataset) or [],
+        labels=lambda w: DATASETS[w.dataset].label_files,
+        videos=lambda w: DATASETS[w.dataset].videos or [],
     output:
         manifest=str(paths.manifest("{dataset}")),
         missing=str(paths.missing("{dataset}")),
@@ -40,23 +40,15 @@ checkpoint manifest:
         str(paths.benchmark("manifest", "{dataset}"))
     params:
         code=code_version("manifest"),
-        fmt=lambda w: pipeline_workflow.label_format(config, w.dataset),
-        videos=lambda w: f"--videos {videos_dir(w.dataset)}" if videos_dir(w.dataset) else "",
-        split=lambda w: dataset_cfg(w.dataset)["split"]["scheme"],
-        k=lambda w: dataset_cfg(w.dataset)["split"]["k"],
-        seed=lambda w: dataset_cfg(w.dataset)["split"]["seed"],
-        group_by=lambda w: (
-            f"--group-by {dataset_cfg(w.dataset)['split']['group_by']}"
-            if dataset_cfg(w.dataset)["split"]["group_by"]
-            else ""
-        ),
-        mos_scale=lambda w: (
-            f"--mos-scale {dataset_cfg(w.dataset)['mos_scale']}"
-            if dataset_cfg(w.dataset)["mos_scale"]
-            else ""
-        ),
-        shard_size=config["features"]["shard_size"],
-        videos_state=lambda w: videos_state(w.dataset),
+        fmt=lambda w: DATASETS[w.dataset].label_format,
+        videos=lambda w: f"--videos {DATASETS[w.dataset].videos}" if DATASETS[w.dataset].videos else "",
+        split=lambda w: DATASETS[w.dataset].split.scheme,
+        k=lambda w: DATASETS[w.dataset].split.k,
+        seed=lambda w: DATASETS[w.dataset].split.seed,
+        group_by=lambda w: pipeline_workflow.group_by_option(DATASETS[w.dataset]),
+        mos_scale=lambda w: pipeline_workflow.mos_scale_option(DATASETS[w.dataset]),
+        shard_size=SETTINGS_PLAN.features.shard_size,
+        videos_state=lambda w: pipeline_workflow.videos_state(DATASETS[w.dataset]),
     threads: family_threads("manifest")
     resources:
         **family_resources("manifest"),
@@ -82,8 +74,8 @@ rule probe:
     params:
         code=code_version("probe"),
         digest=shard_digest,
-        videos=lambda w: videos_dir(w.dataset),
-        deadline=config["sampling"]["decode_deadline"]["base_s"],
+        videos=lambda w: DATASETS[w.dataset].videos or "",
+        deadline=SETTINGS_PLAN.features.sampling.decode_deadline.base_s,
     threads: family_threads("probe")
     resources:
         **family_resources("probe"),

@@ -7,7 +7,9 @@ rule evaluate:
     # command line names all three (one unpacked dict would leave every name unset in a dry run), and a
     # plain pattern would mark this job outdated before the checkpoint is resolved
     input:
-        model=after_manifest(lambda w: ensemble_model_dirs(w.experiment, wildcard_fold(w))),
+        model=after_manifest(
+            lambda w: pipeline_workflow.ensemble_model_dirs(EXPERIMENTS[w.experiment], wildcard_fold(w))
+        ),
         prompts=after_manifest(lambda w: str(paths.prompts_dir(w.dataset))),
         stores=lambda w: store_paths(w.dataset),
     output:
@@ -21,8 +23,8 @@ rule evaluate:
         experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("evaluate"),
-        evaluation=json.dumps(config["evaluation"], sort_keys=True),
-        device=config["device"],
+        evaluation=json.dumps(as_dict(SETTINGS_PLAN.evaluation), sort_keys=True),
+        device=SETTINGS_PLAN.device,
         config=RESOLVED_CONFIG,
         fold=fold_option,
     threads: family_threads("evaluate")

@@ -4,7 +4,7 @@
 rule extract:
     input:
         manifest=ancient(str(paths.manifest("{dataset}"))),
-        adapter=adapter_inputs,
+        adapter=pipeline_workflow.adapter_inputs(SETTINGS_PLAN),
     output:
         store=directory(str(paths.store("{dataset}", "{settings}", "{shard}"))),
     log:
@@ -14,9 +14,9 @@ rule extract:
     params:
         code=code_version("extract"),
         digest=shard_digest,
-        settings=json.dumps(feature_settings(config), sort_keys=True),
-        videos=lambda w: videos_dir(w.dataset),
-        device=config["device"],
+        settings=json.dumps(SETTINGS_PLAN.features.hashed(), sort_keys=True),
+        videos=lambda w: DATASETS[w.dataset].videos or "",
+        device=SETTINGS_PLAN.device,
         config=RESOLVED_CONFIG,
     # the job's threads = its decode worker processes (features.decode_workers, else the extract family's,
     # pipeline/core/resources.py; capped at --cores on one machine): the command gets them as --threads
@@ -43,8 +43,8 @@ rule feature_stats:
         str(paths.benchmark("feature_stats", "{dataset}"))
     params:
         code=code_version("feature_stats"),
-        settings=SETTINGS,
-        address=config["dask"]["address"] or "",
+        settings=SETTINGS_PLAN.features.hash,
+        address=SETTINGS_PLAN.dask_address or "",
         config=RESOLVED_CONFIG,
     threads: family_threads("feature_stats")
     resources:

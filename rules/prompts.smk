@@ -13,8 +13,8 @@ rule prompts:
     params:
         code=code_version("prompts"),
         digest=dataset_digest,
-        prompts=json.dumps(config["prompts"], sort_keys=True),
-        templates=pipeline_workflow.template_bank_digest(config),
+        prompts=json.dumps(as_dict(SETTINGS_PLAN.prompts), sort_keys=True),
+        templates=pipeline_workflow.template_bank_digest(SETTINGS_PLAN.prompts),
         config=RESOLVED_CONFIG,
     threads: family_threads("prompts")
     resources:
@@ -28,7 +28,7 @@ rule prompts:
 
 rule tokenizer:
     input:
-        prompts=[str(paths.prompts_dir(d)) for d in pipeline_workflow.rated_datasets(config)],
+        prompts=[str(paths.prompts_dir(d)) for d in pipeline_workflow.rated_datasets(DATASETS)],
     output:
         directory(str(paths.tokenizer_dir())),
     log:
@@ -37,7 +37,7 @@ rule tokenizer:
         str(paths.benchmark("tokenizer"))
     params:
         code=code_version("tokenizer"),
-        answer_format=config["prompts"]["answer_format"],
+        answer_format=SETTINGS_PLAN.prompts.answer_format,
     threads: family_threads("tokenizer")
     resources:
         **family_resources("tokenizer"),

@@ -3,9 +3,9 @@
 
 rule report:
     input:
-        metrics=[str(paths.metrics(e, s)) for e, s in pipeline_workflow.experiment_tests(config)],
-        models=pipeline_workflow.model_dirs(config),
-        stats=[str(paths.stats(d)) for d in config["datasets"]],
+        metrics=[str(paths.metrics(e, s)) for e, s in pipeline_workflow.experiment_tests(EXPERIMENTS)],
+        models=pipeline_workflow.model_dirs(EXPERIMENTS),
+        stats=[str(paths.stats(d)) for d in DATASETS],
     output:
         html=report(
             str(paths.report()),
@@ -18,7 +18,7 @@ rule report:
             caption="../docs/report.rst",
             category="Plots",
         ),
-        tables=[str(paths.experiment_table(e)) for e in config["experiments"]],
+        tables=[str(paths.experiment_table(e)) for e in EXPERIMENTS],
         summary=str(paths.summary_table()),
     log:
         str(paths.log("report")),

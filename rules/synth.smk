@@ -1,14 +1,14 @@
 # Synth datasets (pipeline/synth): reference videos -> a plan (checkpoint) -> lossless segments per
 # reference -> encoded + scored variants per shard of a reference -> a generic label file and videos
 # folder, which the manifest then reads like any dataset's.
-for _dataset in pipeline_workflow.synth_datasets(config, generated=True):
+for _dataset in pipeline_workflow.synth_datasets(DATASETS, generated=True):
 
     rule:
         name:
             f"synth_references_{_dataset}"
         output:
-            labels=str(Path(dataset_cfg(_dataset)["references"]).parent / "labels.csv"),
-            videos=directory(dataset_cfg(_dataset)["references"]),
+            labels=str(Path(DATASETS[_dataset].references).parent / "labels.csv"),
+            videos=directory(DATASETS[_dataset].references),
         log:
             str(paths.log("synth_references", _dataset)),
         benchmark:
@@ -16,8 +16,8 @@ for _dataset in pipeline_workflow.synth_datasets(config, generated=True):
         params:
             code=code_version("demo_data"),
             out=lambda w, output: str(Path(output.labels).parent),
-            n=dataset_cfg(_dataset)["generate"]["n_videos"],
-            seed=dataset_cfg(_dataset)["generate"]["seed"],
+            n=DATASETS[_dataset].generate["n_videos"],
+            seed=DATASETS[_dataset].generate["seed"],
         threads: family_threads(f"synth_references_{_dataset}")
         resources:
             **family_resources(f"synth_references_{_dataset}"),
@@ -30,8 +30,8 @@ for _dataset in pipeline_workflow.synth_datasets(config, generated=True):
 
 checkpoint synth_plan:
     input:
-        references=lambda w: dataset_cfg(w.dataset)["references"],
-        reference_labels=lambda w: dataset_cfg(w.dataset)["reference_labels"] or [],
+        references=lambda w: DATASETS[w.dataset].references,
+        reference_labels=lambda w: DATASETS[w.dataset].reference_labels or [],
     output:
         plan=str(paths.synth_plan("{dataset}")),
         failures=str(paths.synth_plan_failures("{dataset}")),
@@ -41,8 +41,8 @@ checkpoint synth_plan:
         dataset=SYNTH_DATASETS,
     params:
         code=code_version("synth_plan"),
-        settings=lambda w: synth_settings(w.dataset),
-        state=lambda w: references_state(w.dataset),
+        settings=lambda w: pipeline_workflow.synth_settings(DATASETS[w.dataset]),
+        state=lambda w: pipeline_workflow.references_state(DATASETS[w.dataset]),
         config=RESOLVED_CONFIG,
     threads: family_threads("synth_plan")
     resources:
@@ -121,7 +121,7 @@ rule synth_labels:
         dataset=SYNTH_DATASETS,
     params:
         code=code_version("synth_labels"),
-        metric=lambda w: dataset_cfg(w.dataset)["synth"]["metric"],
+        metric=lambda w: DATASETS[w.dataset].synth["metric"],
         config=RESOLVED_CONFIG,
     threads: family_threads("synth_labels")
     resources:

@@ -1,5 +1,5 @@
-# Input functions and settings of the synth rules (rules/synth.smk): what the workflow reads from a synth
-# dataset's config and plan.
+# Input functions of the synth rules (rules/synth.smk): what the workflow reads from a synth dataset's
+# plan (its settings: pipeline/workflow.py).
 from pipeline.synth import plan as synth_plan_table
 
 
@@ -7,21 +7,7 @@ wildcard_constraints:
     reference=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
-SYNTH_DATASETS = pipeline_workflow.names_regex(pipeline_workflow.synth_datasets(config))
-
-
-def synth_settings(dataset):
-    """What the plan depends on: the dataset's synth block (the metric only changes the labels)."""
-    block = {k: v for k, v in dataset_cfg(dataset)["synth"].items() if k != "metric"}
-    return json.dumps(block, sort_keys=True)
-
-
-def references_state(dataset):
-    """Rerun trigger of the plan for references added, removed or replaced in place (not for rendered
-    references: their folder is a rule's output)."""
-    if dataset_cfg(dataset).get("generate"):
-        return ""
-    return pipeline_manifest.folder_state(dataset_cfg(dataset)["references"])
+SYNTH_DATASETS = pipeline_workflow.names_regex(pipeline_workflow.synth_datasets(DATASETS))
 
 
 _SYNTH_PLANS = {}

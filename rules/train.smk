@@ -1,9 +1,9 @@
 # Training per experiment (per fold for `folds: all` experiments, plus their model on every fold), from
 # cached features and prompt shards only. A two-stage experiment (`stage1:` set) trains
 # `results/models/<E>.stage1` first (per fold: `<E>.stage1/fold<F>`, and `<E>.stage1/all`); an experiment
-# with `init_from:` or a stage 1 continues from that model (pipeline.training.runs.init_model_dir).
+# with `init_from:` or a stage 1 continues from that model (pipeline.training.runs.continues_from).
 
-pipeline_runs.check_experiments(config)
+pipeline_workflow.at_parse_time(SETTINGS_PLAN.check_experiments)
 
 
 rule train_stage1:
@@ -19,10 +19,10 @@ rule train_stage1:
         experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("train"),
-        training=lambda w: json.dumps(pipeline_runs.experiment_training(config, w.experiment, 1), sort_keys=True),
-        experiment=lambda w: pipeline_workflow.training_experiment(config, w.experiment),
-        llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
-        device=config["device"],
+        training=lambda w: json.dumps(as_dict(EXPERIMENTS[w.experiment].run_training(1)), sort_keys=True),
+        experiment=lambda w: pipeline_workflow.training_experiment(EXPERIMENTS[w.experiment], DATASETS),
+        llm=json.dumps(SETTINGS_PLAN.models["llm"].as_dict(), sort_keys=True),
+        device=SETTINGS_PLAN.device,
         config=RESOLVED_CONFIG,
         fold=fold_option,
         inputs=lambda w, input: training_input_args(input),
@@ -75,10 +75,10 @@ rule train:
         experiment=SINGLE_EXPERIMENTS,
     params:
         code=code_version("train"),
-        training=lambda w: json.dumps(pipeline_runs.experiment_training(config, w.experiment), sort_keys=True),
-        experiment=lambda w: pipeline_workflow.training_experiment(config, w.experiment),
-        llm=json.dumps(model_spec(config, "llm"), sort_keys=True),
-        device=config["device"],
+        training=lambda w: json.dumps(as_dict(EXPERIMENTS[w.experiment].run_training()), sort_keys=True),
+        experiment=lambda w: pipeline_workflow.training_experiment(EXPERIMENTS[w.experiment], DATASETS),
+        llm=json.dumps(SETTINGS_PLAN.models["llm"].as_dict(), sort_keys=True),
+        device=SETTINGS_PLAN.device,
         config=RESOLVED_CONFIG,
         fold=fold_option,
         member=member_option,

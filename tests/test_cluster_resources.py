@@ -17,8 +17,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from pipeline.core import resources
-from pipeline.core.config import validate
+from pipeline.core import resolve, resources
 from pipeline.core.errors import UserError
 
 BIN = Path(sys.executable).parent
@@ -51,9 +50,9 @@ EVERY_RULE = {
 
 
 def test_every_family_has_its_resources_and_an_unknown_rule_is_named():
-    cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "device": "cuda",
-                    "training": {"gpus": 2}})
-    table = {f["family"]: f for f in resources.cluster_table(cfg)}
+    s = resolve.resolve({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "device": "cuda",
+                         "training": {"gpus": 2}})
+    table = {f["family"]: f for f in resources.cluster_table(s)}
     assert set(table) == set(resources.FAMILIES)
     assert {f: (t["partition"], t["gpu"]) for f, t in table.items()} == {
         "extract": ("gpu", 1), "adapt": ("gpu", 1), "train": ("gpu", 2), "evaluate": ("gpu", 1),
@@ -63,11 +62,12 @@ def test_every_family_has_its_resources_and_an_unknown_rule_is_named():
     with pytest.raises(UserError, match="rule 'newrule' has no resource family"):
         resources.family_of("newrule")
     # on the CPU nothing asks for a GPU, so every job goes to a CPU partition
-    cpu = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "device": "cpu"})
+    cpu = resolve.resolve({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "device": "cpu"})
     assert {t["partition"] for t in resources.cluster_table(cpu)} == {"cpu"}
     # extraction's threads are its decode workers where the config sets them
-    workers = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}}, "features": {"decode_workers": 3}})
-    assert resources.threads(workers, "extract") == 3
+    workers = resolve.resolve({"datasets": {"d": {"format": "generic", "labels": "l.csv"}},
+                               "features": {"decode_workers": 3}})
+    assert resources.threads(workers.features, "extract") == 3
 
 
 def _run(work: Path, *args: str) -> subprocess.CompletedProcess:

@@ -11,8 +11,7 @@ from conftest import REPO
 
 from pipeline import plan
 from pipeline.cli import main as cli_main
-from pipeline.core import paths
-from pipeline.core.config import load_config, validate
+from pipeline.core import paths, resolve
 
 PAPER = REPO / "config" / "paper-lsvq.yaml"
 
@@ -35,8 +34,7 @@ def test_training_estimate_is_within_30_percent_of_the_measured_peak(lora, check
 def test_paper_plan_jobs_and_memory_per_stage(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no manifests or label files here: videos unknown, shapes from the table
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = load_config(PAPER)
-    p = plan.plan(cfg)
+    p = plan.plan(resolve.load(PAPER))
     sh = p["shapes"]
     assert (sh["vision"]["tokens"], sh["vision"]["width"], sh["motion"]["dim"]) == (257, 1024, 2304)
     assert 8.0e9 < sh["llm"]["params"] < 8.1e9 and 300e6 < sh["vision"]["params"] < 310e6
@@ -60,18 +58,18 @@ def test_paper_plan_jobs_and_memory_per_stage(monkeypatch, tmp_path):
 
 def test_jobs_and_disk_from_the_manifest_and_probe_tables(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = validate({"datasets": {"d": {"format": "generic", "labels": "l.csv", "split": {"k": 2}}},
-                    "models": {"preset": "tiny"}, "features": {"shard_size": 2},
-                    "sampling": {"max_keyframes": 4, "max_seconds": 3},
-                    "experiments": {"cv": {"train": ["d:train"], "test": ["d:test", "d:all"], "folds": "all",
-                                           "allow_test_overlap": True, "stage1": {"max_steps": 1}}}})
+    s = resolve.resolve({"datasets": {"d": {"format": "generic", "labels": "l.csv", "split": {"k": 2}}},
+                         "models": {"preset": "tiny"}, "features": {"shard_size": 2},
+                         "sampling": {"max_keyframes": 4, "max_seconds": 3},
+                         "experiments": {"cv": {"train": ["d:train"], "test": ["d:test", "d:all"], "folds": "all",
+                                                "allow_test_overlap": True, "stage1": {"max_steps": 1}}}})
     m = paths.manifest("d")
     m.parent.mkdir(parents=True)
     m.write_text("id,shard\na,0\nb,0\nc,1\n")
     probe = paths.probe("d", 0)
     probe.parent.mkdir(parents=True)
     probe.write_text("id,duration\na,2.5\nb,10.0\nc,1.0\n")
-    p = plan.plan(cfg, text=20, vocab=300)
+    p = plan.plan(s, text=20, vocab=300)
     jobs = p["jobs"]
     assert (jobs["probe"], jobs["extract"]) == (2, 2)
     # folds: all, k=2: each fold + the model on every fold, both stages; 2 selectors x 2 folds; 2 aggregates

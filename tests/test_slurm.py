@@ -73,13 +73,12 @@ def test_every_job_asks_for_its_rule_familys_resources(slurm_run):
     """Partition, memory, time, threads and GPUs of every submitted job are its rule family's
     (pipeline/core/resources.py), as `lmmvqa plan` prints them; the partition is the profile's
     partitions.yaml one with GPUs for a GPU job, the one without for the others."""
-    from pipeline.core import resources
-    from pipeline.core.config import validate
+    from pipeline.core import resolve, resources
     from workflow_run import MINI
 
     work, state, proc = slurm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = {f["family"]: f for f in resources.cluster_table(validate(json.loads(json.dumps(MINI))))}
+    table = {f["family"]: f for f in resources.cluster_table(resolve.resolve(json.loads(json.dumps(MINI))))}
     # partitions.yaml: the one with GPUs takes the GPU jobs, the one without the others
     listed = yaml.safe_load((REPO / "profiles/slurm" / slurm_profile()["slurm-partition-config"]).read_text())
     partition = {("gpu" if (limits or {}).get("max_gpu", 0) > 0 else "cpu"): name

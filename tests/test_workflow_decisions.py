@@ -1,4 +1,4 @@
-"""pipeline/workflow.py: what the Snakefile decides from the config, tested without Snakemake."""
+"""pipeline/workflow.py: what the Snakefile decides from the resolved plan, tested without Snakemake."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,6 @@ from conftest import REPO
 from pipeline import workflow
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.specs import trains_tokenizer
 
 
 def _cfg(**overrides):
@@ -26,43 +25,48 @@ def _cfg(**overrides):
     return workflow.load(raw)
 
 
+def _plan(**overrides):
+    """The resolved plan of `_cfg(**overrides)`, as the Snakefile resolves it."""
+    return workflow.resolve_plan(_cfg(**overrides))
+
+
 def test_load_validates_once_and_names_the_bad_key():
     with pytest.raises(UserError, match="no_such_key"):
         workflow.load({"no_such_key": 1})
 
 
 def test_gpu_count_per_stage_and_device():
-    cpu = _cfg(device="cpu")
+    cpu = _plan(device="cpu")
     assert [workflow.gpu_count(cpu, s) for s in ("extract", "train", "evaluate")] == [0, 0, 0]
-    gpu = _cfg(device="cuda", training={"gpus": 4})
+    gpu = _plan(device="cuda", training={"gpus": 4})
     assert [workflow.gpu_count(gpu, s) for s in ("extract", "train", "evaluate", "report")] == [1, 4, 1, 0]
-    assert workflow.gpu_count(_cfg(device="auto"), "extract") == 1
+    assert workflow.gpu_count(_plan(device="auto"), "extract") == 1
 
 
 def test_tokenizer_needed_only_for_a_random_init_llm():
-    assert trains_tokenizer(_cfg(models={"preset": "tiny"}))
-    assert not trains_tokenizer(_cfg(models={"preset": "tiny", "llm": {"source": "some/hub-id"}}))
+    assert _plan(models={"preset": "tiny"}).trains_tokenizer
+    assert not _plan(models={"preset": "tiny", "llm": {"source": "some/hub-id"}}).trains_tokenizer
 
 
 def test_targets_and_tests():
-    cfg = _cfg()
-    assert workflow.experiment_tests(cfg) == [("e", "demo:test"), ("e", "lsvq:test")]
-    assert workflow.targets(cfg) == [str(paths.manifest("demo")), str(paths.manifest("lsvq")),
+    s = _plan()
+    assert workflow.experiment_tests(s.experiments) == [("e", "demo:test"), ("e", "lsvq:test")]
+    assert workflow.targets(s) == [str(paths.manifest("demo")), str(paths.manifest("lsvq")),
                                      str(paths.metrics("e", "demo:test")), str(paths.metrics("e", "lsvq:test")),
                                      str(paths.experiment_table("e")), str(paths.report())]
-    assert workflow.model_dirs(cfg) == [str(paths.model_dir("e"))]
+    assert workflow.model_dirs(s.experiments) == [str(paths.model_dir("e"))]
     assert workflow.names_regex([]) == "(?!)" and workflow.names_regex(["b", "a"]) == "a|b"
 
 
 def test_resolved_config_is_rewritten_only_when_it_changes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _cfg()
-    path = workflow.write_resolved_config(cfg)
+    path = workflow.write_resolved_config(workflow.resolve_plan(cfg))
     assert yaml.safe_load(open(path)) == cfg
     os.utime(path, ns=(1, 1))
-    workflow.write_resolved_config(cfg)
+    workflow.write_resolved_config(workflow.resolve_plan(cfg))
     assert os.stat(path).st_mtime_ns == 1  # same content: untouched, so it triggers nothing
-    workflow.write_resolved_config(_cfg(device="cuda"))
+    workflow.write_resolved_config(_plan(device="cuda"))
     assert os.stat(path).st_mtime_ns != 1 and yaml.safe_load(open(path))["device"] == "cuda"
     assert [p.name for p in paths.resolved_config().parent.iterdir()] == ["config.resolved.yaml"]
 
@@ -70,24 +74,27 @@ def test_resolved_config_is_rewritten_only_when_it_changes(tmp_path, monkeypatch
 def test_template_bank_digest_follows_the_file(tmp_path):
     bank = tmp_path / "bank.yaml"
     bank.write_text("a: 1\n")
-    cfg = _cfg(prompts={"templates": str(bank)})
-    first = workflow.template_bank_digest(cfg)
+    prompts = _plan(prompts={"templates": str(bank)}).prompts
+    first = workflow.template_bank_digest(prompts)
     bank.write_text("a: 2\n")
-    assert workflow.template_bank_digest(cfg) != first and len(first) == 12
-    assert workflow.template_bank(_cfg()).exists()  # the packaged bank
+    assert workflow.template_bank_digest(prompts) != first and len(first) == 12
+    assert workflow.template_bank(_plan().prompts).exists()  # the packaged bank
 
 
 def test_folds_all_ships_a_model_trained_on_every_fold():
-    from pipeline.prompts.experiments import shipped_model
+    from pipeline.prompts.selectors import shipped_model
 
-    cfg = _cfg(experiments={"cv": {"train": ["demo:train"], "test": ["demo:test", "lsvq:test"], "folds": "all"},
-                            "one": {"train": ["demo:train"], "test": ["demo:test"]}})
-    k = cfg["datasets"]["demo"]["split"]["k"]
-    assert workflow.model_dirs(cfg) == [*(str(paths.model_dir("cv", f)) for f in range(k)),
-                                        "results/models/cv/all", "results/models/one"]
-    assert str(shipped_model(cfg, "cv")) == "results/models/cv/all" and str(shipped_model(cfg, "one")) == "results/models/one"
+    s = _plan(experiments={"cv": {"train": ["demo:train"], "test": ["demo:test", "lsvq:test"], "folds": "all"},
+                           "one": {"train": ["demo:train"], "test": ["demo:test"]}})
+    k = s.datasets["demo"].split.k
+    assert workflow.folds(s.experiments) == {"cv": list(range(k))}
+    assert workflow.model_dirs(s.experiments) == [*(str(paths.model_dir("cv", f)) for f in range(k)),
+                                                  "results/models/cv/all", "results/models/one"]
+    assert str(shipped_model(s.experiments["cv"])) == "results/models/cv/all"
+    assert str(shipped_model(s.experiments["one"])) == "results/models/one"
     with pytest.raises(UserError, match="share videos"):
-        workflow.experiment_tests(_cfg(experiments={"e": {"train": ["demo:train"], "test": ["demo:all", "demo:test"]}}))
+        workflow.experiment_tests(_plan(experiments={"e": {"train": ["demo:train"],
+                                                           "test": ["demo:all", "demo:test"]}}).experiments)
 
 
 def test_score_without_a_model_finds_the_shipped_one_or_names_the_command(tmp_path, monkeypatch):
@@ -132,51 +139,97 @@ def test_score_without_a_model_finds_the_shipped_one_or_names_the_command(tmp_pa
     assert "an ensemble of 3 models, scores averaged" in worth
 
 
+def test_the_manifest_options_come_from_the_dataset_as_written():
+    """The manifest rule's options (rerun triggers and command line) read the dataset's typed settings:
+    the MOS scale stays the name the config gives ("1-5"), the split's grouping column its flag."""
+    s = _plan(datasets={"d": {"format": "generic", "labels": "l.csv", "mos_scale": "1-5",
+                              "split": {"group_by": "source"}},
+                        "syn": {"format": "synth", "references": "refs", "split": {"scheme": "official"}}})
+    assert workflow.mos_scale_option(s.datasets["d"]) == "--mos-scale 1-5"
+    assert workflow.group_by_option(s.datasets["d"]) == "--group-by source"
+    assert workflow.mos_scale_option(s.datasets["syn"]) == workflow.group_by_option(s.datasets["syn"]) == ""
+    assert s.datasets["syn"].label_format == "generic" and s.datasets["d"].label_format == "generic"
+    assert workflow.videos_state(s.datasets["syn"]) == ""  # a synth dataset's videos are a rule's output
+    assert workflow.synth_datasets(s.datasets) == ["syn"] and workflow.generated_datasets(s.datasets) == []
+
+
+def test_rule_inputs_and_resources_from_the_plan():
+    """What the input functions of common.smk ask pipeline/workflow.py: a training job's inputs and the
+    model it continues from, an aggregate's per-fold files, the families' threads and resources."""
+    s = _plan(experiments={
+        "cv": {"train": ["demo:train"], "test": ["demo:test"], "folds": "all", "stage1": {"max_steps": 1},
+               "exclude_shared": "source"},
+        "ens": {"train": ["demo:train"], "test": ["lsvq:test"], "ensemble": 2}},
+        models={"preset": "tiny"}, device="cuda", training={"gpus": 2}, features={"decode_workers": 3})
+    inputs = workflow.training_inputs(s, "cv", lambda d: [f"store-of-{d}"])
+    assert inputs == {"prompts": [str(paths.prompts_dir("demo"))], "stores": ["store-of-demo"],
+                      "tokenizer": str(paths.tokenizer_dir()), "manifests": [str(paths.manifest("demo"))]}
+    fold1 = {"experiment": "cv", "fold": "1"}
+
+    class Wildcards(dict):
+        __getattr__ = dict.__getitem__
+
+    assert workflow.run_init(s)(Wildcards(fold1)) == "results/models/cv.stage1/fold1"
+    assert workflow.run_init(s, fold=paths.FULL_MODEL)(Wildcards(experiment="cv")) == "results/models/cv.stage1/all"
+    assert workflow.run_init(s, stage=1)(Wildcards(fold1)) == []
+    assert workflow.fold_option(Wildcards(fold1)) == "--fold 1" and workflow.member_option(Wildcards(fold1)) == ""
+    assert workflow.ensemble_model_dirs(s.experiments["ens"], None) == ["results/models/ens",
+                                                                       "results/models/ens.member1"]
+    k = s.datasets["demo"].split.k
+    assert workflow.fold_metrics(s.experiments["cv"], "demo:test")["metrics"] == [
+        str(paths.metrics("cv", "demo:test", f)) for f in range(k)]
+    assert workflow.family_threads(s, "extract") == 3 and workflow.family_threads(s, "train") == 8
+    train = workflow.family_resources(s, "train_fold")
+    assert (train["gpu"], train["runtime"], train["mem_mb"](None, 8)) == (2, 1440, 64000)
+    assert "gpu" not in workflow.family_resources(s, "manifest") and workflow.adapter_inputs(s) == []
+
+
 def test_an_experiment_name_holding_another_configs_results_is_refused(tmp_path, monkeypatch):
     """The record beside an experiment's results names its config file: another file naming the same
     experiment stops (both named) once results exist; the same file, edited, goes on; a record without
     results (a dry run) is taken over."""
     monkeypatch.chdir(tmp_path)
-    cfg = _cfg()
+    experiments = _plan().experiments
     (tmp_path / "config").mkdir()
     assert workflow.config_sources([tmp_path / "config/a.yaml"]) == ["config/a.yaml"]
     assert workflow.config_sources(["/elsewhere/b.yaml"]) == ["/elsewhere/b.yaml"]
-    workflow.claim_experiments(cfg, ["config/a.yaml"])
-    workflow.claim_experiments(cfg, ["config/b.yaml"])  # no results yet: b takes the name over
+    workflow.claim_experiments(experiments, ["config/a.yaml"])
+    workflow.claim_experiments(experiments, ["config/b.yaml"])  # no results yet: b takes the name over
     assert json.loads(paths.experiment_source("e").read_text())["config_files"] == ["config/b.yaml"]
     paths.model_dir("e").mkdir(parents=True)
     with pytest.raises(UserError, match=r"experiment 'e' already holds the results of config config/b.yaml "
                                         r"\(results/models/e;.*this run's config config/a.yaml names"):
-        workflow.claim_experiments(cfg, ["config/a.yaml"])
-    workflow.claim_experiments(_cfg(evaluation={"bootstrap": 7}), ["config/b.yaml"])  # an edit of b
+        workflow.claim_experiments(experiments, ["config/a.yaml"])
+    workflow.claim_experiments(_plan(evaluation={"bootstrap": 7}).experiments, ["config/b.yaml"])  # an edit of b
     paths.experiment_source("e").unlink()  # what the message offers: a (now) takes b's results over
-    workflow.claim_experiments(cfg, ["config/a.yaml"])
+    workflow.claim_experiments(experiments, ["config/a.yaml"])
     assert json.loads(paths.experiment_source("e").read_text())["config_files"] == ["config/a.yaml"]
 
 
 def test_a_folder_of_unrated_videos_is_tested_not_trained_on():
     """A `folder` dataset (unrated videos) may be tested on (its videos scored) but not trained on; listing
     it retrains nothing (not in the training jobs' settings) and the tokenizer does not read it."""
-    from pipeline.prompts.experiments import prompt_parts, unseen_tests
-    from pipeline.training.runs import check_experiments
+    from pipeline.prompts.selectors import prompt_parts, unseen_tests
 
     raw = {"datasets": {"demo": {"format": "generic", "labels": "l.csv", "videos": "v"},
                         "new": {"format": "folder", "labels": "clips"}},
            "experiments": {"e": {"train": ["demo:train"], "test": ["demo:test"]}}}
-    before = workflow.training_experiment(workflow.load(json.loads(json.dumps(raw))), "e")
+    before_plan = workflow.resolve_plan(workflow.load(json.loads(json.dumps(raw))))
+    before = workflow.training_experiment(before_plan.experiments["e"], before_plan.datasets)
     raw["experiments"]["e"]["test"].append("new:all")
-    cfg = workflow.load(json.loads(json.dumps(raw)))
-    assert cfg["datasets"]["new"]["videos"] == "clips"  # a folder dataset's videos are its `labels` folder
-    assert workflow.training_experiment(cfg, "e") == before
-    assert workflow.rated_datasets(cfg) == ["demo"]
-    assert workflow.experiment_tests(cfg) == [("e", "demo:test"), ("e", "new:all")]
-    assert prompt_parts(cfg, "new:all", 0) == ["all"] and unseen_tests(cfg, "e") == ["demo:test"]
+    s = workflow.resolve_plan(workflow.load(json.loads(json.dumps(raw))))
+    assert s.datasets["new"].videos == "clips"  # a folder dataset's videos are its `labels` folder
+    assert workflow.training_experiment(s.experiments["e"], s.datasets) == before
+    assert workflow.rated_datasets(s.datasets) == ["demo"]
+    assert workflow.experiment_tests(s.experiments) == [("e", "demo:test"), ("e", "new:all")]
+    assert prompt_parts(s.datasets, "new:all", 0) == ["all"]
+    assert unseen_tests(s.experiments["e"], s.datasets) == ["demo:test"]
     with pytest.raises(UserError, match="'new' is a folder of unrated videos"):
-        prompt_parts(cfg, "new:test", 0)
-    check_experiments(cfg)
+        prompt_parts(s.datasets, "new:test", 0)
+    s.check_experiments()
     raw["experiments"]["e"]["train"].append("new:all")
     with pytest.raises(UserError, match=r"experiments\.e\.train: 'new:all' is a folder of unrated videos"):
-        check_experiments(workflow.load(raw))
+        workflow.resolve_plan(workflow.load(raw)).check_experiments()
 
 
 def test_only_inputs_no_rule_writes_are_checked_at_parse_time(tmp_path, monkeypatch):
@@ -192,17 +245,18 @@ def test_only_inputs_no_rule_writes_are_checked_at_parse_time(tmp_path, monkeypa
                  "reference_labels": "resources/syn2/labels.csv"},
         "mine": {"format": "lsvq", "labels": "a.csv", "extra_labels": ["../shared/b.csv"], "videos": "v"},
     }})
-    assert workflow.read_inputs(cfg) == [("references", "refs", "syn"), ("reference_labels", "refs.csv", "syn"),
+    datasets = workflow.resolve_plan(cfg).datasets
+    assert workflow.read_inputs(datasets) == [("references", "refs", "syn"), ("reference_labels", "refs.csv", "syn"),
                                          ("labels", "a.csv", "mine"), ("extra_labels", "../shared/b.csv", "mine"),
                                          ("videos", "v", "mine")]
     with pytest.raises(UserError, match=r"^dataset 'syn': references not found: refs$"):
-        workflow.check_inputs(cfg)
+        workflow.check_inputs(datasets)
     (tmp_path / "refs").mkdir()
     (tmp_path / "refs.csv").write_text("name\n")
     (tmp_path / "a.csv").write_text("name,mos\n")
     with pytest.raises(UserError, match=r"^dataset 'mine': extra_labels not found: \.\./shared/b\.csv; \.\./shared is "
                                         r"the development data folder kept beside the repository, absent in a user's clone"):
-        workflow.check_inputs(cfg)
+        workflow.check_inputs(datasets)
 
 
 def _reads_dev_data(cfg: dict) -> bool:
@@ -236,4 +290,4 @@ def test_configs_reading_the_development_data_say_so_and_stop_with_one_line_with
                                         r"the development data folder kept beside the repository, absent in a "
                                         r"user's clone: point the dataset at files of your own, see "
                                         r"docs/development-data\.md$"):
-        workflow.check_inputs(workflow.load(yaml.safe_load(text)))
+        workflow.check_inputs(workflow.resolve_plan(workflow.load(yaml.safe_load(text))).datasets)

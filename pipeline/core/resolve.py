@@ -87,11 +87,9 @@ def resolve(cfg: dict, validated: bool = False, source: str = "config") -> Setti
 
 
 def _dataset(name: str, ds: dict) -> Dataset:
-    values = {k: v for k, v in ds.items() if k != "split"}
-    values["mos_scale"] = tuple(ds["mos_scale"]) if ds.get("mos_scale") is not None else None
+    values = {k: v for k, v in ds.items() if k != "split"}  # mos_scale is a name ("1-5"), kept as written
     return Dataset(name=name, split=_build(Split, ds["split"]),
-                   **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k != "mos_scale"},
-                   mos_scale=values["mos_scale"])
+                   **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _plain_spec(cfg: dict, role: str) -> dict:

@@ -1,7 +1,8 @@
 """What each job of the workflow asks a scheduler for, in one place: every rule belongs to a family
-(`RULE_FAMILIES`), every family has its threads, memory, run time and GPUs (`FAMILIES`).
+(`RULE_FAMILIES`), every family has its threads, memory, run time and GPUs (`FAMILIES`). What a config
+changes (the device, `training.gpus`, `features.decode_workers`) is read from its resolved plan (`Settings`).
 
-The rules read their `threads:` and `resources:` from here (rules/common.smk `family_threads` /
+The rules read their `threads:` and `resources:` from here (pipeline/workflow.py `family_threads` /
 `family_resources`), and `lmmvqa plan` prints the same table (`cluster_table`), so a cluster profile
 needs no per-rule list that goes stale when a rule is added: profiles/slurm keeps only site settings
 (the account, which partition has the GPUs). A job that asks for a GPU (`gpu` > 0) lands on a GPU
@@ -13,8 +14,12 @@ local run where `--resources mem_mb=...` is given.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import FeatureSettings, Settings
 
 # stages whose jobs run on a GPU when the config asks for one (`device: cuda` or `auto`)
 GPU_STAGES = ("extract", "train", "evaluate")
@@ -79,24 +84,24 @@ def family_of(rule: str) -> str:
     raise UserError(f"rule '{rule}' has no resource family: add it to RULE_FAMILIES in {__name__}")
 
 
-def on_gpu(cfg: dict) -> bool:
+def on_gpu(device: str) -> bool:
     """`cuda` or `auto` (auto runs on a GPU where the job has one, so the GPU stages ask for one)."""
-    return cfg["device"] != "cpu"
+    return device != "cpu"
 
 
-def gpu_count(cfg: dict, stage: str | None) -> int:
+def gpu_count(s: "Settings", stage: str | None) -> int:
     """GPUs a job asks for (the `gpu` resource: `--gpus=N` on SLURM, limited by `--resources gpu=N`
     on one box): one for extraction and evaluation, `training.gpus` for training (DDP through
     `lmmvqa launch`), none on CPU."""
-    if not on_gpu(cfg) or stage not in GPU_STAGES:
+    if not on_gpu(s.device) or stage not in GPU_STAGES:
         return 0
-    return cfg["training"]["gpus"] if stage == "train" else 1
+    return s.training.gpus if stage == "train" else 1
 
 
-def threads(cfg: dict, family: str) -> int:
+def threads(features: "FeatureSettings", family: str) -> int:
     """A family's threads; extraction's are its decode workers (`features.decode_workers` where set)."""
-    if family == "extract" and cfg["features"]["decode_workers"]:
-        return max(2, int(cfg["features"]["decode_workers"]))
+    if family == "extract" and features.decode_workers:
+        return max(2, int(features.decode_workers))
     return FAMILIES[family].threads
 
 
@@ -105,22 +110,22 @@ def mem_mb(family: str, n_threads: int) -> int:
     return f.mem_mb + f.mem_mb_per_thread * n_threads
 
 
-def job_resources(cfg: dict, family: str, n_threads: int | None = None) -> dict:
+def job_resources(s: "Settings", family: str, n_threads: int | None = None) -> dict:
     """{gpu, mem_mb, runtime} of a job of the family with `n_threads` threads (default: the family's)."""
-    n = threads(cfg, family) if n_threads is None else n_threads
-    return {"gpu": gpu_count(cfg, FAMILIES[family].gpu_stage), "mem_mb": mem_mb(family, n),
+    n = threads(s.features, family) if n_threads is None else n_threads
+    return {"gpu": gpu_count(s, FAMILIES[family].gpu_stage), "mem_mb": mem_mb(family, n),
             "runtime": FAMILIES[family].runtime}
 
 
-def partition_kind(cfg: dict, family: str) -> str:
+def partition_kind(s: "Settings", family: str) -> str:
     """'gpu' for a family whose jobs ask for a GPU under this config, else 'cpu'."""
-    return "gpu" if gpu_count(cfg, FAMILIES[family].gpu_stage) else "cpu"
+    return "gpu" if gpu_count(s, FAMILIES[family].gpu_stage) else "cpu"
 
 
-def cluster_table(cfg: dict) -> list[dict]:
+def cluster_table(s: "Settings") -> list[dict]:
     """Per family: its rules, partition kind, GPUs, threads, memory (MB) and run time (minutes) under
     this config, as the workflow's jobs ask for them."""
     rules = {f: [r for r, g in RULE_FAMILIES.items() if g == f] + [p + "<dataset>" for p, g in PREFIX_FAMILIES.items()
                                                                     if g == f] for f in FAMILIES}
-    return [{"family": f, "rules": rules[f], "partition": partition_kind(cfg, f), "threads": threads(cfg, f),
-             **job_resources(cfg, f), "what": FAMILIES[f].what} for f in FAMILIES]
+    return [{"family": f, "rules": rules[f], "partition": partition_kind(s, f), "threads": threads(s.features, f),
+             **job_resources(s, f), "what": FAMILIES[f].what} for f in FAMILIES]

@@ -258,7 +258,7 @@ class Dataset:
     split: Split
     extra_labels: tuple = ()
     videos: str | None = None
-    mos_scale: tuple | None = None
+    mos_scale: str | None = None  # "0-100" or "1-5": the scale its label file rates on
     generate: dict | None = None
     references: str | None = None
     reference_labels: str | None = None
