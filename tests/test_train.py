@@ -151,6 +151,10 @@ def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
     assert meta["vision_tokens"] == 8 and meta["vision_width"] == 32 and meta["motion_dim"] == 24
     assert meta["llm_weights"] == "llm" and meta["train_llm"] is True  # auto: random-init LLM trains
     assert "validation" in meta and res["validation"]["n_videos"] >= 1
+    # the records hold the config's blocks as written (what `lmmvqa score` rebuilds inputs from)
+    assert meta["extraction"] == {k: workspace[k] for k in ("models", "sampling", "features")}
+    assert meta["evaluation"] == workspace["evaluation"] and meta["prompts_seed"] == workspace["prompts"]["seed"]
+    assert meta["training"] == {k: v for k, v in workspace["training"].items() if k != "lora"}
     card = (out / "README.md").read_text()
     assert "skipped" in card and '"syn": 1' in card  # the failed video is counted
     assert "- LLM: Llama-architecture LLM (width 64, 1 layer): trained from scratch here (random init from the " \
