@@ -11,10 +11,9 @@ import yaml
 from conftest import REPO
 
 from pipeline.core import config as pipeline_config
-from pipeline.core import resolve, resources
-from pipeline.core.settings import as_dict
+from pipeline.core import resources
 from pipeline.prompts.experiments import parse_selector
-from pipeline.training.runs import continues_from
+from pipeline.training.runs import check_experiments, experiment_training, init_model_dir
 
 BIN = Path(sys.executable).parent
 PAPER = REPO / "config" / "paper-lsvq.yaml"
@@ -40,11 +39,9 @@ def test_paper_config_is_the_cross_dataset_protocol():
     assert sorted(parse_selector(s) for s in exp["test"]) == [
         ("konvid", "all"), ("live_vqc", "all"), ("lsvq", "test"), ("lsvq", "test_1080p"), ("youtube_ugc", "all")]
     # the two stages: projector with the LLM frozen, then LoRA from stage 1's projector
-    s = resolve.resolve(cfg)
-    cross = s.experiment("lsvq_cross")
-    stage1, stage2 = as_dict(cross.run_training(1)), as_dict(cross.run_training())
+    stage1, stage2 = experiment_training(cfg, "lsvq_cross", 1), experiment_training(cfg, "lsvq_cross")
     assert not stage1["lora"]["enabled"] and stage2["lora"]["enabled"] and stage2["llm_lr"] > stage2["lr"]
-    assert str(continues_from(cross, s.experiments)) == "results/models/lsvq_cross.stage1"
+    assert str(init_model_dir(cfg, "lsvq_cross")) == "results/models/lsvq_cross.stage1"
     # an extraction job's threads are its decode workers (pipeline/core/resources.py)
     assert resources.threads(cfg, "extract") == cfg["features"]["decode_workers"] == 8
 
@@ -52,12 +49,10 @@ def test_paper_config_is_the_cross_dataset_protocol():
 def test_paper_intra_config_runs_every_fold_with_two_stages():
     intra = REPO / "config" / "paper-intra.yaml"
     cfg = pipeline_config.validate(yaml.safe_load(intra.read_text()), str(intra))
-    s = resolve.resolve(cfg)
-    s.check_experiments()
+    check_experiments(cfg)
     exp = cfg["experiments"]["konvid_5fold"]
     assert exp["folds"] == "all" and exp["stage1"] is not None and cfg["datasets"]["konvid"]["split"]["k"] == 5
-    assert str(continues_from(s.experiment("konvid_5fold"), s.experiments, None, 2)) == \
-        "results/models/konvid_5fold.stage1/fold2"
+    assert str(init_model_dir(cfg, "konvid_5fold", None, 2)) == "results/models/konvid_5fold.stage1/fold2"
 
 
 def test_paper_config_plans_on_the_official_label_files(tmp_path, shared_labels):
