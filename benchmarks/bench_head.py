@@ -386,8 +386,9 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
                 pooled.setdefault((v, seed), [])
             c = copy.deepcopy(cfg)
             c["training"] = deep_merge(c["training"], {"seed": int(seed)})
-            tr = c["training"]
-            tr_s, val_s = split_validation(train_all, tr["val_fraction"], validation_seed(tr))
+            plan = resolve.of(c)
+            tr, llm = plan.training, plan.models["llm"]
+            tr_s, val_s = split_validation(train_all, tr.val_fraction, validation_seed(tr))
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
@@ -398,8 +399,9 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
                                "test_prob_srcc": prob_srcc(model, test_samples, all_features)})
 
             t0 = time.perf_counter()
-            model = new_model(c, tokenizer, info, tr_s, all_features)
-            run = fit(c, model, tr_s, val_s, all_features, progress=False, name=f"{name}/fold{f}/seed{seed}",
+            model = new_model(tr, llm, plan.prompts, tokenizer, info, tr_s, all_features)
+            run = fit(tr, llm, model, tr_s, val_s, all_features, eval_batch_size=plan.evaluation.batch_size,
+                      progress=False, name=f"{name}/fold{f}/seed{seed}",
                       monitor=monitor if curve else None)
             train_s = time.perf_counter() - t0
             model.eval()

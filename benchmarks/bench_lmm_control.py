@@ -47,7 +47,7 @@ def main() -> int:
     cfg["evaluation"]["bootstrap"] = 200
     os.chdir(root)
     t0 = time.perf_counter()
-    trained = train(cfg, "exp", "results/models/exp", progress=False)
+    trained = train(resolve.of(cfg), "exp", "results/models/exp", progress=False)
     train_s = time.perf_counter() - t0
     metrics = evaluate(resolve.of(cfg), "exp", "syn:test", paths.predictions("exp", "syn:test"), paths.metrics("exp", "syn:test"))
     rows = {m: {k: metrics["methods"][m][k] for k in ("n", "srcc", "plcc", "krcc", "rmse")} for m in ("text", "prob")}

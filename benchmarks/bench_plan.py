@@ -87,6 +87,7 @@ def measure(cfg: dict, keyframes: int = 4, seed: int = 0) -> dict:
     import numpy as np
     import torch
 
+    from pipeline.core import resolve
     from pipeline.features.stores.store_reader import collate_videos
     from pipeline.model.lmm import LMMVQA, enable_checkpointing
     from pipeline.model.tokenizer import train_tokenizer
@@ -95,7 +96,8 @@ def measure(cfg: dict, keyframes: int = 4, seed: int = 0) -> dict:
     torch.set_num_threads(2)
     bank = load_templates()
     tok = train_tokenizer([{"question": q, "answer": "1.5"} for q in bank["score"] + bank["level"]])
-    model = LMMVQA.build(cfg, tok, VISION, seed=seed)
+    s = resolve.of(cfg)
+    model = LMMVQA.build(s.models["llm"], s.training, s.prompts, tok, VISION, seed=seed)
     if cfg["training"]["gradient_checkpointing"]:
         enable_checkpointing(model.base_llm())
     model.train()

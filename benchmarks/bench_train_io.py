@@ -57,6 +57,7 @@ def main() -> int:
 
     from test_train import make_workspace
 
+    from pipeline.core import resolve
     from pipeline.model.lmm import LMMVQA
     from pipeline.training.data import Collator, QADataset, epoch_batches, experiment_data, load_training_tokenizer
 
@@ -65,7 +66,8 @@ def main() -> int:
     cfg = make_workspace(tmp, n_videos=args.videos, T=T, W=W, M=M, shard_size=32, llm={}, chunk_mb=2.0,
                          training={"batch_size": args.batch_size})
     os.chdir(tmp)
-    data = experiment_data(cfg, "exp")
+    s = resolve.of(cfg)
+    data = experiment_data(s.experiment("exp"), s.datasets, s.features.hash)
     zarr_feats = data["features"]["syn"]
     npy_root = tmp / "npy"
     t0 = time.time()
@@ -85,8 +87,9 @@ def main() -> int:
     preload_s = time.perf_counter() - t0
     layouts = {"zarr": zarr_feats, "npy": NpyFeatures(npy_root), "zarr_preloaded": preloaded}
     samples = data["samples"]
-    tok = load_training_tokenizer(cfg)
-    model = LMMVQA.build(cfg, tok, {"vision_tokens": T, "vision_width": W, "motion_dim": M})
+    tok = load_training_tokenizer(s.models["llm"])
+    model = LMMVQA.build(s.models["llm"], s.training, s.prompts, tok, {"vision_tokens": T, "vision_width": W,
+                                                                       "motion_dim": M})
     collate = Collator(model.formatter)
     batches = epoch_batches(len(samples), args.batch_size, 0, 0)
     size = {"zarr": sum(f.stat().st_size for f in (tmp / "cache").rglob("*") if f.is_file()),

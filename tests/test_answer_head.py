@@ -2,16 +2,17 @@
 shared by every training seed, which weights a run keeps, and ensembles."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
-from test_lmm import INFO, _cfg, _data
+from test_lmm import INFO, _cfg, _data, build_lmm
 
+from pipeline.core import resolve
 from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model import objective
-from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import train_tokenizer
 from pipeline.prompts.shards import load_templates, question_for
 from pipeline.training.data import split_validation
@@ -83,7 +84,7 @@ def test_model_loss_adds_the_terms(tmp_path):
     cfg = _cfg(score_loss={"expected_weight": 2.0})
     cfg["prompts"]["answer_format"] = "integer"
     torch.manual_seed(0)
-    model = LMMVQA.build(cfg, tok, INFO, seed=0)
+    model = build_lmm(cfg, tok, INFO, seed=0)
     assert model.answer_format.name == "integer" and model.number_token_ids() is not None
     vids, _, _ = _data(4)
     qs = [question_for(f"v{i}", "score", 0, bank)[1] for i in range(4)]
@@ -98,16 +99,21 @@ def test_model_loss_adds_the_terms(tmp_path):
     # decimal3 under the tiny tokenizer has no single-token scores: the terms are refused up front
     tok3 = train_tokenizer([{"question": q, "answer": "5.5"} for q in bank["score"] + bank["level"]])
     with pytest.raises(Exception, match="one token"):
-        LMMVQA.build(_cfg(score_loss={"soft_weight": 1.0}), tok3, INFO, seed=0)
+        build_lmm(_cfg(score_loss={"soft_weight": 1.0}), tok3, INFO, seed=0)
 
 
 def test_validation_split_is_the_same_for_every_training_seed():
     samples = [{"dataset": "d", "id": f"v{i}", "type": t} for i in range(50) for t in ("score", "level")]
-    splits = [split_validation(samples, 0.2, validation_seed({"seed": s, "val_seed": 0})) for s in (0, 1, 7)]
+    training = resolve.of(_cfg()).training
+
+    def seeds(seed, val_seed):
+        return dataclasses.replace(training, seed=seed, val_seed=val_seed)
+
+    splits = [split_validation(samples, 0.2, validation_seed(seeds(s, 0))) for s in (0, 1, 7)]
     assert splits[0] == splits[1] == splits[2]
     assert len({s["id"] for s in splits[0][1]}) == 10
     # null: the training seed (the earlier behaviour), so seeds differ
-    assert validation_seed({"seed": 3, "val_seed": None}) == 3
+    assert validation_seed(seeds(3, None)) == 3
     assert split_validation(samples, 0.2, 1)[1] != splits[0][1]
     # the choice of a video does not depend on the order of the samples
     assert split_validation(samples[::-1], 0.2, 0)[1][::-1] == splits[0][1] or \
@@ -122,7 +128,7 @@ def test_ensemble_prob_score_is_the_mean_of_its_members(tmp_path):
     members = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        members.append(LMMVQA.build(_cfg(seed=seed), tok, INFO, seed=seed).eval())
+        members.append(build_lmm(_cfg(seed=seed), tok, INFO, seed=seed).eval())
     vids, _, _ = _data(4)
     batch = collate_videos(vids)
     ids = [f"v{i}" for i in range(4)]

@@ -7,12 +7,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_lmm import INFO, _cfg
+from test_lmm import INFO, _cfg, build_lmm
 
+from pipeline.core import resolve
 from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model.answers import GRAMMARS, LEVELS, parse_level, parse_score
 from pipeline.model.constrained import TokenConstraint, constraint_for, mask_logits, token_pieces
-from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import EOS, VIDEO_TOKEN, train_tokenizer
 from pipeline.prompts.shards import load_templates, question_for
 
@@ -245,7 +245,7 @@ def test_random_models_never_give_invalid_answers(any_tok, bank):
     free_invalid = 0
     for seed in range(2):
         torch.manual_seed(seed)
-        model = LMMVQA.build(_cfg(), tok, INFO, seed=seed)
+        model = build_lmm(_cfg(), tok, INFO, seed=seed)
         for kind in ("score", "level"):
             videos, qs = _inputs(16, seed, bank, kind)
             for limit in (3, 8):
@@ -264,7 +264,7 @@ def test_random_models_never_give_invalid_answers(any_tok, bank):
 
 def test_per_row_constraint_leaves_other_rows_alone(tiny_tok, bank):
     torch.manual_seed(0)
-    model = LMMVQA.build(_cfg(), tiny_tok, INFO, seed=0)
+    model = build_lmm(_cfg(), tiny_tok, INFO, seed=0)
     videos, qs = _inputs(6, 0, bank, "score")
     kinds = [None, "score", "level", None, "score", "level"]
     mixed = model.generate(videos, qs, 8, constrain=kinds)
@@ -281,7 +281,7 @@ def test_predict_batch_decoding_setting(tiny_tok, bank):
     from pipeline.evaluation.predict import predict_batch
 
     torch.manual_seed(2)
-    model = LMMVQA.build(_cfg(), tiny_tok, INFO, seed=2)
+    model = build_lmm(_cfg(), tiny_tok, INFO, seed=2)
     videos, _ = _inputs(12, 2, bank, "score")
     ids = [f"v2-{i}" for i in range(12)]
     con = predict_batch(model, videos, ids, bank=bank, templates=2, decoding="constrained")
@@ -327,7 +327,7 @@ def test_evaluate_uses_the_decoding_setting(tmp_path, monkeypatch):
     cfg = make_workspace(tmp_path, n_videos=10, k=2, training={"batch_size": 4, "val_fraction": 0.0})
     cfg["evaluation"]["bootstrap"] = 0
     monkeypatch.chdir(tmp_path)
-    train(cfg, "exp", "results/models/exp", max_steps=1, progress=False)
+    train(resolve.of(cfg), "exp", "results/models/exp", max_steps=1, progress=False)
     got = {}
     for decoding in ("free", "constrained", "mbr"):
         cfg["evaluation"]["decoding"] = decoding

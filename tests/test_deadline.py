@@ -154,12 +154,12 @@ def test_score_lists_a_hanging_video_and_scores_the_others(tmp_path, make_video,
     line naming both backends and "timed out" for the hanging one, scores for the others, exit 1."""
     from test_train import make_workspace
 
-    from pipeline.core import paths
+    from pipeline.core import paths, resolve
     from pipeline.training.train import train
 
     cfg = make_workspace(tmp_path, T=197, W=128, M=576, training={"batch_size": 4, "val_fraction": 0.0})
     monkeypatch.chdir(tmp_path)
-    train(cfg, "exp", paths.model_dir("exp"), max_steps=1, progress=False)
+    train(resolve.of(cfg), "exp", paths.model_dir("exp"), max_steps=1, progress=False)
     videos = [make_video(f"v/{n}.mp4", n_frames=15, size=(64, 48), fps=10, seed=i)
               for i, n in enumerate(["good1", "hangboth", "good2"])]
     out = tmp_path / "scores.jsonl"

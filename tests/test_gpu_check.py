@@ -84,7 +84,9 @@ def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
     """The GPU run's config (not run here): valid against the schema, paper shapes, bf16 on CUDA, batch 16."""
     from pipeline.core.config import validate
     from pipeline.core.specs import model_spec
-    from pipeline.training.runs import experiment_training, init_model_dir
+    from pipeline.core import resolve
+    from pipeline.core.settings import as_dict
+    from pipeline.training.runs import continues_from
 
     gc = _gpu_check_module()
     cfg = validate(gc.make_config(gc.parse_args([])), "gpu_check")
@@ -97,8 +99,9 @@ def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
             llm["config"]["num_key_value_heads"]) == (4096, 14336, 32, 8)
     assert llm["source"] is None and llm["dtype"] == "bfloat16"
     assert cfg["features"]["decode_workers"] >= 2  # decoders feeding the GPU, not the default 2 threads only
-    s1 = experiment_training(cfg, gc.EXPERIMENT, 1)
-    s2 = experiment_training(cfg, gc.EXPERIMENT)
+    plan = resolve.resolve(cfg)
+    exp = plan.experiment(gc.EXPERIMENT)
+    s1, s2 = as_dict(exp.run_training(1)), as_dict(exp.run_training())
     assert not s1["lora"]["enabled"] and s2["lora"]["enabled"]
     paper = yaml.safe_load((REPO / "config" / "paper-lsvq.yaml").read_text())
     assert (s1["lr"], s2["lr"], s2["llm_lr"]) == (1.0e-3, 2.0e-5, 2.0e-4) == (
@@ -106,5 +109,5 @@ def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
         paper["experiments"]["lsvq_cross"]["training"]["llm_lr"])
     assert s2["lora"]["r"] == paper["training"]["lora"]["r"] and cfg["experiments"][gc.EXPERIMENT]["test"] == list(gc.TESTS)
     assert s1["batch_size"] == s2["batch_size"] == 16 and s1["dtype"] == "bfloat16" and not s2["train_llm"]
-    assert str(init_model_dir(cfg, gc.EXPERIMENT)).endswith(f"{gc.EXPERIMENT}.stage1")
+    assert str(continues_from(exp, plan.experiments)).endswith(f"{gc.EXPERIMENT}.stage1")
     assert gc.make_config(gc.parse_args(["--llm-layers", "4"]))["models"]["llm"]["config"]["num_hidden_layers"] == 4

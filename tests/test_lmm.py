@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model.lmm import LMMVQA
@@ -24,6 +25,12 @@ def _cfg(llm_source=None, llm_config=None, **training):
         llm = {"source": str(llm_source)}
     return validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}},
                      "models": {"preset": "tiny", "llm": llm}, "training": training})
+
+
+def build_lmm(cfg, tokenizer, info, **kw):
+    """`LMMVQA.build` with the pieces of a config's resolved settings (the LLM spec, training, prompts)."""
+    s = resolve.of(cfg)
+    return LMMVQA.build(s.models["llm"], s.training, s.prompts, tokenizer, info, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,7 @@ def _fit(model, vids, qs, ans, steps, lr=3e-3):
 @pytest.fixture(scope="module")
 def trained(tok):
     torch.manual_seed(0)
-    model = LMMVQA.build(_cfg(), tok, INFO, seed=0)
+    model = build_lmm(_cfg(), tok, INFO, seed=0)
     vids, qs, ans = _data()
     loss = _fit(model, vids, qs, ans, 150)
     return model, vids, qs, ans, loss
@@ -118,7 +125,7 @@ def test_padding_and_pooling():
 
 
 def test_visual_tokens_replace_placeholder(tok):
-    model = LMMVQA.build(_cfg(pooling="max"), tok, INFO, seed=1)
+    model = build_lmm(_cfg(pooling="max"), tok, INFO, seed=1)
     f = model.formatter
     enc = f.batch(["Rate it.", "A much longer question about the quality of it."], ["1.5", "good"])
     ids = enc["input_ids"]
@@ -135,12 +142,12 @@ def test_paper_path_loads_local_pretrained_folder(tok, tmp_path):
     """A save_pretrained LLM + tokenizer folder loads as `models.llm.source` (the paper preset's path);
     the LLM stays frozen (stage 1) and the model folder then holds no LLM weights."""
     torch.manual_seed(0)
-    donor = LMMVQA.build(_cfg(), tok, INFO, seed=3)
+    donor = build_lmm(_cfg(), tok, INFO, seed=3)
     donor.llm.save_pretrained(tmp_path / "hub")
     tok.save_pretrained(str(tmp_path / "hub"))
     cfg = _cfg(llm_source=tmp_path / "hub")
     src_tok = load_tokenizer(tmp_path / "hub")
-    model = LMMVQA.build(cfg, src_tok, INFO, seed=0)
+    model = build_lmm(cfg, src_tok, INFO, seed=0)
     assert model.config["train_llm"] is False
     assert not any(p.requires_grad for p in model.llm.parameters())
     sd_a, sd_b = donor.llm.state_dict(), model.llm.state_dict()
@@ -160,11 +167,11 @@ def test_paper_path_loads_local_pretrained_folder(tok, tmp_path):
 
 def test_lora_adapter_round_trip(tok, tmp_path):
     torch.manual_seed(0)
-    donor = LMMVQA.build(_cfg(), tok, INFO, seed=3)
+    donor = build_lmm(_cfg(), tok, INFO, seed=3)
     donor.llm.save_pretrained(tmp_path / "hub")
     tok.save_pretrained(str(tmp_path / "hub"))
     cfg = _cfg(llm_source=tmp_path / "hub", lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
-    model = LMMVQA.build(cfg, load_tokenizer(tmp_path / "hub"), INFO, seed=0)
+    model = build_lmm(cfg, load_tokenizer(tmp_path / "hub"), INFO, seed=0)
     trainable = [n for n, p in model.llm.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     vids, qs, ans = _data(4)

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from test_constrained import _inputs
-from test_lmm import INFO, _cfg
+from test_lmm import INFO, _cfg, build_lmm
 
 from pipeline.core.config import validate
 from pipeline.model.answers import expected_score, mbr_score, most_probable_level, parse_score
-from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import train_tokenizer
 from pipeline.prompts.answer_format import FORMATS, answer_format
 from pipeline.prompts.shards import load_templates
@@ -95,7 +94,7 @@ def _model(bank, fmt: str, seed: int):
     cfg = _cfg()
     cfg["prompts"]["answer_format"] = fmt
     torch.manual_seed(seed)
-    return LMMVQA.build(cfg, tok, INFO, seed=seed)
+    return build_lmm(cfg, tok, INFO, seed=seed)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))

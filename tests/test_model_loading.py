@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_lmm import build_lmm
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.features.stores.store_reader import collate_videos
@@ -49,7 +51,7 @@ def _data(n=4, seed=0):
 
 def _hub(tmp_path, tok, name="hub"):
     """A save_pretrained LLM + tokenizer folder: the paper preset's loading path, offline."""
-    donor = LMMVQA.build(_cfg(), tok, INFO, seed=3)
+    donor = build_lmm(_cfg(), tok, INFO, seed=3)
     donor.llm.save_pretrained(tmp_path / name)
     tok.save_pretrained(str(tmp_path / name))
     return tmp_path / name, donor
@@ -72,7 +74,7 @@ def test_model_folder_files_are_readable_by_everyone(tok, tmp_path):
 
     old = os.umask(0o022)
     try:
-        LMMVQA.build(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "m")
+        build_lmm(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "m")
     finally:
         os.umask(old)
     files = {p.relative_to(tmp_path / "m").as_posix(): stat.S_IMODE(p.stat().st_mode)
@@ -84,7 +86,7 @@ def test_model_folder_files_are_readable_by_everyone(tok, tmp_path):
 # ------------------------------------------------------------------ device "auto"
 
 def test_from_pretrained_device_auto(tok, tmp_path):
-    model = LMMVQA.build(_cfg(), tok, INFO, seed=0)
+    model = build_lmm(_cfg(), tok, INFO, seed=0)
     model.save_pretrained(tmp_path / "m")
     again = LMMVQA.from_pretrained(tmp_path / "m", device="auto")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,7 +97,7 @@ def test_from_pretrained_device_auto(tok, tmp_path):
 def test_from_pretrained_resolves_the_device_once(tok, tmp_path, monkeypatch):
     """`auto` becomes cpu on a machine without CUDA before anything moves (no `.to("auto")`), and
     `cuda` there is a UserError naming the device (devices.resolve_device), not a torch crash."""
-    model = LMMVQA.build(_cfg(), tok, INFO, seed=0)
+    model = build_lmm(_cfg(), tok, INFO, seed=0)
     model.save_pretrained(tmp_path / "m")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     moved = []
@@ -116,7 +118,7 @@ def test_from_pretrained_resolves_the_device_once(tok, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ missing weights
 
 def test_missing_llm_weight_in_model_folder_is_named(tok, tmp_path):
-    model = LMMVQA.build(_cfg(), tok, INFO, seed=0)  # random-init LLM: saved in llm/
+    model = build_lmm(_cfg(), tok, INFO, seed=0)  # random-init LLM: saved in llm/
     model.save_pretrained(tmp_path / "m")
     _drop_key(tmp_path / "m" / "llm" / "model.safetensors", "model.layers.1.mlp.up_proj.weight")
     with pytest.raises(UserError, match=r"1 weight\(s\) missing.*model\.layers\.1\.mlp\.up_proj\.weight"):
@@ -124,7 +126,7 @@ def test_missing_llm_weight_in_model_folder_is_named(tok, tmp_path):
 
 
 def test_missing_projector_weight_is_named(tok, tmp_path):
-    model = LMMVQA.build(_cfg(), tok, INFO, seed=0)
+    model = build_lmm(_cfg(), tok, INFO, seed=0)
     model.save_pretrained(tmp_path / "m")
     _drop_key(tmp_path / "m" / "projector.safetensors", "proj.bias")
     with pytest.raises(UserError, match=r"projector\.safetensors: 1 weight\(s\) missing.*proj\.bias"):
@@ -135,13 +137,13 @@ def test_missing_weight_in_pretrained_llm_source_is_named(tok, tmp_path):
     hub, _ = _hub(tmp_path, tok)
     _drop_key(hub / "model.safetensors", "model.layers.0.self_attn.q_proj.weight")
     with pytest.raises(UserError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight"):
-        LMMVQA.build(_cfg(llm={"source": str(hub)}), load_tokenizer(hub), INFO, seed=0)
+        build_lmm(_cfg(llm={"source": str(hub)}), load_tokenizer(hub), INFO, seed=0)
 
 
 def test_missing_lora_weight_is_named(tok, tmp_path):
     hub, _ = _hub(tmp_path, tok)
     cfg = _cfg(llm={"source": str(hub)}, lora={"enabled": True, "r": 2, "alpha": 4, "dropout": 0.0})
-    model = LMMVQA.build(cfg, load_tokenizer(hub), INFO, seed=0)
+    model = build_lmm(cfg, load_tokenizer(hub), INFO, seed=0)
     model.save_pretrained(tmp_path / "m")
     f = tmp_path / "m" / "adapter" / "adapter_model.safetensors"
     key = sorted(k for k in load_file(str(f)) if "layers.0.self_attn.v_proj.lora_B" in k)[0]
@@ -152,7 +154,7 @@ def test_missing_lora_weight_is_named(tok, tmp_path):
 
 def test_random_init_llm_without_saved_weights_is_refused(tok, tmp_path):
     """A folder whose random-init LLM was not saved (older versions under LoRA) cannot be rebuilt."""
-    LMMVQA.build(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "m")
+    build_lmm(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "lmmvqa.json").read_text())
     (tmp_path / "m" / "lmmvqa.json").write_text(json.dumps({**meta, "llm_weights": "adapter"}))
     with pytest.raises(UserError, match="built at random init and the folder does not hold its weights"):
@@ -206,7 +208,7 @@ def test_training_dtype_auto():
 def test_dtype_recorded_and_used_on_load(tok, tmp_path):
     hub, _ = _hub(tmp_path, tok)
     cfg = _cfg(llm={"source": str(hub), "dtype": "bfloat16"})
-    model = LMMVQA.build(cfg, load_tokenizer(hub), INFO, seed=0)
+    model = build_lmm(cfg, load_tokenizer(hub), INFO, seed=0)
     assert next(model.llm.parameters()).dtype == torch.bfloat16
     assert next(model.projector.parameters()).dtype == torch.float32  # trained weights stay float32
     model.save_pretrained(tmp_path / "m")
@@ -220,13 +222,13 @@ def test_dtype_recorded_and_used_on_load(tok, tmp_path):
     with pytest.raises(UserError, match="unknown dtype 'float8'"):
         LMMVQA.from_pretrained(tmp_path / "m", dtype="float8")
     # a model trained on CPU records float32
-    LMMVQA.build(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "cpu")
+    build_lmm(_cfg(), tok, INFO, seed=0).save_pretrained(tmp_path / "cpu")
     assert json.loads((tmp_path / "cpu" / "lmmvqa.json").read_text())["dtype"] == "float32"
 
 
 def test_float16_llm_weights_that_train_are_refused(tok):
     with pytest.raises(UserError, match="float16 is refused"):
-        LMMVQA.build(_cfg(llm={"config": dict(SMALL_LLM), "dtype": "float16"}, train_llm=True), tok, INFO, seed=0)
+        build_lmm(_cfg(llm={"config": dict(SMALL_LLM), "dtype": "float16"}, train_llm=True), tok, INFO, seed=0)
 
 
 def test_float16_uses_a_grad_scaler():
@@ -294,7 +296,7 @@ def test_reserved_token_is_the_placeholder_without_resize(tmp_path):
     emb = load_file(str(hub / "model.safetensors"))["model.embed_tokens.weight"]
     tok = load_tokenizer(hub)
     assert len(tok) == n and VIDEO_TOKEN not in tok.get_vocab()  # nothing added
-    model = LMMVQA.build(_cfg(llm={"source": str(hub)}), tok, INFO, seed=0)
+    model = build_lmm(_cfg(llm={"source": str(hub)}), tok, INFO, seed=0)
     assert model.formatter.placeholder == RESERVED[0] and model.config["placeholder_token"] == RESERVED[0]
     assert model.formatter.video_id == src.convert_tokens_to_ids(RESERVED[0])
     assert torch.equal(model.llm.get_input_embeddings().weight, emb)  # no resize, no new row
@@ -323,7 +325,7 @@ def test_gradient_checkpointing_same_loss_and_gradients(tok):
     batch, qs, ans = _data(4)
     results = {}
     for on in (False, True):
-        model = LMMVQA.build(_cfg(gradient_checkpointing=on), tok, INFO, seed=0)
+        model = build_lmm(_cfg(gradient_checkpointing=on), tok, INFO, seed=0)
         model.train()
         calls = []  # runs of the MLP inside decoder layer 0
         mlp = model.llm.model.layers[0].mlp
@@ -371,7 +373,7 @@ def test_evaluate_and_score_load_in_the_recorded_or_given_dtype(tmp_path, monkey
     cfg = make_workspace(tmp_path, training={"batch_size": 4, "val_fraction": 0.0})
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cfg.yaml").write_text(json.dumps(cfg))
-    train(cfg, "exp", paths.model_dir("exp"), max_steps=1, progress=False)
+    train(resolve.of(cfg), "exp", paths.model_dir("exp"), max_steps=1, progress=False)
     assert json.loads((paths.model_dir("exp") / "lmmvqa.json").read_text())["dtype"] == "float32"  # CPU
     loaded = []
     real = LMMVQA.from_pretrained.__func__

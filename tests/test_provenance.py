@@ -101,16 +101,16 @@ def test_llm_records_in_words(record, text):
 
 
 def test_the_model_card_names_a_held_out_fold_only_where_one_is():
-    from pipeline.core.config import validate
+    from pipeline.core import resolve
     from pipeline.training.model_folder import holdout_note
 
-    cfg = validate({"datasets": {"k": {"format": "generic", "labels": "k.csv"},
+    s = resolve.resolve({"datasets": {"k": {"format": "generic", "labels": "k.csv"},
                                  "fixed": {"format": "generic", "labels": "f.csv", "split": {"scheme": "official"}}},
                     "experiments": {"cv": {"train": ["k:train", "fixed:train"], "test": ["k:test"], "holdout_fold": 2},
                                     "all": {"train": ["k:all"], "test": ["fixed:test"]},
                                     "official": {"train": ["fixed:train"], "test": ["fixed:test"]}}})
-    assert holdout_note(cfg, "cv") == " (holdout fold 2 never used: k)"
-    assert holdout_note(cfg, "all") == "" and holdout_note(cfg, "official") == ""
+    assert holdout_note(s.experiment("cv"), s.datasets) == " (holdout fold 2 never used: k)"
+    assert holdout_note(s.experiment("all"), s.datasets) == "" == holdout_note(s.experiment("official"), s.datasets)
 
 
 def test_the_report_falls_back_to_what_the_config_asks_for():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.evaluation.predict import predict_batch
@@ -108,7 +109,8 @@ def test_training_records_the_prior_and_prediction_blends_it(adapter_file, tmp_p
     info = {"vision_tokens": TOKENS, "vision_width": BASE + DIM, "motion_dim": MOTION}
     samples = [{"dataset": "d", "id": v, "mos": 10.0 * i, "type": "score", "question": "q", "answer": str(10 * i)}
                for i, v in enumerate(arrays)]
-    model = new_model(cfg, tok, info, samples, feats).eval()
+    s = resolve.of(cfg)
+    model = new_model(s.training, s.models["llm"], s.prompts, tok, info, samples, feats).eval()
     prior = model.config["quality_prior"]
     assert prior["weight"] == 0.25 and prior["adapter"] == "aaaaaaaaaa" and prior["n_videos"] == 10
     model.save_pretrained(tmp_path / "m")

@@ -2,7 +2,6 @@
 experiment running both stages (`stage1:`), stage 2 starting from stage 1's weights."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -10,9 +9,11 @@ import torch
 from safetensors.torch import load_file
 from test_train import make_workspace
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
-from pipeline.training.runs import check_experiments, experiment_training, init_model_dir, run_name
+from pipeline.core.settings import as_dict
+from pipeline.training.runs import continues_from, run_name
 
 LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
 
@@ -20,6 +21,20 @@ LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
 def _cfg(experiments, **training):
     return validate({"datasets": {"d": {"format": "generic", "labels": "l.csv"}},
                      "training": {"lr": 1e-3, **training}, "experiments": experiments})
+
+
+def experiment_training(cfg, name, stage=None) -> dict:
+    """A run's resolved training settings, as the config block they read as."""
+    return as_dict(resolve.of(cfg).experiment(name).run_training(stage))
+
+
+def init_model_dir(cfg, name, stage=None, fold=None):
+    s = resolve.of(cfg)
+    return continues_from(s.experiment(name), s.experiments, stage, fold)
+
+
+def check_experiments(cfg) -> None:
+    resolve.resolve(cfg).check_experiments()
 
 
 def test_experiment_training_merges_overrides():
@@ -75,7 +90,7 @@ def test_stage2_continues_from_stage1(two_stage, tmp_path):
     from pipeline.training.data import load_training_tokenizer
     from pipeline.training.train import train
 
-    cfg = two_stage
+    cfg = resolve.of(two_stage)
     with pytest.raises(UserError, match="exp.stage1, which is not a trained model folder"):
         train(cfg, "exp", "results/models/exp", max_steps=1, progress=False)
     # stage 1 (the rule train_stage1's command): projector + the random-init LLM train, LoRA off
@@ -90,16 +105,15 @@ def test_stage2_continues_from_stage1(two_stage, tmp_path):
     llm1 = load_file(str(s1 / "llm" / "model.safetensors"))
 
     # stage 2 is built from stage 1: its projector and LLM start equal to stage 1's
-    feats, _ = dataset_features(cfg, "syn")
-    stage2_cfg = copy.deepcopy(cfg)
-    stage2_cfg["training"] = experiment_training(cfg, "exp")
-    tok = load_training_tokenizer(cfg)
-    model = LMMVQA.build(stage2_cfg, tok, feature_info(feats), init=s1)
+    feats, _ = dataset_features(cfg.features.hash, "syn")
+    llm, stage2 = cfg.models["llm"], cfg.experiment("exp").run_training()
+    tok = load_training_tokenizer(llm)
+    model = LMMVQA.build(llm, stage2, cfg.prompts, tok, feature_info(feats), init=s1)
     assert model.projector.state_dict().keys() == proj1.keys()
     assert all(torch.equal(v, proj1[k]) for k, v in model.projector.state_dict().items())
     base = {k.replace(".base_layer.", "."): v for k, v in model.base_llm().state_dict().items() if "lora_" not in k}
     assert all(torch.equal(base[k], v) for k, v in llm1.items())
-    fresh = LMMVQA.build(stage2_cfg, tok, feature_info(feats))  # without init: a random projector
+    fresh = LMMVQA.build(llm, stage2, cfg.prompts, tok, feature_info(feats))  # without init: a random projector
     assert not torch.equal(fresh.projector.proj.weight, proj1["proj.weight"])
 
     res = train(cfg, "exp", "results/models/exp", max_steps=2, progress=False)
@@ -125,7 +139,9 @@ def test_retrained_stage1_restarts_stage2_checkpoints(two_stage, tmp_path):
     for d, text in ((a, '{"x": 1}'), (b, '{"x": 2}')):
         d.mkdir()
         (d / "lmmvqa.json").write_text(text)
-    ids = {run_fingerprint(two_stage, "exp", [], 5, 1, init) for init in (None, a, b)}
+    s = resolve.of(two_stage)
+    exp = s.experiment("exp")
+    ids = {run_fingerprint(exp.run_training(), exp, s.models["llm"], [], 5, 1, init) for init in (None, a, b)}
     assert len(ids) == 3
 
 

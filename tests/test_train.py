@@ -138,9 +138,10 @@ def test_epoch_batches_cover_and_split_across_ranks():
 def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
     from pipeline.core import paths
     from pipeline.model.lmm import LMMVQA
+    from pipeline.core import resolve
     from pipeline.training.train import train
 
-    res = train(workspace, "exp", tmp_path / "model", max_steps=3, progress=False)
+    res = train(resolve.of(workspace), "exp", tmp_path / "model", max_steps=3, progress=False)
     out = tmp_path / "model"
     for name in ("lmmvqa.json", "projector.safetensors", "llm/config.json", "tokenizer/tokenizer.json",
                  "train_log.csv", "loss.png", "README.md"):
@@ -151,6 +152,10 @@ def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
     assert meta["vision_tokens"] == 8 and meta["vision_width"] == 32 and meta["motion_dim"] == 24
     assert meta["llm_weights"] == "llm" and meta["train_llm"] is True  # auto: random-init LLM trains
     assert "validation" in meta and res["validation"]["n_videos"] >= 1
+    # the records hold the config's blocks as written (what `lmmvqa score` rebuilds inputs from)
+    assert meta["extraction"] == {k: workspace[k] for k in ("models", "sampling", "features")}
+    assert meta["evaluation"] == workspace["evaluation"] and meta["prompts_seed"] == workspace["prompts"]["seed"]
+    assert meta["training"] == {k: v for k, v in workspace["training"].items() if k != "lora"}
     card = (out / "README.md").read_text()
     assert "skipped" in card and '"syn": 1' in card  # the failed video is counted
     assert "- LLM: Llama-architecture LLM (width 64, 1 layer): trained from scratch here (random init from the " \
@@ -165,17 +170,19 @@ def test_train_writes_model_folder_and_skips_failed(workspace, tmp_path):
 
 
 def test_kill_and_resume_equals_uninterrupted(workspace, tmp_path):
+    from pipeline.core import resolve
     from pipeline.training.train import train
 
-    full = train(workspace, "exp", tmp_path / "a", max_steps=5, checkpoint_dir=tmp_path / "ck_a", progress=False)
-    part = train(workspace, "exp", tmp_path / "b", max_steps=5, checkpoint_dir=tmp_path / "ck_b",
+    full = train(resolve.of(workspace), "exp", tmp_path / "a", max_steps=5, checkpoint_dir=tmp_path / "ck_a",
+                 progress=False)
+    part = train(resolve.of(workspace), "exp", tmp_path / "b", max_steps=5, checkpoint_dir=tmp_path / "ck_b",
                  stop_after=4, progress=False)
     assert part["stopped"] and not (tmp_path / "b").exists()
     # the "killed" run left checkpoints at steps 2 and 4; pretend it died before step 4 was saved
     import shutil
 
     shutil.rmtree(tmp_path / "ck_b" / "step-0000004")
-    resumed = train(workspace, "exp", tmp_path / "b", max_steps=5, checkpoint_dir=tmp_path / "ck_b",
+    resumed = train(resolve.of(workspace), "exp", tmp_path / "b", max_steps=5, checkpoint_dir=tmp_path / "ck_b",
                     resume=True, progress=False)
     assert resumed["digest"] == full["digest"]
     assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
@@ -189,15 +196,17 @@ def test_resume_ignores_checkpoints_of_another_run(workspace, tmp_path, capsys):
     be continued (it would silently mix two trainings)."""
     import copy
 
+    from pipeline.core import resolve
     from pipeline.training.train import train
 
-    part = train(workspace, "exp", tmp_path / "x", max_steps=5, checkpoint_dir=tmp_path / "ck", stop_after=4,
-                 progress=False)
+    part = train(resolve.of(workspace), "exp", tmp_path / "x", max_steps=5, checkpoint_dir=tmp_path / "ck",
+                 stop_after=4, progress=False)
     assert part["stopped"]
     other = copy.deepcopy(workspace)
     other["training"]["lr"] = workspace["training"]["lr"] * 2
-    fresh = train(other, "exp", tmp_path / "y", max_steps=5, checkpoint_dir=tmp_path / "ck2", progress=False)
-    resumed = train(other, "exp", tmp_path / "z", max_steps=5, checkpoint_dir=tmp_path / "ck", resume=True,
+    fresh = train(resolve.of(other), "exp", tmp_path / "y", max_steps=5, checkpoint_dir=tmp_path / "ck2",
+                  progress=False)
+    resumed = train(resolve.of(other), "exp", tmp_path / "z", max_steps=5, checkpoint_dir=tmp_path / "ck", resume=True,
                     progress=False)
     assert "belong to another run" in capsys.readouterr().out
     assert resumed["digest"] == fresh["digest"]
@@ -344,29 +353,32 @@ def test_training_reads_the_stores_it_is_given(tmp_path, monkeypatch):
     """The train rule hands its declared stores to the command (--stores): each dataset reads the ones
     in its store folder, the same data as finding them from the manifest; stores of no training
     dataset are an error naming the folder expected."""
-    from pipeline.core import paths
-    from pipeline.core.specs import feature_settings_hash
+    from pipeline.core import paths, resolve
     from pipeline.core.errors import UserError
     from pipeline.training.data import experiment_data
 
-    cfg = make_workspace(tmp_path, n_videos=20, shard_size=8)
+    s = resolve.of(make_workspace(tmp_path, n_videos=20, shard_size=8))
     monkeypatch.chdir(tmp_path)
-    folder = paths.store_dir("syn", feature_settings_hash(cfg))
+    folder = paths.store_dir("syn", s.features.hash)
     stores = sorted(str(p) for p in folder.glob("shard-*.zarr"))
     assert len(stores) == 3
-    found, given = experiment_data(cfg, "exp"), experiment_data(cfg, "exp", stores)
+
+    def data(given=None):
+        return experiment_data(s.experiment("exp"), s.datasets, s.features.hash, given)
+
+    found, given = data(), data(stores)
     assert given["stores"] == found["stores"] == {"syn": stores}
     assert given["samples"] == found["samples"] and len(given["samples"]) > 0
-    one = experiment_data(cfg, "exp", stores[:1])  # only what was declared is read
+    one = data(stores[:1])  # only what was declared is read
     assert one["stores"] == {"syn": stores[:1]} and len(one["samples"]) < len(found["samples"])
     with pytest.raises(UserError, match=str(folder)):
-        experiment_data(cfg, "exp", ["cache/features/other/abc/shard-00000.zarr"])
+        data(["cache/features/other/abc/shard-00000.zarr"])
 
 
 def test_training_leaves_out_videos_sharing_content_with_the_test_fold(tmp_path, monkeypatch):
     """exclude_shared: source drops exactly the training videos whose source a test video has, and the
     model card counts them."""
-    from pipeline.core import paths
+    from pipeline.core import paths, resolve
     from pipeline.training.data import experiment_data
 
     cfg = make_workspace(tmp_path, n_videos=20)
@@ -374,9 +386,14 @@ def test_training_leaves_out_videos_sharing_content_with_the_test_fold(tmp_path,
     manifest = pd.read_csv(paths.manifest("syn"))
     manifest["source"] = [f"s{i // 2}" for i in range(20)]  # test fold 0 = videos 0, 5, 10, 15
     manifest.to_csv(paths.manifest("syn"), index=False)
-    before = {s["id"] for s in experiment_data(cfg, "exp")["samples"]}
+
+    def experiment_data_of(cfg):
+        s = resolve.resolve(cfg)
+        return experiment_data(s.experiment("exp"), s.datasets, s.features.hash)
+
+    before = {s["id"] for s in experiment_data_of(cfg)["samples"]}
     cfg["experiments"]["exp"]["exclude_shared"] = "source"
-    data = experiment_data(cfg, "exp")
+    data = experiment_data_of(cfg)
     after = {s["id"] for s in data["samples"]}
     assert before - after == {"vid001", "vid004", "vid011", "vid014"}  # sources s0, s2, s5, s7
     assert data["excluded_shared"] == {"column": "source", "videos": 4, "values": ["s0", "s2", "s5", "s7"]}

@@ -62,8 +62,8 @@ def enable_checkpointing(llm) -> None:
 
 
 def llm_width(llm) -> int:
-    cfg = llm.config
-    return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
+    conf = llm.config
+    return int(getattr(conf, "hidden_size", None) or conf.get_text_config().hidden_size)
 
 
 def _device_map(device: torch.device) -> dict:

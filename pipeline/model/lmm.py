@@ -40,7 +40,7 @@ from torch import nn
 
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
-from pipeline.core.specs import model_spec
+from pipeline.core.settings import ModelSpec, PromptSettings, TrainingSettings, as_dict
 from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model import objective
 from pipeline.model.answers import expected_score
@@ -96,14 +96,16 @@ class LMMVQA(nn.Module):
 
     # ---- construction
     @classmethod
-    def build(cls, cfg: dict, tokenizer, info: dict, seed: int | None = None, device: str | torch.device | None = None,
+    def build(cls, llm_spec: ModelSpec, training: TrainingSettings, prompts: PromptSettings, tokenizer, info: dict,
+              seed: int | None = None, device: str | torch.device | None = None,
               init: str | Path | None = None) -> "LMMVQA":
-        """A new model for a config, on `device` (a pretrained LLM is loaded straight onto it). The
+        """A new model of the LLM `llm_spec`, trained with `training`, answering in `prompts.answer_format`,
+        on `device` (a pretrained LLM is loaded straight onto it). The
         projector starts at random init (seeded), the LLM at random init from the preset's config
         (source None) or from its pretrained source; or both continue from the model folder `init`
         (stage 2 after stage 1: its projector, and its LLM weights when it saved them)."""
-        spec = model_spec(cfg, "llm")
-        tr = cfg["training"]
+        spec = llm_spec.as_dict()
+        tr = as_dict(training)  # the `training` block, as the model record keeps it
         device = resolve_device(device)
         seed = tr["seed"] if seed is None else seed
         lora = dict(tr["lora"])
@@ -113,11 +115,11 @@ class LMMVQA(nn.Module):
         if train_llm and weights_dtype == torch.float16:
             raise UserError("training all LLM weights in float16 is refused (the loss scaler needs float32 "
                             "master weights): unset models.llm.dtype or use bfloat16")
-        init_cfg = read_model_config(Path(init)) if init is not None else None
-        if init_cfg is not None and "adapter" in weight_parts_of(init_cfg):
+        init_record = read_model_config(Path(init)) if init is not None else None
+        if init_record is not None and "adapter" in weight_parts_of(init_record):
             raise UserError(f"{init}: continuing from a model with a LoRA adapter is not supported "
                             "(train stage 1 without LoRA)")
-        init_llm = init_cfg is not None and "llm" in weight_parts_of(init_cfg)
+        init_llm = init_record is not None and "llm" in weight_parts_of(init_record)
         torch.manual_seed(seed)
         llm = load_llm(spec, tokenizer, dtype=weights_dtype, device=device,
                         weights=Path(init) / "llm" if init_llm else None)
@@ -132,7 +134,7 @@ class LMMVQA(nn.Module):
             "vision_width": info["vision_width"], "vision_tokens": info["vision_tokens"],
             "motion_dim": info["motion_dim"], "pooling": tr["pooling"], "llm_width": width, "projector": settings,
             "placeholder_token": video_token(tokenizer),
-            "answer_format": answer_format(cfg["prompts"].get("answer_format")).name,
+            "answer_format": answer_format(prompts.answer_format).name,
             "vision": info.get("vision"), "motion": info.get("motion"),
             "llm": {"source": spec["source"], "config": spec["config"] if spec["source"] is None else None,
                     "dtype": spec.get("dtype")},
@@ -143,10 +145,10 @@ class LMMVQA(nn.Module):
             "train_llm": train_llm, "lora": lora if lora.get("enabled") and not train_llm else None,
             "training": {k: tr[k] for k in sorted(tr) if k != "lora"},
         }
-        if init_cfg is not None:
-            check_compatible(init, init_cfg, config, tokenizer)
+        if init_record is not None:
+            check_compatible(init, init_record, config, tokenizer)
             projector.load_state_dict(load_projector_state(Path(init)))
-            config["init_from"] = {"path": str(init), "experiment": init_cfg.get("experiment"),
+            config["init_from"] = {"path": str(init), "experiment": init_record.get("experiment"),
                                    "projector_sha1": file_digest(Path(init) / "projector.safetensors")}
         projector.to(device)
         model = cls(llm, tokenizer, projector, config)

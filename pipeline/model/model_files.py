@@ -33,15 +33,16 @@ ADAPTER_FILE = "quality_adapter.safetensors"  # the copy of the quality adapter 
 
 
 def read_model_config(path: Path) -> dict:
-    cfg_file = Path(path) / "lmmvqa.json"
-    if not cfg_file.exists():
+    """A model folder's own record (`lmmvqa.json`), not the workflow config."""
+    record_file = Path(path) / "lmmvqa.json"
+    if not record_file.exists():
         raise UserError(f"{path}: not a model folder (no lmmvqa.json)")
-    return json.loads(cfg_file.read_text())
+    return json.loads(record_file.read_text())
 
 
-def weight_parts_of(cfg: dict) -> list[str]:
-    """The LLM weight parts a model config says its folder holds (`llm`, `adapter`; [] = none)."""
-    w = cfg.get("llm_weights") or "source"
+def weight_parts_of(record: dict) -> list[str]:
+    """The LLM weight parts a model record says its folder holds (`llm`, `adapter`; [] = none)."""
+    w = record.get("llm_weights") or "source"
     return [] if w == "source" else w.split("+")
 
 
@@ -53,21 +54,21 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def scoring_extraction(path: str | Path, cfg: dict) -> dict:
+def scoring_extraction(path: str | Path, model_record: dict) -> dict:
     """The feature extraction settings a model folder records (`extraction`), its quality adapter, when it
     has one, resolved to the copy the folder holds (checked against its recorded sha256, and against the
     adapter its quality prior was fitted on). Folders written before they held a copy fall back to the
     adapter file their features recorded, when it is still there with the same hash. Whatever is missing
     is an error naming the file."""
     path = Path(path)
-    if "extraction" not in cfg:
+    if "extraction" not in model_record:
         raise UserError(f"{path}: the model folder does not record its feature extraction settings "
                         "(trained by an older version); retrain it")
-    extraction = copy.deepcopy(cfg["extraction"])
+    extraction = copy.deepcopy(model_record["extraction"])
     vision = (extraction.get("models") or {}).get("vision") or {}
     if not vision.get("adapted"):
         return extraction
-    record = cfg.get("quality_adapter")
+    record = model_record.get("quality_adapter")
     if record:
         file = path / record["file"]
         if not file.is_file():
@@ -79,7 +80,7 @@ def scoring_extraction(path: str | Path, cfg: dict) -> dict:
                             f"records {record['sha256']})")
         want = record.get("hash")
     else:  # an older folder: the adapter file its features recorded (a path relative to the run's folder)
-        stored = (cfg.get("vision") or {}).get("adapted") or {}
+        stored = (model_record.get("vision") or {}).get("adapted") or {}
         want = stored.get("hash")
         file = Path(stored["file"]) if stored.get("file") else None
         if file is None or not file.is_file():
@@ -87,7 +88,7 @@ def scoring_extraction(path: str | Path, cfg: dict) -> dict:
                             f"no copy of it ({path / ADAPTER_FILE}), and the adapter file its features recorded "
                             f"({file}) is not there either: retrain the model (its folder then holds the adapter)")
     got = _adapter_hash(file)
-    prior = (cfg.get("quality_prior") or {}).get("adapter")
+    prior = (model_record.get("quality_prior") or {}).get("adapter")
     for name, expected in (("the model folder records", want), ("its quality prior was fitted on", prior)):
         if expected and got != expected:
             raise UserError(f"{file}: quality adapter {got}, {name} adapter {expected}")
@@ -104,10 +105,10 @@ def _adapter_hash(file: Path) -> str | None:
         raise UserError(f"{file}: not a readable quality adapter file ({type(e).__name__}: {e})") from None
 
 
-def projector_for(cfg: dict) -> Projector:
-    """A projector shaped as a model config says (its recorded settings; the paper's when none)."""
-    return Projector(cfg["vision_width"], cfg["motion_dim"], cfg["llm_width"], cfg["pooling"],
-                     projector_settings(cfg.get("projector")))
+def projector_for(record: dict) -> Projector:
+    """A projector shaped as a model record says (its recorded settings; the paper's when none)."""
+    return Projector(record["vision_width"], record["motion_dim"], record["llm_width"], record["pooling"],
+                     projector_settings(record.get("projector")))
 
 
 def load_projector_state(path: Path) -> dict[str, torch.Tensor]:
@@ -121,18 +122,18 @@ def load_projector_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_compatible(init, init_cfg: dict, config: dict, tokenizer) -> None:
+def check_compatible(init, init_record: dict, config: dict, tokenizer) -> None:
     """A model to continue from must have the same shapes, LLM and placeholder as the new one."""
     for key in ("vision_width", "vision_tokens", "motion_dim", "pooling", "llm_width", "placeholder_token"):
-        if init_cfg.get(key) != config.get(key):
-            raise UserError(f"{init}: cannot continue from this model: {key} is {init_cfg.get(key)!r} there "
+        if init_record.get(key) != config.get(key):
+            raise UserError(f"{init}: cannot continue from this model: {key} is {init_record.get(key)!r} there "
                             f"and {config.get(key)!r} here")
-    if projector_settings(init_cfg.get("projector")) != projector_settings(config.get("projector")):
+    if projector_settings(init_record.get("projector")) != projector_settings(config.get("projector")):
         raise UserError(f"{init}: cannot continue from this model: its projector settings "
-                        f"{projector_settings(init_cfg.get('projector'))} differ from this one's "
+                        f"{projector_settings(init_record.get('projector'))} differ from this one's "
                         f"{projector_settings(config.get('projector'))}")
-    if (init_cfg.get("llm") or {}).get("source") != config["llm"]["source"]:
-        raise UserError(f"{init}: cannot continue from this model: its LLM is {init_cfg['llm'].get('source')!r}, "
+    if (init_record.get("llm") or {}).get("source") != config["llm"]["source"]:
+        raise UserError(f"{init}: cannot continue from this model: its LLM is {init_record['llm'].get('source')!r}, "
                         f"this one's {config['llm']['source']!r}")
     init_tok = Path(init) / "tokenizer"
     if init_tok.exists():
@@ -148,7 +149,7 @@ def save_model_folder(model, path: str | Path, extra: dict | None = None) -> Pat
     tmp.mkdir(parents=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()}
     save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
-    cfg = dict(model.config)
+    record = dict(model.config)
     parts = model.weight_parts()
     if "llm" in parts:
         base = model.base_llm()
@@ -158,11 +159,11 @@ def save_model_folder(model, path: str | Path, extra: dict | None = None) -> Pat
         base.save_pretrained(str(tmp / "llm"), state_dict=sd)
     if "adapter" in parts:
         model.llm.save_pretrained(str(tmp / "adapter"))
-    cfg["llm_weights"] = "+".join(parts) or "source"
+    record["llm_weights"] = "+".join(parts) or "source"
     model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     if extra:
-        cfg.update(extra)
-    (tmp / "lmmvqa.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+        record.update(extra)
+    (tmp / "lmmvqa.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     readable_by_all(tmp)  # the weights are written 0600 by safetensors; a model folder is for everyone to read
     if path.exists():
         shutil.rmtree(path)
@@ -176,22 +177,22 @@ def load_model_folder(cls, path: str | Path, device: str | torch.device = "cpu",
     LLM straight onto it, in `dtype` (default: the dtype recorded at training, `lmmvqa.json` `dtype`;
     float32 for folders that record none). Weights missing from any file are an error naming them."""
     path = Path(path)
-    cfg = read_model_config(path)
+    record = read_model_config(path)
     device = resolve_device(device)
-    name = dtype or cfg.get("dtype") or cfg["llm"].get("dtype") or "float32"
+    name = dtype or record.get("dtype") or record["llm"].get("dtype") or "float32"
     if name not in DTYPES:
         raise UserError(f"unknown dtype '{name}' (one of {', '.join(DTYPES)})")
     tokenizer = load_tokenizer(path / "tokenizer")
-    parts = weight_parts_of(cfg)
-    if cfg["llm"].get("source") is None and "llm" not in parts:
+    parts = weight_parts_of(record)
+    if record["llm"].get("source") is None and "llm" not in parts:
         raise UserError(f"{path}: its LLM was built at random init and the folder does not hold its weights "
                         "(written by an older version under LoRA); retrain it")
-    llm = load_llm(cfg["llm"], tokenizer, dtype=DTYPES[name], device=device,
+    llm = load_llm(record["llm"], tokenizer, dtype=DTYPES[name], device=device,
                    weights=path / "llm" if "llm" in parts else None)
     if "adapter" in parts:
         llm = load_adapter(llm, path / "adapter")
-    projector = projector_for(cfg)
+    projector = projector_for(record)
     projector.load_state_dict(load_projector_state(path))
-    model = cls(llm, tokenizer, projector, cfg)
+    model = cls(llm, tokenizer, projector, record)
     model.set_trainable()
     return model.to(device).eval()

@@ -17,15 +17,19 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.core.config import stable_hash
-from pipeline.core.specs import model_spec
+from pipeline.core.settings import as_dict
 from pipeline.core.versions import code_version
 from pipeline.model.model_files import file_digest
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import Experiment, ModelSpec, TrainingSettings
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -96,13 +100,13 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, log_
     return final
 
 
-def run_fingerprint(cfg: dict, experiment: str, samples: list[dict], total_steps: int, world: int,
-                    init: Path | None = None) -> str:
-    """What a checkpoint must share with a run to be resumed by it: training settings, the
-    experiment, the LLM spec, the training samples, the step count, world size, training code and
-    the model it continues from (a retrained stage 1 restarts stage 2)."""
+def run_fingerprint(training: "TrainingSettings", exp: "Experiment", llm: "ModelSpec", samples: list[dict],
+                    total_steps: int, world: int, init: Path | None = None) -> str:
+    """What a checkpoint must share with a run to be resumed by it: the run's training settings, the
+    experiment's config block, the LLM spec, the training samples, the step count, world size, training
+    code and the model it continues from (a retrained stage 1 restarts stage 2)."""
     return stable_hash({
-        "training": cfg["training"], "experiment": cfg["experiments"][experiment], "llm": model_spec(cfg, "llm"),
+        "training": as_dict(training), "experiment": exp.block, "llm": llm.as_dict(),
         "samples": [(s["dataset"], s["id"], s["type"], s["question"], s["answer"]) for s in samples],
         "total_steps": total_steps, "world": world, "code": code_version("train"),
         "init": file_digest(Path(init) / "lmmvqa.json") if init is not None else None,

@@ -2,10 +2,10 @@
 batch order and the DataLoader pieces (dataset, collate function), and the tokenizer to train with.
 
 * Samples: the prompt shards of the experiment's train selectors (`paths.prompt_part`) whose videos
-  have features in the dataset's stores (`experiments.dataset_features`); the others are skipped and
+  have features in the dataset's stores (`store_reader.dataset_features`); the others are skipped and
   counted per dataset. A video selected twice (overlapping selectors) trains once.
 * `experiments.<E>.exclude_shared`: training videos that share that column's value with a test video
-  are dropped (`experiments.shared_content`) and counted.
+  are dropped (`selectors.shared_content`) and counted.
 * Validation: `training.val_fraction` of the training *videos* (both their questions), chosen by a
   hash seeded with `training.val_seed` (not the training seed), never the test fold.
 * Order: a seeded permutation per epoch, padded to a multiple of the world size, strided across
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
@@ -22,11 +23,13 @@ from torch.utils.data import Dataset
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
-from pipeline.core.specs import feature_settings_hash, model_spec, trains_tokenizer
 from pipeline.features.stores.store_reader import collate_videos, dataset_features
 from pipeline.model.tokenizer import load_tokenizer
-from pipeline.prompts.experiments import parse_selector, prompt_parts, require_experiment, shared_content
+from pipeline.prompts.selectors import parse_selector, prompt_parts, shared_content
 from pipeline.prompts.shards import read_prompts
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import Dataset, Experiment, ModelSpec
 
 
 class QADataset(Dataset):
@@ -91,28 +94,30 @@ def split_validation(samples: list[dict], fraction: float, seed: int) -> tuple[l
     return train, val
 
 
-def _stores_of(cfg: dict, dataset: str, stores: list[str] | None) -> list[str] | None:
+def _stores_of(settings_hash: str, dataset: str, stores: list[str] | None) -> list[str] | None:
     """The given stores (a training rule's declared inputs) that belong to `dataset`: those in its
-    store folder under the config's feature settings (None: none given, find them from the manifest)."""
+    store folder under the feature settings `settings_hash` (None: none given, find them from the manifest)."""
     if stores is None:
         return None
-    folder = paths.store_dir(dataset, feature_settings_hash(cfg))
+    folder = paths.store_dir(dataset, settings_hash)
     mine = [s for s in stores if Path(s).parent == folder]
     if not mine:
         raise UserError(f"none of the given feature stores is one of '{dataset}' (expected under {folder})")
     return mine
 
 
-def experiment_data(cfg: dict, experiment: str, stores: list[str] | None = None) -> dict:
-    """Training samples and feature stores of an experiment (its train selectors); `stores`: the
-    feature stores to read (default: each dataset's, found from its manifest)."""
-    exp = require_experiment(cfg, experiment)
+def experiment_data(exp: "Experiment", datasets: Mapping[str, "Dataset"], settings_hash: str,
+                    stores: list[str] | None = None) -> dict:
+    """Training samples and feature stores of an experiment (its train selectors over `datasets`), read
+    from the feature stores of the feature settings `settings_hash` (`FeatureSettings.hash`); `stores`:
+    the feature stores to read (default: each dataset's, found from its manifest)."""
     samples, features, skipped, files, used = [], {}, {}, [], {}
-    for selector in exp["train"]:
+    for selector in exp.train:
         dataset, _ = parse_selector(selector)
-        parts = prompt_parts(cfg, selector, exp["holdout_fold"])
+        parts = prompt_parts(datasets, selector, exp.holdout_fold)
         if dataset not in features:
-            features[dataset], used[dataset] = dataset_features(cfg, dataset, _stores_of(cfg, dataset, stores))
+            features[dataset], used[dataset] = dataset_features(settings_hash, dataset,
+                                                                _stores_of(settings_hash, dataset, stores))
         shard_files = [paths.prompt_part(dataset, p) for p in parts]
         for f in shard_files:
             if not f.exists():
@@ -123,7 +128,7 @@ def experiment_data(cfg: dict, experiment: str, stores: list[str] | None = None)
         missing = {s["id"] for s in rows if s["id"] not in features[dataset]}
         skipped[dataset] = skipped.get(dataset, 0) + len(missing)
         samples += ok
-    shared = shared_content(cfg, experiment)
+    shared = shared_content(exp, datasets)
     seen, unique, excluded = set(), [], set()
     for s in samples:  # a video selected twice (overlapping selectors) trains once
         key = (s["dataset"], s["id"], s["type"])
@@ -138,11 +143,11 @@ def experiment_data(cfg: dict, experiment: str, stores: list[str] | None = None)
             "excluded_shared": exclusion}
 
 
-def load_training_tokenizer(cfg: dict, tokenizer_dir: str | Path | None = None):
+def load_training_tokenizer(llm: "ModelSpec", tokenizer_dir: str | Path | None = None):
     """The LLM's own tokenizer (pretrained source), or the one trained on the prompts for an LLM built
     at random init (`lmmvqa tokenizer`)."""
-    if not trains_tokenizer(cfg):
-        return load_tokenizer(model_spec(cfg, "llm")["source"])
+    if llm.source is not None:
+        return load_tokenizer(llm.source)
     tdir = Path(tokenizer_dir or paths.tokenizer_dir())
     if not (tdir / "tokenizer.json").exists():
         raise UserError(f"tokenizer for the random-init LLM not found in {tdir} (run `lmmvqa tokenizer` first)")

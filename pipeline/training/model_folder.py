@@ -13,67 +13,77 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import pandas as pd
 import yaml
 
 from pipeline.core import provenance
 from pipeline.core.errors import UserError
-from pipeline.core.specs import adapter_file
+from pipeline.core.settings import as_dict
 from pipeline.core.versions import code_version
 from pipeline.model.model_files import ADAPTER_FILE
-from pipeline.prompts.experiments import fold_dependent, parse_selector
+from pipeline.prompts.selectors import fold_dependent, parse_selector
 from pipeline.prompts.shards import load_templates
 from pipeline.training.plots import loss_figure
+
+if TYPE_CHECKING:
+    from pipeline.core.settings import (Adapter, Dataset, EvaluationSettings, Experiment, PromptSettings,
+                                        TrainingSettings)
 
 LOG_COLUMNS = ["step", "loss", "lr", "samples_per_s"]
 
 
-def write_model_folder(out: str | Path, model, cfg: dict, experiment: str, stage: int | None, data: dict,
-                       val: dict, summary: dict, log_rows: list[dict]) -> Path:
-    """The trained model + its artefacts into `out` (replaced), via a staging folder beside it."""
+def write_model_folder(out: str | Path, model, exp: "Experiment", stage: int | None, data: dict, val: dict,
+                       summary: dict, log_rows: list[dict], *, training: "TrainingSettings",
+                       prompts: "PromptSettings", datasets: Mapping[str, "Dataset"], preset: str,
+                       scoring: dict) -> Path:
+    """The trained model + its artefacts into `out` (replaced), via a staging folder beside it. `scoring`
+    is `scoring_settings(...)` of the run; `training` the run's settings, `prompts` the question bank's."""
     out = Path(out)
     staging = out.with_name(f"{out.name}.staging-{os.getpid()}")
-    scoring = scoring_settings(cfg)
-    model.save_pretrained(staging, extra={"experiment": experiment, "stage": stage or "final", "validation": val,
+    model.save_pretrained(staging, extra={"experiment": exp.name, "stage": stage or "final", "validation": val,
                                           "train_summary": summary, "code_version": code_version("train"),
                                           "provenance": model_provenance(model), **scoring})
     if scoring["quality_adapter"]:
         copy_quality_adapter(scoring["quality_adapter"], staging)
     (staging / "templates.yaml").write_text(yaml.safe_dump(
-        {k: list(v) for k, v in load_templates(cfg["prompts"]["templates"], cfg["prompts"]["answer_format"]).raw.items()},
+        {k: list(v) for k, v in load_templates(prompts.templates, prompts.answer_format).raw.items()},
         sort_keys=False, width=200))
     write_log(log_rows, staging / "train_log.csv")
-    plot_loss(log_rows, staging / "loss.png", f"{experiment}: training loss")
-    (staging / "README.md").write_text(model_card(experiment, cfg, model, data, val, summary))
+    plot_loss(log_rows, staging / "loss.png", f"{exp.name}: training loss")
+    (staging / "README.md").write_text(model_card(exp, datasets, training, preset, model, data, val, summary,
+                                                        adapted=bool(scoring["quality_adapter"])))
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)
     return out
 
 
-def scoring_settings(cfg: dict) -> dict:
+def scoring_settings(extraction: dict, adapter: "Adapter | None", prompts: "PromptSettings",
+                     evaluation: "EvaluationSettings") -> dict:
     """What `lmmvqa score` needs to rebuild this model's inputs from a video: the feature extraction
-    settings (models, sampling, store dtypes), the prompt/evaluation settings and, for features of a
-    quality-adapted vision encoder (`models.vision.adapted`), `quality_adapter`: the record of the adapter
+    settings (`extraction`: the config's `models`, `sampling` and `features` blocks as written), the
+    prompt/evaluation settings and, for features of a
+    quality-adapted vision encoder (`models.vision.adapted`, `adapter`), `quality_adapter`: the record of the adapter
     file the folder holds a copy of (`extraction.models.vision.adapted` then names that copy, so scoring
     needs neither the config's datasets nor the code version the adapter's own file name depends on)."""
-    models = copy.deepcopy(cfg["models"])
-    adapter = None
-    if (models.get("vision") or {}).get("adapted"):
-        adapter = quality_adapter_record(cfg)
-        models["vision"]["adapted"] = adapter["file"]
-    return {"extraction": {"models": models, **{k: cfg[k] for k in ("sampling", "features")}},
-            "quality_adapter": adapter, "prompts_seed": cfg["prompts"]["seed"], "evaluation": cfg["evaluation"]}
+    extraction = copy.deepcopy(extraction)
+    record = None
+    if adapter is not None:
+        record = quality_adapter_record(adapter)
+        extraction["models"]["vision"]["adapted"] = record["file"]
+    return {"extraction": extraction, "quality_adapter": record, "prompts_seed": prompts.seed,
+            "evaluation": as_dict(evaluation)}
 
 
-def quality_adapter_record(cfg: dict) -> dict:
-    """The config's quality adapter file (`specs.adapter_file`) as a model folder records its copy: the
+def quality_adapter_record(adapter: "Adapter") -> dict:
+    """The quality adapter file (`Adapter.file`) as a model folder records its copy: the
     copy's name in the folder, the adapter's hash and base vision hash (its header), the file's sha256,
     and where it was copied from."""
     from pipeline.features.encoding.quality_adapter import read_meta
 
-    source = Path(adapter_file(cfg))
+    source = Path(adapter.file)
     if not source.is_file():
         raise UserError(f"{source}: the quality adapter the model's features were made with is missing "
                         "(models.vision.adapted): the model folder must hold a copy of it")
@@ -109,17 +119,16 @@ def model_provenance(model) -> dict:
     return {**roles, "llm": llm}
 
 
-def holdout_note(cfg: dict, experiment: str) -> str:
+def holdout_note(exp: "Experiment", datasets: Mapping[str, "Dataset"]) -> str:
     """What the model never saw of its k-fold training data: ' (holdout fold F never used: <datasets>)',
     or for the model of a `folds: all` experiment trained on every fold, that nothing was held out;
     '' when no train selector depends on folds."""
-    exp = cfg["experiments"][experiment]
-    held = [parse_selector(s)[0] for s in exp["train"] if fold_dependent(cfg, s)]
+    held = [parse_selector(s)[0] for s in exp.train if fold_dependent(datasets, s)]
     if not held:
         return ""
-    if exp["holdout_fold"] is None:
+    if exp.holdout_fold is None:
         return " (every fold: nothing held out; the per-fold models' results say what this model is worth)"
-    return f" (holdout fold {exp['holdout_fold']} never used: {', '.join(held)})"
+    return f" (holdout fold {exp.holdout_fold} never used: {', '.join(held)})"
 
 
 def write_log(rows: list[dict], path: Path) -> None:
@@ -135,11 +144,13 @@ def plot_loss(rows: list[dict], path: Path, title: str) -> None:
     loss_figure(pd.DataFrame(rows, columns=LOG_COLUMNS), title).savefig(path)
 
 
-def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary: dict) -> str:
-    """README.md of a model folder: data, model, training and validation in a page."""
-    tr = cfg["training"]
+def model_card(exp: "Experiment", datasets: Mapping[str, "Dataset"], training: "TrainingSettings", preset: str,
+               model, data: dict, val: dict, summary: dict, adapted: bool = False) -> str:
+    """README.md of a model folder: data, model, training and validation in a page (`adapted`: the folder
+    holds a copy of the quality adapter its features are made with)."""
+    tr = as_dict(training)
+    experiment = exp.name
     roles = provenance.describe_roles(model_provenance(model))
-    adapted = (cfg["models"].get("vision") or {}).get("adapted")
     adapter_copy = f"`{ADAPTER_FILE}` (the quality adapter its features are made with), " if adapted else ""
     lines = [
         f"# LMM-VQA model `{experiment}`", "",
@@ -149,7 +160,7 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"score (0-100, answer format `{model.answer_format.name}`: e.g. `{model.answer_format.render(63.2149)}`) "
         "or level (good / fair / poor).", "",
         "## Data", "",
-        f"- train selectors: {', '.join(cfg['experiments'][experiment]['train'])}{holdout_note(cfg, experiment)}",
+        f"- train selectors: {', '.join(exp.train)}{holdout_note(exp, datasets)}",
         f"- training samples: {summary['n_train']} ({summary['n_train_videos']} videos); validation: "
         f"{summary['n_val']} samples ({val.get('n_videos', 0)} videos, seeded {tr['val_fraction']:g} of the training videos)",
         f"- videos without features (skipped): {sum(data['skipped_videos'].values())} "
@@ -160,7 +171,7 @@ def model_card(experiment: str, cfg: dict, model, data: dict, val: dict, summary
         f"- prompt shards: {', '.join(data['prompt_files'])}",
         f"- feature stores: {', '.join(s for v in data['stores'].values() for s in v)}", "",
         "## Model", "",
-        f"- preset `{cfg['models']['preset']}`",
+        f"- preset `{preset}`",
         f"- vision: {roles['vision']}",
         f"- motion: {roles['motion']}",
         f"- LLM: {roles['llm']}; LLM weights saved in this folder: "

@@ -9,7 +9,7 @@
 
 * Data (pipeline/training/data.py): the prompt shards of the experiment's train selectors
   (`paths.prompt_part`) and the feature stores of their datasets (`paths.store(dataset,
-  feature_settings_hash(cfg), shard)` for the manifest's shards whose store exists). Samples of
+  FeatureSettings.hash, shard)` for the manifest's shards whose store exists). Samples of
   videos without features (failed extraction, missing store) are skipped and counted.
 * Validation (pipeline/training/validation.py): `training.val_fraction` of the training *videos*
   (both their questions), chosen with `training.val_seed` (the same for every training seed), never the
@@ -17,7 +17,9 @@
   level accuracy.
 * Weights kept (pipeline/training/selection.py, `training.select`): the last step's, the best step's by
   validation probability-score SRCC, or the average over the second half of training.
-* `fit` is the optimisation alone (a built model, samples, features): `lmmvqa train` and
+* `train` is where the resolved plan (`Settings`) enters: it hands each step below the piece it needs
+  (the `Experiment`, the run's `TrainingSettings`, the LLM's `ModelSpec`, the `PromptSettings` ...).
+  `fit` is the optimisation alone (a built model, samples, features): `lmmvqa train` and
   benchmarks/bench_head.py share it.
 * Loop: AdamW, linear warmup + cosine decay, gradient accumulation, gradient clipping, seeded;
   fp32 on CPU, autocast to `training.dtype` on CUDA (auto: bf16 for a pretrained LLM; fp16 with a
@@ -38,7 +40,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -57,16 +58,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.cli_args import add_config_arg, add_device_arg, add_no_progress_arg, add_stores_arg
-from pipeline.core import paths
-from pipeline.core.config import load_config
+from pipeline.core import paths, resolve
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
-from pipeline.core.specs import model_spec
+from pipeline.core.settings import ModelSpec, PromptSettings, Settings, TrainingSettings, as_dict
 from pipeline.features.stores.store_reader import feature_info, feature_moments
 from pipeline.model.llm_loading import training_dtype
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.quality_prior import fit_prior
-from pipeline.prompts.experiments import fold_arg, with_holdout
+from pipeline.prompts.selectors import fold_arg
 from pipeline.training.checkpoints import (
     checkpoint_run,
     latest_checkpoint,
@@ -83,15 +83,8 @@ from pipeline.training.data import (
     load_training_tokenizer,
     split_validation,
 )
-from pipeline.training.model_folder import write_model_folder
-from pipeline.training.runs import (
-    check_experiments,
-    experiment_training,
-    init_model_dir,
-    member_run,
-    member_seed,
-    run_name,
-)
+from pipeline.training.model_folder import scoring_settings, write_model_folder
+from pipeline.training.runs import continues_from, member_run, run_name
 from pipeline.training.selection import WeightSelector
 from pipeline.training.validation import prob_srcc, validate
 
@@ -149,13 +142,13 @@ def _dist_setup(device: str):
     return rank, world, device
 
 
-def validation_seed(training: dict) -> int:
+def validation_seed(training: TrainingSettings) -> int:
     """The seed of the validation split: `training.val_seed` (null: the training seed)."""
-    v = training.get("val_seed")
-    return int(training["seed"] if v is None else v)
+    v = training.val_seed
+    return int(training.seed if v is None else v)
 
 
-def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_steps: int | None = None,
+def train(settings: Settings, experiment: str, out: str | Path, device: str = "cpu", max_steps: int | None = None,
           resume: bool = False, tokenizer_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
           stop_after: int | None = None, progress: bool = True, stage: int | None = None,
           init: str | Path | None = None, stores: list[str] | None = None, fold: int | str | None = None,
@@ -167,39 +160,40 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     and reads the feature stores
     `stores` (default: found from each dataset's manifest). `stop_after` (tests) ends the
     process's work right after that optimizer step's checkpoint, as if it were killed there."""
-    check_experiments(cfg)
-    cfg = copy.deepcopy(cfg)
-    cfg["training"] = experiment_training(cfg, experiment, stage)
-    if member:
-        cfg["training"]["seed"] = member_seed(cfg["training"], member)
-    init = Path(init) if init is not None else init_model_dir(cfg, experiment, stage, fold)
+    settings.check_experiments()
+    exp = settings.experiment(experiment)
+    tr = exp.run_training(stage, member)
+    llm = settings.models["llm"]
+    init = Path(init) if init is not None else continues_from(exp, settings.experiments, stage, fold)
     if init is not None and not (init / "lmmvqa.json").exists():
         raise UserError(f"experiment '{experiment}' continues from {init}, which is not a trained model folder "
                         "(train that first)")
-    tr = cfg["training"]
     rank, world, device = _dist_setup(str(resolve_device(device)))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    seed = int(tr["seed"])
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    seed = int(tr.seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    data = experiment_data(cfg, experiment, stores)
-    train_samples, val_samples = split_validation(data["samples"], tr["val_fraction"], validation_seed(tr))
+    data = experiment_data(exp, settings.datasets, settings.features.hash, stores)
+    train_samples, val_samples = split_validation(data["samples"], tr.val_fraction, validation_seed(tr))
     if not train_samples:
         raise UserError(f"experiment '{experiment}': no training samples with features")
     info = training_feature_info(data["features"])
-    tokenizer = load_training_tokenizer(cfg, tokenizer_dir)
+    tokenizer = load_training_tokenizer(llm, tokenizer_dir)
     if init is not None and rank == 0:
         print(f"train: {experiment}: continuing from the model in {init}", flush=True)
-    model = new_model(cfg, tokenizer, info, train_samples, data["features"], device=device, init=init)
+    model = new_model(tr, llm, settings.prompts, tokenizer, info, train_samples, data["features"], device=device,
+                      init=init)
 
     ckpt_dir = Path(checkpoint_dir or paths.checkpoint_dir(member_run(run_name(experiment, stage), member or 0), fold))
-    run = fit(cfg, model, train_samples, val_samples, data["features"], device=device, rank=rank, world=world,
+    ev = settings.evaluation
+    run = fit(tr, llm, model, train_samples, val_samples, data["features"], eval_batch_size=ev.batch_size,
+              device=device, rank=rank, world=world,
               max_steps=max_steps, checkpoint_dir=ckpt_dir, resume=resume, stop_after=stop_after,
               progress=progress, name=experiment,
-              run_id=lambda total: run_fingerprint(cfg, experiment, train_samples, total, world, init),
+              run_id=lambda total: run_fingerprint(tr, exp, llm, train_samples, total, world, init),
               skipped=data["skipped_videos"])
     step, digest = run["step"], run["digest"]
     print(f"train: rank {rank}/{world}: step {step}, final weights sha1 {digest}", flush=True)
@@ -209,8 +203,7 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
     result = {"step": step, "digest": digest, "out": str(out)}
     if rank == 0:
         model.eval()
-        ev = cfg["evaluation"]
-        val = validate(model, val_samples, data["features"], ev["batch_size"], ev["max_new_tokens"])
+        val = validate(model, val_samples, data["features"], ev.batch_size, ev.max_new_tokens)
         params = [p for p in model.parameters() if p.requires_grad]
         log_rows = run["log_rows"]
         summary = {
@@ -223,7 +216,11 @@ def train(cfg: dict, experiment: str, out: str | Path, device: str = "cpu", max_
             "samples_per_s": (len(log_rows) and float(np.median([r["samples_per_s"] for r in log_rows]))) or 0.0,
             "selection": run["selection"],
         }
-        out = write_model_folder(out, model, cfg, experiment, stage, data, val, summary, log_rows)
+        scoring = scoring_settings({k: settings.section(k) for k in ("models", "sampling", "features")},
+                                   settings.adapter, settings.prompts, ev)
+        out = write_model_folder(out, model, exp, stage, data, val, summary, log_rows, training=tr,
+                                 prompts=settings.prompts, datasets=settings.datasets, preset=settings.preset,
+                                 scoring=scoring)
         print(f"train: {experiment}: {step} steps in {run['seconds']:.0f} s; validation {json.dumps(val)} -> {out}",
               flush=True)
         result["validation"] = val
@@ -242,53 +239,53 @@ def training_feature_info(features: dict) -> dict:
     return info
 
 
-def new_model(cfg: dict, tokenizer, info: dict, train_samples: list[dict], features: dict, device: str = "cpu",
-              init: Path | None = None) -> LMMVQA:
+def new_model(training: TrainingSettings, llm: ModelSpec, prompts: PromptSettings, tokenizer, info: dict,
+              train_samples: list[dict], features: dict, device: str = "cpu", init: Path | None = None) -> LMMVQA:
     """The model a run starts from (seeded by training.seed), its features standardised with the
     training videos' moments (a continued model keeps the standardisation it was trained with)."""
-    tr = cfg["training"]
-    model = LMMVQA.build(cfg, tokenizer, info, seed=int(tr["seed"]), device=device, init=init)
-    if tr["standardize"] and init is None:
+    seed = int(training.seed)
+    model = LMMVQA.build(llm, training, prompts, tokenizer, info, seed=seed, device=device, init=init)
+    if training.standardize and init is None:
         model.projector.set_standardization(feature_moments(
-            features, ((s["dataset"], s["id"]) for s in train_samples), seed=int(tr["seed"])))
-    if tr["quality_prior"]:
-        model.config["quality_prior"] = fit_prior(features, train_samples, tr["quality_prior"])
+            features, ((s["dataset"], s["id"]) for s in train_samples), seed=seed))
+    if training.quality_prior:
+        model.config["quality_prior"] = fit_prior(features, train_samples, training.quality_prior)
     return model
 
 
-def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[dict], features: dict, *,
-        device: str = "cpu", rank: int = 0, world: int = 1, max_steps: int | None = None,
+def fit(training: TrainingSettings, llm: ModelSpec, model: LMMVQA, train_samples: list[dict],
+        val_samples: list[dict], features: dict, *, eval_batch_size: int, device: str = "cpu", rank: int = 0, world: int = 1, max_steps: int | None = None,
         checkpoint_dir: Path | None = None, run_id=None, resume: bool = False, stop_after: int | None = None,
         progress: bool = True, name: str = "", skipped: dict | None = None, monitor=None) -> dict:
     """The optimisation of a built model on its training samples, in place: AdamW + warmup/cosine,
     gradient accumulation and clipping, autocast / loss scaling, DDP across `world` processes,
     checkpoints in `checkpoint_dir` (none when None) with resume, and the weights `training.select`
-    keeps (validation probability-score SRCC on `val_samples`). `run_id(total_steps)` fingerprints the
+    keeps (validation probability-score SRCC on `val_samples`, scored `eval_batch_size` at a time). `run_id(total_steps)` fingerprints the
     run for resuming; `monitor(step, model)`, when given, is called at the evaluated steps (once per
     epoch unless `training.eval_every`) and at the last step (benchmarks: learning curves). -> {step, stopped, digest (the last step's weights), log_rows, seconds,
     steps_per_epoch, dtype, selection}."""
-    tr = cfg["training"]
-    seed = int(tr["seed"])
+    tr = training
+    seed = int(tr.seed)
     model.train()
     on_cuda = device.startswith("cuda")
-    compute = training_dtype(tr, model_spec(cfg, "llm"), device)
+    compute = training_dtype(as_dict(tr), llm.as_dict(), device)
     precision = Precision(compute, torch.device(device).type)
-    if tr["dtype"] not in (None, "float32") and not on_cuda and rank == 0:
-        print(f"train: training.dtype={tr['dtype']} applies on CUDA only; training in float32 on {device}")
+    if tr.dtype not in (None, "float32") and not on_cuda and rank == 0:
+        print(f"train: training.dtype={tr.dtype} applies on CUDA only; training in float32 on {device}")
 
     ddp = model
     if world > 1:
         ddp = DistributedDataParallel(model, device_ids=[torch.device(device).index] if on_cuda else None)
 
-    bs, accum = int(tr["batch_size"]), int(tr["grad_accum"])
+    bs, accum = int(tr.batch_size), int(tr.grad_accum)
     n_batches = len(epoch_batches(len(train_samples), bs, seed, 0, rank, world))
     steps_per_epoch = n_batches / accum  # micro-batches stream across epoch boundaries
-    total = int(max_steps or tr["max_steps"] or max(1, math.ceil(tr["epochs"] * steps_per_epoch)))
-    warmup = int(round(tr["warmup_ratio"] * total))
-    optimizer = torch.optim.AdamW(model.param_groups(tr["lr"], tr["llm_lr"], tr["weight_decay"]), betas=(0.9, 0.999))
+    total = int(max_steps or tr.max_steps or max(1, math.ceil(tr.epochs * steps_per_epoch)))
+    warmup = int(round(tr.warmup_ratio * total))
+    optimizer = torch.optim.AdamW(model.param_groups(tr.lr, tr.llm_lr, tr.weight_decay), betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
     params = [p for p in model.parameters() if p.requires_grad]
-    selector = WeightSelector(tr["select"], total, steps_per_epoch, tr["eval_every"], bool(val_samples))
+    selector = WeightSelector(tr.select, total, steps_per_epoch, tr.eval_every, bool(val_samples))
 
     step, log_rows = 0, []
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -314,7 +311,7 @@ def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[d
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             (ckpt_dir / "run.json").write_text(json.dumps({"run": rid}) + "\n")
 
-    budget = float(tr["preload_mb"]) * 1e6
+    budget = float(tr.preload_mb) * 1e6
     for dname, feats in features.items():
         if budget > 0 and feats.preload(int(budget)):
             budget -= feats.nbytes()
@@ -322,7 +319,7 @@ def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[d
                 print(f"train: features of '{dname}' held in memory ({feats.nbytes() / 1e6:.0f} MB)", flush=True)
     dataset = QADataset(train_samples, features)
     collate = Collator(model.formatter)
-    nw = int(tr["num_workers"])
+    nw = int(tr.num_workers)
     if rank == 0 and progress:
         print(f"train: {name}: {len(train_samples)} training samples, {len(val_samples)} validation samples, "
               f"skipped videos without features: {skipped or {}}; {total} steps "
@@ -335,7 +332,7 @@ def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[d
     micro, accum_loss = step * accum, 0.0
     stopped = False
     epoch, skip = divmod(step * accum, n_batches)
-    ev_bs = int(cfg["evaluation"]["batch_size"])
+    ev_bs = int(eval_batch_size)
     while step < total and not stopped:
         batches = epoch_batches(len(train_samples), bs, seed, epoch, rank, world)
         batches = batches[skip:]
@@ -354,7 +351,7 @@ def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[d
             if micro % accum:
                 continue
             lr = optimizer.param_groups[0]["lr"]
-            precision.step(optimizer, params, tr["max_grad_norm"])
+            precision.step(optimizer, params, tr.max_grad_norm)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -377,7 +374,7 @@ def fit(cfg: dict, model: LMMVQA, train_samples: list[dict], val_samples: list[d
                 monitor(step, model)
                 model.train()
                 t_last = time.time()
-            if ckpt_dir is not None and rank == 0 and step % tr["checkpoint_every"] == 0 and step < total:
+            if ckpt_dir is not None and rank == 0 and step % tr.checkpoint_every == 0 and step < total:
                 save_checkpoint(ckpt_dir, step, model, optimizer, scheduler, log_rows, scaler=precision.scaler,
                                 selector=selector)
             if stop_after is not None and step >= stop_after:
@@ -424,10 +421,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
+    settings = resolve.load(args.config)
     if args.fold is not None:
-        cfg = with_holdout(cfg, args.experiment, args.fold)
-    train(cfg, args.experiment, args.out, device=args.device or cfg["device"], max_steps=args.max_steps,
+        settings = settings.with_holdout(args.experiment, args.fold)
+    train(settings, args.experiment, args.out, device=args.device or settings.device, max_steps=args.max_steps,
           resume=args.resume, tokenizer_dir=args.tokenizer, checkpoint_dir=args.checkpoint_dir,
           progress=not args.no_progress, stage=1 if args.stage1 else None, init=args.init, stores=args.stores,
           fold=args.fold, member=args.member)
