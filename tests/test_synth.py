@@ -192,6 +192,18 @@ def test_reference_labels_give_groups_and_sources(refs_folder, tmp_path):
         plan.plan(synth_dataset(cfg))
 
 
+def test_the_synth_stages_take_the_resolved_synth_dataset():
+    datasets = resolve.resolve({"datasets": {"syn": {"format": "synth", "references": "refs"},
+                                             "t": {"format": "generic", "labels": "labels.csv"}}}).datasets
+    ds = plan.synth_dataset(datasets, "syn")
+    assert ds.references == "refs" and plan.synth_settings(ds)["metric"] == "vmaf"
+    for name in ("t", "nope"):
+        with pytest.raises(UserError, match=f"dataset '{name}' is not a synth dataset of the config"):
+            plan.synth_dataset(datasets, name)
+    with pytest.raises(UserError, match="dataset 't' is not a synth dataset of the config"):
+        plan.synth_settings(datasets["t"])
+
+
 def test_segments_spread_over_a_long_reference():
     assert plan.segment_starts(100, 40, 2) == [0, 60]
     assert plan.segment_starts(100, 40, 5) == [0, 60]  # at most n_frames // seg_frames
