@@ -74,15 +74,15 @@ def load_synth(names, synth_root: Path, features_root: Path, settings: str) -> p
 
 
 def run_setup(setup: str, synth: pd.DataFrame, features_root: Path, objectives, seeds, settings: dict, log) -> dict:
+    from pipeline.core import resolve
     from pipeline.core.config import load_config
-    from pipeline.core.specs import feature_settings_hash
     from pipeline.features.encoding import quality_adapter as qa
     from pipeline.features.stores.store_reader import DatasetFeatures
 
     config_file, dataset = SETUPS[setup]
     cfg = load_config(config_file)
     manifest = manifest_for(cfg, dataset)
-    feats = DatasetFeatures(stores_of(features_root, dataset, feature_settings_hash(cfg)))
+    feats = DatasetFeatures(stores_of(features_root, dataset, resolve.of(cfg).features.hash))
     manifest = manifest[manifest["id"].isin(set(feats.ids))].reset_index(drop=True)
     ids, y, folds = manifest["id"].tolist(), manifest["mos"].to_numpy(float), manifest["fold"].to_numpy(int)
     base = video_vectors(feats, ids)
@@ -168,15 +168,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.chdir(REPO)
-    from pipeline.core.config import load_config
-    from pipeline.core.specs import feature_settings_hash
+    from pipeline.core import resolve
 
     settings = parse_sets(args.set)
     seeds = [int(s) for s in args.seeds.split(",")]
     froot = Path(args.features_root)
     t0 = time.perf_counter()
     synth = load_synth(args.synth, Path(args.synth_root), Path(args.synth_features_root or froot),
-                       feature_settings_hash(load_config(SETUPS[args.setup[0]][0])))
+                       resolve.load(SETUPS[args.setup[0]][0]).features.hash)
     print(f"synth variants: {len(synth)} ({synth.groupby('dataset').size().to_dict()}), loaded in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     results = [run_setup(s, synth, froot, args.objectives, seeds, settings, lambda m: print(m, flush=True))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core import paths  # noqa: E402
 from pipeline.core.metrics import score_metrics  # noqa: E402
-from pipeline.core.specs import feature_settings_hash  # noqa: E402
+from pipeline.core import resolve  # noqa: E402
 from pipeline.features.stores.store_reader import DatasetFeatures  # noqa: E402
 
 TEMPORAL = {"distortions": ("stutter", "drops", "judder"), "distortion": ("stutter", "combo_lowfps_crf")}
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     work = Path(args.workdir)
     cfg = yaml.safe_load((work / "results" / "config.resolved.yaml").read_text())
-    settings = feature_settings_hash(cfg)
+    settings = resolve.of(cfg).features.hash
     stores = sorted((work / paths.store(args.dataset, settings, 0)).parent.glob("shard-*.zarr"))
     features = DatasetFeatures(stores)
     labels = pd.read_csv(args.labels)
