@@ -216,12 +216,14 @@ class SlowFastTrunk(nn.Module):
 
 
 def _motion_kwargs(config: dict, slow_stride: int) -> tuple[dict, int, int, int]:
-    cfg = copy.deepcopy(config)
-    input_size = int(cfg.pop("input_size", 224))
-    ratio = cfg.get("slowfast_channel_reduction_ratio", 8)
+    """The SlowFast builder's keyword arguments from a motion spec's `config` (a model config, not the
+    workflow config) -> (kwargs, input size, slow and fast feature widths)."""
+    conf = copy.deepcopy(config)
+    input_size = int(conf.pop("input_size", 224))
+    ratio = conf.get("slowfast_channel_reduction_ratio", 8)
     ratio = int(ratio[0] if isinstance(ratio, (list, tuple)) else ratio)
-    stem = int(cfg.pop("stem_dim_out", 64))
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    stem = int(conf.pop("stem_dim_out", 64))
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()}
     kwargs.setdefault("model_depth", 50)
     kwargs["slowfast_channel_reduction_ratio"] = (ratio,)
     kwargs["stem_dim_outs"] = (stem, max(1, stem // ratio))
