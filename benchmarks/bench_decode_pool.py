@@ -74,7 +74,7 @@ def rows_of(manifest) -> list:
     return pd.read_csv(manifest).to_dict("records")
 
 
-def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Path) -> dict:
+def run_once(features, manifest, videos_dir, workers: int, threads: int, out_dir: Path) -> dict:
     """One shard through extract_shard with the encoders stubbed."""
     from pipeline.features.encoding import encoders
     from pipeline.features.extract import extract_shard
@@ -86,7 +86,7 @@ def run_once(cfg, manifest, videos_dir, workers: int, threads: int, out_dir: Pat
     try:
         out = out_dir / f"w{workers}-{time.monotonic_ns()}.zarr"
         r0 = resource.getrusage(resource.RUSAGE_SELF)
-        s = extract_shard(cfg, "bench", manifest, videos_dir, 0, out, device="cpu", threads=threads, progress=False,
+        s = extract_shard(features, "bench", manifest, videos_dir, 0, out, device="cpu", threads=threads, progress=False,
                           decode_workers=workers)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from pipeline.core.config import validate
+    from pipeline.core import resolve
 
     configs = [tuple(int(x) for x in c.split(":")) for c in args.configs]
     torch.set_num_threads(max(t for _, t in configs))
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     cfg_in = {"datasets": {"bench": {"format": "generic", "labels": "x.csv"}}, "models": {"preset": "tiny"}}
     if args.chunk_size:
         cfg_in["models"]["motion"] = {"config": {"input_size": args.chunk_size}}
-    cfg = validate(cfg_in)
+    features = resolve.resolve(cfg_in).features
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_decode_pool-") as tmp:
         tmp = Path(tmp)
@@ -142,12 +142,12 @@ def main(argv=None) -> int:
         pd.DataFrame({"id": [r[0] for r in rows], "path": [r[1] for r in rows], "shard": 0}).to_csv(manifest,
                                                                                                      index=False)
         w0, t0 = max(configs)
-        warm = run_once(cfg, manifest, clips[0].parent, w0, t0, tmp)
+        warm = run_once(features, manifest, clips[0].parent, w0, t0, tmp)
         print(f"warm-up ({warm['config']}): {warm['videos_per_s']} videos/s", flush=True)
         runs = []
         for r in range(args.repeat):
             for w, t in configs:
-                res = run_once(cfg, manifest, clips[0].parent, w, t, tmp)
+                res = run_once(features, manifest, clips[0].parent, w, t, tmp)
                 runs.append(res)
                 print(f"run {r} config {res['config']}: {res['videos_per_s']:.3f} videos/s (feed {res['feed_s']:.2f} s, "
                       f"decode {res['decode_s']:.2f} s, waited {res['decode_wait_s']:.2f} s)", flush=True)

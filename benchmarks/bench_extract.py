@@ -39,14 +39,15 @@ PAPER_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_laye
 PAPER_MOTION = {"input_size": 224, "model_depth": 50, "stem_dim_out": 64, "slowfast_channel_reduction_ratio": 8}
 
 
-def _cfg(paper_sized: bool) -> dict:
-    from pipeline.core.config import validate
+def _features(paper_sized: bool):
+    """The resolved feature settings of the tiny preset (paper-sized: the paper's encoder shapes)."""
+    from pipeline.core import resolve
 
     cfg = {"datasets": {"x": {"format": "generic", "labels": "x.csv"}}, "models": {"preset": "tiny"}}
     if paper_sized:
         cfg["models"]["vision"] = {"config": PAPER_VISION}
         cfg["models"]["motion"] = {"config": PAPER_MOTION}
-    return validate(cfg)
+    return resolve.resolve(cfg).features
 
 
 def _flops(fn) -> float:
@@ -70,8 +71,8 @@ def bench_preset(name: str, videos: list[Path], threads: int) -> dict:
     from pipeline.features.encoding import encoders
     from pipeline.features.extractor import Extractor
 
-    cfg = _cfg(name == "paper-sized")
-    ex = Extractor(cfg, "cpu", threads)
+    features = _features(name == "paper-sized")
+    ex = Extractor(features, "cpu", threads)
     t_all = time.perf_counter()
     dec = vis = mot = 0.0
     seconds = n_kf = n_ch = 0
@@ -85,7 +86,7 @@ def bench_preset(name: str, videos: list[Path], threads: int) -> dict:
         n_kf, n_ch = n_kf + len(d.keyframes), n_ch + len(d.chunks)
     total = time.perf_counter() - t_all
     kf = np.zeros((1, ex.key_size, ex.key_size, 3), np.uint8)
-    ch = np.zeros((1, cfg["sampling"]["chunk_frames"], ex.chunk_size, ex.chunk_size, 3), np.uint8)
+    ch = np.zeros((1, features.sampling.chunk_frames, ex.chunk_size, ex.chunk_size, 3), np.uint8)
     f_vis = _flops(lambda: encoders.encode_keyframes(ex.vision, kf))
     f_mot = _flops(lambda: encoders.encode_chunks(ex.motion, ch, 4))
     return {

@@ -26,19 +26,19 @@ import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads({threads})
-from pipeline.core.config import validate
-cfg = validate({{"datasets": {{"x": {{"format": "generic", "labels": "x.csv"}}}}, "models": {{"preset": "tiny"}},
-                 "sampling": {{"backend": {backend!r}}}}})
+from pipeline.core import resolve
+features = resolve.resolve({{"datasets": {{"x": {{"format": "generic", "labels": "x.csv"}}}},
+                            "models": {{"preset": "tiny"}}, "sampling": {{"backend": {backend!r}}}}}).features
 from pipeline.features.extract import extract_shard
 from pipeline.features.extractor import Extractor
 video = {video!r}
 t0 = time.perf_counter()
 if video:
     # decode_workers=0: decode inside this process, so its peak RSS covers the decoder too
-    summary = extract_shard(cfg, "bench", {manifest!r}, None, 0, {out!r}, device="cpu", threads={threads}, progress=False,
+    summary = extract_shard(features, "bench", {manifest!r}, None, 0, {out!r}, device="cpu", threads={threads}, progress=False,
                             decode_workers=0)
 else:
-    Extractor(cfg, "cpu", {threads})
+    Extractor(features, "cpu", {threads})
     summary = {{}}
 print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "wall_s": time.perf_counter() - t0, **summary}}))

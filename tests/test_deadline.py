@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli_main
-from pipeline.core import deadline
+from pipeline.core import deadline, resolve
 from pipeline.core.config import validate
 from pipeline.core.deadline import DecodeDeadline
 from pipeline.features.decoding import decode
@@ -97,8 +97,9 @@ def test_deadline_scales_with_duration_and_size():
     assert d.seconds(duration=10, fps=None, width=1920, height=1080) == d.seconds(10, 30, 1920, 1080)
     cfg = validate({"datasets": {"t": {"format": "generic", "labels": "l.csv"}}})
     assert cfg["sampling"]["decode_deadline"] == {"base_s": 60, "per_gigapixel_s": 50, "max_s": 7200}
-    assert DecodeDeadline.from_config(cfg) == d
-    assert DecodeDeadline.from_config({"sampling": {}}) == d  # a model folder trained before the key existed
+    assert DecodeDeadline.from_settings(resolve.resolve(cfg).features.sampling.decode_deadline) == d
+    older = resolve.extraction_settings({"models": {"preset": "tiny"}, "sampling": {}})  # a model folder trained
+    assert DecodeDeadline.from_settings(older.sampling.decode_deadline) == d  # before the key existed
     with pytest.raises(Exception, match="base_s"):
         validate({**cfg, "sampling": {"decode_deadline": {"base_s": 0}}})
 
@@ -114,8 +115,8 @@ def test_a_hanging_decoder_is_killed_and_the_shard_finishes(tmp_path, make_video
     out = tmp_path / "shard-00000.zarr"
     t0 = time.perf_counter()
     with hard_limit(120):
-        summary = extract_shard(tiny_config(), "t", manifest, tmp_path / "videos", 0, out, device="cpu", threads=2,
-                                progress=False, decode_workers=2)
+        summary = extract_shard(resolve.of(tiny_config()).features, "t", manifest, tmp_path / "videos", 0, out,
+                                device="cpu", threads=2, progress=False, decode_workers=2)
     took = time.perf_counter() - t0
     store = FeatureStore(out)
     assert store.ids == ["a", "hang1", "b", "c", "d"]
@@ -251,8 +252,8 @@ def test_damaged_streams_end_decoded_or_listed_within_their_deadline(tmp_path):
     limit = 5.0
     t0 = time.perf_counter()
     with hard_limit(300):
-        summary = extract_shard(tiny_config(base_s=limit), "t", manifest, videos, 0, out, device="cpu", threads=2,
-                                progress=False, decode_workers=2)
+        summary = extract_shard(resolve.of(tiny_config(base_s=limit)).features, "t", manifest, videos, 0, out,
+                                device="cpu", threads=2, progress=False, decode_workers=2)
     took = time.perf_counter() - t0
     store = FeatureStore(out)
     failures = store.failures.set_index("id")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.specs import presets
+from pipeline.core.config import presets
 from pipeline.features.encoding.encoders import encode_chunks, encode_keyframes, load_motion, load_vision
 
 torch.set_num_threads(2)

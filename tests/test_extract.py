@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from pipeline.cli import main as cli_main
+from pipeline.core import resolve
 from pipeline.core.config import validate
-from pipeline.core.specs import feature_settings_hash
 from pipeline.features import extractor
 from pipeline.features.decoding import decode_pool, staging
 from pipeline.features.decoding.decode import VideoSampler
@@ -35,6 +35,11 @@ torch.set_num_threads(2)
 def tiny_config(**sampling):
     return validate({"datasets": {"t": {"format": "generic", "labels": "labels.csv"}}, "models": {"preset": "tiny"},
                      "sampling": sampling, "features": {"batch_size": 8}})
+
+
+def tiny_features(**sampling):
+    """The resolved feature settings of `tiny_config`."""
+    return resolve.of(tiny_config(**sampling)).features
 
 
 @pytest.fixture
@@ -59,8 +64,8 @@ def test_shard_with_failures_completes(shard_dir):
     """Two decode worker processes: the corrupt videos land in the failures table with the decoder's
     message (caught in the worker), the good ones complete."""
     root, manifest, vids = shard_dir
-    cfg = tiny_config()
-    summary = extract_shard(cfg, "t", manifest, vids, 0, root / "out" / "shard-00000.zarr", device="cpu", threads=2,
+    features = tiny_features()
+    summary = extract_shard(features, "t", manifest, vids, 0, root / "out" / "shard-00000.zarr", device="cpu", threads=2,
                             progress=False, decode_workers=2)
     assert summary["n_videos"] == 2 and summary["n_failed"] == 3 and summary["decode_workers"] == 2
     store = FeatureStore(root / "out" / "shard-00000.zarr")
@@ -73,7 +78,7 @@ def test_shard_with_failures_completes(shard_dir):
     assert fails.loc["txt", "path"] == "text.mp4"
     a = store.attrs
     assert a["vision"]["tokens"] == 197 and a["vision"]["width"] == 128 and a["motion"]["dim"] == 576
-    assert a["code_version"] == CODE_VERSION and a["settings_hash"] == feature_settings_hash(cfg)
+    assert a["code_version"] == CODE_VERSION and a["settings_hash"] == features.hash
     assert a["sampling"]["keyframe_fps"] == 1.0 and a["sampling"]["key_size"] == 224
     assert {"load_s", "decode_s", "vision_s", "motion_s", "total_s", "videos_per_s"} <= set(a["timings"])
     assert a["timings"]["decode_workers"] == 2 and a["timings"]["decode_cpu_s"] > 0
@@ -86,11 +91,11 @@ def test_shard_with_failures_completes(shard_dir):
 
 def test_same_video_identical_across_runs(shard_dir):
     root, manifest, vids = shard_dir
-    cfg = tiny_config()
+    features = tiny_features()
     stores = []
     for run in range(2):
         out = root / f"run{run}" / "shard-00001.zarr"
-        extract_shard(cfg, "t", manifest, vids, 1, out, device="cpu", threads=2, progress=False)
+        extract_shard(features, "t", manifest, vids, 1, out, device="cpu", threads=2, progress=False)
         stores.append(FeatureStore(out))
     np.testing.assert_array_equal(stores[0].spatial("c"), stores[1].spatial("c"))
     np.testing.assert_array_equal(stores[0].motion("c"), stores[1].motion("c"))
@@ -115,17 +120,17 @@ def test_store_identical_whatever_the_decode_workers(order_dir, monkeypatch):
     """0 (in-process thread), 1 and 2 worker processes, and 2 workers without shared memory (frames
     through the pipe): the same videos in the same order, byte-identical features, same failures."""
     root, manifest, vids = order_dir
-    cfg = tiny_config()
+    features = tiny_features()
     stores = {}
     for workers in (2, 1, 0):
         out = root / f"w{workers}" / "shard-00000.zarr"
-        s = extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
+        s = extract_shard(features, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
                           decode_workers=workers)
         assert s["decode_workers"] == workers and s["n_videos"] == 5 and s["n_failed"] == 1
         stores[workers] = store_bytes(out)
     monkeypatch.setattr(decode_pool, "_reserve_shm", lambda nbytes: None)
     out = root / "pipe" / "shard-00000.zarr"
-    extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False, decode_workers=2)
+    extract_shard(features, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False, decode_workers=2)
     stores["pipe"] = store_bytes(out)
     assert stores[2][0] == ["long", "s0", "s1", "s2", "s3"]
     assert stores[2][4] == [6, 1, 1, 2, 2]  # the 6 s video really is first
@@ -135,7 +140,7 @@ def test_store_identical_whatever_the_decode_workers(order_dir, monkeypatch):
 
 def test_decode_pool_uses_processes_and_keeps_order(order_dir):
     root, manifest, vids = order_dir
-    ex = Extractor(tiny_config(), "cpu", 2)
+    ex = Extractor(tiny_features(), "cpu", 2)
     paths = [str(vids / p) for p in ("long.mp4", "s0.mp4", "bad.mp4", "s1.mp4")]
     with DecodePool(2) as pool:
         pool.start(ex.sampler)
@@ -222,12 +227,14 @@ def test_stale_shared_memory_of_dead_extractions_is_removed():
 
 def test_decode_worker_count():
     cfg = tiny_config()
-    assert cfg["features"]["decode_workers"] is None
-    assert decode_worker_count(cfg, threads=3) == 3
-    assert decode_worker_count(cfg, threads=3, decode_workers=0) == 0
-    assert decode_worker_count(validate({**cfg, "threads": 5})) == 5
-    assert decode_worker_count(validate({**cfg, "features": {"decode_workers": 4}}), threads=3) == 4
-    assert decode_worker_count(cfg) == decode_pool.available_cpus()
+    s = resolve.resolve(cfg)
+    assert s.features.decode_workers is None and s.threads == 0
+    assert decode_worker_count(s.features, threads=3) == 3
+    assert decode_worker_count(s.features, threads=3, decode_workers=0) == 0
+    five = resolve.resolve({**cfg, "threads": 5})
+    assert decode_worker_count(five.features, five.threads) == 5  # the config's threads, as extract passes them
+    assert decode_worker_count(resolve.resolve({**cfg, "features": {"decode_workers": 4}}).features, threads=3) == 4
+    assert decode_worker_count(s.features, s.threads) == decode_pool.available_cpus()
     with pytest.raises(Exception, match="decode_workers"):
         validate({**cfg, "features": {"decode_workers": -1}})
 
@@ -371,7 +378,7 @@ def test_real_clips_tiny(real_clips, tmp_path):
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"id": [c.stem for c in clips], "path": [c.name for c in clips], "shard": 0}).to_csv(manifest, index=False)
     out = tmp_path / "shard-00000.zarr"
-    summary = extract_shard(tiny_config(), "real", manifest, real_clips, 0, out, device="cpu", threads=2, progress=False)
+    summary = extract_shard(tiny_features(), "real", manifest, real_clips, 0, out, device="cpu", threads=2, progress=False)
     store = FeatureStore(out)
     assert summary["n_failed"] == 0 and store.ids == [c.stem for c in clips]
     for vid in store.ids:
@@ -394,7 +401,7 @@ def test_offline_store_identical_whatever_the_decode_workers(order_dir):
     stores = {}
     for workers in (2, 0):
         out = root / f"off{workers}" / "shard-00000.zarr"
-        extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
+        extract_shard(resolve.of(cfg).features, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
                       decode_workers=workers)
         stores[workers] = store_bytes(out)
     assert stores[2] == stores[0]

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.features.extract import extract_shard
 from pipeline.features.stores.store_reader import FeatureStore
@@ -79,7 +80,7 @@ def test_every_awkward_video_is_decoded_or_listed(tmp_path):
     cfg = validate({"datasets": {"t": {"format": "generic", "labels": "labels.csv"}}, "models": {"preset": "tiny"},
                     "features": {"batch_size": 8}})
     out = tmp_path / "shard-00000.zarr"
-    summary = extract_shard(cfg, "t", manifest, videos, 0, out, progress=False)
+    summary = extract_shard(resolve.of(cfg).features, "t", manifest, videos, 0, out, progress=False)
     store = FeatureStore(out)
     failures = store.failures.set_index("id")
     assert summary["n_videos"] + summary["n_failed"] == len(names)

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO
 
 from pipeline import workflow
+from pipeline.core import resolve
 from pipeline.cli import main as cli_main
 from pipeline.cli import offline_weights_missing
 from pipeline.core.errors import UserError
@@ -68,18 +69,18 @@ def online(monkeypatch):
 
 
 def test_the_paper_preset_asks_for_each_repo_at_its_pinned_commit():
-    items = {i["role"]: i for i in fetch.plan(fetch.preset_config("paper"))}
+    items = {i["role"]: i for i in fetch.plan(fetch.preset_models("paper"))}
     assert (items["vision"]["kind"], items["vision"]["source"], items["vision"]["revision"]) == (
         "hub", CLIP, fetch.PINNED[CLIP])
     assert (items["llm"]["kind"], items["llm"]["source"], items["llm"]["revision"]) == ("hub", LLAMA, fetch.PINNED[LLAMA])
     assert (items["motion"]["kind"], items["motion"]["source"]) == ("torch_hub", "slowfast_r50")
     assert all(len(rev) == 40 for rev in fetch.PINNED.values())
-    revised = {i["role"]: i["revision"] for i in fetch.plan(fetch.preset_config("paper"), {"llm": "main"})}
+    revised = {i["role"]: i["revision"] for i in fetch.plan(fetch.preset_models("paper"), {"llm": "main"})}
     assert revised["llm"] == "main" and revised["vision"] == fetch.PINNED[CLIP]
-    offline = {i["role"]: i["kind"] for i in fetch.plan(fetch.preset_config("offline"))}
+    offline = {i["role"]: i["kind"] for i in fetch.plan(fetch.preset_models("offline"))}
     assert offline == {"vision": "packaged", "motion": "none", "llm": "random"}
     with pytest.raises(UserError, match="--revision for motion"):
-        fetch.plan(fetch.preset_config("paper"), {"motion": "x"})
+        fetch.plan(fetch.preset_models("paper"), {"motion": "x"})
     with pytest.raises(UserError, match="ROLE=REVISION"):
         fetch.parse_revisions(["llama=abc"])
 
@@ -89,7 +90,7 @@ def test_fetch_downloads_the_wanted_files_of_one_commit_and_verifies_them(tmp_pa
     checked = []
     monkeypatch.setattr(fetch, "verify_slowfast", lambda path, role: checked.append(path))
     slowfast = b"slowfast checkpoint"
-    done, errors = fetch.fetch(fetch.preset_config("paper"), tmp_path / "w", api=hub, hub_download=hub.download,
+    done, errors = fetch.fetch(fetch.preset_models("paper"), tmp_path / "w", api=hub, hub_download=hub.download,
                                url_download=lambda url, dst: Path(dst).write_bytes(slowfast))
     assert errors == []
     assert [c[0] for c in hub.info_calls] == [CLIP, LLAMA] and all(c[2] for c in hub.info_calls)
@@ -123,7 +124,7 @@ def test_the_slowfast_url_is_pytorchvideos_own():
 def test_a_gated_repo_is_one_line_and_the_others_still_download(tmp_path, online, monkeypatch, capsys):
     hub = FakeHub(gated={LLAMA})
     monkeypatch.setattr(fetch, "verify_slowfast", lambda path, role: None)
-    done, errors = fetch.fetch(fetch.preset_config("paper"), tmp_path, api=hub, hub_download=hub.download,
+    done, errors = fetch.fetch(fetch.preset_models("paper"), tmp_path, api=hub, hub_download=hub.download,
                                url_download=lambda url, dst: Path(dst).write_bytes(b"x"))
     assert [d["role"] for d in done] == ["vision", "motion"]
     assert len(errors) == 1 and "\n" not in errors[0]
@@ -147,9 +148,10 @@ def test_a_gated_repo_is_one_line_and_the_others_still_download(tmp_path, online
 
 def test_a_damaged_download_is_caught(tmp_path, online):
     hub = FakeHub(corrupt={CLIP})
-    cfg = fetch.preset_config("paper")
-    cfg["models"]["motion"]["source"] = str(tmp_path)  # a local folder: nothing to fetch for motion
-    done, errors = fetch.fetch(cfg, tmp_path / "w", api=hub, hub_download=hub.download)
+    models = resolve.resolve({"datasets": {"none": {"format": "generic", "labels": "none.csv"}},
+                              "models": {"preset": "paper", "motion": {"source": str(tmp_path)}}}).models
+    # a local folder for motion: nothing to fetch for it
+    done, errors = fetch.fetch(models, tmp_path / "w", api=hub, hub_download=hub.download)
     assert len(errors) == 1 and "model.safetensors: sha256" in errors[0] and "is not the hub's" in errors[0]
     assert {d["role"]: d["kind"] for d in done} == {"motion": "local", "llm": "hub"}
 
@@ -157,7 +159,7 @@ def test_a_damaged_download_is_caught(tmp_path, online):
 def test_fetching_while_offline_is_refused(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="without HF_HUB_OFFLINE=1"):
-        fetch.fetch(fetch.preset_config("paper"))
+        fetch.fetch(fetch.preset_models("paper"))
 
 
 def test_workflow_jobs_run_offline(monkeypatch):

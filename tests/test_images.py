@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from pipeline.cli import main as cli_main
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.features.decoding.decode import VideoSampler
@@ -170,7 +171,7 @@ def test_stills_extract_to_one_key_frame_and_zero_motion_beside_a_video(tmp_path
     Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "b.png")
     video = write_video(tmp_path / "c.mp4", n_frames=50)
-    ex = Extractor(offline_config())
+    ex = Extractor(resolve.of(offline_config()).features)
     decoded = [ex.decode(tmp_path / n) for n in ("a.jpg", "b.png", "c.mp4")]
     a, b, c = decoded
     assert a.meta["still"] and b.meta["still"] and "still" not in c.meta
@@ -201,9 +202,9 @@ def test_a_shard_of_stills_extracts_and_its_store_marks_them(tmp_path):
     manifest = tmp_path / "m.csv"
     pd.DataFrame([("s0", "s0.png", 0), ("s1", "s1.png", 0), ("s2", "s2.png", 0), ("c", "c.mp4", 1)],
                  columns=["id", "path", "shard"]).to_csv(manifest, index=False)
-    cfg = offline_config()
+    features = resolve.of(offline_config()).features
     for shard in (0, 1):
-        extract_shard(cfg, "t", manifest, tmp_path / "v", shard, tmp_path / f"s{shard}.zarr", progress=False,
+        extract_shard(features, "t", manifest, tmp_path / "v", shard, tmp_path / f"s{shard}.zarr", progress=False,
                       decode_workers=0)
     stills, video = FeatureStore(tmp_path / "s0.zarr"), FeatureStore(tmp_path / "s1.zarr")
     for vid in ("s0", "s1", "s2"):

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
-from pipeline.core.specs import feature_settings, feature_settings_hash, model_spec
 from pipeline.features.decoding import decode_pool
 from pipeline.features.encoding import encoders, weights
 from pipeline.features.decoding.decode import sample_video
@@ -88,25 +88,25 @@ def test_native_still_image_is_the_image_capped(tmp_path):
 def test_native_settings_only_where_asked():
     """The cap is a feature setting of native mode only: other modes keep the settings (and hashes) they had."""
     frag = validate({"sampling": {"keyframe_mode": "fragments"}})
-    assert "native_max_short_side" not in feature_settings(frag)["sampling"]
+    assert "native_max_short_side" not in resolve.of(frag).features.hashed()["sampling"]
     assert "native_max_short_side" not in validate({})["sampling"]  # no default written into configs
     a = native_config()
     b = validate({**a, "sampling": {**a["sampling"], "native_max_short_side": 64}})
-    assert feature_settings(a)["sampling"]["native_max_short_side"] == 48
-    assert feature_settings_hash(a) != feature_settings_hash(b)
+    assert resolve.of(a).features.hashed()["sampling"]["native_max_short_side"] == 48
+    assert resolve.of(a).features.hash != resolve.of(b).features.hash
 
 
 def test_native_needs_a_cnn_vision_arch():
     cfg = validate({"models": {"preset": "tiny"}, "sampling": {"keyframe_mode": "native"}})
     with pytest.raises(UserError, match="CNN vision arch"):
-        Extractor(cfg, device="cpu")
+        Extractor(resolve.of(cfg).features, device="cpu")
 
 
 def test_lite0_spec_weights_and_provenance():
-    spec = model_spec(native_config(arch="efficientnet_lite0"), "vision")
+    spec = resolve.of(native_config(arch="efficientnet_lite0")).models["vision"].as_dict()
     assert spec["arch"] == "efficientnet_lite0" and spec["weights"] == LITE0
     assert spec["config"] == {"blocks": [12, 13, 14, 15], "grid": 3, "image_size": 224}
-    assert model_spec(native_config(), "vision")["arch"] == "mobilenet_v2"  # unset: the preset's
+    assert resolve.of(native_config()).models["vision"].as_dict()["arch"] == "mobilenet_v2"  # unset: the preset's
     from pipeline.core.provenance import ARCH_NAMES, KNOWN_WEIGHTS
 
     assert ARCH_NAMES["efficientnet_lite0"] == "EfficientNet-Lite0" and "Lite0" in KNOWN_WEIGHTS[LITE0["sha256"]]
@@ -124,7 +124,7 @@ def test_lite0_weights_from_the_wheel_and_a_wrong_hash_named(tmp_path):
 
 def test_lite0_tokens_shape_and_determinism():
     _lite0_installed()
-    spec = {**model_spec(native_config(arch="efficientnet_lite0"), "vision"), "dtype": "float32"}
+    spec = {**resolve.of(native_config(arch="efficientnet_lite0")).models["vision"].as_dict(), "dtype": "float32"}
     m1, info = encoders.load_vision(spec, "cpu")
     m2, _ = encoders.load_vision(spec, "cpu")
     assert (info["tokens"], info["width"], info["weights"]["sha256"]) == (10, 2 * 4 * 192, LITE0["sha256"])
@@ -160,21 +160,21 @@ def test_native_shard_of_mixed_resolutions_same_store_whatever_the_workers(sizes
     tokens are those of its key frames encoded alone."""
     _lite0_installed()
     root, manifest, vids = sizes_dir
-    cfg = native_config(arch="efficientnet_lite0")
+    features = resolve.of(native_config(arch="efficientnet_lite0")).features
     stores = {}
     for workers in (2, 0):
         out = root / f"w{workers}" / "shard-00000.zarr"
-        s = extract_shard(cfg, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
+        s = extract_shard(features, "t", manifest, vids, 0, out, device="cpu", threads=2, progress=False,
                           decode_workers=workers)
         assert s["n_videos"] == 3 and s["n_failed"] == 1
         stores[workers] = store_bytes(out)
     monkeypatch.setattr(decode_pool, "_reserve_shm", lambda nbytes: None)
-    extract_shard(cfg, "t", manifest, vids, 0, root / "pipe" / "shard-00000.zarr", device="cpu", threads=2,
+    extract_shard(features, "t", manifest, vids, 0, root / "pipe" / "shard-00000.zarr", device="cpu", threads=2,
                   progress=False, decode_workers=2)
     stores["pipe"] = store_bytes(root / "pipe" / "shard-00000.zarr")
     assert stores[0] == stores[2] == stores["pipe"]
     store = FeatureStore(root / "w2" / "shard-00000.zarr")
-    ex = Extractor(cfg, device="cpu", threads=2)
+    ex = Extractor(features, device="cpu", threads=2)
     for vid, shape in (("wide", (3, 48, 80, 3)), ("small", (1, 40, 64, 3)), ("tall", (2, 96, 48, 3))):
         d = ex.decode(vids / f"{vid}.mp4")
         assert d.keyframes.shape == shape, vid

@@ -8,9 +8,9 @@ import torch
 import torchvision
 from conftest import REPO, write_video
 
+from pipeline.core import resolve
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.core.specs import feature_settings_hash, model_spec
 from pipeline.features.encoding import encoders, statistics_encoders, weights
 from pipeline.features.decoding.decode import sample_video
 from pipeline.features.decoding.views import centre_crop, fragments, spatial_view
@@ -28,14 +28,14 @@ def offline_cfg(**sampling):
 # ------------------------------------------------------------------ weights
 
 def test_packaged_weights_resolve_and_verify():
-    spec = model_spec(offline_cfg(), "vision")
+    spec = resolve.of(offline_cfg()).models["vision"].as_dict()
     path = weights.resolve(spec)
     assert path.name == "mobilenet_v2-b0353104.pth"
     assert weights.sha256_of(path) == MOBILENET_SHA
 
 
 def test_wrong_hash_fails_with_the_file_and_both_hashes():
-    spec = model_spec(offline_cfg(), "vision")
+    spec = resolve.of(offline_cfg()).models["vision"].as_dict()
     spec["weights"]["sha256"] = "0" * 64
     with pytest.raises(weights.WeightsError, match=r"mobilenet_v2-b0353104\.pth: sha256 b0353104.* does not match"):
         encoders.load_vision(spec)
@@ -57,7 +57,7 @@ def test_local_weights_load_through_the_same_loader(tmp_path):
     torch.save(net.state_dict(), path)
     cfg = offline_cfg()
     cfg["models"]["vision"] = {"source": str(path), "sha256": None, "config": {"grid": 7}, "dtype": None}
-    model, info = encoders.load_vision(model_spec(cfg, "vision"))
+    model, info = encoders.load_vision(resolve.of(cfg).models["vision"].as_dict())
     assert info["source"] == str(path) and info["tokens"] == 50 and info["width"] == 2 * (16 + 24 + 32 + 96 + 320)
     frames = np.random.default_rng(0).integers(0, 255, (2, 224, 224, 3), dtype=np.uint8)
     tokens = encoders.encode_keyframes(model, frames)
@@ -79,7 +79,7 @@ def test_weights_of_another_architecture_fail_with_key_names(tmp_path):
     cfg["models"]["vision"] = {"source": str(path), "sha256": None, "config": {}, "dtype": None}
     with pytest.raises(UserError, match=r"resnet\.pth \(mobilenet_v2\): \d+ weight\(s\) missing from the checkpoint: "
                                         r"classifier\.1\.bias, classifier\.1\.weight, features\.0\.0\.weight"):
-        encoders.load_vision(model_spec(cfg, "vision"))
+        encoders.load_vision(resolve.of(cfg).models["vision"].as_dict())
 
 
 # ------------------------------------------------------------------ sampling
@@ -133,9 +133,9 @@ def test_sample_video_modes(tmp_path):
 def test_keyframe_mode_and_preset_change_the_feature_settings_hash():
     tiny = load_config(REPO / "config.yaml")
     tiny["models"]["preset"] = "tiny"
-    hashes = {feature_settings_hash(tiny), feature_settings_hash(offline_cfg()),
-              feature_settings_hash(offline_cfg(keyframe_mode="fragments")),
-              feature_settings_hash(offline_cfg(keyframe_mode="crop"))}
+    hashes = {resolve.of(tiny).features.hash, resolve.of(offline_cfg()).features.hash,
+              resolve.of(offline_cfg(keyframe_mode="fragments")).features.hash,
+              resolve.of(offline_cfg(keyframe_mode="crop")).features.hash}
     assert len(hashes) == 4
 
 

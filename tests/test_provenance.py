@@ -6,9 +6,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from pipeline.core import provenance
+from pipeline.core import provenance, resolve
 from pipeline.core.config import load_config
-from pipeline.core.specs import model_spec
 from pipeline.features.encoding import encoders
 
 MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -22,7 +21,7 @@ def _cfg(preset: str) -> dict:
 
 def test_offline_encoders_record_imagenet_mobilenet_and_parameter_free_statistics():
     cfg = _cfg("offline")
-    _, vision = encoders.load_vision(model_spec(cfg, "vision"))
+    _, vision = encoders.load_vision(resolve.of(cfg).models["vision"].as_dict())
     assert vision["arch"] == "mobilenet_v2"
     w = vision["weights"]
     assert w["kind"] == "file" and w["file"].endswith("mobilenet_v2-b0353104.pth") and w["sha256"] == MOBILENET_SHA
@@ -30,7 +29,7 @@ def test_offline_encoders_record_imagenet_mobilenet_and_parameter_free_statistic
     text = provenance.describe(vision)
     assert text.startswith("MobileNetV2 (mean and std of every channel of blocks 1, 3, 6, 13, 17")
     assert f"ImageNet-1k (torchvision MobileNet_V2_Weights.IMAGENET1K_V1) weights, file {w['file']}, sha256 {MOBILENET_SHA}" in text
-    _, motion = encoders.load_motion(model_spec(cfg, "motion"))
+    _, motion = encoders.load_motion(resolve.of(cfg).models["motion"].as_dict())
     assert motion["arch"] == "temporal_stats" and motion["weights"] == {"kind": "none"}
     assert provenance.describe(motion) == ("temporal statistics (frame-difference statistics of each one-second "
                                            "chunk): no weights (parameter-free, computed)")
@@ -38,15 +37,15 @@ def test_offline_encoders_record_imagenet_mobilenet_and_parameter_free_statistic
 
 def test_tiny_encoders_record_random_init_and_a_local_folder_its_files(tmp_path):
     cfg = _cfg("tiny")
-    model, vision = encoders.load_vision(model_spec(cfg, "vision"))
+    model, vision = encoders.load_vision(resolve.of(cfg).models["vision"].as_dict())
     assert vision["arch"] == "clip" and vision["weights"] == {"kind": "random_init", "seed": encoders.SEED}
     assert provenance.describe(vision) == ("CLIP vision tower (ViT) (patch 16, width 128, 2 layers, 224 px): random "
                                            f"init from the preset's config (seed {encoders.SEED})")
-    _, motion = encoders.load_motion(model_spec(cfg, "motion"))
+    _, motion = encoders.load_motion(resolve.of(cfg).models["motion"].as_dict())
     assert motion["arch"] == "slowfast" and motion["weights"]["kind"] == "random_init"
     model.save_pretrained(tmp_path / "clip")
     cfg["models"]["vision"] = {"source": str(tmp_path / "clip"), "config": {}, "dtype": None, "sha256": None}
-    _, local = encoders.load_vision(model_spec(cfg, "vision"))
+    _, local = encoders.load_vision(resolve.of(cfg).models["vision"].as_dict())
     w = local["weights"]
     assert w["kind"] == "folder" and w["path"] == str(tmp_path / "clip") and w["revision"] is None
     assert w["files"] == {"model.safetensors": provenance.sha256_of(tmp_path / "clip" / "model.safetensors")}
@@ -55,7 +54,7 @@ def test_tiny_encoders_record_random_init_and_a_local_folder_its_files(tmp_path)
 
 
 def test_slowfast_checkpoint_file_is_recorded_with_its_hash(tmp_path):
-    spec = model_spec(_cfg("tiny"), "motion")
+    spec = resolve.of(_cfg("tiny")).models["motion"].as_dict()
     model, _ = encoders.load_motion(spec)
     torch.save(model.state_dict(), tmp_path / "sf.pt")
     _, info = encoders.load_motion({**spec, "source": str(tmp_path / "sf.pt")})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 from conftest import write_synth_variants
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
-from pipeline.core.specs import adapter_file, adapter_hash, feature_settings_hash, model_spec
 from pipeline.features.encoding import adapt_encoder, encoders
 from pipeline.features.encoding import quality_adapter as qa
 
@@ -75,39 +76,42 @@ def test_file_round_trip_and_errors(tmp_path):
 
 
 def _config(**adapted):
-    return validate({
+    return resolve.resolve(validate({
         "models": {"preset": "tiny", "vision": {"adapted": {"datasets": ["syn"], "steps": 3, "dim": 4, "hidden": 8,
                                                             "batch_videos": 4, **adapted}}},
         "datasets": {"syn": {"format": "synth", "references": "refs", "synth": {"families": {"x264": {"levels": 1}}}}},
         "sampling": {"max_keyframes": 2, "max_seconds": 1, "chunk_frames": 8, "slow_stride": 4},
-    })
+    }))
 
 
 def test_feature_settings_hash_follows_the_adapter():
-    plain = validate({"models": {"preset": "tiny"}, "sampling": _config()["sampling"]})
-    cfg = _config()
-    assert feature_settings_hash(cfg) != feature_settings_hash(plain)
-    assert feature_settings_hash(_config(dim=5)) != feature_settings_hash(cfg)
-    assert adapter_hash(_config(objective="rank")) != adapter_hash(cfg)
-    assert adapter_hash(cfg) == adapter_hash(_config())
-    assert model_spec(cfg, "vision")["adapted"]["file"] == f"cache/encoders/adapter-{adapter_hash(cfg)}.safetensors"
+    plain = resolve.resolve(validate({"models": {"preset": "tiny"}, "sampling": _config().config["sampling"]}))
+    s = _config()
+    assert s.features.hash != plain.features.hash
+    assert adapt_encoder.plain_features(s.features).hash == plain.features.hash  # what the adapter sits on
+    assert _config(dim=5).features.hash != s.features.hash
+    assert _config(objective="rank").adapter.hash != s.adapter.hash
+    assert s.adapter.hash == _config().adapter.hash
+    assert s.models["vision"].as_dict()["adapted"]["file"] == f"cache/encoders/adapter-{s.adapter.hash}.safetensors"
 
 
 def test_stage_writes_once_and_extraction_wraps_the_base(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_synth_variants(tmp_path)
-    cfg = _config()
-    out = adapt_encoder.adapt(cfg, log=lambda m: None)
-    assert out == adapter_file(cfg) and out.is_file()
+    s = _config()
+    out = adapt_encoder.adapt(s.adapter, s.features, log=lambda m: None)
+    assert out == Path(s.adapter.file) and out.is_file()
     meta = qa.read_meta(out)
-    assert meta["hash"] == adapter_hash(cfg) and meta["n_videos"] == 6 and meta["steps"] == 3
+    assert meta["hash"] == s.adapter.hash and meta["n_videos"] == 6 and meta["steps"] == 3
+    assert meta["base_hash"] == s.adapter.base_hash
     mtime = out.stat().st_mtime_ns
     monkeypatch.setattr(adapt_encoder, "base_tokens", lambda *a, **k: pytest.fail("a rerun recomputed"))
-    assert adapt_encoder.adapt(cfg, log=lambda m: None) == out and out.stat().st_mtime_ns == mtime
+    assert adapt_encoder.adapt(s.adapter, s.features, log=lambda m: None) == out and out.stat().st_mtime_ns == mtime
 
-    model, info = encoders.load_vision(model_spec(cfg, "vision"))
-    base, base_info = encoders.load_vision({k: v for k, v in model_spec(cfg, "vision").items() if k != "adapted"})
-    assert info["width"] == base_info["width"] + 4 and info["adapted"]["hash"] == adapter_hash(cfg)
+    spec = s.models["vision"].as_dict()
+    model, info = encoders.load_vision(spec)
+    base, base_info = encoders.load_vision({k: v for k, v in spec.items() if k != "adapted"})
+    assert info["width"] == base_info["width"] + 4 and info["adapted"]["hash"] == s.adapter.hash
     size = info["image_size"]
     frames = np.random.default_rng(0).integers(0, 255, (2, size, size, 3), dtype=np.uint8)
     got, want = encoders.encode_keyframes(model, frames), encoders.encode_keyframes(base, frames)
@@ -115,7 +119,7 @@ def test_stage_writes_once_and_extraction_wraps_the_base(tmp_path, monkeypatch):
     np.testing.assert_allclose(got[..., : base_info["width"]], want, rtol=1e-5, atol=1e-5)
 
     other = _config(dim=5)  # the config asks for another adapter than the file holds
-    spec = model_spec(other, "vision")
+    spec = other.models["vision"].as_dict()
     spec["adapted"]["file"] = str(out)
-    with pytest.raises(UserError, match=rf"adapter hash {adapter_hash(cfg)}.*expected adapter hash {adapter_hash(other)}"):
+    with pytest.raises(UserError, match=rf"adapter hash {s.adapter.hash}.*expected adapter hash {other.adapter.hash}"):
         encoders.load_vision(spec)

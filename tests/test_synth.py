@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.ingest.demo import dataset as demo_dataset
@@ -38,10 +39,16 @@ def synth_config(references, families, **extra) -> dict:
     return validate({"datasets": {"syn": ds}})
 
 
+def synth_dataset(cfg: dict):
+    """The resolved synth dataset `syn` of a config."""
+    return plan.synth_dataset(resolve.resolve(cfg).datasets, "syn")
+
+
 def build(cfg: dict, work: Path, threads: int = 2):
     """The whole stage through the package (plan, segments, variants, collect) into `work`."""
-    table, plan_failures = plan.plan(cfg, "syn")
-    references = Path(cfg["datasets"]["syn"]["references"])
+    ds = synth_dataset(cfg)
+    table, plan_failures = plan.plan(ds)
+    references = Path(ds.references)
     seg_dirs = [work / "segments" / r for r in table["reference"].unique()]
     for folder in seg_dirs:
         segments.cut_reference(table, folder.name, references, folder)
@@ -49,7 +56,7 @@ def build(cfg: dict, work: Path, threads: int = 2):
     for (ref, shard), _ in table.groupby(["reference", "shard"]):
         shard_dirs.append(work / "variants" / ref / f"shard-{shard:05d}")
         variants.build_shard(table, ref, shard, work / "segments" / ref, shard_dirs[-1], threads=threads)
-    labels, failures = collect.collect(table, plan_failures, seg_dirs, shard_dirs, cfg["datasets"]["syn"]["synth"]["metric"],
+    labels, failures = collect.collect(table, plan_failures, seg_dirs, shard_dirs, plan.synth_settings(ds)["metric"],
                                        work / "videos")
     return table, labels, failures
 
@@ -176,13 +183,25 @@ def test_reference_labels_give_groups_and_sources(refs_folder, tmp_path):
     listing = tmp_path / "refs.csv"
     listing.write_text("name,group,source,mos\nsub/beta.mkv,city-1,city,99\nalpha.mkv,,bikes,98\n")
     cfg = synth_config(refs_folder, SMALL, reference_labels=str(listing))
-    table, _ = plan.plan(cfg, "syn")
+    table, _ = plan.plan(synth_dataset(cfg))
     got = table.drop_duplicates("reference").set_index("reference")[["path", "group", "source"]]
     assert got.to_dict("index") == {"alpha": {"path": "alpha.mkv", "group": "alpha-0", "source": "bikes"},
                                     "sub_beta": {"path": "sub/beta.mkv", "group": "city-1", "source": "city"}}
     listing.write_text("name\n../outside.mkv\n")
     with pytest.raises(UserError, match="escapes"):
-        plan.plan(cfg, "syn")
+        plan.plan(synth_dataset(cfg))
+
+
+def test_the_synth_stages_take_the_resolved_synth_dataset():
+    datasets = resolve.resolve({"datasets": {"syn": {"format": "synth", "references": "refs"},
+                                             "t": {"format": "generic", "labels": "labels.csv"}}}).datasets
+    ds = plan.synth_dataset(datasets, "syn")
+    assert ds.references == "refs" and plan.synth_settings(ds)["metric"] == "vmaf"
+    for name in ("t", "nope"):
+        with pytest.raises(UserError, match=f"dataset '{name}' is not a synth dataset of the config"):
+            plan.synth_dataset(datasets, name)
+    with pytest.raises(UserError, match="dataset 't' is not a synth dataset of the config"):
+        plan.synth_settings(datasets["t"])
 
 
 def test_segments_spread_over_a_long_reference():

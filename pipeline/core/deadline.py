@@ -55,16 +55,17 @@ class DecodeDeadline:
         return max(self.base_s, min(self.max_s, self.base_s + self.per_gigapixel_s * gigapixels))
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "DecodeDeadline":
-        """From a config's `sampling.decode_deadline` (a model folder trained before the key existed
-        records none: the defaults)."""
-        given = ((cfg.get("sampling") or {}).get("decode_deadline")) or {}
-        return cls(**{k: float(v) for k, v in given.items() if v is not None})
+    def from_settings(cls, settings) -> "DecodeDeadline":
+        """From the resolved `sampling.decode_deadline` (settings.DecodeDeadlineSettings; a model folder
+        trained before the key existed resolves to the schema's defaults)."""
+        return cls(base_s=float(settings.base_s), per_gigapixel_s=float(settings.per_gigapixel_s),
+                   max_s=float(settings.max_s))
 
 
 def with_decode_deadline(cfg: dict, base_s: float | None) -> dict:
-    """`cfg` with `sampling.decode_deadline.base_s` set to `base_s` (a command's --decode-deadline);
-    `cfg` itself when base_s is None."""
+    """Transitional config-dict spelling of `Settings.with_decode_deadline` (for callers that still
+    hold a config dict): `cfg` with `sampling.decode_deadline.base_s` set to `base_s`; `cfg` itself
+    when base_s is None."""
     if base_s is None:
         return cfg
     if not base_s > 0:

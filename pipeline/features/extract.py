@@ -37,11 +37,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.cli_args import add_config_arg, add_decode_deadline_arg, add_device_arg, add_no_progress_arg
-from pipeline.core.config import load_config
+from pipeline.core import resolve
 from pipeline.core.errors import UserError
-from pipeline.core.specs import feature_settings_hash
+from pipeline.core.settings import FeatureSettings
 from pipeline.core.versions import code_version
-from pipeline.core.deadline import with_decode_deadline
 from pipeline.features.decoding.decode_pool import DecodePool, decode_worker_count
 from pipeline.features.extractor import Extractor
 from pipeline.features.decoding.staging import BatchStage
@@ -56,32 +55,34 @@ def _read_shard(manifest_csv, shard: int) -> pd.DataFrame:
     return df[df["shard"] == int(shard)].reset_index(drop=True)
 
 
-def extract_shard(cfg: dict, dataset: str, manifest_csv, videos_dir, shard: int, out_store, device: str | None = None,
-                  threads: int | None = None, progress: bool = True, prefetch: int | None = None,
-                  decode_workers: int | None = None) -> dict:
-    """Extract one shard into `out_store`. Returns a summary {n_videos, n_failed, timings...}.
+def extract_shard(features: FeatureSettings, dataset: str, manifest_csv, videos_dir, shard: int, out_store,
+                  device: str | None = None, threads: int | None = None, progress: bool = True,
+                  prefetch: int | None = None, decode_workers: int | None = None) -> dict:
+    """Extract one shard into `out_store` with the resolved feature settings. Returns a summary
+    {n_videos, n_failed, timings...}.
 
-    decode_workers: decode processes (default `decode_worker_count`); prefetch: decoded videos
-    waiting beyond one per worker (default one per worker)."""
+    threads: torch + decoder threads (the command passes --threads, else the config's `threads`);
+    decode_workers: decode processes (default `decode_worker_count`); prefetch: decoded videos waiting
+    beyond one per worker (default one per worker)."""
     t_start = time.perf_counter()
     rows = _read_shard(manifest_csv, shard)
     videos_dir = Path(videos_dir) if videos_dir else None
     records = rows.to_dict("records")
-    workers = min(decode_worker_count(cfg, threads, decode_workers), len(records))
+    workers = min(decode_worker_count(features, threads, decode_workers), len(records))
     with DecodePool(workers, prefetch) as decoders:  # workers start while the models load
-        ex = Extractor(cfg, device, threads)
+        ex = Extractor(features, device, threads)
         decoders.start(ex.sampler)
-        f = cfg["features"]
+        f = features
         attrs = {
             "dataset": dataset, "shard": int(shard), "vision": ex.vision_info, "motion": ex.motion_info,
-            "sampling": ex.sampling_attrs, "settings_hash": feature_settings_hash(cfg), "code_version": CODE_VERSION,
+            "sampling": ex.sampling_attrs, "settings_hash": features.hash, "code_version": CODE_VERSION,
             "device": str(ex.device), "manifest": str(manifest_csv),
         }
         writer = StoreWriter(
             out_store, token_shape=(ex.vision_info["tokens"], ex.vision_info["width"]),
-            motion_dim=ex.motion_info["dim"], attrs=attrs, spatial_dtype=f["spatial_dtype"],
-            motion_dtype=f["motion_dtype"], compressor=f["compressor"], compression_level=f["compression_level"],
-            chunk_mb=f["chunk_mb"],
+            motion_dim=ex.motion_info["dim"], attrs=attrs, spatial_dtype=f.spatial_dtype,
+            motion_dtype=f.motion_dtype, compressor=f.compressor, compression_level=f.compression_level,
+            chunk_mb=f.chunk_mb,
         )
         totals = {"load_s": ex.load_s, "decode_s": 0.0, "decode_wait_s": 0.0, "vision_s": 0.0, "motion_s": 0.0,
                   "write_s": 0.0, "decode_workers": workers}
@@ -170,11 +171,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = with_decode_deadline(load_config(args.config), args.decode_deadline)
+    s = resolve.load(args.config).with_decode_deadline(args.decode_deadline)
     if args.videos and not Path(args.videos).is_dir():
         raise UserError(f"videos folder not found: {args.videos}")
-    summary = extract_shard(cfg, args.dataset, args.manifest, args.videos, args.shard, args.out,
-                            device=args.device, threads=args.threads, progress=not args.no_progress,
+    summary = extract_shard(s.features, args.dataset, args.manifest, args.videos, args.shard, args.out,
+                            device=args.device or s.device, threads=args.threads or s.threads,
+                            progress=not args.no_progress,
                             decode_workers=args.decode_workers)
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0

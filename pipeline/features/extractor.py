@@ -20,7 +20,7 @@ import torch
 
 from pipeline.core.errors import UserError
 from pipeline.core import resolve
-from pipeline.core.settings import NATIVE_MAX_SHORT_SIDE, FeatureSettings, as_dict
+from pipeline.core.settings import NATIVE_MAX_SHORT_SIDE, FeatureSettings
 from pipeline.features.encoding import encoders
 from pipeline.core.deadline import DecodeDeadline
 from pipeline.features.decoding.decode import VideoSampler
@@ -61,7 +61,7 @@ class Extractor:
             keyframe_mode=s.keyframe_mode, fragment_grid=s.fragment_grid,
             native_max_short_side=self.sampling.get("native_max_short_side", NATIVE_MAX_SHORT_SIDE),
             backend=self.backend, fallback=self.fallback, threads=self.threads,
-            deadline=DecodeDeadline(**as_dict(s.decode_deadline)))
+            deadline=DecodeDeadline.from_settings(s.decode_deadline))
 
     @property
     def native(self) -> bool:

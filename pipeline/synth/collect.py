@@ -23,11 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli_args import add_config_arg
-from pipeline.core import atomic, paths
-from pipeline.core.config import load_config
+from pipeline.core import atomic, paths, resolve
 from pipeline.core.errors import FAILURE_COLUMNS
 from pipeline.synth.fr_metrics import to_mos
-from pipeline.synth.plan import read_plan, synth_settings
+from pipeline.synth.plan import read_plan, synth_dataset, synth_settings
 from pipeline.synth.segments import read_segments
 from pipeline.synth.variants import read_failures, read_scores
 
@@ -86,8 +85,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    metric = synth_settings(cfg, args.dataset)["metric"]
+    s = resolve.load(args.config)
+    metric = synth_settings(synth_dataset(s.datasets, args.dataset))["metric"]
     plan_failures = pd.read_csv(args.plan_failures or paths.failures_table(args.plan), dtype=str, keep_default_na=False)
     labels, failures = collect(read_plan(args.plan), plan_failures, args.segments, args.shards, metric,
                                Path(args.videos))

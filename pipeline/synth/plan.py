@@ -26,9 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli_args import add_config_arg
-from pipeline.core import atomic, paths
-from pipeline.core.config import load_config, stable_hash
+from pipeline.core import atomic, paths, resolve
+from pipeline.core.config import stable_hash
 from pipeline.core.errors import FAILURE_COLUMNS, UserError
+from pipeline.core.settings import Dataset
 from pipeline.ingest import labels as L
 from pipeline.ingest.manifest import fingerprint
 from pipeline.ingest.probe import ProbeError, probe_video
@@ -41,12 +42,20 @@ PLAN_COLUMNS = ["name", "reference", "path", "fingerprint", "ref_width", "ref_he
 SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def synth_settings(cfg: dict, dataset: str) -> dict:
+def synth_dataset(datasets: dict, name: str) -> Dataset:
+    """The synth dataset `name` of the resolved datasets (name -> `Dataset`); UserError when the config
+    has no synth dataset of that name."""
+    ds = datasets.get(name)
+    if ds is None or ds.format != "synth":
+        raise UserError(f"dataset '{name}' is not a synth dataset of the config")
+    return ds
+
+
+def synth_settings(ds: Dataset) -> dict:
     """The synth block of a synth dataset (UserError when the dataset is not one)."""
-    ds = cfg["datasets"].get(dataset)
-    if ds is None or ds["format"] != "synth":
-        raise UserError(f"dataset '{dataset}' is not a synth dataset of the config")
-    return ds["synth"]
+    if ds.format != "synth":
+        raise UserError(f"dataset '{ds.name}' is not a synth dataset of the config")
+    return ds.synth
 
 
 def reference_keys(names: list[str]) -> dict[str, str]:
@@ -122,19 +131,18 @@ def frame_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def plan(cfg: dict, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def plan(ds: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(plan table, failures table) of a synth dataset."""
-    ds = cfg["datasets"][dataset]
-    st = synth_settings(cfg, dataset)
-    rungs = D.ladder(st["families"], f"datasets.{dataset}.synth.families")
+    st = synth_settings(ds)
+    rungs = D.ladder(st["families"], f"datasets.{ds.name}.synth.families")
     for rung in rungs:  # every codec of the ladder must have a container
         D.container(rung.family.codec, st["containers"], 0)
-    refs = list_references(ds["references"], ds["reference_labels"])
+    refs = list_references(ds.references, ds.reference_labels)
     keys = reference_keys(list(refs["name"]))
     rows, failures = [], []
     for ref in refs.itertuples(index=False):
         key = keys[ref.name]
-        path = Path(ds["references"]) / ref.name
+        path = Path(ds.references) / ref.name
         try:
             info = probe_video(path)
             if not info["has_video"]:
@@ -206,8 +214,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    table, failures = plan(cfg, args.dataset)
+    s = resolve.load(args.config)
+    table, failures = plan(synth_dataset(s.datasets, args.dataset))
     atomic.write_csv(failures, args.failures or paths.failures_table(args.out))
     atomic.write_csv(table, args.out)
     print(f"synth-plan: {table['reference'].nunique() if len(table) else 0} references, {len(table)} variants, "

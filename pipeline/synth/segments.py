@@ -18,10 +18,9 @@ import av
 import pandas as pd
 
 from pipeline.cli_args import add_config_arg
-from pipeline.core import atomic
-from pipeline.core.config import load_config
+from pipeline.core import atomic, resolve
 from pipeline.synth import ffmpeg
-from pipeline.synth.plan import read_plan
+from pipeline.synth.plan import read_plan, synth_dataset
 
 SEGMENT_COLUMNS = ["segment", "file", "start_frame", "frames", "width", "height", "rate", "error"]
 SEGMENTS_TABLE = "segments.csv"
@@ -100,8 +99,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    references = Path(cfg["datasets"][args.dataset]["references"])
+    s = resolve.load(args.config)
+    references = Path(synth_dataset(s.datasets, args.dataset).references)
     df = cut_reference(read_plan(args.plan), args.reference, references, Path(args.out))
     bad = df[df["error"] != ""]
     print(f"synth-segments: {args.reference}: {len(df) - len(bad)} segments cut, {len(bad)} failed"

@@ -39,7 +39,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE
+from pipeline.core.settings import NATIVE_MAX_SHORT_SIDE
 from pipeline.ingest.media import media_of
 from pipeline.core.deadline import DecodeDeadline
 from pipeline.ingest.streams import display_info, error_text

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE
+from pipeline.core.settings import NATIVE_MAX_SHORT_SIDE
 from pipeline.features.decoding.sampling import DecodedVideo, DecodeError
 from pipeline.features.decoding.views import spatial_view
 

@@ -94,13 +94,14 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def decode_worker_count(cfg: dict, threads: int | None = None, decode_workers: int | None = None) -> int:
-    """Decode worker processes: `decode_workers`, else `features.decode_workers`, else the job's
-    threads (`--threads`, else the config's `threads`, else the CPUs available to this process)."""
+def decode_worker_count(features, threads: int | None = None, decode_workers: int | None = None) -> int:
+    """Decode worker processes: `decode_workers`, else `features.decode_workers` (the resolved
+    `FeatureSettings`), else the job's `threads` (`--threads`, else the config's `threads`: the caller
+    passes them), else the CPUs available to this process."""
     if decode_workers is None:
-        decode_workers = cfg["features"].get("decode_workers")
+        decode_workers = features.decode_workers
     if decode_workers is None:
-        decode_workers = int(threads or cfg.get("threads") or 0) or available_cpus()
+        decode_workers = int(threads or 0) or available_cpus()
     if int(decode_workers) < 0:
         raise UserError(f"decode workers must be >= 0, got {decode_workers}")
     return int(decode_workers)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.specs import NATIVE_MAX_SHORT_SIDE
+from pipeline.core.settings import NATIVE_MAX_SHORT_SIDE
 
 KEYFRAME_MODES = ("stretch", "crop", "fragments", "native")
 

@@ -8,8 +8,8 @@ tokens: every variant is decoded with the config's sampling and its key frames g
 base vision model (the same functions as `lmmvqa extract`), so the workflow needs no feature store of
 another feature-settings hash. Then `quality_adapter.train_adapter` fits the adapter, and the weights
 are written atomically as safetensors, the settings, hashes and timings in the header, under the name
-`specs.adapter_file` gives (the adapter's hash: settings, base vision spec + sampling, the datasets'
-config, this stage's code). An existing file with the same hash is left as it is (a rerun does nothing).
+the resolved `Adapter` gives (`Adapter.file`, named by its hash: settings, base vision spec + sampling,
+the datasets' config, this stage's code). An existing file with the same hash is left as it is (a rerun does nothing).
 """
 from __future__ import annotations
 
@@ -24,22 +24,22 @@ import pandas as pd
 import torch
 
 from pipeline.cli_args import add_config_arg, add_device_arg
-from pipeline.core import paths
-from pipeline.core.config import load_config
+from pipeline.core import paths, resolve
+from pipeline.core.config import stable_hash
 from pipeline.core.errors import UserError
-from pipeline.core.specs import ADAPTER_SETTINGS, adapter_file, adapter_hash, base_vision_hash
+from pipeline.core.resolve import ADAPTER_SETTINGS
+from pipeline.core.settings import Adapter, FeatureSettings
 from pipeline.features.encoding import quality_adapter
 from pipeline.features.encoding.encoders import encode_keyframes
 from pipeline.features.extractor import Extractor
 
 
-def adaptation_videos(cfg: dict) -> pd.DataFrame:
-    """(path, label, dataset) of every variant of the adaptation datasets (their synth label files)."""
-    settings = cfg["models"]["vision"]["adapted"]
+def adaptation_videos(adapter: Adapter) -> pd.DataFrame:
+    """(path, label, dataset) of every variant of the adapter's datasets (their synth label files)."""
     rows = []
-    for d in settings["datasets"]:
-        ds = cfg["datasets"].get(d)
-        if ds is None or ds.get("format") != "synth":
+    for d in adapter.settings["datasets"]:
+        ds = adapter.datasets.get(d)
+        if ds is None or ds.format != "synth":
             raise UserError(f"models.vision.adapted.datasets: {d!r} is not a synth dataset of this config")
         labels_csv = paths.synth_labels(d)
         if not labels_csv.is_file():
@@ -53,10 +53,17 @@ def adaptation_videos(cfg: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "path", "label"])
 
 
-def base_tokens(cfg: dict, videos: pd.DataFrame, device=None, threads=None, log=print) -> tuple[list, np.ndarray, dict]:
-    """Frozen base vision tokens of each video -> (token arrays, labels of the decoded ones, timings)."""
-    plain = {**cfg, "models": {**cfg["models"], "vision": {**cfg["models"]["vision"], "adapted": None}}}
-    ex = Extractor(plain, device, threads)
+def plain_features(features: FeatureSettings) -> FeatureSettings:
+    """The feature settings without the quality adapter: what the adapter sits on."""
+    plain = dataclasses.replace(features, vision=dataclasses.replace(features.vision, adapter=None))
+    return dataclasses.replace(plain, hash=stable_hash(plain.hashed()))
+
+
+def base_tokens(features: FeatureSettings, videos: pd.DataFrame, device=None, threads=None,
+                log=print) -> tuple[list, np.ndarray, dict]:
+    """Frozen base vision tokens of each video (with `features` less the adapter) -> (token arrays,
+    labels of the decoded ones, timings)."""
+    ex = Extractor(plain_features(features), device, threads)
     sampler = dataclasses.replace(ex.sampler, chunk_frames=1, max_seconds=1)  # key frames are all it needs
     tokens, labels, failed = [], [], 0
     t_dec = t_enc = 0.0
@@ -79,13 +86,16 @@ def base_tokens(cfg: dict, videos: pd.DataFrame, device=None, threads=None, log=
                                                     "failed": failed}
 
 
-def adapt(cfg: dict, out=None, device=None, threads=None, log=print) -> Path:
-    """Train and write the adapter of `cfg` (or do nothing when its file exists with the same hash)."""
-    settings = cfg["models"]["vision"].get("adapted")
-    if not isinstance(settings, dict):
+def adapt(adapter: Adapter | None, features: FeatureSettings, out=None, device=None, threads=None,
+          log=print) -> Path:
+    """Train and write `adapter` (the resolved `models.vision.adapted`) on the base vision model of
+    `features` (or do nothing when its file exists with the same hash). `device` / `threads`: the
+    command's, else the config's."""
+    if adapter is None or adapter.hash is None:  # none, or a given file (named by its sha256)
         raise UserError("models.vision.adapted must be a settings block ({datasets: [...], ...}) for adapt-encoder")
-    h = adapter_hash(cfg)
-    out = Path(out or adapter_file(cfg))
+    settings = adapter.settings
+    h = adapter.hash
+    out = Path(out or adapter.file)
     if out.is_file():
         try:
             if quality_adapter.read_meta(out).get("hash") == h:
@@ -96,18 +106,18 @@ def adapt(cfg: dict, out=None, device=None, threads=None, log=print) -> Path:
     if threads:
         torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
-    videos = adaptation_videos(cfg)
-    tokens, labels, timings = base_tokens(cfg, videos, device, threads, log)
+    videos = adaptation_videos(adapter)
+    tokens, labels, timings = base_tokens(features, videos, device, threads, log)
     if len(tokens) < 2:
         raise UserError(f"adapt-encoder: only {len(tokens)} decodable variants in {settings['datasets']}")
     t1 = time.perf_counter()
     train = {k: settings[k] for k in ADAPTER_SETTINGS}
-    adapter, history = quality_adapter.train_adapter(tokens, labels, train, log=log)
+    model, history = quality_adapter.train_adapter(tokens, labels, train, log=log)
     t2 = time.perf_counter()
-    meta = {"hash": h, "base_hash": base_vision_hash(cfg), **train, "datasets": list(settings["datasets"]),
+    meta = {"hash": h, "base_hash": adapter.base_hash, **train, "datasets": list(settings["datasets"]),
             "n_videos": len(tokens), "final_loss": round(float(np.mean([x["loss"] for x in history[-20:]])), 5),
             "tokens_s": round(t1 - t0, 2), "train_s": round(t2 - t1, 2), **timings}
-    quality_adapter.save_adapter(out, adapter, meta)
+    quality_adapter.save_adapter(out, model, meta)
     log(f"wrote {out}: {len(tokens)} videos, base tokens {t1 - t0:.1f} s, training {t2 - t1:.1f} s, "
         f"final loss {meta['final_loss']}")
     return out
@@ -121,6 +131,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    adapt(cfg, args.out, args.device, args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    s = resolve.load(args.config)
+    adapt(s.adapter, s.features, args.out, args.device or s.device, args.threads or s.threads,
+          log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0

@@ -1,7 +1,7 @@
 """The two frozen encoders: the vision role (key frames) and the motion role (one-second chunks).
 
-Every preset goes through the same functions; only the spec differs (`specs.model_spec`). The spec's
-`arch` picks the family: CLIP vision tower or an ImageNet CNN's statistics (`mobilenet_v2`) for the
+Every preset goes through the same functions; only the spec differs (the resolved `ModelSpec.as_dict()`).
+The spec's `arch` picks the family: CLIP vision tower or an ImageNet CNN's statistics (`mobilenet_v2`) for the
 vision role, SlowFast trunk or parameter-free temporal statistics (`temporal_stats`) for the motion role:
 
 * no `source` and no `weights` -> the preset's `config` is built at random init from a fixed seed
@@ -37,7 +37,7 @@ Statistics encoders (statistics_encoders.py): `arch: mobilenet_v2` / `efficientn
 `load_vision` / `load_motion` and run by the same `encode_keyframes` / `encode_chunks`.
 
 Quality adapter (`models.vision.adapted`, pipeline/features/encoding/quality_adapter.py): when the vision spec
-carries `adapted` ({file, hash, sha256, base_hash}: specs.model_spec), `load_vision` wraps the base model
+carries `adapted` ({file, hash, sha256, base_hash}: `Adapter.record()`), `load_vision` wraps the base model
 of either family in `AdaptedVision`, whose tokens are the base tokens ++ the adapter's embedding.
 """
 from __future__ import annotations
@@ -102,7 +102,7 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
     """-> (vision model in eval mode on device/dtype, info {source, config, tokens, width, image_size}).
 
     `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats. With `adapted`
-    ({hash, file}: specs.model_spec), either one wrapped in AdaptedVision (tokens = base ++ adapter)."""
+    ({hash, file}: `Adapter.record()`), either one wrapped in AdaptedVision (tokens = base ++ adapter)."""
     if spec.get("adapted"):
         return _load_adapted(spec, device, dtype, seed)
     device = resolve_device(device)
@@ -216,12 +216,14 @@ class SlowFastTrunk(nn.Module):
 
 
 def _motion_kwargs(config: dict, slow_stride: int) -> tuple[dict, int, int, int]:
-    cfg = copy.deepcopy(config)
-    input_size = int(cfg.pop("input_size", 224))
-    ratio = cfg.get("slowfast_channel_reduction_ratio", 8)
+    """The SlowFast builder's keyword arguments from a motion spec's `config` (a model config, not the
+    workflow config) -> (kwargs, input size, slow and fast feature widths)."""
+    conf = copy.deepcopy(config)
+    input_size = int(conf.pop("input_size", 224))
+    ratio = conf.get("slowfast_channel_reduction_ratio", 8)
     ratio = int(ratio[0] if isinstance(ratio, (list, tuple)) else ratio)
-    stem = int(cfg.pop("stem_dim_out", 64))
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    stem = int(conf.pop("stem_dim_out", 64))
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()}
     kwargs.setdefault("model_depth", 50)
     kwargs["slowfast_channel_reduction_ratio"] = (ratio,)
     kwargs["stem_dim_outs"] = (stem, max(1, stem // ratio))

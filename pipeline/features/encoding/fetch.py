@@ -34,9 +34,9 @@ from pathlib import Path
 
 from pipeline.cli_args import add_no_progress_arg
 from pipeline.core import atomic
-from pipeline.core.config import load_config, validate
+from pipeline.core import resolve
+from pipeline.core.config import presets, validate
 from pipeline.core.errors import UserError
-from pipeline.core.specs import model_spec, presets
 from pipeline.features.encoding.weights import sha256_of
 
 ROLES = ("vision", "motion", "llm")
@@ -57,16 +57,17 @@ def wanted(name: str) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in ALLOW) and not any(fnmatch.fnmatch(name, p) for p in IGNORE)
 
 
-def plan(cfg: dict, revisions: dict[str, str] | None = None) -> list[dict]:
-    """What each role needs: {role, kind: hub | torch_hub | local | packaged | random, source, revision}."""
+def plan(models: dict, revisions: dict[str, str] | None = None) -> list[dict]:
+    """What each role needs: {role, kind: hub | torch_hub | local | packaged | random, source, revision};
+    `models`: role -> the resolved `ModelSpec` (`Settings.models`)."""
     revisions = revisions or {}
     items = []
     for role in ROLES:
-        spec = model_spec(cfg, role)
-        source = spec.get("source")
+        spec = models[role]
+        source = spec.source
         item = {"role": role, "source": source, "revision": None}
         if not source:
-            item["kind"] = "packaged" if spec.get("weights") else ("none" if spec.get("arch") else "random")
+            item["kind"] = "packaged" if spec.weights else ("none" if spec.arch else "random")
         elif str(source) in TORCH_HUB:
             item["kind"] = "torch_hub"
         elif Path(str(source)).expanduser().exists():
@@ -173,14 +174,14 @@ def verify_slowfast(path: Path, role: str) -> None:
                         "delete it and run again") from None
 
 
-def fetch(cfg: dict, to: str | Path | None = None, revisions: dict[str, str] | None = None, verify: bool = True,
+def fetch(models: dict, to: str | Path | None = None, revisions: dict[str, str] | None = None, verify: bool = True,
           api=None, hub_download=None, url_download=None) -> tuple[list[dict], list[str]]:
-    """(what was fetched, one error line per role that failed)."""
+    """(what was fetched, one error line per role that failed); `models`: role -> `ModelSpec`."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise UserError("fetch-weights downloads: run it where there is internet, without HF_HUB_OFFLINE=1")
     to = Path(to).expanduser().resolve() if to is not None else None
     done, errors = [], []
-    for item in plan(cfg, revisions):
+    for item in plan(models, revisions):
         try:
             if item["kind"] == "hub":
                 done.append(fetch_hub(item, to, verify, api, hub_download))
@@ -221,11 +222,13 @@ def instructions(done: list[dict], to: Path | None) -> list[str]:
     return lines
 
 
-def preset_config(preset: str) -> dict:
+def preset_models(preset: str) -> dict:
+    """The resolved models (role -> `ModelSpec`) of a preset as it ships: a config of that preset alone."""
     if preset not in presets():
         raise UserError(f"unknown preset '{preset}' (presets: {', '.join(presets())})")
-    return validate({"datasets": {"none": {"format": "generic", "labels": "none.csv"}}, "models": {"preset": preset}},
-                    f"preset {preset}")
+    cfg = validate({"datasets": {"none": {"format": "generic", "labels": "none.csv"}}, "models": {"preset": preset}},
+                   f"preset {preset}")
+    return resolve.resolve(cfg, validated=True).models
 
 
 def parse_revisions(values: list[str]) -> dict[str, str]:
@@ -254,9 +257,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     if args.no_progress:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    cfg = preset_config(args.preset) if args.preset else load_config(args.config)
+    models = preset_models(args.preset) if args.preset else resolve.load(args.config).models
     to = Path(args.to).expanduser().resolve() if args.to else None
-    done, errors = fetch(cfg, to, parse_revisions(args.revision), verify=not args.no_verify)
+    done, errors = fetch(models, to, parse_revisions(args.revision), verify=not args.no_verify)
     for d in done:
         if d["kind"] in ("hub", "torch_hub"):
             rev = f" @ {d['revision']}" if d.get("revision") else ""

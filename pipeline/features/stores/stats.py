@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.cli_args import add_config_arg, add_stores_arg
 from pipeline.core import atomic
-from pipeline.core.config import load_config
+from pipeline.core import resolve
 from pipeline.core.errors import UserError
 from pipeline.features.stores.store_reader import dataset_features
 
@@ -96,11 +96,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config(args.config)
-    if args.dataset not in cfg["datasets"]:
-        raise UserError(f"unknown dataset '{args.dataset}' (config has: {', '.join(cfg['datasets'])})")
-    features, _ = dataset_features(cfg, args.dataset, args.stores)
-    stats = dict(dataset=args.dataset, **dataset_stats(features, args.address or cfg["dask"]["address"]))
+    s = resolve.load(args.config)
+    if args.dataset not in s.datasets:
+        raise UserError(f"unknown dataset '{args.dataset}' (config has: {', '.join(s.datasets)})")
+    features, _ = dataset_features(s.features.hash, args.dataset, args.stores)
+    stats = dict(dataset=args.dataset, **dataset_stats(features, args.address or s.dask_address))
     out = atomic.write_text(args.out, json.dumps(stats, indent=1) + "\n")
     print(f"feature-stats {args.dataset}: {stats['videos']} videos, {stats['keyframes']} key frames, "
           f"{stats['seconds']} seconds, {stats['failures']} failures -> {out}")
