@@ -96,9 +96,10 @@ def _pad(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def load_features(cfg: dict, dataset: str, ids: list[str]) -> dict:
     """Spatial tokens [n, kf, 197, d] and motion vectors [n, sec, m] (padded, float32) with masks."""
+    from pipeline.core import resolve
     from pipeline.features.stores.store_reader import dataset_features
 
-    feats, stores = dataset_features(cfg, dataset)
+    feats, stores = dataset_features(resolve.of(cfg).features.hash, dataset)
     missing = [i for i in ids if i not in feats]
     if missing:
         raise SystemExit(f"{len(missing)} videos have no features, e.g. {missing[:3]}")

@@ -7,7 +7,7 @@ from conftest import REPO
 
 from pipeline.core.config import load_config, stable_hash, validate
 from pipeline.core.errors import UserError
-from pipeline.core.specs import feature_settings_hash, model_spec
+from pipeline.core import resolve
 
 
 def default_cfg():
@@ -51,6 +51,14 @@ def test_dataset_format_typo_is_named():
     cfg["datasets"]["demo"]["format"] = "konvid1k"
     with pytest.raises(UserError, match=r"datasets\.demo\.format"):
         validate(cfg)
+
+
+def feature_settings_hash(cfg) -> str:
+    return resolve.of(cfg).features.hash
+
+
+def model_spec(cfg, role) -> dict:
+    return resolve.of(cfg).models[role].as_dict()
 
 
 def test_missing_config_file(tmp_path):

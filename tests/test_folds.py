@@ -14,7 +14,26 @@ from pipeline.core import paths
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import aggregate_folds, compute_metrics, experiment_table
-from pipeline.prompts.experiments import experiment_folds, prompt_parts, with_holdout
+from pipeline.core import resolve
+from pipeline.prompts import selectors
+
+
+def experiment_folds(cfg, name):
+    return resolve.of(cfg).experiment(name).folds
+
+
+def with_holdout(cfg, name, fold) -> dict:
+    """The config of the resolved settings with `fold` of experiment `name` held out."""
+    return resolve.of(cfg).with_holdout(name, fold).config
+
+
+def prompt_parts(cfg, selector, fold):
+    return selectors.prompt_parts(resolve.of(cfg).datasets, selector, fold)
+
+
+def shared_content(cfg, name, manifests=None):
+    s = resolve.of(cfg)
+    return selectors.shared_content(s.experiment(name), s.datasets, manifests)
 
 
 def _cfg(experiments, k=3, other_k=3):
@@ -164,7 +183,6 @@ def test_exclude_shared_drops_training_videos_of_tested_sources(tmp_path, monkey
     """Leave one source out with synthetic variants of every source: the variants of the held-out source
     never train the model of that fold, and nothing else is dropped."""
     from pipeline.ingest.manifest import build_manifest, write_manifest
-    from pipeline.prompts.experiments import shared_content
 
     monkeypatch.chdir(tmp_path)
     real = tmp_path / "real.csv"

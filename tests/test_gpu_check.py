@@ -83,7 +83,7 @@ def _gpu_check_module():
 def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
     """The GPU run's config (not run here): valid against the schema, paper shapes, bf16 on CUDA, batch 16."""
     from pipeline.core.config import validate
-    from pipeline.core.specs import model_spec
+    from pipeline.core import resolve
     from pipeline.core import resolve
     from pipeline.core.settings import as_dict
     from pipeline.training.runs import continues_from
@@ -91,7 +91,7 @@ def test_gpu_run_config_is_paper_shaped_two_stage_and_valid():
     gc = _gpu_check_module()
     cfg = validate(gc.make_config(gc.parse_args([])), "gpu_check")
     assert cfg["device"] == "cuda" and cfg["models"]["preset"] == "tiny"
-    vision, motion, llm = (model_spec(cfg, r) for r in ("vision", "motion", "llm"))
+    vision, motion, llm = (resolve.of(cfg).models[r].as_dict() for r in ("vision", "motion", "llm"))
     assert vision["config"]["hidden_size"] == 1024 and vision["config"]["num_hidden_layers"] == 24
     assert vision["config"]["patch_size"] == 14 and vision["config"]["projection_dim"] == 768
     assert motion["config"]["model_depth"] == 50 and motion["config"]["input_size"] == 224

@@ -13,9 +13,8 @@ import yaml
 
 from conftest import write_synth_variants, write_video
 from pipeline.cli import main
-from pipeline.core import paths
+from pipeline.core import paths, resolve
 from pipeline.core.config import load_config
-from pipeline.core.specs import feature_settings_hash
 
 SMALL_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
              "num_key_value_heads": 2}
@@ -71,7 +70,7 @@ def trained(tmp_path_factory):
         run("manifest", "--format", "generic", "--labels", "labels.csv", "--videos", "videos",
             "--out", paths.manifest("d"), "--shard-size", 64, "--k", 4)
         run("extract", "--config", "config.yaml", "--dataset", "d", "--manifest", paths.manifest("d"),
-            "--videos", "videos", "--shard", 0, "--out", paths.store("d", feature_settings_hash(cfg), 0),
+            "--videos", "videos", "--shard", 0, "--out", paths.store("d", resolve.of(cfg).features.hash, 0),
             "--threads", 1, "--no-progress")
         run("prompts", "--config", "config.yaml", "--dataset", "d", "--manifest", paths.manifest("d"),
             "--out-dir", paths.prompts_dir("d"))

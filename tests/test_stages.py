@@ -164,7 +164,14 @@ def test_stage1_with_every_fold_runs_per_fold():
 
 
 def test_overlapping_test_selectors_are_an_error_unless_asked_for():
-    from pipeline.prompts.experiments import test_selectors, unseen_tests
+    from pipeline.prompts import selectors
+
+    def test_selectors(cfg, name):
+        return selectors.test_selectors(resolve.of(cfg).experiment(name))
+
+    def unseen_tests(cfg, name):
+        s = resolve.of(cfg)
+        return selectors.unseen_tests(s.experiment(name), s.datasets)
 
     base = {"train": ["d:train"]}
     cfg = _cfg({"e": {**base, "test": ["d:test", "d:all"]}, "dup": {**base, "test": ["d:test", "d:test"]},

@@ -159,11 +159,11 @@ def test_dataset_features_reads_the_stores_it_is_given(tmp_path):
     from pipeline.features.stores.store_reader import dataset_features
 
     stores = _two_shards(tmp_path)
-    feats, given = dataset_features({}, "any", [str(stores[1])])
+    feats, given = dataset_features("0123456789", "any", [str(stores[1])])
     assert given == [str(stores[1])] and feats.ids == DatasetFeatures([stores[1]]).ids
     assert len(feats.failures) == 1
     with pytest.raises(UserError, match="nope.zarr"):
-        dataset_features({}, "any", [str(stores[0]), str(tmp_path / "nope.zarr")])
+        dataset_features("0123456789", "any", [str(stores[0]), str(tmp_path / "nope.zarr")])
 
 
 def test_feature_info_from_attrs_or_array_shapes(tmp_path):

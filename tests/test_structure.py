@@ -6,6 +6,11 @@ split in two, and the first function-level import that closes it at run time can
 """
 from __future__ import annotations
 
+import ast
+import inspect
+
+from plan_flow import follow
+
 from pipeline.core.versions import PACKAGE, _imports
 
 MAX_LINES = 500
@@ -116,3 +121,58 @@ def test_no_module_is_longer_than_the_limit():
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     over = {path: n for path, n in long.items() if path not in TEMPORARILY_ALLOWED_LONG}
     assert over == {}, f"modules over {MAX_LINES} lines (split them where their ideas part): {over}"
+
+
+# The modules that read the workflow config dict itself: its validation, the resolver and the plan's
+# objects, and the DAG's decisions. Every other module takes typed pieces of the resolved plan
+# (pipeline/core/settings.py). The workflow config is spelled `cfg` (or `config`) wherever it travels.
+CONFIG_READERS = {"core/config.py", "core/resolve.py", "core/settings.py", "workflow.py"}
+
+
+def config_dict_uses(source: str) -> list[int]:
+    """Lines that hold the workflow config dict: a name `cfg` (parameter, variable or use), or an index
+    or `.get` of a name `config`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and node.id == "cfg" or isinstance(node, ast.arg) and node.arg == "cfg":
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "config":
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Attribute) and node.attr == "get" and isinstance(node.value, ast.Name)
+              and node.value.id == "config"):
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_config_dict_uses_are_found():
+    source = "def f(cfg):\n    return 1\n\ndef g(x, config):\n    return config['a'], config.get('b')\n\ndef h(record):\n    return record['x']\n"
+    assert config_dict_uses(source) == [1, 5]
+
+
+def test_only_the_resolver_reads_the_config_dict():
+    found = {p.relative_to(PACKAGE).as_posix(): uses for p in sorted(PACKAGE.rglob("*.py"))
+             if p.relative_to(PACKAGE).as_posix() not in CONFIG_READERS and (uses := config_dict_uses(p.read_text()))}
+    assert found == {}, ("modules that hold the workflow config dict (take the typed settings of "
+                         f"pipeline/core/resolve.py instead), with their lines: {found}")
+
+
+def test_following_an_argument_counts_files_and_functions(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.b import use\nfrom pkg import c\n\n"
+                              "def start(plan, other):\n    use(plan)\n    c.deeper(x=plan)\n    use(other)\n")
+    (pkg / "b.py").write_text("def use(p):\n    return p\n")
+    (pkg / "c.py").write_text("from pkg.b import use\n\ndef deeper(y, x=None):\n    use(y)\n    return use(x)\n")
+    assert follow("pkg.a:start", "plan", tmp_path) == [("pkg.a", "start"), ("pkg.b", "use"), ("pkg.c", "deeper")]
+
+
+def test_the_plan_enters_training_and_stays_near():
+    """The resolved plan entering `train` reaches at most 12 files and 30 functions: it is handed out
+    in pieces, not threaded through the house."""
+    from pipeline.training.train import train
+
+    assert list(inspect.signature(train).parameters)[0] == "settings"  # where the plan enters training
+    visited = follow("pipeline.training.train:train", "settings")
+    files = sorted({module for module, _ in visited})
+    assert len(files) <= 12 and len(visited) <= 30, visited

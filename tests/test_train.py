@@ -40,7 +40,7 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
     (paths are relative: run with cwd = root). Returns the validated config."""
     from pipeline.core import paths, resolve
     from pipeline.core.config import validate
-    from pipeline.core.specs import feature_settings_hash
+    from pipeline.core import resolve
     from pipeline.features.stores.store_writer import StoreWriter
     from pipeline.model.tokenizer import train_tokenizer, write_tokenizer
     from pipeline.prompts.shards import build_prompts, read_prompts
@@ -72,7 +72,7 @@ def make_workspace(root: Path, n_videos: int = 20, T: int = 8, W: int = 32, M: i
                       paths.prompts_dir("syn"))
         write_tokenizer(train_tokenizer(read_prompts([paths.prompts_dir("syn")]), cfg["prompts"]["answer_format"]),
                         paths.tokenizer_dir())
-        settings = feature_settings_hash(cfg)
+        settings = resolve.of(cfg).features.hash
         ds = rng.normal(size=(T, W)) * 0.5 + 1.0
         dm = rng.normal(size=M)
         for shard in sorted(manifest["shard"].unique()):

@@ -62,19 +62,6 @@ class DecodeDeadline:
                    max_s=float(settings.max_s))
 
 
-def with_decode_deadline(cfg: dict, base_s: float | None) -> dict:
-    """Transitional config-dict spelling of `Settings.with_decode_deadline` (for callers that still
-    hold a config dict): `cfg` with `sampling.decode_deadline.base_s` set to `base_s`; `cfg` itself
-    when base_s is None."""
-    if base_s is None:
-        return cfg
-    if not base_s > 0:
-        raise UserError(f"--decode-deadline must be > 0 seconds, got {base_s}")
-    sampling = dict(cfg.get("sampling") or {})
-    sampling["decode_deadline"] = {**(sampling.get("decode_deadline") or {}), "base_s": float(base_s)}
-    return {**cfg, "sampling": sampling}
-
-
 class DeadlineExceeded(Exception):
     """A call did not finish within its deadline; its process was killed."""
 

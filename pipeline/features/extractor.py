@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.core import resolve
 from pipeline.core.settings import NATIVE_MAX_SHORT_SIDE, FeatureSettings
 from pipeline.features.encoding import encoders
 from pipeline.core.deadline import DecodeDeadline
@@ -31,9 +30,6 @@ class Extractor:
     """Both encoders + the decode settings of the feature settings; decode once, encode many."""
 
     def __init__(self, features: "FeatureSettings", device: str | None = None, threads: int | None = None):
-        if isinstance(features, dict):  # a config dict (callers not yet handed the resolved settings)
-            resolved = resolve.of(features)
-            features, device, threads = resolved.features, device or resolved.device, threads or resolved.threads
         self.settings = features
         threads = int(threads or 0)
         if threads > 0:

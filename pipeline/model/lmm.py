@@ -82,13 +82,13 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ the model
 
 class LMMVQA(nn.Module):
-    def __init__(self, llm, tokenizer, projector: Projector, config: dict):
+    def __init__(self, llm, tokenizer, projector: Projector, record: dict):
         super().__init__()
         self.llm = llm
         self.projector = projector
         self.tokenizer = tokenizer
-        self.config = config
-        self.formatter = PromptFormatter(tokenizer, config["vision_tokens"] + 1, config.get("placeholder_token"))
+        self.config = record
+        self.formatter = PromptFormatter(tokenizer, record["vision_tokens"] + 1, record.get("placeholder_token"))
         eos = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self.base_llm(), "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
@@ -101,7 +101,7 @@ class LMMVQA(nn.Module):
               init: str | Path | None = None) -> "LMMVQA":
         """A new model of the LLM `llm_spec`, trained with `training`, answering in `prompts.answer_format`,
         on `device` (a pretrained LLM is loaded straight onto it). The
-        projector starts at random init (seeded), the LLM at random init from the preset's config
+        projector starts at random init (seeded), the LLM at random init from the preset's record
         (source None) or from its pretrained source; or both continue from the model folder `init`
         (stage 2 after stage 1: its projector, and its LLM weights when it saved them)."""
         spec = llm_spec.as_dict()
@@ -129,7 +129,7 @@ class LMMVQA(nn.Module):
         torch.manual_seed(seed + 1)
         settings = projector_settings(tr)
         projector = Projector(info["vision_width"], info["motion_dim"], width, tr["pooling"], settings)
-        config = {
+        record = {
             "format_version": FORMAT_VERSION,
             "vision_width": info["vision_width"], "vision_tokens": info["vision_tokens"],
             "motion_dim": info["motion_dim"], "pooling": tr["pooling"], "llm_width": width, "projector": settings,
@@ -146,14 +146,14 @@ class LMMVQA(nn.Module):
             "training": {k: tr[k] for k in sorted(tr) if k != "lora"},
         }
         if init_record is not None:
-            check_compatible(init, init_record, config, tokenizer)
+            check_compatible(init, init_record, record, tokenizer)
             projector.load_state_dict(load_projector_state(Path(init)))
-            config["init_from"] = {"path": str(init), "experiment": init_record.get("experiment"),
+            record["init_from"] = {"path": str(init), "experiment": init_record.get("experiment"),
                                    "projector_sha1": file_digest(Path(init) / "projector.safetensors")}
         projector.to(device)
-        model = cls(llm, tokenizer, projector, config)
+        model = cls(llm, tokenizer, projector, record)
         model.config["prompt_style"] = model.formatter.style
-        if config["lora"]:
+        if record["lora"]:
             from peft import LoraConfig, get_peft_model  # LoRA runs only
 
             torch.manual_seed(seed + 2)

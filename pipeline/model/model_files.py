@@ -122,19 +122,19 @@ def load_projector_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_compatible(init, init_record: dict, config: dict, tokenizer) -> None:
+def check_compatible(init, init_record: dict, record: dict, tokenizer) -> None:
     """A model to continue from must have the same shapes, LLM and placeholder as the new one."""
     for key in ("vision_width", "vision_tokens", "motion_dim", "pooling", "llm_width", "placeholder_token"):
-        if init_record.get(key) != config.get(key):
+        if init_record.get(key) != record.get(key):
             raise UserError(f"{init}: cannot continue from this model: {key} is {init_record.get(key)!r} there "
-                            f"and {config.get(key)!r} here")
-    if projector_settings(init_record.get("projector")) != projector_settings(config.get("projector")):
+                            f"and {record.get(key)!r} here")
+    if projector_settings(init_record.get("projector")) != projector_settings(record.get("projector")):
         raise UserError(f"{init}: cannot continue from this model: its projector settings "
                         f"{projector_settings(init_record.get('projector'))} differ from this one's "
-                        f"{projector_settings(config.get('projector'))}")
-    if (init_record.get("llm") or {}).get("source") != config["llm"]["source"]:
+                        f"{projector_settings(record.get('projector'))}")
+    if (init_record.get("llm") or {}).get("source") != record["llm"]["source"]:
         raise UserError(f"{init}: cannot continue from this model: its LLM is {init_record['llm'].get('source')!r}, "
-                        f"this one's {config['llm']['source']!r}")
+                        f"this one's {record['llm']['source']!r}")
     init_tok = Path(init) / "tokenizer"
     if init_tok.exists():
         if load_tokenizer(init_tok).get_vocab() != tokenizer.get_vocab():

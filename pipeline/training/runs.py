@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from pipeline.core import paths, resolve, settings
+from pipeline.core import paths
 
 if TYPE_CHECKING:
     from pipeline.core.settings import Experiment
@@ -70,41 +70,3 @@ def continues_from(exp: "Experiment", experiments: Mapping[str, "Experiment"], s
     if exp.init_from:
         return paths.model_dir(exp.init_from, fold if experiments[exp.init_from].every_fold else None)
     return None
-
-
-# config-dict spellings, for callers that still hold a config dict
-
-
-def member_seed(training, member: int | None) -> int:
-    """The training seed of an ensemble member: training.seed + its index."""
-    seed = training["seed"] if isinstance(training, dict) else training.seed
-    return int(seed) + int(member or 0)
-
-
-def ensemble_members(cfg, experiment: str) -> list[int]:
-    return resolve.of(cfg).experiment(experiment).members
-
-
-def ensemble_model_dirs(cfg, experiment: str, fold: int | str | None = None) -> list[Path]:
-    return member_model_dirs(resolve.of(cfg).experiment(experiment), fold)
-
-
-def experiment_training(cfg, experiment: str, stage: int | None = None) -> dict:
-    return settings.as_dict(resolve.of(cfg).experiment(experiment).run_training(stage))
-
-
-def init_model_dir(cfg, experiment: str, stage: int | None = None, fold: int | str | None = None) -> Path | None:
-    s = resolve.of(cfg)
-    return continues_from(s.experiment(experiment), s.experiments, stage, fold)
-
-
-def init_inputs(cfg, experiment: str, stage: int | None = None, fold: int | str | None = None) -> dict[str, str]:
-    """{"init": model folder} of a run that continues from one (a Snakemake input), else {}."""
-    init = init_model_dir(cfg, experiment, stage, fold)
-    return {"init": str(init)} if init is not None else {}
-
-
-def check_experiments(cfg) -> None:
-    """Every experiment's training settings (both stages) and `init_from` chain, checked up front (by
-    resolving them)."""
-    resolve.of(cfg).check_experiments()

@@ -226,9 +226,9 @@ def preset_models(preset: str) -> dict:
     """The resolved models (role -> `ModelSpec`) of a preset as it ships: a config of that preset alone."""
     if preset not in presets():
         raise UserError(f"unknown preset '{preset}' (presets: {', '.join(presets())})")
-    cfg = validate({"datasets": {"none": {"format": "generic", "labels": "none.csv"}}, "models": {"preset": preset}},
-                   f"preset {preset}")
-    return resolve.resolve(cfg, validated=True).models
+    alone = validate({"datasets": {"none": {"format": "generic", "labels": "none.csv"}}, "models": {"preset": preset}},
+                     f"preset {preset}")
+    return resolve.resolve(alone, validated=True).models
 
 
 def parse_revisions(values: list[str]) -> dict[str, str]:

@@ -184,9 +184,9 @@ class TemporalStats(nn.Module):
 
 def load_temporal_stats(spec: dict, device="cpu", slow_stride: int = 4) -> tuple[nn.Module, dict]:
     """-> (TemporalStats in eval mode on `device`, info) of a motion spec with `arch: temporal_stats`."""
-    config = dict(spec.get("config") or {})
-    model = TemporalStats(int(config.get("input_size", 64)), slow_stride).to(resolve_device(device)).eval()
-    return model, {"source": None, "arch": "temporal_stats", "config": config, "dim": TemporalStats.dim,
+    arch_config = dict(spec.get("config") or {})
+    model = TemporalStats(int(arch_config.get("input_size", 64)), slow_stride).to(resolve_device(device)).eval()
+    return model, {"source": None, "arch": "temporal_stats", "config": arch_config, "dim": TemporalStats.dim,
                    "input_size": model.input_size, "slow_stride": slow_stride, "dtype": "float32",
                    "detail": "frame-difference statistics of each one-second chunk",
                    "weights": provenance.no_weights()}

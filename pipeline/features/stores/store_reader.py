@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import zarr
 
-from pipeline.core import paths, resolve
+from pipeline.core import paths
 from pipeline.core.errors import FAILURE_COLUMNS, UserError
 from pipeline.ingest.manifest import read_manifest
 
@@ -238,8 +238,6 @@ def dataset_features(settings_hash: str, dataset: str, stores: list[str] | None 
         if absent:
             raise UserError(f"feature store(s) of '{dataset}' not found: {', '.join(absent[:5])}")
         return DatasetFeatures(stores), [str(s) for s in stores]
-    if not isinstance(settings_hash, str):  # a config dict (callers not yet handed the resolved settings)
-        settings_hash = resolve.of(settings_hash).features.hash
     settings = settings_hash
     manifest = read_manifest(paths.manifest(dataset))
     stores = [paths.store(dataset, settings, s) for s in sorted(manifest["shard"].astype(int).unique())]
