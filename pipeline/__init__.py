@@ -2,8 +2,8 @@
 
 The subpackages follow the pipeline: `ingest` (labels, manifest, probing, demo data) -> `features`
 (decode, encode, feature stores) -> `prompts` (Q&A shards) -> `model` + `training` -> `evaluation`
-(predictions, metrics, aggregate, report, scoring files); `core` is what they share (config, paths,
-specs, code versions, devices). docs/DESIGN.md draws the module graph.
+(predictions, metrics, aggregate, report, scoring files); `core` is what they share (the config and
+its resolved plan, paths, code versions, devices). docs/DESIGN.md draws the module graph.
 """
 from pathlib import Path
 

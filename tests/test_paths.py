@@ -43,7 +43,7 @@ def test_every_output_log_and_benchmark_comes_from_paths():
     sections = [s for p in RULE_FILES for s in _sections(p) if s[1] != "input"]
     assert len(sections) > 20
     # the demo data rule writes where the user's config says (labels file, videos folder): not an artifact
-    bad = [s for s in sections if "paths." not in s[2] and "dataset_cfg(" not in s[2]]
+    bad = [s for s in sections if "paths." not in s[2] and "DATASETS[" not in s[2]]
     assert bad == []
 
 

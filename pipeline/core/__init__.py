@@ -1,1 +1,1 @@
-"""What every stage shares: config, artifact paths, model specs, quality levels, metrics, code versions, devices, atomic writes."""
+"""What every stage shares: the config and its resolved plan, artifact paths, quality levels, metrics, code versions, devices, atomic writes."""

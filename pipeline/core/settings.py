@@ -243,9 +243,9 @@ class FeatureSettings:
 class Split:
     SCHEMA: typing.ClassVar = ("datasets", "*", "split")
     scheme: str
-    k: int = 5
-    seed: int = 0
-    group_by: str | None = None
+    k: int
+    seed: int
+    group_by: str | None
 
 
 @dataclass(frozen=True)
@@ -256,13 +256,13 @@ class Dataset:
     format: str
     labels: str
     split: Split
-    extra_labels: tuple = ()
-    videos: str | None = None
-    mos_scale: str | None = None  # "0-100" or "1-5": the scale its label file rates on
-    generate: dict | None = None
-    references: str | None = None
-    reference_labels: str | None = None
-    synth: dict | None = None
+    extra_labels: tuple
+    videos: str | None
+    mos_scale: str | None  # "0-100" or "1-5": the scale its label file rates on
+    generate: dict | None
+    references: str | None
+    reference_labels: str | None
+    synth: dict | None
 
     @property
     def rated(self) -> bool:
