@@ -156,7 +156,7 @@ def train(settings: Settings, experiment: str, out: str | Path, device: str = "c
     """Train an experiment's model into `out` (`stage=1`: stage 1 of a two-stage experiment; `fold`: the
     fold of a `folds: all` experiment the config holds out, or `all`, for the default model it
     continues from and its checkpoint folder; `member`: that member of its ensemble, seed
-    training.seed + member). The run continues from `init` (a model folder; default `init_model_dir`)
+    training.seed + member). The run continues from `init` (a model folder; default: `continues_from`, its stage 1 or `init_from` model)
     and reads the feature stores
     `stores` (default: found from each dataset's manifest). `stop_after` (tests) ends the
     process's work right after that optimizer step's checkpoint, as if it were killed there."""
