@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from pipeline.core import resolve
 from pipeline.core.config import validate
 from pipeline.core.errors import UserError
+from pipeline.core.metrics import aggregate_folds, compute_metrics
 from pipeline.evaluation.predict import predict_batch
+from pipeline.evaluation.report import metrics_rows
 from pipeline.features.encoding import quality_adapter as qa
 from pipeline.features.stores.store_reader import collate_videos
 from pipeline.model import quality_prior as qp
+from pipeline.model.answers import mbr_score
 from pipeline.model.lmm import LMMVQA
 from pipeline.model.tokenizer import train_tokenizer
-from pipeline.prompts.shards import load_templates
+from pipeline.prompts.shards import load_templates, question_for
 from pipeline.training.train import new_model
 
 BASE, DIM, TOKENS, MOTION = 10, 3, 4, 6
@@ -123,8 +127,17 @@ def test_training_records_the_prior_and_prediction_blends_it(adapter_file, tmp_p
     for r, qi in zip(rows, q):
         assert r["quality_score"] == pytest.approx(qi)
         assert r["prob_score"] == pytest.approx(0.75 * r["lmm_prob_score"] + 0.25 * qi)
+    # under mbr the text answer is the ensemble's too: (1 - w) x the head's median + w x the adapter's score
+    mbr = predict_batch(again, batch, ids, bank=bank, decoding="mbr")
+    medians = [mbr_score(row) for row in again.score_logprobs(batch, [question_for(v, "score", 0, bank, 0)[1]
+                                                                      for v in ids])]
+    for r, qi, med in zip(mbr, q, medians):
+        assert r["text"] == again.answer_format.render(0.75 * med + 0.25 * qi)
+        assert r["prob_score"] == pytest.approx(0.75 * r["lmm_prob_score"] + 0.25 * qi)
     # without the prior the model's own expected score is the probability score, as before
     again.config.pop("quality_prior")
+    assert [r["text"] for r in predict_batch(again, batch, ids, bank=bank, decoding="mbr")] == [
+        again.answer_format.render(med) for med in medians]
     plain = predict_batch(again, batch, ids, bank=bank)
     assert [r["prob_score"] for r in plain] == pytest.approx([r["lmm_prob_score"] for r in rows])
     assert all(r["quality_score"] is None for r in plain)
@@ -139,3 +152,35 @@ def test_fitting_the_prior_leaves_the_seed_alone(adapter_file):
     after = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(after, torch.rand(3))
+
+
+def _predictions(n=12, prior=True, seed=0):
+    rng = np.random.default_rng(seed)
+    mos = np.linspace(10, 90, n)
+    lmm = mos + rng.normal(0, 20, n)
+    quality = mos + rng.normal(0, 5, n) if prior else np.full(n, np.nan)
+    return pd.DataFrame({"id": [f"v{i}" for i in range(n)], "mos": mos, "score": lmm.round(), "invalid": False,
+                         "prob_score": 0.5 * lmm + 0.5 * quality if prior else lmm, "lmm_prob_score": lmm,
+                         "quality_score": quality})
+
+
+def test_a_blended_score_is_called_an_ensemble_and_the_head_is_measured_beside_it():
+    m = compute_metrics(_predictions(), bootstrap=0)
+    assert m["ensemble"]["method"] == "prob" and m["ensemble"]["alone"] == "lmm_prob"
+    assert m["methods"]["prob"]["note"].startswith("an ensemble: the answer head's score blended")
+    alone = compute_metrics(_predictions().assign(prob_score=lambda d: d["lmm_prob_score"]), bootstrap=0)
+    assert m["methods"]["lmm_prob"]["srcc"] == pytest.approx(alone["methods"]["prob"]["srcc"])
+    assert m["methods"]["prob"]["srcc"] > m["methods"]["lmm_prob"]["srcc"]  # the adapter's part is closer here
+    plain = compute_metrics(_predictions(prior=False), bootstrap=0)
+    assert "ensemble" not in plain and set(plain["methods"]) == {"text", "prob"}
+    folds = [{**compute_metrics(_predictions(seed=f), bootstrap=0), "fold": f} for f in range(3)]
+    agg = aggregate_folds(folds)
+    assert agg["ensemble"] == m["ensemble"] and "lmm_prob" in agg["aggregate"]
+    assert agg["methods"]["lmm_prob"]["srcc"] == pytest.approx(np.mean([f["methods"]["lmm_prob"]["srcc"] for f in folds]))
+    assert agg["methods"]["prob"]["note"].startswith("an ensemble")
+    assert "ensemble" not in aggregate_folds([{**plain, "fold": 0}, {**plain, "fold": 1}])
+    row = metrics_rows([m])[0]
+    assert [x["name"] for x in row["methods"]] == ["text", "prob", "lmm_prob"]
+    assert [x["label"] for x in row["methods"]][1:] == ["prob (ensemble: answer head + quality adapter)",
+                                                        "prob of the answer head alone"]
+    assert [x["label"] for x in metrics_rows([plain])[0]["methods"]] == ["text", "prob"]

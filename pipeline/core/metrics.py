@@ -47,6 +47,12 @@ from pipeline.core import atomic
 from pipeline.core.levels import LEVELS
 
 METHODS = ("text", "prob")
+# With a quality prior `prob` is an ensemble of two scorers, and its metrics say so; `lmm_prob` (the answer
+# head's own probability score) is measured beside it.
+ENSEMBLE = {"of": ["the answer head's probability score (lmm_prob_score)",
+                   "the quality adapter's calibrated score (quality_score)"],
+            "method": "prob", "alone": "lmm_prob"}
+ENSEMBLE_NOTE = "an ensemble: the answer head's score blended with the quality adapter's (lmm_prob: the head alone)"
 METRIC_KEYS = ("n", "srcc", "krcc", "plcc", "plcc_raw", "rmse", "srcc_ci", "plcc_ci", "note")
 MIN_CORRELATION = 3  # fewer valid pairs: no correlation is defined
 MIN_FIT = 5  # fewer: the 4-parameter logistic would interpolate the points, PLCC/RMSE after it are not defined
@@ -245,6 +251,11 @@ def compute_metrics(predictions: pd.DataFrame, bootstrap: int = 1000, seed: int 
             methods["prob"]["note"] = f"{methods['prob']['note']}; {extra}" if methods["prob"]["note"] else extra
     else:
         methods["prob"] = {**{k: None for k in METRIC_KEYS}, "n": 0, "note": "not defined: no probability scores"}
+    blended = "quality_score" in df and pd.to_numeric(df["quality_score"], errors="coerce").notna().any()
+    if blended and "lmm_prob_score" in df:
+        methods["lmm_prob"] = score_metrics(pd.to_numeric(df["lmm_prob_score"], errors="coerce").to_numpy(dtype=float),
+                                            mos, bootstrap, seed)
+        methods["prob"]["note"] = "; ".join(filter(None, [ENSEMBLE_NOTE, methods["prob"]["note"]]))
     level_true = df["level_true"] if "level_true" in df else [None] * n
     level_pred = df["level"] if "level" in df else [None] * n
     return {
@@ -254,6 +265,7 @@ def compute_metrics(predictions: pd.DataFrame, bootstrap: int = 1000, seed: int 
         "invalid": n_invalid,
         "methods": methods,
         "level": level_metrics(level_true, level_pred),
+        **({"ensemble": ENSEMBLE} if blended else {}),
     }
 
 
@@ -292,22 +304,25 @@ def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dat
     if not folds:
         raise ValueError("no per-fold metrics to aggregate")
     k = len(folds)
+    methods_in = [meth for meth in (*METHODS, ENSEMBLE["alone"])
+                  if meth in METHODS or all(meth in (m.get("methods") or {}) for m in folds)]
     compact = []
     for m in folds:
         level = m.get("level") or {}
         compact.append({
             "fold": int(m.get("fold", len(compact))), "n": m.get("n"), "invalid": m.get("invalid"),
             "methods": {meth: {key: ((m.get("methods") or {}).get(meth) or {}).get(key)
-                               for key in ("n", *FOLD_KEYS, "note")} for meth in METHODS},
+                               for key in ("n", *FOLD_KEYS, "note")} for meth in methods_in},
             "level": {"accuracy": level.get("accuracy"), "invalid": level.get("invalid")},
         })
     aggregate = {meth: {key: fold_summary([c["methods"][meth][key] for c in compact]) for key in FOLD_KEYS}
-                 for meth in METHODS}
+                 for meth in methods_in}
     aggregate["level_accuracy"] = fold_summary([c["level"]["accuracy"] for c in compact])
     aggregate["invalid"] = fold_summary([c["invalid"] for c in compact])
     aggregate["n"] = fold_summary([c["n"] for c in compact])
+    ensemble = all(m.get("ensemble") for m in folds)
     methods = {}
-    for meth in METHODS:
+    for meth in methods_in:
         mm = {key: aggregate[meth][key]["mean"] for key in FOLD_KEYS}
         srcc = aggregate[meth]["srcc"]
         undefined = k - srcc["folds"]
@@ -316,6 +331,8 @@ def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dat
             note += f" (SRCC std {srcc['std']:.3f}, median {srcc['median']:.3f})"
         if undefined:
             note += f"; SRCC not defined in {undefined} fold(s)"
+        if meth == ENSEMBLE["method"] and ensemble:
+            note = f"{ENSEMBLE_NOTE}; {note}"
         methods[meth] = {"n": int(sum(c["methods"][meth]["n"] or 0 for c in compact)), **mm,
                          "srcc_ci": None, "plcc_ci": None, "note": note}
     confusion = np.zeros((len(LEVELS), len(LEVELS)), dtype=int)
@@ -339,6 +356,7 @@ def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dat
                   "note": f"accuracy: mean over {k} folds; confusion: summed over folds"},
         "aggregate": aggregate,
         "fold_metrics": compact,
+        **({"ensemble": ENSEMBLE} if ensemble else {}),
         "templates_per_video": folds[0].get("templates_per_video"),
         "no_features": {"count": int(sum((m.get("no_features") or {}).get("count", 0) for m in folds)),
                         "ids": no_features[:50]},

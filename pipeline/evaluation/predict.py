@@ -8,7 +8,8 @@ Per video:
   plain greedy text, which may be invalid. `mbr` generates nothing: the text is the candidate answer
   with the least expected absolute error under the very log-probabilities `prob_score` is computed from
   (their weighted median, pipeline.model.answers.mbr_score), written in the answer format, so it agrees
-  with `prob_score` (with a quality prior: with `lmm_prob_score`). Either way the answer is parsed and
+  with `prob_score` (with a quality prior it is the ensemble's: (1 - w) x the median + w x the adapter's
+  score, written in the answer format, as `prob_score` blends the expected score). Either way the answer is parsed and
   `invalid` counted.
   With K templates (evaluation.templates_per_video) the valid parsed answers are averaged; the
   video is invalid only when none of the K answers parses.
@@ -20,8 +21,9 @@ Per video:
   instead of the single greedy path.
 * With a quality prior (`training.quality_prior` w > 0, recorded in the model folder;
   pipeline/model/quality_prior.py): `prob_score` = (1 - w) x the model's expected score + w x the
-  quality adapter's calibrated score; `lmm_prob_score` and `quality_score` hold the two parts. Without
-  one, `lmm_prob_score` = `prob_score` and `quality_score` is empty.
+  quality adapter's calibrated score, an ensemble of the two scorers (its metrics say so and measure
+  `lmm_prob_score` beside it); `lmm_prob_score` and `quality_score` hold the two parts. Without one,
+  `lmm_prob_score` = `prob_score` and `quality_score` is empty. The level answer stays the answer head's.
 * `level` (greedy answer to the level question, parsed; under `mbr` the most probable level word of the
   averaged probabilities, `level_text` that of each template's) and `p_good`, `p_fair`, `p_poor` (the
   three level words scored as complete answers, renormalised); with K templates the level question
@@ -58,12 +60,17 @@ def _answer(model, videos, questions, kind, constrained, max_new_tokens, parse, 
             values[i].append(value)
 
 
-def _mbr_answers(model, videos, questions, texts, values) -> np.ndarray:
+def _mbr_answers(model, videos, questions, texts, values, prior=None) -> np.ndarray:
     """The `mbr` text answer per video (appended to `texts` / `values` as `_answer` does) and the
-    probability scores, both from one scoring of the answer format's candidates."""
+    probability scores, both from one scoring of the answer format's candidates. `prior` (weight w,
+    the quality adapter's scores): the answer is the ensemble's, (1 - w) x the median + w x the adapter's
+    score, as the probability score blends the expected score."""
     rows = model.score_logprobs(videos, questions)
     for i, row in enumerate(rows):
-        text = model.answer_format.render(mbr_score(row))
+        median = mbr_score(row)
+        if prior is not None:
+            median = (1.0 - prior[0]) * median + prior[0] * float(prior[1][i])
+        text = model.answer_format.render(median)
         texts[i].append(text)
         values[i].append(parse_score(text)[0])  # a rendered answer always parses
     return np.array([expected_score(row) for row in rows])
@@ -94,7 +101,8 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
         for k in range(templates):
             questions = [question_for(vid, "score", seed, bank, k, media=kind)[1] for vid, kind in zip(ids, media)]
             if mbr:
-                p = _mbr_answers(m, videos, questions, texts, parsed)
+                p = _mbr_answers(m, videos, questions, texts, parsed,
+                                 prior=(float(prior["weight"]), q) if q is not None else None)
             else:
                 _answer(m, videos, questions, "score", constrained, max_new_tokens, parse_score, texts, parsed)
                 p = np.asarray(m.prob_scores(videos, questions), dtype=float)

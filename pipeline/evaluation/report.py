@@ -140,13 +140,18 @@ def _cell(value, digits=3) -> dict:
     return {"text": str(value), "value": str(value)}
 
 
+# column headings of an experiment whose probability score is an ensemble (a quality prior blended in)
+METHOD_LABELS = {"prob": "prob (ensemble: answer head + quality adapter)", "lmm_prob": "prob of the answer head alone"}
+
+
 def metrics_rows(metrics_list: list[dict]) -> list[dict]:
     """Rows of the HTML experiment table, straight from the metrics JSON."""
     rows = []
     for m in metrics_list:
         level = m.get("level") or {}
         methods = []
-        for method in METHODS:
+        ensemble = m.get("ensemble")
+        for method in (*METHODS, *([ensemble["alone"]] if ensemble else [])):
             mm = (m.get("methods") or {}).get(method) or {}
             cells = [("n", _cell(mm.get("n")))]
             for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse"):
@@ -154,7 +159,8 @@ def metrics_rows(metrics_list: list[dict]) -> list[dict]:
             cis = {k: mm.get(k) for k in ("srcc_ci", "plcc_ci")}
             agg = (m.get("aggregate") or {}).get(method)
             stds = {k: (agg.get(k) or {}).get("std") for k in ("srcc", "krcc", "plcc", "plcc_raw", "rmse")} if agg else None
-            methods.append({"name": method, "cells": cells, "cis": cis, "note": mm.get("note"), "stds": stds})
+            methods.append({"name": method, "label": METHOD_LABELS.get(method, method) if ensemble else method,
+                            "cells": cells, "cis": cis, "note": mm.get("note"), "stds": stds})
         rows.append({"test": m.get("test") or m.get("dataset"), "n": _cell(m.get("n")), "invalid": _cell(m.get("invalid")),
                      "level_accuracy": _cell(level.get("accuracy")), "level_invalid": _cell(level.get("invalid")),
                      "methods": methods})

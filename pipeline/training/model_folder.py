@@ -185,7 +185,8 @@ def model_card(exp: "Experiment", datasets: Mapping[str, "Dataset"], training: "
         *([f"- continued from `{model.config['init_from']['path']}` (experiment "
            f"{model.config['init_from'].get('experiment')}): its projector and LLM weights are the starting point"]
           if model.config.get("init_from") else []),
-        *([f"- quality prior: prob_score = {1 - qp['weight']:g} x the model's expected score + {qp['weight']:g} x the "
+        *([f"- an ensemble with the quality prior: prob_score = {1 - qp['weight']:g} x the model's expected score + "
+           f"{qp['weight']:g} x the "
            f"score of quality adapter {qp['adapter']} on the MOS scale (a line fitted on {qp['n_videos']} training "
            f"videos; their SRCC {qp['train_srcc']:.3f})"] if (qp := model.config.get("quality_prior")) else []), "",
         "## Training", "",
