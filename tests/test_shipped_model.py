@@ -162,3 +162,19 @@ def test_score_without_a_model_in_an_empty_folder_uses_the_shipped_model_and_say
     assert said.startswith(f"lmmvqa score: the shipped model {SHIPPED_MODEL} (no config.yaml here")
     assert "trained on clive-dev (310 photos rated by people" in said and "realset-dev (150 real footage" in said
     assert "photos rated by people (human MOS): SRCC 0." in said and "real footage rated by VMAF" in said
+
+
+def test_a_model_with_the_quality_prior_ships_as_an_ensemble(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _trained_experiment(tmp_path)
+    metrics = paths.metrics("cv", "photos:test")
+    m = json.loads(metrics.read_text())
+    m["ensemble"] = {"method": "prob", "alone": "lmm_prob"}
+    m["methods"]["lmm_prob"] = {"srcc": 0.52, "plcc": 0.55}
+    metrics.write_text(json.dumps(m))
+    record = ship("c.yaml", "card.md", "out/m")
+    (fig,) = record["figures"]
+    assert fig["ensemble"] is True and fig["alone_srcc"] == 0.52 and fig["srcc"] == 0.61
+    card = (tmp_path / "out/m/README.md").read_text()
+    assert ("photos:test: the probability score is an ensemble of the answer head and the quality adapter's score "
+            "(the quality prior); the answer head alone: SRCC 0.520.") in card

@@ -95,6 +95,9 @@ def figures(exp: "Experiment", datasets: Mapping[str, "Dataset"], kinds: dict) -
             "fold_srcc": [_round(((f.get("methods") or {}).get("prob") or {}).get("srcc"))
                           for f in m.get("fold_metrics") or []],
             "fold_names": fold_names(dataset, split.group_by, [f.get("fold") for f in m.get("fold_metrics") or []]),
+            # a score blended with the quality prior is an ensemble: the answer head alone beside it
+            **({"ensemble": True, "alone_srcc": _round(((m.get("methods") or {}).get("lmm_prob") or {}).get("srcc"))}
+               if m.get("ensemble") else {}),
         })
     return out
 
@@ -180,6 +183,9 @@ def model_card(record: dict, body: str) -> str:
     for f in record["figures"]:
         lines.append(f"| {f['kind']} | {f['test']} | {f['protocol']} | {f['n']} | {_pm(f['srcc'], f['srcc_std'])} | "
                      f"{_pm(f['plcc'], f['plcc_std'])} | {per_fold(f)} |")
+    lines += [f"\n{f['test']}: the probability score is an ensemble of the answer head and the quality adapter's "
+              f"score (the quality prior); the answer head alone: SRCC {_pm(f['alone_srcc'], None)}."
+              for f in record["figures"] if f.get("ensemble")]
     lines += ["", "## Weights (sha256)", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{k}` | `{v}` |" for k, v in record["weights_sha256"].items()]
     lines += ["", "Rebuild (needs the training data; gives these hashes again):", "", "```"]
