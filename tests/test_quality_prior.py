@@ -166,21 +166,22 @@ def _predictions(n=12, prior=True, seed=0):
 
 def test_a_blended_score_is_called_an_ensemble_and_the_head_is_measured_beside_it():
     m = compute_metrics(_predictions(), bootstrap=0)
-    assert m["ensemble"]["method"] == "prob" and m["ensemble"]["alone"] == "lmm_prob"
+    assert m["prob_ensemble"]["method"] == "prob" and m["prob_ensemble"]["alone"] == "lmm_prob"
     assert m["methods"]["prob"]["note"].startswith("an ensemble: the answer head's score blended")
     alone = compute_metrics(_predictions().assign(prob_score=lambda d: d["lmm_prob_score"]), bootstrap=0)
     assert m["methods"]["lmm_prob"]["srcc"] == pytest.approx(alone["methods"]["prob"]["srcc"])
     assert m["methods"]["prob"]["srcc"] > m["methods"]["lmm_prob"]["srcc"]  # the adapter's part is closer here
     plain = compute_metrics(_predictions(prior=False), bootstrap=0)
-    assert "ensemble" not in plain and set(plain["methods"]) == {"text", "prob"}
+    assert "prob_ensemble" not in plain and set(plain["methods"]) == {"text", "prob"}
     folds = [{**compute_metrics(_predictions(seed=f), bootstrap=0), "fold": f} for f in range(3)]
     agg = aggregate_folds(folds)
-    assert agg["ensemble"] == m["ensemble"] and "lmm_prob" in agg["aggregate"]
+    assert agg["prob_ensemble"] == m["prob_ensemble"] and "lmm_prob" in agg["aggregate"]
     assert agg["methods"]["lmm_prob"]["srcc"] == pytest.approx(np.mean([f["methods"]["lmm_prob"]["srcc"] for f in folds]))
     assert agg["methods"]["prob"]["note"].startswith("an ensemble")
-    assert "ensemble" not in aggregate_folds([{**plain, "fold": 0}, {**plain, "fold": 1}])
+    assert "prob_ensemble" not in aggregate_folds([{**plain, "fold": 0, "ensemble": 1}, {**plain, "fold": 1, "ensemble": 1}])
     row = metrics_rows([m])[0]
     assert [x["name"] for x in row["methods"]] == ["text", "prob", "lmm_prob"]
     assert [x["label"] for x in row["methods"]][1:] == ["prob (ensemble: answer head + quality adapter)",
                                                         "prob of the answer head alone"]
-    assert [x["label"] for x in metrics_rows([plain])[0]["methods"]] == ["text", "prob"]
+    # evaluate's metrics.json counts an experiment's member models as `ensemble`: not a blended score
+    assert [x["label"] for x in metrics_rows([{**plain, "ensemble": 1}])[0]["methods"]] == ["text", "prob"]

@@ -42,7 +42,7 @@ def _trained_experiment(root):
         + "".join(f"p{i},p{i}.jpg,{i + 1},50,50,fair,kfold,{i % 2},0,100,x{i}\n" for i in range(6)))
     metrics = paths.metrics("cv", "photos:test")
     metrics.parent.mkdir(parents=True)
-    metrics.write_text(json.dumps({"n": 6, "folds": 2, "methods": {"prob": {"srcc": 0.61, "plcc": 0.64}},
+    metrics.write_text(json.dumps({"n": 6, "folds": 2, "ensemble": 1, "methods": {"prob": {"srcc": 0.61, "plcc": 0.64}},
                                    "aggregate": {"prob": {"srcc": {"std": 0.05}, "plcc": {"std": 0.02}}},
                                    "fold_metrics": [{"methods": {"prob": {"srcc": 0.56}}},
                                                     {"methods": {"prob": {"srcc": 0.66}}}]}))
@@ -75,6 +75,7 @@ def test_ship_copies_the_model_with_its_record_card_and_readable_weights(tmp_pat
     (fig,) = record["figures"]
     assert (fig["test"], fig["srcc"], fig["srcc_std"], fig["plcc"], fig["fold_srcc"], fig["n"]) == (
         "photos:test", 0.61, 0.05, 0.64, [0.56, 0.66], 6)
+    assert "ensemble" not in fig  # one member model, no quality prior: not an ensemble
     assert record["weights_sha256"] == weight_hashes(model) and list(record["weights_sha256"]) == ["projector.safetensors"]
     card = (out / "README.md").read_text()
     assert "| photos rated by people | photos:test | 2 folds | 6 | 0.610 ± 0.050 | 0.640 ± 0.020 | 0.560, 0.660 |" in card
@@ -169,7 +170,7 @@ def test_a_model_with_the_quality_prior_ships_as_an_ensemble(tmp_path, monkeypat
     _trained_experiment(tmp_path)
     metrics = paths.metrics("cv", "photos:test")
     m = json.loads(metrics.read_text())
-    m["ensemble"] = {"method": "prob", "alone": "lmm_prob"}
+    m["prob_ensemble"] = {"method": "prob", "alone": "lmm_prob"}
     m["methods"]["lmm_prob"] = {"srcc": 0.52, "plcc": 0.55}
     metrics.write_text(json.dumps(m))
     record = ship("c.yaml", "card.md", "out/m")

@@ -265,7 +265,7 @@ def compute_metrics(predictions: pd.DataFrame, bootstrap: int = 1000, seed: int 
         "invalid": n_invalid,
         "methods": methods,
         "level": level_metrics(level_true, level_pred),
-        **({"ensemble": ENSEMBLE} if blended else {}),
+        **({"prob_ensemble": ENSEMBLE} if blended else {}),
     }
 
 
@@ -320,7 +320,7 @@ def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dat
     aggregate["level_accuracy"] = fold_summary([c["level"]["accuracy"] for c in compact])
     aggregate["invalid"] = fold_summary([c["invalid"] for c in compact])
     aggregate["n"] = fold_summary([c["n"] for c in compact])
-    ensemble = all(m.get("ensemble") for m in folds)
+    ensemble = all(m.get("prob_ensemble") for m in folds)
     methods = {}
     for meth in methods_in:
         mm = {key: aggregate[meth][key]["mean"] for key in FOLD_KEYS}
@@ -356,7 +356,7 @@ def aggregate_folds(fold_metrics: list[dict], experiment: str | None = None, dat
                   "note": f"accuracy: mean over {k} folds; confusion: summed over folds"},
         "aggregate": aggregate,
         "fold_metrics": compact,
-        **({"ensemble": ENSEMBLE} if ensemble else {}),
+        **({"prob_ensemble": ENSEMBLE} if ensemble else {}),
         "templates_per_video": folds[0].get("templates_per_video"),
         "no_features": {"count": int(sum((m.get("no_features") or {}).get("count", 0) for m in folds)),
                         "ids": no_features[:50]},

@@ -150,7 +150,7 @@ def metrics_rows(metrics_list: list[dict]) -> list[dict]:
     for m in metrics_list:
         level = m.get("level") or {}
         methods = []
-        ensemble = m.get("ensemble")
+        ensemble = m.get("prob_ensemble")  # (`ensemble` counts an experiment's member models)
         for method in (*METHODS, *([ensemble["alone"]] if ensemble else [])):
             mm = (m.get("methods") or {}).get(method) or {}
             cells = [("n", _cell(mm.get("n")))]

@@ -97,7 +97,7 @@ def figures(exp: "Experiment", datasets: Mapping[str, "Dataset"], kinds: dict) -
             "fold_names": fold_names(dataset, split.group_by, [f.get("fold") for f in m.get("fold_metrics") or []]),
             # a score blended with the quality prior is an ensemble: the answer head alone beside it
             **({"ensemble": True, "alone_srcc": _round(((m.get("methods") or {}).get("lmm_prob") or {}).get("srcc"))}
-               if m.get("ensemble") else {}),
+               if m.get("prob_ensemble") else {}),
         })
     return out
 
