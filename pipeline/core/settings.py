@@ -232,6 +232,16 @@ class FeatureSettings:
     motion: ModelSpec = _derived(default=None)
     hash: str = _derived(default="")
 
+    def with_decode_deadline(self, base_s: float | None) -> "FeatureSettings":
+        """These settings with `sampling.decode_deadline.base_s` = `base_s` (a command's
+        --decode-deadline: it changes no feature, nor the hash); themselves when base_s is None."""
+        if base_s is None:
+            return self
+        if not base_s > 0:
+            raise UserError(f"--decode-deadline must be > 0 seconds, got {base_s}")
+        deadline = dataclasses.replace(self.sampling.decode_deadline, base_s=float(base_s))
+        return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling, decode_deadline=deadline))
+
     def hashed(self) -> dict:
         """Everything that changes the numbers in a feature store."""
         return {"format": FEATURE_FORMAT_VERSION, "sampling": self.sampling.hashed(),
@@ -378,14 +388,7 @@ class Settings:
     def with_decode_deadline(self, base_s: float | None) -> "Settings":
         """These settings with `sampling.decode_deadline.base_s` = `base_s` (a command's
         --decode-deadline); themselves when base_s is None."""
-        if base_s is None:
-            return self
-        if not base_s > 0:
-            raise UserError(f"--decode-deadline must be > 0 seconds, got {base_s}")
-        sampling = self.features.sampling
-        deadline = dataclasses.replace(sampling.decode_deadline, base_s=float(base_s))
-        features = dataclasses.replace(self.features, sampling=dataclasses.replace(sampling, decode_deadline=deadline))
-        return dataclasses.replace(self, features=features)
+        return self if base_s is None else dataclasses.replace(self, features=self.features.with_decode_deadline(base_s))
 
 
 # ---------------------------------------------------------------------------------------------------

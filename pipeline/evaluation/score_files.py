@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 import time
@@ -103,8 +102,8 @@ class Scorer:
         self.model = self.models[0]
         record = self.model.config  # the model folder's lmmvqa.json
         check_members(dirs, self.models)
-        self.feature_settings = with_decode_deadline(resolve.extraction_settings(scoring_extraction(dirs[0], record)),
-                                             decode_deadline)
+        self.feature_settings = resolve.extraction_settings(scoring_extraction(dirs[0], record)).with_decode_deadline(
+            decode_deadline)
         self.extractor = Extractor(self.feature_settings, device=device, threads=threads)
         self.decoders.start(self.extractor.sampler)
         bank = dirs[0] / "templates.yaml"
@@ -175,18 +174,6 @@ class Scorer:
             "duration": meta.get("duration"), "backend": meta.get("backend"),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-
-
-def with_decode_deadline(features: "FeatureSettings", base_s: float | None) -> "FeatureSettings":
-    """`features` with `sampling.decode_deadline.base_s` = `base_s` (--decode-deadline); themselves when
-    base_s is None (as `Settings.with_decode_deadline` does for a whole config's)."""
-    if base_s is None:
-        return features
-    if not base_s > 0:
-        raise UserError(f"--decode-deadline must be > 0 seconds, got {base_s}")
-    sampling = features.sampling
-    deadline = dataclasses.replace(sampling.decode_deadline, base_s=float(base_s))
-    return dataclasses.replace(features, sampling=dataclasses.replace(sampling, decode_deadline=deadline))
 
 
 def check_members(dirs: list[Path], models: list) -> None:
