@@ -126,7 +126,8 @@ def base_vision(cfg: dict) -> dict:
 def _adapter(cfg: dict, adapted, datasets: dict) -> Adapter:
     """The adapter of `models.vision.adapted`: named by its settings, the base vision spec, the
     adaptation datasets' config and the stage's code; a file given by path: by its sha256."""
-    base_hash = stable_hash(base_vision(cfg))
+    base = base_vision(cfg)
+    base_hash = stable_hash(base)
     if isinstance(adapted, str):
         if not Path(adapted).is_file():
             raise UserError(f"models.vision.adapted: adapter file not found: {adapted}")
@@ -134,7 +135,7 @@ def _adapter(cfg: dict, adapted, datasets: dict) -> Adapter:
                        datasets={})
     from pipeline.core.versions import code_version  # it imports the command table: not at module level
 
-    h = stable_hash({"settings": {k: adapted.get(k) for k in ADAPTER_SETTINGS}, "base": base_vision(cfg),
+    h = stable_hash({"settings": {k: adapted.get(k) for k in ADAPTER_SETTINGS}, "base": base,
                      "datasets": {d: cfg["datasets"].get(d) for d in adapted["datasets"]},
                      "code": code_version("adapt_encoder")})
     return Adapter(file=str(paths.adapter(h)), hash=h, sha256=None, base_hash=base_hash,

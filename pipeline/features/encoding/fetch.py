@@ -35,11 +35,11 @@ from pathlib import Path
 from pipeline.cli_args import add_no_progress_arg
 from pipeline.core import atomic
 from pipeline.core import resolve
+from pipeline.core.resolve import ROLES
 from pipeline.core.config import presets, validate
 from pipeline.core.errors import UserError
 from pipeline.features.encoding.weights import sha256_of
 
-ROLES = ("vision", "motion", "llm")
 # Commits fetched unless --revision says otherwise (found as the snapshot folders of these repos in
 # public Hugging Face caches: 32bd642 is the CLIP commit with model.safetensors)
 PINNED = {
