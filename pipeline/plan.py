@@ -5,8 +5,8 @@ models' shapes, not guessed.
     lmmvqa plan --config config/paper-lsvq.yaml [--seconds 10] [--text-tokens N] [--json OUT]
 
 * Jobs: per dataset, its videos (the manifest when built, else the label files' rows) and shards
-  (`features.shard_size`, over label rows); per experiment its training runs (stage 1 and 2, per fold and
-  the model on every fold for `folds: all`), evaluations (one per test selector, per fold) and aggregates.
+  (`features.shard_size`, over label rows); per experiment its training runs (stage 1 and 2, per fold, all
+  folds), evaluations (per test selector and fold) and aggregates.
 * Disk: per video, key frames x tokens x width and seconds x motion dim in the store dtypes
   (`features.spatial_dtype` / `motion_dtype`), with the videos' durations from the probe tables when
   they exist, else `--seconds`; zstd gains little on activations, so this is the uncompressed size.
@@ -25,12 +25,11 @@ models' shapes, not guessed.
       gradient checkpointing: c h per layer (its input), plus one layer recomputed in backward
     + projector activations (14W + h per visual token, W = vision width) + embeddings (2ch per token)
     + logits of the answer positions (fp32 copy + log-softmax) + backward working memory ((3I + h) c per
-    token of one layer).
-    Checked against the tiny preset's measured peak on the CPU (tests/test_plan.py, within 30%).
+    token of one layer). Checked against the tiny preset's measured peak on the CPU (tests/test_plan.py).
   - evaluation: weights + the prompt's KV cache for `evaluation.batch_size` videos + the candidate pass
     of the probability score (the KV cache repeated for 256 (video, answer) rows) + their logits.
-  - extraction: encoder weights + one batch of `features.batch_size` key frames through the vision
-    tower (tokens x (3W + I) live per frame) and chunks through SlowFast (its two largest feature maps).
+  - extraction: encoder weights + a batch of `features.batch_size` key frames (CLIP: tokens x (3W + I) per
+    frame; a CNN: its 32-channel map at full size, a whole frame at the cap) and chunks (SlowFast's 2 largest maps).
 """
 from __future__ import annotations
 
@@ -59,8 +58,11 @@ KNOWN_SHAPES = {
                                             "vocab_size": 128256, "tie_word_embeddings": False,
                                             "max_position_embeddings": 8192},
 }
-MOBILENET_V2_CHANNELS = [32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280]
-LITE0_CHANNELS = [32, 16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280]  # stem, MBConv, head
+CNN_SHAPES = {  # CNN statistics archs: channels per block (Lite0: stem, MBConv, head), parameters, default blocks
+    "mobilenet_v2": ([32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280], 3_504_872,
+                     [1, 3, 6, 13, 17]),
+    "efficientnet_lite0": ([32, 16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280],
+                           4_652_008, [12, 13, 14, 15])}
 DEFAULT_TEXT_TOKENS = 64  # prompt text around the visual tokens, when no tokenizer is at hand to count them
 CANDIDATE_ROWS = 256  # (video, answer) rows of the probability score's candidate pass (LMMVQA.candidate_logprobs)
 
@@ -98,16 +100,20 @@ def _count(build) -> int:
 
 def vision_shape(vision: "ModelSpec") -> dict:
     spec = vision.as_dict()
-    if spec.get("arch") == "mobilenet_v2":
-        conf = spec["config"]
-        width = 2 * sum(MOBILENET_V2_CHANNELS[b] for b in conf["blocks"])
-        return {"kind": "mobilenet_v2", "tokens": 1 + conf["grid"] ** 2, "width": width, "params": 3_504_872,
+    if not spec.get("whole_frame"):
+        return _vision_spec_shape(spec)
+    main, whole = _vision_spec_shape(spec), _vision_spec_shape(spec["whole_frame"])  # tokens concatenated
+    side = int(spec["whole_frame"]["max_short_side"])  # the whole frame at most 16:9 at the cap
+    return {**main, "kind": f"{main['kind']}+{whole['kind']}", "width": main["width"] + whole["width"],
+            "params": main["params"] + whole["params"], "whole_pixels": side * math.ceil(side * 16 / 9)}
+
+
+def _vision_spec_shape(spec: dict) -> dict:
+    if spec.get("arch") in CNN_SHAPES:
+        (channels, params, blocks), conf = CNN_SHAPES[spec["arch"]], spec["config"]
+        return {"kind": spec["arch"], "tokens": 1 + conf.get("grid", 3) ** 2, "params": params,
+                "width": 2 * sum(channels[b] for b in conf.get("blocks", blocks)),
                 "image_size": conf.get("image_size", 224), "intermediate": 0, "layers": 0}
-    if spec.get("arch") == "efficientnet_lite0":
-        conf = spec["config"]
-        width = 2 * sum(LITE0_CHANNELS[b] for b in conf.get("blocks", [12, 13, 14, 15]))
-        return {"kind": "efficientnet_lite0", "tokens": 1 + conf.get("grid", 3) ** 2, "width": width,
-                "params": 4_652_008, "image_size": conf.get("image_size", 224), "intermediate": 0, "layers": 0}
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     hub = _hub_config(spec.get("source")) or {}
@@ -265,7 +271,7 @@ def extraction_memory(shapes: dict, features: "FeatureSettings", dtype: str) -> 
     if v["kind"] == "clip":
         vision_act = b * v["tokens"] * (3 * v["width"] + v["intermediate"]) * c
     else:
-        vision_act = b * 3 * v["image_size"] ** 2 * 32 * c  # the CNN's widest early map (32 ch at full size)
+        vision_act = b * 3 * max(v["image_size"] ** 2, v.get("whole_pixels", 0)) * 32 * c
     if m["kind"] == "slowfast":
         s = m["input_size"]
         slow_t = frames // int(features.sampling.slow_stride)

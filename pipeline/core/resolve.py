@@ -20,8 +20,9 @@ from pipeline.core import paths
 from pipeline.core.config import deep_merge, load_config, presets, schema, stable_hash, validate
 from pipeline.core.errors import UserError
 from pipeline.core.provenance import sha256_of
-from pipeline.core.settings import (Adapter, Dataset, EvaluationSettings, Experiment, FeatureSettings, ModelSpec,
-                                    PromptSettings, Sampling, Settings, Split, TrainingSettings)
+from pipeline.core.settings import (NATIVE_MAX_SHORT_SIDE, Adapter, Dataset, EvaluationSettings, Experiment,
+                                    FeatureSettings, ModelSpec, PromptSettings, Sampling, Settings, Split,
+                                    TrainingSettings)
 
 
 ADAPTER_SETTINGS = ("objective", "dim", "hidden", "steps", "lr", "weight_decay", "batch_videos", "margin", "min_gap",
@@ -104,7 +105,25 @@ def _plain_spec(cfg: dict, role: str) -> dict:
         preset["weights"]["sha256"] = override["sha256"]
     preset["config"] = deep_merge(preset.get("config") or {}, override.get("config") or {})
     preset["dtype"] = override.get("dtype")
+    whole = override.get("whole_frame", preset.get("whole_frame")) if role == "vision" else None
+    if whole:
+        preset["whole_frame"] = _whole_frame_spec(cfg, whole)
+    else:
+        preset.pop("whole_frame", None)
     return preset
+
+
+def _whole_frame_spec(cfg: dict, whole: dict) -> dict:
+    """The second vision encoder of `models.vision.whole_frame`: its arch's weights and default config
+    with the block's overrides, and the decoder's short-side cap (it changes what that encoder sees)."""
+    mode = cfg["sampling"]["keyframe_mode"]
+    if mode not in ("stretch", "fragments"):
+        raise UserError(f"models.vision.whole_frame reads the whole key frame beside the keyframe_mode view, which "
+                        f"must then be stretch or fragments (sampling.keyframe_mode is {mode})")
+    spec = copy.deepcopy(CNN_VISION[whole["arch"]])
+    spec["config"] = deep_merge(spec["config"], whole.get("config") or {})
+    spec["max_short_side"] = int(cfg["sampling"].get("native_max_short_side") or NATIVE_MAX_SHORT_SIDE)
+    return spec
 
 
 def _spec(role: str, spec: dict, adapter: Adapter | None = None) -> ModelSpec:

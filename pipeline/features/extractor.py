@@ -29,6 +29,10 @@ from pipeline.features.decoding.staging import stack_host
 class Extractor:
     """Both encoders + the decode settings of the feature settings; decode once, encode many."""
 
+    # two views of each key frame (`models.vision.whole_frame`): the decoder gives the whole frame (as in
+    # `native` mode) and the vision model makes the `keyframe_mode` view from it
+    whole_frame = False
+
     def __init__(self, features: "FeatureSettings", device: str | None = None, threads: int | None = None):
         self.settings = features
         threads = int(threads or 0)
@@ -40,8 +44,10 @@ class Extractor:
         self.sampling = s.hashed()
         self.backend, self.fallback = s.backend, s.fallback_backend
         self.batch_size = int(features.batch_size)
+        self.whole_frame = bool(features.vision.spec.get("whole_frame"))
         t0 = time.perf_counter()
-        self.vision, self.vision_info = encoders.load_vision(features.vision.as_dict(), self.device)
+        self.vision, self.vision_info = encoders.load_vision(features.vision.as_dict(), self.device,
+                                                             view=(s.keyframe_mode, s.fragment_grid))
         self.motion, self.motion_info = encoders.load_motion(features.motion.as_dict(), self.device,
                                                              slow_stride=s.slow_stride)
         self.load_s = time.perf_counter() - t0
@@ -54,15 +60,15 @@ class Extractor:
         self.sampler = VideoSampler(
             keyframe_fps=s.keyframe_fps, max_keyframes=s.max_keyframes, chunk_frames=s.chunk_frames,
             max_seconds=s.max_seconds, key_size=self.key_size, chunk_size=self.chunk_size,
-            keyframe_mode=s.keyframe_mode, fragment_grid=s.fragment_grid,
-            native_max_short_side=self.sampling.get("native_max_short_side", NATIVE_MAX_SHORT_SIDE),
+            keyframe_mode="native" if self.whole_frame else s.keyframe_mode, fragment_grid=s.fragment_grid,
+            native_max_short_side=int(s.native_max_short_side or NATIVE_MAX_SHORT_SIDE),
             backend=self.backend, fallback=self.fallback, threads=self.threads,
             deadline=DecodeDeadline.from_settings(s.decode_deadline))
 
     @property
     def native(self) -> bool:
-        """Key frames of each video's own size (`keyframe_mode: native`): encoded video by video."""
-        return self.sampling.get("keyframe_mode") == "native"
+        """Key frames of each video's own size (`keyframe_mode: native`, or two views): encoded video by video."""
+        return self.sampling.get("keyframe_mode") == "native" or self.whole_frame
 
     @property
     def sampling_attrs(self) -> dict:

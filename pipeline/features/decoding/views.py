@@ -104,21 +104,55 @@ def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
 def fragments(frames: np.ndarray, size: int, grid: int = 7) -> np.ndarray:
     """uint8 [n, h, w, 3] -> [n, size, size, 3]: a grid x grid mosaic of (size / grid)-pixel patches,
     each cut at native resolution around the centre of its cell of the frame."""
-    if size % grid:
-        raise ValueError(f"fragments: key size {size} is not a multiple of the grid {grid}")
-    p = size // grid
     h, w = frames.shape[1:3]
-    if h < size or w < size:  # upscale just enough for every patch to fit
-        s = size / min(h, w)
-        h, w = max(size, math.ceil(h * s)), max(size, math.ceil(w * s))
-        frames = resize_to(frames, h, w)
+    fh, fw = fragment_frame_size(h, w, size, grid)
+    if (fh, fw) != (h, w):
+        frames = resize_to(frames, fh, fw)
+    p, ys, xs = fragment_origins(fh, fw, size, grid)
     out = np.empty((len(frames), size, size, 3), np.uint8)
-    for i in range(grid):
-        y = int(min(h - p, max(0, round((i + 0.5) * h / grid - p / 2))))
-        for j in range(grid):
-            x = int(min(w - p, max(0, round((j + 0.5) * w / grid - p / 2))))
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
             out[:, i * p : (i + 1) * p, j * p : (j + 1) * p] = frames[:, y : y + p, x : x + p]
     return out
+
+
+def fragment_frame_size(h: int, w: int, size: int, grid: int) -> tuple[int, int]:
+    """The frame size fragments are cut from: the frame's own, or upscaled just enough for every patch
+    to fit when a side is shorter than `size`."""
+    if size % grid:
+        raise ValueError(f"fragments: key size {size} is not a multiple of the grid {grid}")
+    if h < size or w < size:
+        s = size / min(h, w)
+        return max(size, math.ceil(h * s)), max(size, math.ceil(w * s))
+    return h, w
+
+
+def fragment_origins(h: int, w: int, size: int, grid: int) -> tuple[int, list[int], list[int]]:
+    """(patch side, top rows, left columns) of the grid x grid fragments of an h x w frame: one patch of
+    size / grid pixels around the centre of each cell."""
+    p = size // grid
+    ys = [int(min(h - p, max(0, round((i + 0.5) * h / grid - p / 2)))) for i in range(grid)]
+    xs = [int(min(w - p, max(0, round((j + 0.5) * w / grid - p / 2)))) for j in range(grid)]
+    return p, ys, xs
+
+
+def tensor_view(x: torch.Tensor, size: int, mode: str, grid: int = 7) -> torch.Tensor:
+    """`spatial_view` of float frames [n, 3, H, W] already on the encoder's device, for a vision model
+    that makes its own view of the whole key frame (`models.vision.whole_frame`): `stretch` (resized to
+    size x size) or `fragments` (the same patches as `fragments`, cut from the frame as given). Resizing
+    is antialiased bilinear in float, not rounded to bytes."""
+    h, w = x.shape[2:]
+    if mode == "stretch":
+        return x if (h, w) == (size, size) else F.interpolate(x, size=(size, size), mode="bilinear",
+                                                              antialias=True, align_corners=False)
+    if mode != "fragments":
+        raise ValueError(f"a view of the whole frame is made for keyframe_mode stretch or fragments, not {mode!r}")
+    fh, fw = fragment_frame_size(h, w, size, grid)
+    if (fh, fw) != (h, w):
+        x = F.interpolate(x, size=(fh, fw), mode="bilinear", antialias=True, align_corners=False)
+    p, ys, xs = fragment_origins(fh, fw, size, grid)
+    rows = [torch.cat([x[:, :, y : y + p, xx : xx + p] for xx in xs], 3) for y in ys]
+    return torch.cat(rows, 2)
 
 
 def native_view(frames: np.ndarray, max_short_side: int = NATIVE_MAX_SHORT_SIDE) -> np.ndarray:

@@ -57,7 +57,8 @@ from pipeline.core.devices import (
 )
 from pipeline.core.errors import UserError
 from pipeline.features.encoding.quality_adapter import AdaptedVision, load_adapter
-from pipeline.features.encoding.statistics_encoders import CNNStats, TemporalStats, load_cnn_stats, load_temporal_stats
+from pipeline.features.encoding.statistics_encoders import (CNNStats, TemporalStats, TwoViewStats, load_cnn_stats,
+                                                            load_temporal_stats)
 from pipeline.features.encoding.weights import check_loaded, loading_missing
 
 SEED = 1234
@@ -93,18 +94,22 @@ def vision_io(model) -> tuple[int, tuple, tuple]:
     """(input size, mean, std) of a vision model of either kind (adapted or not)."""
     if isinstance(model, AdaptedVision):
         return vision_io(model.base)
-    if isinstance(model, CNNStats):
+    if isinstance(model, (CNNStats, TwoViewStats)):
         return model.image_size, model.mean, model.std
     return model.config.image_size, CLIP_MEAN, CLIP_STD
 
 
-def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
+def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED, view: tuple[str, int] = ("stretch", 7)):
     """-> (vision model in eval mode on device/dtype, info {source, config, tokens, width, image_size}).
 
-    `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats. With `adapted`
-    ({hash, file}: `Adapter.record()`), either one wrapped in AdaptedVision (tokens = base ++ adapter)."""
+    `arch` null/`clip` -> CLIPVisionModel; a CNN arch (`mobilenet_v2`) -> CNNStats. With `whole_frame`
+    (a second CNN spec), both in TwoViewStats: the main CNN on the key-frame view `view` = (keyframe_mode,
+    fragment_grid) of the whole frame, the second on the whole frame. With `adapted` ({hash, file}:
+    `Adapter.record()`), any of them wrapped in AdaptedVision (tokens = base ++ adapter)."""
     if spec.get("adapted"):
-        return _load_adapted(spec, device, dtype, seed)
+        return _load_adapted(spec, device, dtype, seed, view)
+    if spec.get("whole_frame"):
+        return _load_two_view(spec, device, dtype, seed, view)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype or spec.get("dtype"), device)
     if spec.get("arch") not in (None, "clip"):
@@ -137,10 +142,26 @@ def load_vision(spec: dict, device="cpu", dtype=None, seed: int = SEED):
     return model, info
 
 
-def _load_adapted(spec: dict, device, dtype, seed):
+def _load_two_view(spec: dict, device, dtype, seed, view: tuple[str, int]):
+    """The main CNN of `spec` on the key-frame view + the `whole_frame` CNN on the whole frame."""
+    main, info = load_vision({k: v for k, v in spec.items() if k != "whole_frame"}, device, dtype, seed)
+    whole, whole_info = load_vision({**spec["whole_frame"], "dtype": spec.get("dtype")}, device, dtype, seed)
+    if not isinstance(main, CNNStats) or not isinstance(whole, CNNStats):
+        raise UserError("models.vision.whole_frame: both the vision arch and the whole-frame arch must be CNN "
+                        f"statistics archs (mobilenet_v2, efficientnet_lite0), got {info['arch']} and {whole_info['arch']}")
+    mode, grid = view
+    model = TwoViewStats(main, whole, mode, grid).eval().requires_grad_(False)
+    info = {**info, "tokens": model.tokens, "width": model.width, "main_width": main.width, "view": mode,
+            "detail": f"{info['detail']} of the {mode} view ++ {provenance.ARCH_NAMES.get(whole_info['arch'], whole_info['arch'])} "
+                      f"{whole_info['detail']} of the whole frame",
+            "whole_frame": {k: whole_info[k] for k in ("arch", "config", "width", "detail", "weights", "source")}}
+    return model, info
+
+
+def _load_adapted(spec: dict, device, dtype, seed, view: tuple[str, int] = ("stretch", 7)):
     """The base vision model of `spec` + the quality adapter its `adapted` names (file and hash checked)."""
     base_spec = {k: v for k, v in spec.items() if k != "adapted"}
-    base, info = load_vision(base_spec, device, dtype, seed)
+    base, info = load_vision(base_spec, device, dtype, seed, view)
     base_hash = spec["adapted"].get("base_hash")
     adapter, meta = load_adapter(spec["adapted"]["file"], spec["adapted"].get("hash"), base_hash)
     if adapter.width != info["width"]:
@@ -173,7 +194,7 @@ def _encode_keyframes(model, frames_uint8: np.ndarray, device=None, batch_size: 
     device = torch.device(device) if device is not None else param.device
     size, mean, std = vision_io(model)
     frames = np.asarray(frames_uint8)
-    cnn = isinstance(model, (CNNStats, AdaptedVision))
+    cnn = isinstance(model, (CNNStats, TwoViewStats, AdaptedVision))
     if any_size and not cnn:
         raise ValueError("key frames of any size (keyframe_mode: native) need a CNN vision arch, not CLIP")
     if frames.ndim != 4 or frames.shape[3] != 3 or (not any_size and frames.shape[1:] != (size, size, 3)):

@@ -30,6 +30,7 @@ from torch import nn
 from pipeline.core import provenance
 from pipeline.core.devices import resolve_device
 from pipeline.core.errors import UserError
+from pipeline.features.decoding.views import tensor_view
 from pipeline.features.encoding import weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,6 +78,36 @@ class CNNStats(nn.Module):
             sq = nn.functional.adaptive_avg_pool2d(h * h, self.grid)
             cells.append(torch.cat([m, (sq - m * m).clamp_min(0).sqrt()], 1).flatten(2).transpose(1, 2))
         return torch.cat([torch.cat(glob, 1)[:, None], torch.cat(cells, 2)], 1)
+
+
+class TwoViewStats(nn.Module):
+    """Two CNN-statistics encoders on two views of one key frame (`models.vision.whole_frame`): `main`
+    on the key-frame view of `mode` (fragments: patches at the frame's own pixels, which keep the
+    compression and scaling damage), `whole` on the whole frame at its own resolution (the photo's
+    look: exposure, focus, colour); tokens [n, 1 + grid^2, main width + whole width], concatenated per
+    token. It takes frames of any size scaled to [0, 1] (`mean` 0, `std` 1) and normalises each
+    branch's input as that branch's weights expect."""
+
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def __init__(self, main: CNNStats, whole: CNNStats, mode: str, grid: int):
+        super().__init__()
+        if main.tokens != whole.tokens:
+            raise UserError(f"models.vision.whole_frame: its grid gives {whole.tokens} tokens per frame, the main "
+                            f"vision arch {main.tokens}: set the same `grid` in both configs")
+        self.main, self.whole, self.mode, self.grid = main, whole, mode, int(grid)
+        self.tokens, self.width, self.image_size = main.tokens, main.width + whole.width, main.image_size
+
+    @staticmethod
+    def _normalised(x: torch.Tensor, branch: CNNStats) -> torch.Tensor:
+        mean = torch.tensor(branch.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(branch.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [n, 3, H, W] in [0, 1], the whole key frame (short side capped by the decoder)."""
+        view = tensor_view(x, self.main.image_size, self.mode, self.grid)
+        return torch.cat([self.main(self._normalised(view, self.main)), self.whole(self._normalised(x, self.whole))], -1)
 
 
 class LiteBackbone(nn.Module):
