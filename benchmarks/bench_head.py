@@ -284,10 +284,13 @@ def ensemble_predictions(members: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[int], ridge_only: bool,
-              log, eval_variants: dict | None = None, curve: bool = False, extra: dict | None = None) -> list[dict]:
+              log, eval_variants: dict | None = None, curve: bool = False, extra: dict | None = None,
+              drop_fold: int | None = None) -> list[dict]:
     """Results of one setup: one per evaluation variant ("" = the config's `evaluation`, then each of
     `eval_variants` {name: evaluation overrides}, scored with the same trained models). `extra`: extra
-    training data {"selectors", "config", "fraction", "map", "exclude"} (see the module docstring)."""
+    training data {"selectors", "config", "fraction", "map", "exclude"} (see the module docstring).
+    `drop_fold`: that fold's videos are left out of everything (training, ridge, tests), so the other
+    folds are inner folds of its training data (bench_choose.py)."""
     import torch
 
     from pipeline.core import paths, resolve
@@ -314,8 +317,10 @@ def run_setup(name: str, overrides: dict, folds: list[int] | None, seeds: list[i
     features = DatasetFeatures(stores)
     features.preload(8 << 30)
     manifest = manifest[manifest["id"].isin(set(features.ids))].reset_index(drop=True)
+    if drop_fold is not None:
+        manifest = manifest[manifest["fold"] != drop_fold].reset_index(drop=True)
     k = cfg["datasets"][dataset]["split"]["k"]
-    folds = list(range(k)) if folds is None else [f for f in folds if f < k]
+    folds = [f for f in (range(k) if folds is None else folds) if f < k and f != drop_fold]
     fmt = cfg["prompts"]["answer_format"]
     bank = load_templates(cfg["prompts"]["templates"], fmt)
     samples = build_samples(manifest, dataset, cfg["prompts"]["seed"], cfg["prompts"]["questions"], bank, fmt)

@@ -1,0 +1,130 @@
+"""Choosing a setting without looking at the test folds: nested cross-validation of the answer head.
+
+    .venv/bin/python benchmarks/bench_choose.py \\
+        --candidate default=clive-dev \\
+        --candidate native=clive-dev-native \\
+        --candidate two-view=clive-dev:models.vision.whole_frame={arch: efficientnet_lite0} \\
+        [--folds 0,1,2,3,4] [--seeds 0,1,2] [--inner-seeds 0] [--out FILE]
+
+A candidate is NAME=SETUP[:KEY=VALUE;KEY=VALUE...]: a bench_head.py setup (its config, dataset and folds)
+and `--set` overrides (YAML values). Per outer fold F:
+
+* inner: every candidate's answer head is trained on all folds but F and one inner fold G and scored on G
+  (fold F's videos are left out of everything: `bench_head.run_setup(..., drop_fold=F)`), for every G and
+  each `--inner-seeds`; the candidate with the best mean inner probability-score SRCC is chosen;
+* outer: every candidate is trained on all folds but F and scored on F (`--seeds`), so the table shows what
+  each candidate gives on the reported folds beside what the choice made without them gives.
+
+The ridge readout of each candidate's features is chosen the same way (its inner SRCC: the ridge of the
+other inner folds, alpha by their own inner folds). All candidates of one run must use the same dataset
+and folds. Prints the table and writes JSON (every inner and outer run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_head  # noqa: E402
+
+
+def parse_candidate(text: str) -> tuple[str, str, dict]:
+    """"NAME=SETUP[:KEY=VALUE;KEY=VALUE]" -> (name, setup, overrides)."""
+    name, sep, rest = text.partition("=")
+    setup, _, sets = rest.partition(":")
+    if not sep or setup not in bench_head.SETUPS:
+        raise SystemExit(f"--candidate {text}: expected NAME=SETUP[:KEY=VALUE;...] with SETUP one of "
+                         f"{', '.join(sorted(bench_head.SETUPS))}")
+    return name, setup, bench_head.parse_sets([s for s in sets.split(";") if s])
+
+
+def fold_scores(result: dict) -> tuple[dict[int, float], dict[int, float]]:
+    """(mean LMM prob SRCC per fold over seeds, ridge SRCC per fold) of one run_setup result."""
+    lmm: dict[int, list[float]] = {}
+    for r in result["runs"]:
+        lmm.setdefault(int(r["fold"]), []).append(r["prob_srcc"])
+    return ({f: float(np.mean(v)) for f, v in lmm.items()},
+            {int(f): r["srcc"] for f, r in result["ridge"].items()})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--candidate", action="append", required=True, metavar="NAME=SETUP[:KEY=VALUE;...]")
+    ap.add_argument("--folds", default=None, help="outer folds (default: all of the setup's)")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds of the outer runs")
+    ap.add_argument("--inner-seeds", default="0", help="training seeds of the inner runs (default 0)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_choose.json"))
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    os.chdir(REPO)
+    candidates = [parse_candidate(c) for c in args.candidate]
+    datasets = {bench_head.SETUPS[setup][1] for _, setup, _ in candidates}
+    if len(datasets) != 1:
+        raise SystemExit(f"candidates on different datasets ({', '.join(sorted(datasets))}): one dataset per run")
+    from pipeline.core.config import load_config
+
+    first = load_config(bench_head.SETUPS[candidates[0][1]][0], candidates[0][2])
+    k = first["datasets"][datasets.pop()]["split"]["k"]
+    outer = list(range(k)) if args.folds is None else [int(v) for v in args.folds.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    inner_seeds = [int(v) for v in args.inner_seeds.split(",")]
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    doc = {"candidates": {n: {"setup": s, "overrides": o} for n, s, o in candidates}, "folds": outer, "seeds": seeds,
+           "inner_seeds": inner_seeds, "date": time.strftime("%Y-%m-%d %H:%M"),
+           "commit": os.popen(f"git -C {REPO} rev-parse --short HEAD").read().strip(), "outer": {}}
+    t0 = time.perf_counter()
+    for f in outer:
+        row = {"inner": {}, "outer": {}}
+        for name, setup, overrides in candidates:
+            inner = bench_head.run_setup(setup, overrides, None, inner_seeds, False, log, drop_fold=f)[0]
+            out = bench_head.run_setup(setup, overrides, [f], seeds, False, log)[0]
+            (lmm_in, ridge_in), (lmm_out, ridge_out) = fold_scores(inner), fold_scores(out)
+            row["inner"][name] = {"lmm": float(np.mean(list(lmm_in.values()))),
+                                  "ridge": float(np.mean(list(ridge_in.values()))),
+                                  "per_inner_fold": {"lmm": lmm_in, "ridge": ridge_in}}
+            row["outer"][name] = {"lmm": lmm_out[f], "ridge": ridge_out[f],
+                                  "seeds": [r["prob_srcc"] for r in out["runs"]],
+                                  "text": float(np.mean([r["text_srcc"] for r in out["runs"]]))}
+        row["chosen"] = {kind: max(row["inner"], key=lambda n: row["inner"][n][kind]) for kind in ("lmm", "ridge")}
+        row["chosen_outer"] = {kind: row["outer"][row["chosen"][kind]][kind] for kind in ("lmm", "ridge")}
+        doc["outer"][str(f)] = row
+        log(f"outer fold {f}: chosen {row['chosen']} -> {row['chosen_outer']}")
+        doc["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print(table(doc))
+    print(f"\n{doc['seconds']:.0f} s; -> {args.out}")
+    return 0
+
+
+def table(doc: dict) -> str:
+    """Per outer fold: each candidate's inner and outer SRCC (LMM prob / ridge), and what was chosen."""
+    names = list(doc["candidates"])
+    head = ["outer fold", *[f"{n}: inner / outer LMM (ridge)" for n in names], "chosen LMM -> outer", "chosen ridge -> outer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for f, row in doc["outer"].items():
+        cells = [f"{row['inner'][n]['lmm']:.3f} / {row['outer'][n]['lmm']:.3f} ({row['inner'][n]['ridge']:.3f} / "
+                 f"{row['outer'][n]['ridge']:.3f})" for n in names]
+        lines.append("| " + " | ".join([f, *cells, f"{row['chosen']['lmm']} -> {row['chosen_outer']['lmm']:.3f}",
+                                         f"{row['chosen']['ridge']} -> {row['chosen_outer']['ridge']:.3f}"]) + " |")
+    rows = doc["outer"].values()
+    mean = [f"{np.mean([r['inner'][n]['lmm'] for r in rows]):.3f} / {np.mean([r['outer'][n]['lmm'] for r in rows]):.3f} "
+            f"({np.mean([r['inner'][n]['ridge'] for r in rows]):.3f} / {np.mean([r['outer'][n]['ridge'] for r in rows]):.3f})"
+            for n in names]
+    lines.append("| " + " | ".join(["mean", *mean, f"{np.mean([r['chosen_outer']['lmm'] for r in rows]):.3f}",
+                                     f"{np.mean([r['chosen_outer']['ridge'] for r in rows]):.3f}"]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
