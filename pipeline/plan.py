@@ -25,7 +25,7 @@ models' shapes, not guessed.
       gradient checkpointing: c h per layer (its input), plus one layer recomputed in backward
     + projector activations (14W + h per visual token, W = vision width) + embeddings (2ch per token)
     + logits of the answer positions (fp32 copy + log-softmax) + backward working memory ((3I + h) c per
-    token of one layer). Checked against the tiny preset's measured peak on the CPU (tests/test_plan.py).
+    token of one layer). Checked against the tiny preset's measured CPU peak (tests/test_plan.py, within 30%).
   - evaluation: weights + the prompt's KV cache for `evaluation.batch_size` videos + the candidate pass
     of the probability score (the KV cache repeated for 256 (video, answer) rows) + their logits.
   - extraction: encoder weights + a batch of `features.batch_size` key frames (CLIP: tokens x (3W + I) per

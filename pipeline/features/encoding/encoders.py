@@ -148,12 +148,13 @@ def _load_two_view(spec: dict, device, dtype, seed, view: tuple[str, int]):
     whole, whole_info = load_vision({**spec["whole_frame"], "dtype": spec.get("dtype")}, device, dtype, seed)
     if not isinstance(main, CNNStats) or not isinstance(whole, CNNStats):
         raise UserError("models.vision.whole_frame: both the vision arch and the whole-frame arch must be CNN "
-                        f"statistics archs (mobilenet_v2, efficientnet_lite0), got {info['arch']} and {whole_info['arch']}")
+                        f"statistics archs (mobilenet_v2, efficientnet_lite0), got {info['arch']} and "
+                        f"{whole_info['arch']}")
     mode, grid = view
     model = TwoViewStats(main, whole, mode, grid).eval().requires_grad_(False)
+    whole_name = provenance.ARCH_NAMES.get(whole_info["arch"], whole_info["arch"])
     info = {**info, "tokens": model.tokens, "width": model.width, "main_width": main.width, "view": mode,
-            "detail": f"{info['detail']} of the {mode} view ++ {provenance.ARCH_NAMES.get(whole_info['arch'], whole_info['arch'])} "
-                      f"{whole_info['detail']} of the whole frame",
+            "detail": f"{info['detail']} of the {mode} view ++ {whole_name} {whole_info['detail']} of the whole frame",
             "whole_frame": {k: whole_info[k] for k in ("arch", "config", "width", "detail", "weights", "source")}}
     return model, info
 

@@ -107,7 +107,8 @@ class TwoViewStats(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [n, 3, H, W] in [0, 1], the whole key frame (short side capped by the decoder)."""
         view = tensor_view(x, self.main.image_size, self.mode, self.grid)
-        return torch.cat([self.main(self._normalised(view, self.main)), self.whole(self._normalised(x, self.whole))], -1)
+        main, whole = self.main(self._normalised(view, self.main)), self.whole(self._normalised(x, self.whole))
+        return torch.cat([main, whole], -1)
 
 
 class LiteBackbone(nn.Module):
