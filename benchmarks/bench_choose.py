@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     doc = {"candidates": {n: {"setup": s, "overrides": o} for n, s, o in candidates}, "folds": outer, "seeds": seeds,
            "inner_seeds": inner_seeds, "date": time.strftime("%Y-%m-%d %H:%M"),
-           "commit": os.popen(f"git -C {REPO} rev-parse --short HEAD").read().strip(), "outer": {}}
+           "commit": bench_head.source_commit(), "outer": {}}
     t0 = time.perf_counter()
     for f in outer:
         row = {"inner": {}, "outer": {}}

@@ -552,6 +552,13 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def source_commit() -> str:
+    """The commit the benchmark runs, "+dirty" when tracked files differ from it (for the JSON record)."""
+    commit = os.popen(f"git -C {REPO} rev-parse --short HEAD 2>/dev/null").read().strip()
+    dirty = bool(os.popen(f"git -C {REPO} status --porcelain --untracked-files=no 2>/dev/null").read().strip())
+    return commit + ("+dirty" if dirty else "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--setup", nargs="+", default=["demo"], choices=sorted(SETUPS))
@@ -594,10 +601,8 @@ def main(argv=None) -> int:
     folds = None if args.folds is None else [int(v) for v in args.folds.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
     out = Path(args.out or REPO / "benchmarks" / "results" / f"bench_head-{args.name}.json")
-    commit = os.popen(f"git -C {REPO} rev-parse --short HEAD 2>/dev/null").read().strip()
-    dirty = bool(os.popen(f"git -C {REPO} status --porcelain --untracked-files=no 2>/dev/null").read().strip())
     doc = {"name": args.name, "overrides": overrides, "command": " ".join(["benchmarks/bench_head.py", *(argv or sys.argv[1:])]),
-           "commit": commit + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%d %H:%M"), "results": []}
+           "commit": source_commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "results": []}
     t0 = time.perf_counter()
     eval_variants = {}
     for item in args.eval:
