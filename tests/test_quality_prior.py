@@ -134,6 +134,18 @@ def test_training_records_the_prior_and_prediction_blends_it(adapter_file, tmp_p
     for r, qi, med in zip(mbr, q, medians):
         assert r["text"] == again.answer_format.render(0.75 * med + 0.25 * qi)
         assert r["prob_score"] == pytest.approx(0.75 * r["lmm_prob_score"] + 0.25 * qi)
+    # the level a user reads is the blended score's level by the training videos' MOS edges (0 ... 90)
+    assert prior["level_edges"] == pytest.approx(np.percentile(10.0 * np.arange(10), [33, 66]))
+    for r in rows + mbr:
+        p33, p66 = prior["level_edges"]
+        assert r["level"] == ("poor" if r["prob_score"] <= p33 else "fair" if r["prob_score"] <= p66 else "good")
+    for edges, level in (([1e3, 2e3], "poor"), ([-2e3, -1e3], "good")):
+        again.config["quality_prior"] = {**prior, "level_edges": edges}
+        assert {r["level"] for r in predict_batch(again, batch, ids, bank=bank, decoding="mbr")} == {level}
+        assert {r["level"] for r in predict_batch([again, again], batch, ids, bank=bank)} == {level}
+    again.config["quality_prior"] = {k: v for k, v in prior.items() if k != "level_edges"}  # an older folder
+    head = predict_batch(again, batch, ids, bank=bank, decoding="mbr")
+    assert [r["level"] for r in head] == [max(("poor", "fair", "good"), key=lambda lv: r[f"p_{lv}"]) for r in head]
     # without the prior the model's own expected score is the probability score, as before
     again.config.pop("quality_prior")
     assert [r["text"] for r in predict_batch(again, batch, ids, bank=bank, decoding="mbr")] == [

@@ -178,7 +178,8 @@ def test_score_follows_the_configs_evaluation_settings(trained, tmp_path, monkey
 
 def test_score_decoding_mbr(trained, monkeypatch, capsys):
     """`lmmvqa score --decoding mbr`: the text is the weighted median of the model's own score candidates,
-    written in its answer format, and parses; the level is the most probable level word."""
+    written in its answer format, and parses; with the quality prior (this model has one) the level is the
+    level of the blended score by the training videos' MOS edges, as the text is the blend's."""
     from pipeline.model.answers import parse_score
 
     monkeypatch.chdir(trained["work"])
@@ -188,7 +189,8 @@ def test_score_decoding_mbr(trained, monkeypatch, capsys):
     value, reason = parse_score(line["text"])
     assert reason == "ok" and not line["invalid"] and line["score"] == value and line["decoding"] == "mbr"
     assert line["text"] == f"{value:.3f}"  # the tiny preset answers in the paper's format, decimal3
-    assert line["level"] == max(("poor", "fair", "good"), key=lambda lv: line[f"p_{lv}"])
+    p33, p66 = json.loads((Path(trained["members"][0]) / "lmmvqa.json").read_text())["quality_prior"]["level_edges"]
+    assert line["level"] == ("poor" if line["prob_score"] <= p33 else "fair" if line["prob_score"] <= p66 else "good")
     assert "evaluation settings (recorded in the model folder): decoding mbr" in err
 
 

@@ -23,7 +23,10 @@ Per video:
   pipeline/model/quality_prior.py): `prob_score` = (1 - w) x the model's expected score + w x the
   quality adapter's calibrated score, an ensemble of the two scorers (its metrics say so and measure
   `lmm_prob_score` beside it); `lmm_prob_score` and `quality_score` hold the two parts. Without one,
-  `lmm_prob_score` = `prob_score` and `quality_score` is empty. The level answer stays the answer head's.
+  `lmm_prob_score` = `prob_score` and `quality_score` is empty. The `level` answer is then the
+  ensemble's as well: the level `prob_score` falls in by the training videos' 33rd / 66th MOS
+  percentiles (the rule that gave the training levels; recorded with the prior), so text, level and
+  score agree; `level_text` and `p_good` / `p_fair` / `p_poor` stay the answer head's.
 * `level` (greedy answer to the level question, parsed; under `mbr` the most probable level word of the
   averaged probabilities, `level_text` that of each template's) and `p_good`, `p_fair`, `p_poor` (the
   three level words scored as complete answers, renormalised); with K templates the level question
@@ -38,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.core.levels import LEVELS
+from pipeline.core.levels import LEVELS, levels as levels_of_scores
 from pipeline.model.answers import (LEVEL_PROB_COLUMNS, expected_score, level_probabilities, mbr_score,
                                     most_probable_level, parse_level, parse_score)
 from pipeline.model.quality_prior import prior_scores
@@ -126,6 +129,7 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
     prob /= passes
     lmm_prob /= passes
     level_p /= passes
+    ensemble_levels = _prior_levels(models, prob)
     rows = []
     for i, vid in enumerate(ids):
         p = dict(zip(LEVELS, level_p[i]))
@@ -138,10 +142,21 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
             "lmm_prob_score": float(lmm_prob[i]),
             "quality_score": float(quality[i] / with_prior) if with_prior else None,
             "level_text": " | ".join(level_texts[i]),
-            "level": most_probable_level(p) if mbr else majority_level(levels[i], p),
+            "level": (ensemble_levels[i] if ensemble_levels is not None
+                      else most_probable_level(p) if mbr else majority_level(levels[i], p)),
             **{col: float(p[lv]) for lv, col in LEVEL_PROB_COLUMNS.items()},
         })
     return rows
+
+
+def _prior_levels(models, prob: np.ndarray) -> np.ndarray | None:
+    """The level of each blended probability score by the training level edges its quality prior recorded
+    (an ensemble of models: their edges averaged); None when a model has no prior or no recorded edges
+    (a model folder written before they were recorded keeps the answer head's level)."""
+    edges = [(m.config.get("quality_prior") or {}).get("level_edges") for m in models]
+    if not edges or any(e is None for e in edges):
+        return None
+    return levels_of_scores(prob, tuple(np.mean(np.asarray(edges, dtype=float), axis=0)))
 
 
 def majority_level(answers: Sequence[str], probabilities: dict[str, float]) -> str:

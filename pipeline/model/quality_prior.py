@@ -10,9 +10,11 @@ features (benchmarks/README.md, "Quality-aware encoder"). `training.quality_prio
   embedding over key frames and token positions) is mapped onto the MOS scale by a least-squares line
   fitted on the training videos' MOS: only a scale and an offset, so the order stays the adapter's;
 * the model folder records that readout (head x line: one weight per embedding column + a bias), the
-  adapter's hash and `w`;
-* at prediction, `prob_score` = (1 - w) x the model's expected score + w x the prior's score; the
-  prediction rows also carry both parts (`lmm_prob_score`, `quality_score`).
+  adapter's hash, `w` and the training videos' level edges (33rd / 66th MOS percentiles);
+* at prediction, `prob_score` = (1 - w) x the model's expected score + w x the prior's score (an
+  ensemble of two scorers); the prediction rows also carry both parts (`lmm_prob_score`,
+  `quality_score`), and the level answer is the level that blended score falls in by those edges, so
+  the text, the level and the score a user reads say the same thing.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from scipy.stats import spearmanr
 
 from pipeline.core.errors import UserError
+from pipeline.core.levels import level_edges
 
 
 def adapter_record(features) -> dict | None:
@@ -77,7 +80,8 @@ def fit_prior(features: dict, samples: list[dict], weight: float) -> dict:
     slope, intercept = (np.polyfit(raw, y, 1) if np.ptp(raw) > 0 else (0.0, float(y.mean())))
     return {"weight": float(weight), "adapter": record.get("hash"), "dim": int(adapter.dim),
             "coef": [float(c) for c in slope * head_w], "bias": float(slope * head_b + intercept),
-            "slope": float(slope), "n_videos": len(keys), "train_srcc": float(spearmanr(raw, y)[0])}
+            "slope": float(slope), "n_videos": len(keys), "train_srcc": float(spearmanr(raw, y)[0]),
+            "level_edges": list(level_edges(y))}
 
 
 def prior_scores(prior: dict, spatial: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

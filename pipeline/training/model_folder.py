@@ -188,7 +188,10 @@ def model_card(exp: "Experiment", datasets: Mapping[str, "Dataset"], training: "
         *([f"- an ensemble with the quality prior: prob_score = {1 - qp['weight']:g} x the model's expected score + "
            f"{qp['weight']:g} x the "
            f"score of quality adapter {qp['adapter']} on the MOS scale (a line fitted on {qp['n_videos']} training "
-           f"videos; their SRCC {qp['train_srcc']:.3f})"] if (qp := model.config.get("quality_prior")) else []), "",
+           f"videos; their SRCC {qp['train_srcc']:.3f})"
+           + (f"; the level answer is that score's level (poor up to {qp['level_edges'][0]:.4g}, fair up to "
+              f"{qp['level_edges'][1]:.4g}: the training videos' 33rd / 66th MOS percentiles)"
+              if qp.get("level_edges") else "")] if (qp := model.config.get("quality_prior")) else []), "",
         "## Training", "",
         f"- {summary['steps']} optimizer steps ({summary['epochs']:.2f} epochs), batch {tr['batch_size']} x accum "
         f"{tr['grad_accum']} x {summary['world_size']} process(es), lr {tr['lr']:g} (LLM {tr['llm_lr'] or tr['lr']:g}), "
