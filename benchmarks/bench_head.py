@@ -69,9 +69,11 @@ SETUPS = {  # name -> (config file, dataset); clive-dev (photos rated by people)
     "demo": ("config.yaml", "demo"),
     "realset-dev": ("config/realset-dev.yaml", "realset-dev"),
     "realset-dev-loso": ("config/realset-dev-loso.yaml", "realset-dev"),
+    # leave one source out with the quality adapter and prior (stores of its adapter: run that config first)
+    "realset-dev-loso-quality": ("config/realset-dev-loso-quality.yaml", "realset-dev"),
 }
 # with extra training data: the column whose values a training video must not share with a test video
-EXCLUDE_SHARED = {"realset-dev": "group", "realset-dev-loso": "source"}
+EXCLUDE_SHARED = {"realset-dev": "group", "realset-dev-loso": "source", "realset-dev-loso-quality": "source"}
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 

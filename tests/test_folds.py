@@ -223,3 +223,20 @@ def test_exclude_shared_drops_training_videos_of_tested_sources(tmp_path, monkey
     bad["experiments"]["loso"]["exclude_shared"] = "camera"
     with pytest.raises(UserError, match=r"exclude_shared: column 'camera' is not in the manifest of 'real'"):
         shared_content(bad, "loso")
+    # a test set the experiment does not train on and that has no such column (photos rated by people)
+    # shares nothing with the training videos; it was an error before
+    photos = tmp_path / "photos.csv"
+    pd.DataFrame([(f"p{i}.jpg", 10.0 * i) for i in range(6)], columns=["name", "mos"]).to_csv(photos, index=False)
+    m, miss = build_manifest("generic", photos, None, k=3)
+    write_manifest(m, miss, paths.manifest("photos"), paths.missing("photos"))
+    cross = copy.deepcopy(cfg)
+    cross["datasets"]["photos"] = {"format": "generic", "labels": str(photos), "split": {"k": 3}}
+    cross["experiments"]["loso"]["test"] = ["real:test", "photos:all"]
+    cross = validate(cross)
+    for fold in range(3):
+        assert shared_content(with_holdout(cross, "loso", fold), "loso") == shared_content(
+            with_holdout(cfg, "loso", fold), "loso")
+    cross["experiments"]["loso"]["train"] = ["real:train", "syn:all", "photos:train"]
+    cross = validate(cross)
+    with pytest.raises(UserError, match=r"column 'source' is not in the manifest of 'photos'"):
+        shared_content(cross, "loso")

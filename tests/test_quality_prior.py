@@ -155,6 +155,15 @@ def test_training_records_the_prior_and_prediction_blends_it(adapter_file, tmp_p
     assert all(r["quality_score"] is None for r in plain)
 
 
+def test_levels_by_the_recorded_edges_follow_the_manifests_rule():
+    """The training videos' MOS binned by their own recorded edges are the levels the manifest gave them."""
+    from pipeline.core.levels import levels
+
+    mos = np.random.default_rng(0).uniform(0, 100, 57).round(1)
+    mos[:6] = np.percentile(mos, 33)  # ties on an edge
+    assert qp.levels_by_edges(mos, qp.level_edges(mos)) == list(levels(mos))
+
+
 def test_fitting_the_prior_leaves_the_seed_alone(adapter_file):
     """A run with the prior trains exactly as the same run without it (only the scores are blended)."""
     arrays = videos(4, 3)

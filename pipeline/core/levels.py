@@ -11,23 +11,14 @@ import numpy as np
 LEVELS = ("poor", "fair", "good")
 
 
-def level_edges(mos) -> tuple[float, float]:
-    """The 33rd and 66th percentiles of the finite values of `mos`: the two edges `levels` cuts at."""
-    mos = np.asarray(mos, dtype=float)
-    p33, p66 = np.percentile(mos[np.isfinite(mos)], [33, 66])
-    return float(p33), float(p66)
-
-
-def levels(mos, edges: tuple[float, float] | None = None) -> np.ndarray:
-    """good / fair / poor by the 33rd / 66th percentiles (`mos <= p33` poor, `<= p66` fair); '' for NaN.
-    `edges`: cut at these (p33, p66) instead, e.g. a training set's, to give scores of other videos the
-    level the training videos' rule would."""
+def levels(mos) -> np.ndarray:
+    """good / fair / poor by the 33rd / 66th percentiles (`mos <= p33` poor, `<= p66` fair); '' for NaN."""
     mos = np.asarray(mos, dtype=float)
     out = np.full(len(mos), "", dtype=object)
     ok = np.isfinite(mos)
     if not ok.any():
         return out
-    p33, p66 = level_edges(mos) if edges is None else edges
+    p33, p66 = np.percentile(mos[ok], [33, 66])
     poor, fair, good = LEVELS
     out[ok] = np.where(mos[ok] <= p33, poor, np.where(mos[ok] <= p66, fair, good))
     return out

@@ -41,10 +41,10 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.core.levels import LEVELS, levels as levels_of_scores
+from pipeline.core.levels import LEVELS
 from pipeline.model.answers import (LEVEL_PROB_COLUMNS, expected_score, level_probabilities, mbr_score,
                                     most_probable_level, parse_level, parse_score)
-from pipeline.model.quality_prior import prior_scores
+from pipeline.model.quality_prior import levels_by_edges, prior_scores
 from pipeline.prompts.answer_format import answer_format
 from pipeline.prompts.shards import question_for
 
@@ -149,14 +149,14 @@ def predict_batch(model, videos: dict, ids: Sequence[str], *, bank: dict, seed: 
     return rows
 
 
-def _prior_levels(models, prob: np.ndarray) -> np.ndarray | None:
+def _prior_levels(models, prob: np.ndarray) -> list[str] | None:
     """The level of each blended probability score by the training level edges its quality prior recorded
     (an ensemble of models: their edges averaged); None when a model has no prior or no recorded edges
     (a model folder written before they were recorded keeps the answer head's level)."""
     edges = [(m.config.get("quality_prior") or {}).get("level_edges") for m in models]
     if not edges or any(e is None for e in edges):
         return None
-    return levels_of_scores(prob, tuple(np.mean(np.asarray(edges, dtype=float), axis=0)))
+    return levels_by_edges(prob, np.mean(np.asarray(edges, dtype=float), axis=0))
 
 
 def majority_level(answers: Sequence[str], probabilities: dict[str, float]) -> str:

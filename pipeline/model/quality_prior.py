@@ -25,7 +25,7 @@ import torch
 from scipy.stats import spearmanr
 
 from pipeline.core.errors import UserError
-from pipeline.core.levels import level_edges
+from pipeline.core.levels import LEVELS
 
 
 def adapter_record(features) -> dict | None:
@@ -81,7 +81,21 @@ def fit_prior(features: dict, samples: list[dict], weight: float) -> dict:
     return {"weight": float(weight), "adapter": record.get("hash"), "dim": int(adapter.dim),
             "coef": [float(c) for c in slope * head_w], "bias": float(slope * head_b + intercept),
             "slope": float(slope), "n_videos": len(keys), "train_srcc": float(spearmanr(raw, y)[0]),
-            "level_edges": list(level_edges(y))}
+            "level_edges": level_edges(y)}
+
+
+def level_edges(mos) -> list[float]:
+    """The training videos' 33rd and 66th MOS percentiles: where `pipeline.core.levels.levels` cuts them
+    into poor / fair / good."""
+    return [float(v) for v in np.percentile(np.asarray(mos, dtype=float), [33, 66])]
+
+
+def levels_by_edges(scores, edges) -> list[str]:
+    """poor / fair / good of each score by the recorded edges, with the rule of `pipeline.core.levels.levels`
+    (`<= p33` poor, `<= p66` fair), so an ensemble's score gets the level its training videos' MOS would."""
+    p33, p66 = (float(e) for e in edges)
+    poor, fair, good = LEVELS
+    return [poor if v <= p33 else fair if v <= p66 else good for v in np.asarray(scores, dtype=float)]
 
 
 def prior_scores(prior: dict, spatial: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

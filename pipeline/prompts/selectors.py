@@ -150,16 +150,22 @@ def shared_content(exp: "Experiment", datasets: Mapping[str, "Dataset"],
     column's values among the test videos of the fold being run), "videos" ({(dataset, id)} of training
     videos holding one of them)}; nothing when the option is unset. Reads the manifests of the
     experiment's datasets (`manifests`: dataset -> manifest table to use instead of its file, e.g. one
-    built in memory by a benchmark); empty cells never match."""
+    built in memory by a benchmark); empty cells never match. A training dataset without the column is an
+    error; a test dataset the experiment does not train on may lack it (photos rated by people beside
+    footage grouped by source) and then shares nothing."""
     column = exp.exclude_shared
     if not column:
         return {"column": None, "values": set(), "videos": set()}
     given = manifests or {}
 
+    trained = {parse_selector(s)[0] for s in exp.train}
+
     def selected(selectors):
         for selector in selectors:
             dataset, _ = parse_selector(selector)
             manifest = given[dataset] if dataset in given else read_manifest(paths.manifest(dataset))
+            if column not in manifest.columns and dataset not in trained:
+                continue  # a test dataset the experiment does not train on, without the column: it shares nothing
             if column not in manifest.columns:
                 where = "given" if dataset in given else str(paths.manifest(dataset))
                 raise UserError(f"experiments.{exp.name}.exclude_shared: column '{column}' is not in the "
