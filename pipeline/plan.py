@@ -4,16 +4,14 @@ models' shapes, not guessed.
 
     lmmvqa plan --config config/paper-lsvq.yaml [--seconds 10] [--text-tokens N] [--json OUT]
 
-* Jobs: per dataset, its videos (the manifest when built, else the label files' rows) and shards
-  (`features.shard_size`, over label rows); per experiment its training runs (stage 1 and 2, per fold, all
-  folds), evaluations (per test selector and fold) and aggregates.
-* Disk: per video, key frames x tokens x width and seconds x motion dim in the store dtypes
-  (`features.spatial_dtype` / `motion_dtype`), with the videos' durations from the probe tables when
-  they exist, else `--seconds`; zstd gains little on activations, so this is the uncompressed size.
-* Cluster resources: per rule family (pipeline/core/resources.py, the table the rules read), the partition
-  kind (gpu where its jobs ask for a GPU under this config), GPUs, threads, host memory and run time.
+* Jobs: per dataset, its videos (the manifest when built, else the label files' rows) and shards; per
+  experiment its training runs (stage 1 and 2, per fold, all folds), evaluations and aggregates.
+* Disk: per video, key frames x tokens x width and seconds x motion dim in the store dtypes, with the
+  probe tables' durations where they exist, else `--seconds` (uncompressed: zstd gains little here).
+* Cluster resources: per rule family (pipeline/core/resources.py), partition kind, GPUs, threads, memory, time.
 * GPU memory (bytes of live tensors at the peak; the CUDA caching allocator adds fragmentation on top):
-  model shapes from the models' config (built on the `meta` device: exact parameter counts, no memory);
+  model shapes from the models' config (built on the `meta` device: exact parameter counts, no memory;
+  the projector of each run's `training.projector` settings);
   sequence = visual tokens (tokens per key frame + 1 motion token) + the prompt's text tokens.
   - training, per run: weights (frozen LLM in the training dtype, trained ones float32) + gradients
     (float32, trained weights) + AdamW state (2 x float32) + activations kept for backward
@@ -26,10 +24,10 @@ models' shapes, not guessed.
     + projector activations (14W + h per visual token, W = vision width) + embeddings (2ch per token)
     + logits of the answer positions (fp32 copy + log-softmax) + backward working memory ((3I + h) c per
     token of one layer). Checked against the tiny preset's measured CPU peak (tests/test_plan.py, within 30%).
-  - evaluation: weights + the prompt's KV cache for `evaluation.batch_size` videos + the candidate pass
-    of the probability score (the KV cache repeated for 256 (video, answer) rows) + their logits.
-  - extraction: encoder weights + a batch of `features.batch_size` key frames (CLIP: tokens x (3W + I) per
-    frame; a CNN: its 32-channel map at full size, a whole frame at the cap) and chunks (SlowFast's 2 largest maps).
+  - evaluation: weights + the prompt's KV cache for `evaluation.batch_size` videos + the probability
+    score's candidate pass (the KV cache for 256 (video, answer) rows) + their logits.
+  - extraction: encoder weights + a batch of key frames (CLIP: tokens x (3W + I) per frame; a CNN: its
+    32-channel map at full size, a whole frame at the cap) and chunks (SlowFast's 2 largest maps).
 """
 from __future__ import annotations
 
@@ -164,10 +162,12 @@ def llm_shape(llm: "ModelSpec", vocab: int | None = None) -> dict:
             "vocab": lc.vocab_size, "params": _count(lambda: AutoModelForCausalLM.from_config(lc))}
 
 
-def projector_params(vision_width: int, motion_dim: int, llm_width: int) -> int:
-    from pipeline.model.lmm import Projector
+def projector_params(vision_width: int, motion_dim: int, llm_width: int, training: "TrainingSettings | None" = None) -> int:
+    """Parameters of the projector a training run builds (its `training.projector` settings; None: the paper's)."""
+    from pipeline.model.projector import Projector, projector_settings
 
-    return _count(lambda: Projector(vision_width, motion_dim, llm_width))
+    settings = projector_settings(as_dict(training) if training is not None else None)
+    return _count(lambda: Projector(vision_width, motion_dim, llm_width, settings=settings))
 
 
 def lora_params(llm: dict, lora) -> int:
@@ -325,9 +325,8 @@ def durations(ds: "Dataset", default: float) -> tuple[list[float] | None, float,
         d = pd.concat([pd.read_csv(f, usecols=["duration"]) for f in files])["duration"].dropna().tolist()
         if d:
             return d, float(sum(d) / len(d)), f"probed ({len(d)} videos)"
-    fmt = ds.format
-    if fmt in TYPICAL_SECONDS:
-        return None, float(TYPICAL_SECONDS[fmt]), f"typical {fmt} clip length"
+    if ds.format in TYPICAL_SECONDS:
+        return None, float(TYPICAL_SECONDS[ds.format]), f"typical {ds.format} clip length"
     return None, float(default), "--seconds"
 
 
@@ -343,13 +342,8 @@ def store_bytes(features: "FeatureSettings", shapes: dict, seconds: list[float] 
         return (kf * shapes["vision"]["tokens"] * shapes["vision"]["width"] * DTYPE_BYTES[f.spatial_dtype],
                 sec * shapes["motion"]["dim"] * DTYPE_BYTES[f.motion_dtype])
 
-    if seconds:
-        parts = [per_video(t) for t in seconds]
-        scale = n / len(parts)
-        spatial, motion = sum(p[0] for p in parts) * scale, sum(p[1] for p in parts) * scale
-    else:
-        one = per_video(mean)
-        spatial, motion = one[0] * n, one[1] * n
+    parts = [per_video(t) for t in seconds] if seconds else [per_video(mean)]
+    spatial, motion = (sum(p[i] for p in parts) * n / len(parts) for i in (0, 1))
     return {"spatial": spatial, "motion": motion, "total": spatial + motion}
 
 
@@ -376,8 +370,9 @@ def job_counts(s: "Settings", videos: dict) -> dict:
 
 # ------------------------------------------------------------------ the plan
 
-def model_shapes(models: Mapping[str, "ModelSpec"], sampling: "Sampling", vocab: int | None = None) -> dict:
-    """The shapes of the three models (`models`: role -> ModelSpec) and the projector between them."""
+def model_shapes(models: Mapping[str, "ModelSpec"], sampling: "Sampling", vocab: int | None = None,
+                 training: "TrainingSettings | None" = None) -> dict:
+    """The shapes of the three models (`models`: role -> ModelSpec) and the projector (of `training`) between them."""
     vision, motion = vision_shape(models["vision"]), motion_shape(models["motion"], sampling)
     if vocab is None and models["llm"].source is None:  # the LLM uses the tokenizer trained on the prompts
         try:
@@ -388,7 +383,7 @@ def model_shapes(models: Mapping[str, "ModelSpec"], sampling: "Sampling", vocab:
             vocab = 512
     llm = llm_shape(models["llm"], vocab)
     return {"vision": vision, "motion": motion, "llm": llm, "visual_tokens": vision["tokens"] + 1,
-            "projector_params": projector_params(vision["width"], motion["dim"], llm["hidden"])}
+            "projector_params": projector_params(vision["width"], motion["dim"], llm["hidden"], training)}
 
 
 def training_runs(experiments: Mapping[str, "Experiment"]) -> list[tuple[str, int | None, "TrainingSettings"]]:
@@ -405,7 +400,7 @@ def plan(s: "Settings", seconds: float = 10.0, text: int | None = None, vocab: i
     """Every figure of `lmmvqa plan` for a resolved config."""
     from pipeline.model.lmm import resolve_train_llm
 
-    shapes = model_shapes(s.models, s.features.sampling, vocab)
+    shapes = model_shapes(s.models, s.features.sampling, vocab, s.training)
     if text is None:
         n_text, n_answer, text_from = text_tokens(s.models["llm"], s.prompts)
     else:
@@ -424,8 +419,10 @@ def plan(s: "Settings", seconds: float = 10.0, text: int | None = None, vocab: i
         train_llm = resolve_train_llm(as_dict(tr), llm.as_dict())
         compute = (tr.dtype or ("bfloat16" if llm.source else "float32")) if on_gpu else "float32"
         weights = llm.dtype or compute
+        run_shapes = {**shapes, "projector_params": projector_params(shapes["vision"]["width"], shapes["motion"]["dim"],
+                                                                     shapes["llm"]["hidden"], tr)}
         for ckpt in (False, True):
-            m = training_memory(shapes, tr, seq, n_answer, train_llm, weights, compute, ckpt)
+            m = training_memory(run_shapes, tr, seq, n_answer, train_llm, weights, compute, ckpt)
             training.append({"experiment": name, "stage": stage or (2 if s.experiments[name].stage1 else None),
                              "gpus": tr.gpus, **m, "configured": ckpt == bool(tr.gradient_checkpointing)})
     eval_dtype = (s.training.dtype or ("bfloat16" if llm.source else "float32")) if on_gpu else "float32"

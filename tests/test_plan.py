@@ -92,3 +92,22 @@ def test_plan_command_prints_and_writes_json(monkeypatch, tmp_path, capsys):
         "partition": "gpu", "gpu": 1, "threads": 8, "mem_mb": 64000, "runtime": 1440}
     assert "train_stage1_fold" in cluster["train"]["rules"] and cluster["light"]["partition"] == "cpu"
     assert "  train     gpu partition, 1 GPU, 8 threads, 64000 MB, 1440 min: train_stage1, " in out
+
+
+def test_training_runs_count_the_projector_their_recipe_builds():
+    """The offline recipe's projector is 256 wide with dropout: a run trains its parameters beside the small
+    LLM's (the plan counted the paper's projector, as wide as the vision tokens, before)."""
+    from pipeline.core.config import load_config
+    from pipeline.core.settings import as_dict
+    from pipeline.model.projector import Projector, projector_settings
+
+    s = resolve.of(load_config(str(REPO / "config.yaml")))
+    p = plan.plan(s)
+    sh = p["shapes"]
+    built = sum(t.numel() for t in Projector(sh["vision"]["width"], sh["motion"]["dim"], sh["llm"]["hidden"],
+                                             settings=projector_settings(as_dict(s.training))).parameters())
+    paper = sum(t.numel() for t in Projector(sh["vision"]["width"], sh["motion"]["dim"], sh["llm"]["hidden"]).parameters())
+    assert projector_settings(as_dict(s.training))["width"] == 256 and built < paper
+    assert [t["mode"] for t in p["training"]] == ["full LLM"] * 2  # checkpointing off / on
+    assert all(t["trainable_params"] == built + sh["llm"]["params"] for t in p["training"])
+    assert sh["projector_params"] == built
