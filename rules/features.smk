@@ -11,6 +11,9 @@ rule extract:
         str(paths.log("extract", "{dataset}", "{settings}", "{shard}")),
     benchmark:
         str(paths.benchmark("extract", "{dataset}", "{settings}", "{shard}"))
+    # only this config's feature hash: a store path of other settings has no rule (it would get these features)
+    wildcard_constraints:
+        settings=SETTINGS_PLAN.features.hash,
     params:
         code=code_version("extract"),
         digest=shard_digest,

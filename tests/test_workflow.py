@@ -177,6 +177,17 @@ def test_changing_keyframe_fps_reruns_extraction_not_manifest(demo_copy):
     assert plan.get("extract") == 3
     assert "manifest" not in plan and "probe" not in plan and "prompts" not in plan
     assert not any(r.startswith("demo_data") for r in plan)
+    # a store path of another feature hash (the old settings', a mistyped one) has no rule: extraction
+    # under this config would write its features into a folder named for other settings
+    from pipeline.core import resolve
+    from pipeline.core.config import load_config
+
+    new = resolve.of(load_config(str(work / "config.yaml"))).features.hash
+    old = resolve.of(load_config(str(work / "config.yaml"), {"sampling": {"keyframe_fps": 1.0}})).features.hash
+    assert new != old
+    refused = snakemake(work, "-n", f"cache/features/demo/{old}/shard-00000.zarr", check=False)
+    assert refused.returncode != 0 and "MissingRuleException" in refused.stdout + refused.stderr
+    assert snakemake(work, "-n", f"cache/features/demo/{new}/shard-00000.zarr").returncode == 0
 
 
 def lmmvqa(*args: str, cwd: Path) -> subprocess.CompletedProcess:
