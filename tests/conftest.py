@@ -15,7 +15,10 @@ SHARED = REPO.parent / "shared"
 LABELS_DIR = SHARED / "datasets" / "labels"
 REAL_CLIPS = SHARED / "datasets" / "real-clips"
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# one intra-op thread per process: the suite runs one pytest-xdist worker per core and the workflow tests
+# start Snakemake jobs beside them, so more threads would only contend for the same cores (stages that
+# set their own thread count, like training, still do)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def write_video(path, n_frames=30, size=(96, 64), fps=25, codec="libx264", seed=0, pix_fmt="yuv420p",
