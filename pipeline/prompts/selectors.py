@@ -128,11 +128,16 @@ def shipped_model(exp: "Experiment"):
     return paths.model_dir(exp.name, paths.FULL_MODEL if exp.every_fold else None)
 
 
+def trained_datasets(exp: "Experiment") -> set[str]:
+    """The datasets an experiment's `train` selectors draw from."""
+    return {parse_selector(s)[0] for s in exp.train}
+
+
 def unseen_tests(exp: "Experiment", datasets: Mapping[str, "Dataset"]) -> list[str]:
     """Test selectors whose videos the experiment's models never train on: a held-out fold, or a dataset
     it does not train on (these say what its model is worth; `dataset:all` of a training dataset does not).
     Unrated datasets are left out: they have no metrics."""
-    trained = {parse_selector(s)[0] for s in exp.train}
+    trained = trained_datasets(exp)
     return [s for s in test_selectors(exp) if not unrated(datasets, parse_selector(s)[0])
             and (fold_dependent(datasets, s) or parse_selector(s)[0] not in trained)]
 
@@ -158,7 +163,7 @@ def shared_content(exp: "Experiment", datasets: Mapping[str, "Dataset"],
         return {"column": None, "values": set(), "videos": set()}
     given = manifests or {}
 
-    trained = {parse_selector(s)[0] for s in exp.train}
+    trained = trained_datasets(exp)
 
     def selected(selectors):
         for selector in selectors:
