@@ -66,6 +66,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 SETUPS = {  # name -> (config file, dataset); clive-dev (photos rated by people) is the yardstick
     "clive-dev": ("config/clive-dev.yaml", "clive-dev"),
     "clive-dev-native": ("config/clive-dev-native.yaml", "clive-dev"),  # native key frames, EfficientNet-Lite0
+    # the same with a quality adapter learned from capture-like synth variants (SSIM labels; run that config first)
+    "clive-dev-native-capture": ("config/clive-dev-native-capture.yaml", "clive-dev"),
     "demo": ("config.yaml", "demo"),
     "realset-dev": ("config/realset-dev.yaml", "realset-dev"),
     "realset-dev-loso": ("config/realset-dev-loso.yaml", "realset-dev"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from pipeline.core.errors import UserError
 from pipeline.ingest.demo import dataset as demo_dataset
 from pipeline.ingest.demo.labels import clean_params, sample_params
 from pipeline.ingest.demo.video import render_video
-from pipeline.synth import collect, distortions, ffmpeg, plan, segments, variants
+from pipeline.synth import collect, distortions, ffmpeg, plan, segments, transmission, variants
 
 try:
     ffmpeg.executable()
@@ -73,7 +74,9 @@ def test_ladder_checks_names_and_ranges():
     rungs = distortions.ladder({"x264": {"levels": 3, "crf": [20, 40]}, "blur": {}})
     assert [(r.family.name, r.levels, r.ranges) for r in rungs][0] == ("x264", 3, {"crf": (20.0, 40.0)})
     assert rungs[1].levels == distortions.REGISTRY["blur"].levels
-    assert len(distortions.ladder(None)) == len(distortions.REGISTRY)
+    delivery = {n for n, f in distortions.REGISTRY.items() if f.kind == "delivery"}
+    assert {r.family.name for r in distortions.ladder(None)} == delivery  # `families: null`: today's ladder
+    assert {"motion_blur", "exposure", "jpeg", "capture_mix", "packet_loss"} <= set(distortions.REGISTRY) - delivery
     for families, words in [({"x266": {}}, "unknown distortion family"), ({"x264": {"qp": [1, 2]}}, "unknown parameter"),
                             ({"x264": {"crf": [40, 20]}}, "weak 40 > strong 20"), ({"x264": {"crf": [0, 99]}}, "outside"),
                             ({"x264": {"levels": 0}}, "levels"), ({"noise": {"strength": [1.5, 9]}}, "integer")]:
@@ -114,20 +117,75 @@ def ladder_set(tmp_path_factory):
     render_reference(work / "refs" / "tex.mkv", 0, "texture")
     cfg = synth_config(work / "refs", {name: {"levels": 2} for name in distortions.REGISTRY},
                        synth={"shard_size": 64})
-    return build(cfg, work)
+    return (*build(cfg, work), work / "videos")
 
 
 def test_every_family_scores_its_stronger_level_lower(ladder_set):
-    _, labels, failures = ladder_set
+    _, labels, failures, _ = ladder_set
     assert failures.empty, failures
     assert sorted(labels["distortion"].unique()) == sorted(distortions.REGISTRY)
     for family, rows in labels.groupby("distortion"):
         weak, strong = rows.sort_values("severity").to_dict("records")
-        assert weak["vmaf"] > strong["vmaf"] and weak["psnr"] > strong["psnr"], (family, weak, strong)
+        assert weak["psnr"] > strong["psnr"] and weak["ssim"] > strong["ssim"], (family, weak, strong)
+        if distortions.REGISTRY[family].kind != "capture":  # VMAF is not what capture families are scored by
+            assert weak["vmaf"] > strong["vmaf"], (family, weak, strong)
+
+
+def test_capture_families_draw_their_direction_and_save_jpeg(ladder_set):
+    seg = distortions.Segment(640, 360, Fraction(30), 60)
+    rung = {r.family.name: r for r in distortions.ladder({"exposure": {}, "motion_blur": {}})}
+    exposures, streaks = set(), set()
+    for seed in range(12):
+        filt = distortions.recipe("exposure", distortions.draw(rung["exposure"], 1, seed), seg, seed).filters[0]
+        exposures.add(filt.split("=")[1].split(":")[0])
+        streaks.add(distortions.recipe("motion_blur", {"length": 20, "crf": 16}, seg, seed).filters[0])
+    assert exposures == {"romax", "rimax"}  # under (output scaled down) and over (input range cut: clipping)
+    assert streaks == {"avgblur=sizeX=10:sizeY=1", "avgblur=sizeX=1:sizeY=10"}
+    stops = distortions.draw(rung["exposure"], 1, 0)["stops"]
+    assert f"{2.0 ** -stops:.4f}" in distortions.recipe("exposure", {"stops": stops, "crf": 16}, seg, 0).filters[0]
+    _, labels, _, videos = ladder_set
+    jpeg = labels[labels["distortion"].isin(["jpeg", "capture_mix"])]
+    assert set(jpeg["codec"]) == {"mjpeg"} and set(jpeg["container"]) <= {"mp4", "mkv"}
+    from pipeline.ingest.probe import probe_video
+    for row in jpeg.itertuples():  # the files decode as Motion JPEG at the reference's size
+        info = probe_video(videos / row.name)
+        assert (info["codec"], info["width"], info["height"]) == ("mjpeg", 128, 96)
+
+
+def test_packets_are_lost_in_bursts_after_the_protected_start():
+    packets = [bytes([0x47, i // 256, i % 256]) + bytes(185) for i in range(400)]
+    stream = b"".join(packets)
+    loss = transmission.Loss(percent=2.0, crf=20, gop=8, seed=5)
+    arrived, lost = transmission.lose_packets(stream, loss)
+    assert lost == 8 and len(arrived) == (400 - 8) * 188
+    kept = [arrived[i:i + 188] for i in range(0, len(arrived), 188)]
+    assert kept[:20] == packets[:20]  # the first 5 %: tables and the first key frame arrive
+    assert kept == [q for q in packets if q in set(kept)]  # in order, none invented
+    assert transmission.lose_packets(stream, loss) == (arrived, lost)  # the seed decides
+    assert transmission.lose_packets(stream, transmission.Loss(2.0, 20, 8, seed=6))[0] != arrived
+    assert transmission.lose_packets(stream, transmission.Loss(0.01, 20, 8, seed=5))[1] == 1  # at least one
+    with pytest.raises(ValueError, match="MPEG-TS"):
+        transmission.lose_packets(b"\x00" * 376, loss)
+
+
+def test_a_lossy_stream_shows_the_same_damage_every_time(tmp_path):
+    ref = render_reference(tmp_path / "ref.mkv", 0, "texture")
+    args = ["-threads", "1", "-i", ref]
+    loss = transmission.Loss(percent=3.0, crf=20, gop=8, seed=11)
+    outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    lost = [transmission.send_and_receive(args, [], loss, distortions.encoder_args("h264", 20),
+                                          distortions.encoder_args("h264", 16), out) for out in outs]
+    assert lost[0] == lost[1] >= 1
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    clean = tmp_path / "clean.mp4"
+    ffmpeg.run([*args, "-an", *distortions.encoder_args("h264", 16), *ffmpeg.BITEXACT, clean])
+    from pipeline.synth.fr_metrics import score
+    damaged, intact = (score(p, ref, 128, 96, Fraction(8), 16) for p in (outs[0], clean))
+    assert damaged["psnr"] < intact["psnr"] - 1.0, (damaged, intact)
 
 
 def test_labels_are_in_range_and_describe_the_variant(ladder_set):
-    table, labels, _ = ladder_set
+    table, labels, _, _ = ladder_set
     assert list(labels.columns) == collect.LABEL_COLUMNS
     assert labels["mos"].between(0, 100).all() and labels["vmaf"].between(0, 100).all()
     assert (labels["mos"] == labels["vmaf"]).all()

@@ -27,10 +27,12 @@ from typing import Callable
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.synth.transmission import Loss
 
-CODECS = ("h264", "hevc", "vp9")
+CODECS = ("h264", "hevc", "vp9", "mjpeg")
 # containers each codec can travel in (config `synth.containers` weighs them)
-CONTAINERS = {"h264": ("mp4", "mkv"), "hevc": ("mp4", "mkv"), "vp9": ("webm", "mkv", "mp4")}
+CONTAINERS = {"h264": ("mp4", "mkv"), "hevc": ("mp4", "mkv"), "vp9": ("webm", "mkv", "mp4"),
+              "mjpeg": ("mp4", "mkv")}
 SHARE = (0.15, 0.85)  # where inside its share of the range a level's value is drawn
 
 
@@ -56,13 +58,16 @@ class Segment:
 
 @dataclass
 class Recipe:
-    """Filters on the segment (an ffmpeg -vf chain), then an encode; the size and rate of the result."""
+    """Filters on the segment (an ffmpeg -vf chain), then an encode; the size and rate of the result.
+    With `loss`, the filtered segment first travels as a damaged stream (pipeline/synth/transmission.py)
+    and what the player shows is the encode's input."""
     filters: list[str]
     codec: str
     crf: float
     width: int
     height: int
     rate: Fraction
+    loss: Loss | None = None
 
 
 @dataclass(frozen=True)
@@ -73,20 +78,27 @@ class Family:
     about: str
     params: dict[str, Param]
     build: Callable[[dict, Segment, np.random.Generator], Recipe] = field(compare=False)
+    kind: str = "delivery"
 
 
 REGISTRY: dict[str, Family] = {}
+# what a family imitates: "delivery" = what encoding and adaptive streaming do to a video (`families:
+# null` takes these); opt-in by name: "capture" = what a camera does to a still before anyone encodes it,
+# "transmission" = what a lossy network does to a stream on its way to the player
+KINDS = ("delivery", "capture", "transmission")
 
 
-def family(name: str, levels: int, codec: str, about: str, **params: Param):
+def family(name: str, levels: int, codec: str, about: str, kind: str = "delivery", **params: Param):
     """Register a family: `build(params, segment, rng) -> Recipe` under `name` with its default ladder."""
     if codec not in CODECS:
         raise ValueError(f"family {name}: codec {codec!r} not in {CODECS}")
+    if kind not in KINDS:
+        raise ValueError(f"family {name}: kind {kind!r} not in {KINDS}")
 
     def register(build):
         if name in REGISTRY:
             raise ValueError(f"distortion family {name!r} registered twice")
-        REGISTRY[name] = Family(name, int(levels), codec, about, dict(params), build)
+        REGISTRY[name] = Family(name, int(levels), codec, about, dict(params), build, kind)
         return build
 
     return register
@@ -105,6 +117,8 @@ def encoder_args(codec: str, crf: float) -> list[str]:
     if codec == "vp9":  # the realtime mode: libvpx's good-quality modes cost 4x more
         return ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "6", "-crf", str(int(round(crf))),
                 "-b:v", "0", "-threads", "1", "-row-mt", "0", "-pix_fmt", "yuv420p"]
+    if codec == "mjpeg":  # every frame a JPEG, as a camera writes stills (the "crf" is JPEG's q, 2-31)
+        return ["-c:v", "mjpeg", "-q:v", str(int(round(crf))), "-threads", "1", "-pix_fmt", "yuvj420p"]
     raise ValueError(f"unknown codec {codec!r}")
 
 
@@ -150,6 +164,21 @@ def _dropped(frames: int, fraction: float, rng: np.random.Generator) -> list[tup
 
 
 CARRIER = Param(14.0, 20.0, 0.0, 51.0, ladder=False)  # the H.264 encode after a non-codec distortion
+
+
+def _motion_blur(length: int, rng: np.random.Generator) -> str:
+    """A camera shake's streak: a box `length` pixels long, horizontal or vertical (drawn)."""
+    size = max(1, int(length) // 2)
+    return f"avgblur=sizeX={size}:sizeY=1" if rng.integers(2) == 0 else f"avgblur=sizeX=1:sizeY={size}"
+
+
+def _exposure(stops: float, rng: np.random.Generator) -> str:
+    """Under- or over-exposure (drawn) by `stops` on the RGB values: a gain of 2^-stops that darkens, or
+    of 2^stops that brightens and clips the highlights."""
+    g = f"{2.0 ** -float(stops):.4f}"
+    if rng.integers(2) == 0:
+        return f"colorlevels=romax={g}:gomax={g}:bomax={g}"
+    return f"colorlevels=rimax={g}:gimax={g}:bimax={g}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,6 +274,49 @@ def _fps_x264(p, seg, rng):
     return Recipe([f"fps={_rate(rate)}"], "h264", p["crf"], seg.width, seg.height, rate)
 
 
+# capture-like families: what a phone or camera does to a still before anyone encodes it (photos rated by
+# people are dominated by these); label them by SSIM or PSNR (`synth.metric`): VMAF barely sees exposure
+# and can even rise with it
+@family("motion_blur", levels=2, codec="h264", kind="capture",
+        about="camera-shake streak: a box blur along one axis (horizontal or vertical, drawn; length in pixels)",
+        length=Param(4, 24, 2, 200, integer=True), crf=CARRIER)
+def _motion_blur_family(p, seg, rng):
+    return Recipe([_motion_blur(p["length"], rng)], "h264", p["crf"], seg.width, seg.height, seg.rate)
+
+
+@family("exposure", levels=2, codec="h264", kind="capture",
+        about="under- or over-exposure (drawn) by a number of stops on the RGB values; over-exposure clips "
+        "the highlights", stops=Param(0.4, 1.6, 0.05, 4.0), crf=CARRIER)
+def _exposure_family(p, seg, rng):
+    return Recipe([_exposure(p["stops"], rng)], "h264", p["crf"], seg.width, seg.height, seg.rate)
+
+
+@family("jpeg", levels=3, codec="mjpeg", kind="capture",
+        about="every frame a JPEG (Motion JPEG) at a quantiser ladder (q 2-31, higher = coarser)",
+        q=Param(6, 31, 2, 31, integer=True))
+def _jpeg(p, seg, rng):
+    return Recipe([], "mjpeg", p["q"], seg.width, seg.height, seg.rate)
+
+
+@family("capture_mix", levels=2, codec="mjpeg", kind="capture",
+        about="a phone-like mix: Gaussian blur, an exposure error (drawn: under or over) and sensor noise, "
+        "saved as JPEG", sigma=Param(0.4, 1.6, 0.1, 20.0), strength=Param(4, 18, 1, 100, integer=True),
+        stops=Param(0.2, 1.0, 0.05, 4.0), q=Param(4, 20, 2, 31, integer=True))
+def _capture_mix(p, seg, rng):
+    return Recipe([_blur(p["sigma"]), _exposure(p["stops"], rng), _noise(p["strength"], rng)], "mjpeg", p["q"],
+                  seg.width, seg.height, seg.rate)
+
+
+@family("packet_loss", levels=2, codec="h264", kind="transmission",
+        about="H.264 in MPEG-TS (4 slices a frame, a key frame a second) losing a share of its 188-byte "
+        "packets (percent) in bursts of 1-8; what the player conceals and shows, re-encoded",
+        percent=Param(0.2, 3.0, 0.01, 50.0), sent_crf=Param(18.0, 28.0, 0.0, 51.0, ladder=False), crf=CARRIER)
+def _packet_loss(p, seg, rng):
+    loss = Loss(p["percent"], p["sent_crf"], gop=max(1, int(round(float(seg.rate)))),
+                seed=int(rng.integers(1, 2**31 - 1)))
+    return Recipe([], "h264", p["crf"], seg.width, seg.height, seg.rate, loss=loss)
+
+
 # ------------------------------------------------------------------------------------------------
 # the configured ladder
 # ------------------------------------------------------------------------------------------------
@@ -257,9 +329,9 @@ class Rung:
 
 
 def ladder(families: dict | None, where: str = "synth.families") -> list[Rung]:
-    """The config's `synth.families` (None = every family at its defaults), checked against the registry;
-    a UserError names the key that is wrong."""
-    chosen = {name: {} for name in REGISTRY} if families is None else families
+    """The config's `synth.families` (None = every delivery family at its defaults), checked against the
+    registry; a UserError names the key that is wrong."""
+    chosen = {name: {} for name, fam in REGISTRY.items() if fam.kind == "delivery"} if families is None else families
     if not chosen:
         raise UserError(f"{where}: no distortion family (known: {', '.join(REGISTRY)})")
     rungs = []

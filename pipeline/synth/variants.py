@@ -23,7 +23,7 @@ import pandas as pd
 from pipeline.core import atomic
 from pipeline.core.errors import FAILURE_COLUMNS
 from pipeline.synth import distortions as D
-from pipeline.synth import ffmpeg
+from pipeline.synth import ffmpeg, transmission
 from pipeline.synth.fr_metrics import score
 from pipeline.synth.plan import read_plan, segment_of
 from pipeline.synth.segments import count_frames, read_segments
@@ -39,6 +39,10 @@ def encode(row, segment_file: Path, out: Path) -> D.Recipe:
     recipe = D.recipe(row["family"], json.loads(row["params"]), segment_of(row), int(row["seed"]))
     r = f"{rate.numerator}/{rate.denominator}"
     args = ["-r", r, "-threads", "1", "-i", segment_file]
+    if recipe.loss is not None:
+        transmission.send_and_receive(args, recipe.filters, recipe.loss, D.encoder_args("h264", recipe.loss.crf),
+                                      D.encoder_args(recipe.codec, recipe.crf), out)
+        return recipe
     if recipe.filters:
         args += ["-vf", ",".join(recipe.filters)]
     ffmpeg.run([*args, "-an", *D.encoder_args(recipe.codec, recipe.crf), *ffmpeg.BITEXACT, out])
