@@ -139,7 +139,7 @@ def estimate(cfg: dict, measured: dict) -> dict:
     from pipeline.plan import model_shapes, training_memory
 
     s = resolve.resolve(cfg, validated=True)
-    shapes = model_shapes(s.models, s.features.sampling, vocab=measured["vocab"])
+    shapes = model_shapes(s.models, s.features.sampling, vocab=measured["vocab"], training=s.training)
     tr = s.training
     train_llm = resolve_train_llm(as_dict(tr), s.models["llm"].as_dict())
     return training_memory(shapes, tr, measured["seq"], measured["answer"], train_llm, "float32", "float32",

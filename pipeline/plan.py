@@ -21,7 +21,8 @@ models' shapes, not guessed.
       frozen LLM (gradients still flow to the projector): 8h + 4ch + 3cI (no projection inputs kept)
       LoRA adds the inputs of its target modules (one per distinct input; with dropout a copy each)
       gradient checkpointing: c h per layer (its input), plus one layer recomputed in backward
-    + projector activations (14W + h per visual token, W = vision width) + embeddings (2ch per token)
+    + projector activations (per visual token 2W inputs (W = vision width), w if narrowed to width w, (4 + 2m) w
+      per layer of MLP ratio m, h out: 14W + h for the paper's) + embeddings (2ch per token)
     + logits of the answer positions (fp32 copy + log-softmax) + backward working memory ((3I + h) c per
     token of one layer). Checked against the tiny preset's measured CPU peak (tests/test_plan.py, within 30%).
   - evaluation: weights + the prompt's KV cache for `evaluation.batch_size` videos + the probability
@@ -162,12 +163,16 @@ def llm_shape(llm: "ModelSpec", vocab: int | None = None) -> dict:
             "vocab": lc.vocab_size, "params": _count(lambda: AutoModelForCausalLM.from_config(lc))}
 
 
-def projector_params(vision_width: int, motion_dim: int, llm_width: int, training: "TrainingSettings | None" = None) -> int:
-    """Parameters of the projector a training run builds (its `training.projector` settings; None: the paper's)."""
+def projector_shape(vision_width: int, motion_dim: int, llm_width: int, training: "TrainingSettings | None" = None) -> dict:
+    """Parameters of the projector a run builds (its `training.projector`; None: the paper's) and the elements it
+    keeps for backward per visual token before its LLM-width output (module docstring)."""
     from pipeline.model.projector import Projector, projector_settings
 
-    settings = projector_settings(as_dict(training) if training is not None else None)
-    return _count(lambda: Projector(vision_width, motion_dim, llm_width, settings=settings))
+    s = projector_settings(as_dict(training) if training is not None else None)
+    width = int(s["width"] or vision_width)
+    kept = 2 * vision_width + (width != vision_width) * width + int(s["layers"] * (4 + 2 * s["mlp_ratio"]) * width)
+    return {"projector_params": _count(lambda: Projector(vision_width, motion_dim, llm_width, settings=s)),
+            "projector_activations": kept}
 
 
 def lora_params(llm: dict, lora) -> int:
@@ -240,7 +245,7 @@ def training_memory(shapes: dict, tr: "TrainingSettings", seq: int, answer: int,
     else:
         layers = llm["layers"] * per_layer * tokens
     visual = b * shapes["visual_tokens"]
-    other = (visual * (14 * shapes["vision"]["width"] + llm["hidden"]) * c  # projector
+    other = (visual * (shapes["projector_activations"] + llm["hidden"]) * c  # projector
              + 2 * c * llm["hidden"] * tokens + 4 * llm["hidden"] * tokens  # embeddings, final norm
              + b * (answer + 1) * llm["vocab"] * (c + 8))  # logits: output, fp32 copy, log-softmax
     transient = (3 * llm["intermediate"] + llm["hidden"]) * c * tokens
@@ -375,15 +380,14 @@ def model_shapes(models: Mapping[str, "ModelSpec"], sampling: "Sampling", vocab:
     """The shapes of the three models (`models`: role -> ModelSpec) and the projector (of `training`) between them."""
     vision, motion = vision_shape(models["vision"]), motion_shape(models["motion"], sampling)
     if vocab is None and models["llm"].source is None:  # the LLM uses the tokenizer trained on the prompts
-        try:
+        vocab = 512  # not trained yet (no folder: a missing folder's name would be looked up on the hub)
+        if Path(paths.tokenizer_dir()).is_dir():
             from pipeline.model.tokenizer import load_tokenizer
 
             vocab = len(load_tokenizer(paths.tokenizer_dir()))
-        except Exception:  # noqa: BLE001 - not trained yet: a few hundred tokens
-            vocab = 512
     llm = llm_shape(models["llm"], vocab)
     return {"vision": vision, "motion": motion, "llm": llm, "visual_tokens": vision["tokens"] + 1,
-            "projector_params": projector_params(vision["width"], motion["dim"], llm["hidden"], training)}
+            **projector_shape(vision["width"], motion["dim"], llm["hidden"], training)}
 
 
 def training_runs(experiments: Mapping[str, "Experiment"]) -> list[tuple[str, int | None, "TrainingSettings"]]:
@@ -401,13 +405,10 @@ def plan(s: "Settings", seconds: float = 10.0, text: int | None = None, vocab: i
     from pipeline.model.lmm import resolve_train_llm
 
     shapes = model_shapes(s.models, s.features.sampling, vocab, s.training)
-    if text is None:
-        n_text, n_answer, text_from = text_tokens(s.models["llm"], s.prompts)
-    else:
-        n_text, n_answer, text_from = text, 8, "--text-tokens"
+    n_text, n_answer, text_from = text_tokens(s.models["llm"], s.prompts) if text is None else (text, 8, "--text-tokens")
     seq = shapes["visual_tokens"] + n_text
     on_gpu = resources.on_gpu(s.device)
-    llm = s.models["llm"]
+    llm, llm_hidden = s.models["llm"], shapes["llm"]["hidden"]
     videos = {d: dataset_videos(ds, s.features.shard_size) for d, ds in s.datasets.items()}
     disk = {}
     for d, v in videos.items():
@@ -419,8 +420,7 @@ def plan(s: "Settings", seconds: float = 10.0, text: int | None = None, vocab: i
         train_llm = resolve_train_llm(as_dict(tr), llm.as_dict())
         compute = (tr.dtype or ("bfloat16" if llm.source else "float32")) if on_gpu else "float32"
         weights = llm.dtype or compute
-        run_shapes = {**shapes, "projector_params": projector_params(shapes["vision"]["width"], shapes["motion"]["dim"],
-                                                                     shapes["llm"]["hidden"], tr)}
+        run_shapes = {**shapes, **projector_shape(shapes["vision"]["width"], shapes["motion"]["dim"], llm_hidden, tr)}
         for ckpt in (False, True):
             m = training_memory(run_shapes, tr, seq, n_answer, train_llm, weights, compute, ckpt)
             training.append({"experiment": name, "stage": stage or (2 if s.experiments[name].stage1 else None),

@@ -39,6 +39,7 @@ def test_paper_plan_jobs_and_memory_per_stage(monkeypatch, tmp_path):
     assert (sh["vision"]["tokens"], sh["vision"]["width"], sh["motion"]["dim"]) == (257, 1024, 2304)
     assert 8.0e9 < sh["llm"]["params"] < 8.1e9 and 300e6 < sh["vision"]["params"] < 310e6
     assert p["sequence"]["visual"] == 258
+    assert sh["projector_activations"] == 14 * 1024  # the paper's projector: one layer at the vision width
     jobs = p["jobs"]
     assert (jobs["train (stage 1)"], jobs["train"], jobs["evaluate"], jobs["aggregate"]) == (1, 1, 5, 0)
     assert jobs["extract"] is None  # label files absent: said, not guessed
@@ -111,3 +112,30 @@ def test_training_runs_count_the_projector_their_recipe_builds():
     assert [t["mode"] for t in p["training"]] == ["full LLM"] * 2  # checkpointing off / on
     assert all(t["trainable_params"] == built + sh["llm"]["params"] for t in p["training"])
     assert sh["projector_params"] == built
+    # its activations too: 2W inputs, the 256-wide Linear, (4 + 2 m) 256 per layer (the paper's would be 14W)
+    ps = projector_settings(as_dict(s.training))
+    w = sh["vision"]["width"]
+    assert sh["projector_activations"] == 2 * w + 256 + ps["layers"] * int((4 + 2 * ps["mlp_ratio"]) * 256) < 14 * w
+
+
+def test_plan_before_the_tokenizer_is_trained_reads_no_hub(monkeypatch, tmp_path):
+    """No tokenizer folder yet: the plan takes a few hundred tokens, and never hands the missing folder's name
+    to the hub, which looked it up online as a repository id (46 s of retries without a network)."""
+    from pipeline.core.config import load_config
+    from pipeline.model import tokenizer
+
+    s = resolve.of(load_config(str(REPO / "config.yaml")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    looked_up = []
+
+    def lookup(source):
+        looked_up.append(str(source))
+        raise OSError(f"{source} is not a local folder or a hub repository")  # what transformers says, after retries
+    monkeypatch.setattr(tokenizer, "load_tokenizer", lookup)
+    assert plan.model_shapes(s.models, s.features.sampling)["llm"]["vocab"] == 512 and looked_up == []
+    trained = tmp_path / paths.tokenizer_dir()
+    trained.mkdir(parents=True)
+    monkeypatch.setattr(tokenizer, "load_tokenizer", lambda source: ["token"] * 300)
+    assert plan.model_shapes(s.models, s.features.sampling)["llm"]["vocab"] == 300
