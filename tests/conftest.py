@@ -19,6 +19,9 @@ REAL_CLIPS = SHARED / "datasets" / "real-clips"
 # start Snakemake jobs beside them, so more threads would only contend for the same cores (stages that
 # set their own thread count, like training, still do)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the tests never touch the network, as the workflow's jobs don't: a name that is not a local folder fails at
+# once instead of being looked up on the hub (offline, huggingface_hub retries a lookup for about 45 s)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def write_video(path, n_frames=30, size=(96, 64), fps=25, codec="libx264", seed=0, pix_fmt="yuv420p",
