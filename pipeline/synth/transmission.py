@@ -37,7 +37,8 @@ class Loss:
 def lose_packets(data: bytes, loss: Loss) -> tuple[bytes, int]:
     """(the packets that arrive, how many were lost) of an MPEG-TS byte string."""
     n = len(data) // TS_PACKET
-    if n == 0 or len(data) % TS_PACKET or any(data[i * TS_PACKET] != 0x47 for i in range(n)):
+    packets = np.frombuffer(data, dtype=np.uint8)[:n * TS_PACKET].reshape(n, TS_PACKET)
+    if n == 0 or len(data) % TS_PACKET or (packets[:, 0] != 0x47).any():
         raise ValueError("not an MPEG-TS stream of whole 188-byte packets")
     first = min(n - 1, max(1, int(np.ceil(loss.protect * n))))
     target = min(n - first, max(1, int(round(loss.percent / 100.0 * n))))
@@ -48,8 +49,7 @@ def lose_packets(data: bytes, loss: Loss) -> tuple[bytes, int]:
         start = int(rng.integers(first, n))
         keep[start:start + min(int(rng.integers(1, loss.burst + 1)), target - lost)] = False
         lost = int((~keep).sum())
-    arrived = b"".join(data[i * TS_PACKET:(i + 1) * TS_PACKET] for i in np.flatnonzero(keep))
-    return arrived, lost
+    return packets[keep].tobytes(), lost
 
 
 def send_and_receive(input_args: list, filters: list[str], loss: Loss, sent_args: list, shown_args: list,
