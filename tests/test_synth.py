@@ -173,7 +173,7 @@ def test_a_lossy_stream_shows_the_same_damage_every_time(tmp_path):
     args = ["-threads", "1", "-i", ref]
     loss = transmission.Loss(percent=3.0, crf=20, gop=8, seed=11)
     outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
-    lost = [transmission.send_and_receive(args, [], loss, distortions.encoder_args("h264", 20),
+    lost = [transmission.send_and_receive(args, loss, distortions.encoder_args("h264", 20),
                                           distortions.encoder_args("h264", 16), out) for out in outs]
     assert lost[0] == lost[1] >= 1
     assert outs[0].read_bytes() == outs[1].read_bytes()

@@ -52,14 +52,12 @@ def lose_packets(data: bytes, loss: Loss) -> tuple[bytes, int]:
     return packets[keep].tobytes(), lost
 
 
-def send_and_receive(input_args: list, filters: list[str], loss: Loss, sent_args: list, shown_args: list,
-                     out: Path) -> int:
-    """Encode the input (`-i ...` args, then `filters`) with `sent_args` as a transport stream, lose
-    packets, decode what arrived and encode what it shows to `out` with `shown_args`; the packets lost."""
+def send_and_receive(input_args: list, loss: Loss, sent_args: list, shown_args: list, out: Path) -> int:
+    """Encode the input (`-i ...` and any `-vf` args) with `sent_args` as a transport stream, lose packets,
+    decode what arrived and encode what it shows to `out` with `shown_args`; the packets lost."""
     with tempfile.TemporaryDirectory(prefix="lmmvqa-tx-") as work:
         sent, received = Path(work) / "sent.ts", Path(work) / "received.ts"
-        vf = ["-vf", ",".join(filters)] if filters else []
-        ffmpeg.run([*input_args, *vf, "-an", *sent_args, "-g", str(loss.gop), "-x264-params",
+        ffmpeg.run([*input_args, "-an", *sent_args, "-g", str(loss.gop), "-x264-params",
                     f"slices={loss.slices}", *ffmpeg.BITEXACT, "-f", "mpegts", sent])
         arrived, lost = lose_packets(sent.read_bytes(), loss)
         received.write_bytes(arrived)

@@ -39,12 +39,12 @@ def encode(row, segment_file: Path, out: Path) -> D.Recipe:
     recipe = D.recipe(row["family"], json.loads(row["params"]), segment_of(row), int(row["seed"]))
     r = f"{rate.numerator}/{rate.denominator}"
     args = ["-r", r, "-threads", "1", "-i", segment_file]
-    if recipe.loss is not None:
-        transmission.send_and_receive(args, recipe.filters, recipe.loss, D.encoder_args("h264", recipe.loss.crf),
-                                      D.encoder_args(recipe.codec, recipe.crf), out)
-        return recipe
     if recipe.filters:
         args += ["-vf", ",".join(recipe.filters)]
+    if recipe.loss is not None:
+        transmission.send_and_receive(args, recipe.loss, D.encoder_args("h264", recipe.loss.crf),
+                                      D.encoder_args(recipe.codec, recipe.crf), out)
+        return recipe
     ffmpeg.run([*args, "-an", *D.encoder_args(recipe.codec, recipe.crf), *ffmpeg.BITEXACT, out])
     return recipe
 
